@@ -1,0 +1,25 @@
+# The README's two commands: `make plan` and `make test`. Each sets up .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: plan test lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+plan: $(STAMP)  ## offline plan of the example stack: resource tree, build/plan/<host>/..., manifest
+	$(PY) -m stack plan --stack homelab --out build/plan
+
+test: $(STAMP)  ## the whole test suite (REQUIRE_REAL_TOOLS=1 turns a missing tool into a failure)
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache

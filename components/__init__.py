@@ -1,0 +1,1 @@
+"""One ComponentResource per area of the stack; each takes a frozen, keyword-only Args dataclass."""

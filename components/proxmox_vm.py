@@ -1,0 +1,303 @@
+"""ProxmoxVm: one Debian VM on Proxmox VE, configured by cloud-init and ready for SSH work.
+
+It creates an SSH host key for the VM (so every later SSH step verifies the host instead of
+trusting the first answer), a cloud-init user-data snippet, the VM itself, and a command that
+waits until cloud-init has finished. Depend on the component to start on a ready host.
+
+Provider docs: https://www.pulumi.com/registry/packages/proxmoxve/api-docs/vmlegacy/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+import pulumi_proxmoxve as proxmoxve
+import pulumi_tls as tls
+import yaml
+
+from components.hostfile import HostFile
+
+RESOURCE_TYPE = "lokistack:proxmox:ProxmoxVm"
+USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
+"""Where cloud-init keeps the user-data on the VM (and where the plan shows it)."""
+DATA_DISK_SERIAL = "lokistack-data"
+DATA_DISK_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
+"""Stable device path of the data disk inside the VM, whatever the kernel names it."""
+CPU_TYPE = "x86-64-v2-AES"
+GUEST_PACKAGES = ("qemu-guest-agent",)
+WAIT_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "wait-for-cloud-init.sh").read_text()
+SSH_DIAL_ATTEMPTS = 90
+"""With 10 s per attempt: up to 15 minutes for the VM to boot and run cloud-init."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostEntry:
+    """One line of /etc/hosts."""
+
+    address: str
+    fqdn: str
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserData:
+    """Everything the cloud-init user-data says, as plain values."""
+
+    hostname: str
+    fqdn: str
+    admin_user: str
+    authorized_keys: Sequence[str]
+    """The operator's keys and the stack's own deploy key."""
+    host_private_key: str
+    """OpenSSH private host key (ED25519); the VM's only SSH host key."""
+    host_public_key: str
+    hosts: Sequence[HostEntry]
+    """Every host of the stack and the VIP, for /etc/hosts."""
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Dumps multi-line strings as literal blocks, so keys and files read as they are, and
+    indents sequences inside mappings (yamllint's default style)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_presenter)
+
+
+def render_etc_hosts(hosts: Sequence[HostEntry]) -> str:
+    lines = [
+        "# Written by loki-stack (cloud-init); the stack's hosts and its virtual IP.",
+        "127.0.0.1 localhost",
+        "::1 localhost ip6-localhost ip6-loopback",
+        "ff02::1 ip6-allnodes",
+        "ff02::2 ip6-allrouters",
+        *(f"{h.address} {h.fqdn} {h.name}" for h in hosts),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_user_data(spec: UserData) -> str:
+    """The #cloud-config document for one VM (cloud-init module reference:
+    https://cloudinit.readthedocs.io/en/latest/reference/modules.html)."""
+    doc: dict[str, Any] = {
+        "hostname": spec.hostname,
+        "fqdn": spec.fqdn,
+        "prefer_fqdn_over_hostname": False,
+        # The stack writes /etc/hosts itself: every host and the VIP, not only this one.
+        "manage_etc_hosts": False,
+        "users": [{
+            "name": spec.admin_user,
+            "gecos": "loki-stack admin",
+            "shell": "/bin/bash",
+            "groups": ["sudo"],
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+            "lock_passwd": True,
+            "ssh_authorized_keys": [k.strip() for k in spec.authorized_keys],
+        }],
+        "disable_root": True,
+        "ssh_pwauth": False,
+        # A known host key, so the stack verifies the host on every SSH connection.
+        "ssh_deletekeys": True,
+        # Only ed25519, and that one exists (from ssh_keys), so cloud-init generates none.
+        "ssh_genkeytypes": ["ed25519"],
+        "ssh_keys": {
+            "ed25519_private": spec.host_private_key,
+            "ed25519_public": spec.host_public_key.strip(),
+        },
+        "package_update": True,
+        "package_upgrade": True,
+        "packages": list(GUEST_PACKAGES),
+        "write_files": [{
+            "path": "/etc/hosts",
+            "content": render_etc_hosts(spec.hosts),
+            "owner": "root:root",
+            "permissions": "0644",
+        }],
+        "runcmd": [["systemctl", "enable", "--now", "qemu-guest-agent"]],
+    }
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_LiteralDumper, sort_keys=False, width=1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxmoxVmArgs:
+    hostname: str
+    """Host name and Proxmox VM name (RFC 1123 label)."""
+    domain: str
+    """DNS domain; the FQDN is ``<hostname>.<domain>``."""
+    role: str
+    """What the VM is for (``loki``, ``objectstore``, ``grafana``); a Proxmox tag."""
+    proxmox_node: str
+    """Proxmox node that runs the VM."""
+    cores: int
+    """vCPUs."""
+    memory_mib: int
+    """Memory in MiB."""
+    disk_gib: int
+    """System disk in GiB, grown from the cloud image."""
+    data_disk_gib: int
+    """Data disk in GiB, at ``DATA_DISK_PATH`` inside the VM; 0 for none."""
+    address: str
+    """Static IPv4 address."""
+    prefix_length: int
+    """Prefix length of the network, e.g. 24."""
+    gateway: str
+    """Default gateway."""
+    dns_servers: Sequence[str]
+    """DNS resolvers."""
+    bridge: str
+    """Proxmox bridge."""
+    vlan_id: int | None
+    """VLAN tag, or None for untagged."""
+    vm_datastore: str
+    """Datastore for the disks and the cloud-init drive."""
+    snippet_datastore: str
+    """Datastore (content type snippets) for the user-data file."""
+    image_id: pulumi.Input[str]
+    """Id of the downloaded cloud image (``<datastore>:import/<file>``) on ``proxmox_node``."""
+    admin_user: str
+    """Admin user created by cloud-init."""
+    admin_keys: Sequence[str]
+    """The operator's OpenSSH public keys."""
+    deploy_public_key: pulumi.Input[str]
+    """The stack's own SSH public key, also authorized for ``admin_user``."""
+    deploy_private_key: pulumi.Input[str]
+    """The stack's own SSH private key (secret), used for the connection."""
+    hosts: Sequence[HostEntry]
+    """/etc/hosts entries: every stack host and the VIP."""
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.hostname}.{self.domain}"
+
+
+class ProxmoxVm(pulumi.ComponentResource):
+    """A Debian VM with a static address, the admin user and a pinned SSH host key."""
+
+    address: pulumi.Output[str]
+    """The VM's IPv4 address."""
+    hostname: pulumi.Output[str]
+    """Short host name."""
+    fqdn: pulumi.Output[str]
+    """Fully qualified host name."""
+    vm_id: pulumi.Output[int]
+    """Proxmox VM id."""
+    connection: pulumi.Output[command.remote.ConnectionArgsDict]
+    """SSH connection for ``command.remote`` (secret: holds the private key; pins the host key)."""
+    data_disk_path: pulumi.Output[str]
+    """Device path of the data disk inside the VM; empty when the VM has none."""
+    host_files: list[HostFile]
+    """What the VM receives from this component (its cloud-init user-data), for the plan."""
+
+    def __init__(self, name: str, args: ProxmoxVmArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
+        rendered: pulumi.Output[str] = pulumi.Output.all(
+            args.deploy_public_key, host_key.private_key_openssh, host_key.public_key_openssh
+        ).apply(lambda keys: render_user_data(UserData(
+            hostname=args.hostname, fqdn=args.fqdn, admin_user=args.admin_user,
+            authorized_keys=[*args.admin_keys, keys[0]], host_private_key=keys[1],
+            host_public_key=keys[2], hosts=args.hosts,
+        )))
+        user_data: pulumi.Output[str] = pulumi.Output.secret(rendered)
+        snippet = proxmoxve.FileLegacy(
+            f"{name}-user-data",
+            node_name=args.proxmox_node,
+            datastore_id=args.snippet_datastore,
+            content_type="snippets",
+            source_raw={"data": user_data, "file_name": f"lokistack-{args.hostname}-user-data.yaml"},
+            # The VM refers to the snippet by its (fixed) file name: remove the old one first, so a
+            # replacement never deletes the file the new one was just written to.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+
+        disks: list[proxmoxve.VmLegacyDiskArgsDict] = [{
+            "interface": "virtio0", "datastore_id": args.vm_datastore, "import_from": args.image_id,
+            "size": args.disk_gib, "discard": "on", "iothread": True,
+        }]
+        if args.data_disk_gib:
+            disks.append({
+                "interface": "virtio1", "datastore_id": args.vm_datastore, "size": args.data_disk_gib,
+                "discard": "on", "iothread": True, "serial": DATA_DISK_SERIAL,
+            })
+        network_device: proxmoxve.VmLegacyNetworkDeviceArgsDict = {"bridge": args.bridge, "model": "virtio"}
+        if args.vlan_id:
+            network_device["vlan_id"] = args.vlan_id
+        initialization: proxmoxve.VmLegacyInitializationArgsDict = {
+            "datastore_id": args.vm_datastore,
+            "ip_configs": [{"ipv4": {"address": f"{args.address}/{args.prefix_length}", "gateway": args.gateway}}],
+            "dns": {"domain": args.domain, "servers": list(args.dns_servers)},
+            "user_data_file_id": snippet.id,
+        }
+        cpu: proxmoxve.VmLegacyCpuArgsDict = {"cores": args.cores, "type": CPU_TYPE}
+        vm = proxmoxve.VmLegacy(
+            f"{name}-vm",
+            node_name=args.proxmox_node,
+            name=args.hostname,
+            description=f"loki-stack {args.role} VM {args.fqdn}, managed by Pulumi",
+            tags=["loki-stack", args.role],
+            on_boot=True,
+            started=True,
+            stop_on_destroy=True,
+            agent={"enabled": True, "trim": True},
+            cpu=cpu,
+            memory={"dedicated": args.memory_mib},
+            operating_system={"type": "l26"},
+            scsi_hardware="virtio-scsi-single",
+            disks=disks,
+            network_devices=[network_device],
+            initialization=initialization,
+            # A new cloud image is for new VMs: an existing VM keeps its disk and is updated with apt.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["disks[0].importFrom"]),
+        )
+
+        def connection(keys: list[str]) -> command.remote.ConnectionArgsDict:
+            return {
+                "host": args.address,
+                "user": args.admin_user,
+                "private_key": keys[0],
+                "host_key": keys[1].strip(),
+                "dial_error_limit": SSH_DIAL_ATTEMPTS,
+                "per_dial_timeout": 10,
+            }
+
+        self.connection = pulumi.Output.secret(
+            pulumi.Output.all(args.deploy_private_key, host_key.public_key_openssh).apply(connection))
+        self.cloud_init = command.remote.Command(
+            f"{name}-cloud-init",
+            connection=self.connection,
+            create="bash -s",
+            stdin=WAIT_SCRIPT,
+            triggers=[vm.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[vm]),
+        )
+
+        self.address = pulumi.Output.from_input(args.address)
+        self.hostname = pulumi.Output.from_input(args.hostname)
+        self.fqdn = pulumi.Output.from_input(args.fqdn)
+        self.vm_id = vm.vm_id
+        self.data_disk_path = pulumi.Output.from_input(DATA_DISK_PATH if args.data_disk_gib else "")
+        self.host_files = [
+            HostFile(host=args.hostname, path=USER_DATA_PATH, content=user_data, mode="0600"),
+        ]
+        self.register_outputs({
+            "address": self.address,
+            "hostname": self.hostname,
+            "fqdn": self.fqdn,
+            "vm_id": self.vm_id,
+            "connection": self.connection,
+            "data_disk_path": self.data_disk_path,
+        })

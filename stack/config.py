@@ -1,0 +1,560 @@
+"""Settings: the only reader of ``pulumi.Config``.
+
+``load_settings()`` reads every key declared in Pulumi.yaml (falling back to its default, as the
+CLI does), checks it, and returns frozen dataclasses. Every problem is reported before any
+resource exists, all at once, each naming the key, the rule, the value and a valid example.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+from urllib.parse import urlsplit
+
+import pulumi
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from pulumi.runtime import config as runtime_config
+
+from stack.schema import ProjectSchema, load_schema
+
+# --- Settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSettings:
+    domain: str
+    """DNS domain of every host."""
+    cidr: IPv4Network
+    """Network of every VM and the VIP."""
+    gateway: IPv4Address
+    """Default gateway, inside ``cidr``."""
+    dns_servers: tuple[IPv4Address, ...]
+    """Resolvers for the VMs (the gateway when none were given)."""
+    bridge: str
+    """Proxmox bridge the VMs attach to."""
+    vlan_id: int | None
+    """VLAN tag, or None for untagged."""
+    guest_interface: str
+    """Interface name inside the VMs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudImageSettings:
+    url: str
+    """Pinned (dated) cloud image URL."""
+    checksum: str
+    """Hex digest of the image."""
+    checksum_algorithm: str
+    """``sha256`` or ``sha512``."""
+
+    @property
+    def file_name(self) -> str:
+        """File name in the Proxmox datastore; content type ``import`` needs a .qcow2 name."""
+        base = urlsplit(self.url).path.rsplit("/", 1)[-1]
+        return base if base.endswith(".qcow2") else f"{base.rsplit('.', 1)[0]}.qcow2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxmoxSettings:
+    endpoint: str
+    """Proxmox VE API URL."""
+    api_token: pulumi.Output[str]
+    """API token (secret)."""
+    insecure: bool
+    """Skip TLS verification of the API (off by default)."""
+    ssh_user: str
+    """SSH user on the Proxmox nodes, for snippet uploads."""
+    image_datastore: str
+    """Datastore for the cloud image (content type import)."""
+    snippet_datastore: str
+    """Datastore for cloud-init snippets."""
+    vm_datastore: str
+    """Datastore for VM disks."""
+    cloud_image: CloudImageSettings
+    """The image every VM boots from."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmSettings:
+    name: str
+    """Host name (RFC 1123 label); also the VM name in Proxmox."""
+    fqdn: str
+    """``<name>.<domain>``."""
+    role: str
+    """``loki``, ``objectstore`` or ``grafana``."""
+    address: IPv4Address
+    """Static IPv4 address."""
+    proxmox_node: str
+    """Proxmox node that runs the VM."""
+    cores: int
+    memory_mib: int
+    disk_gib: int
+    """System disk, grown from the cloud image."""
+    data_disk_gib: int
+    """Second disk for the role's data; 0 for none."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SshSettings:
+    admin_user: str
+    """Admin user on every VM."""
+    admin_keys: tuple[str, ...]
+    """The operator's OpenSSH public keys."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiSettings:
+    version: str
+    """Pinned Loki release, X.Y.Z."""
+    retention: str
+    """Loki duration; ``0s`` keeps logs forever."""
+    nodes: tuple[VmSettings, ...]
+    """1 node (single-node mode) or 3 and more."""
+
+    @property
+    def replication_factor(self) -> int:
+        return 1 if len(self.nodes) == 1 else 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class VipSettings:
+    address: IPv4Address
+    hostname: str
+    fqdn: str
+    router_id: int
+    """VRRP virtual router id, 1-255."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    network: NetworkSettings
+    proxmox: ProxmoxSettings
+    ssh: SshSettings
+    loki: LokiSettings
+    vip: VipSettings
+    object_store: VmSettings
+    grafana: VmSettings
+
+    @property
+    def vms(self) -> tuple[VmSettings, ...]:
+        """Every VM of the stack, in a fixed order: Loki nodes, object store, Grafana."""
+        return (*self.loki.nodes, self.object_store, self.grafana)
+
+
+# --- Errors -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    """Qualified key, e.g. ``loki-stack:lokiAddresses[1]``."""
+    rule: str
+    value: str
+    """The offending value as shown to the user (never a secret)."""
+    example: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.rule}; got {self.value}. Example: {self.example}"
+
+
+class SettingsError(ValueError):
+    """Raised by ``load_settings`` with every problem found; nothing has been created yet."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid stack settings ({len(problems)} problem(s)):\n{lines}")
+
+
+# --- Rules --------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # RFC 1123 host label
+_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ - 1
+_DATASTORE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")  # Proxmox storage id
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_API_TOKEN = re.compile(r"^[^@\s!=]+@[^@\s!=]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{36}$")
+_LOKI_VERSION = re.compile(r"^3\.(\d+)\.(\d+)$")
+_DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
+_DURATION_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+_CHECKSUM_LENGTHS = {"sha256": 64, "sha512": 128}
+_RESERVED_USERS = {"root", "daemon", "bin", "sys", "nobody", "loki", "grafana", "alloy", "minio", "keepalived_script"}
+MIN_LOKI_MINOR = 7
+MIN_MEMORY_MIB = 1024
+MIN_DISK_GIB = 8
+MIN_DATA_DISK_GIB = 10
+MIN_RETENTION_SECONDS = 24 * 3600
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a Loki/Prometheus duration (``744h``, ``31d``, ``1h30m``); None if malformed."""
+    match = _DURATION.match(text)
+    if not text or not match:
+        return None
+    total = 0.0
+    for part in match.groups():
+        if part:
+            unit = part.lstrip("0123456789")
+            total += int(part[: -len(unit)]) * _DURATION_UNITS[unit]
+    return total
+
+
+def is_hostname_label(text: str) -> bool:
+    return bool(_LABEL.match(text))
+
+
+def is_domain(text: str) -> bool:
+    return len(text) <= 253 and all(is_hostname_label(label) for label in text.split("."))
+
+
+class _Checker:
+    """Collects problems; each ``check_*`` returns the parsed value or None when it failed."""
+
+    def __init__(self, schema: ProjectSchema):
+        self.schema = schema
+        self.problems: list[Problem] = []
+
+    def fail(self, key: str, rule: str, value: Any, example: str, *, secret: bool = False) -> None:
+        shown = "<secret, not shown>" if secret else repr(value)
+        self.problems.append(Problem(self.schema.qualified(key), rule, shown, example))
+
+    def label(self, key: str, value: str, example: str) -> str | None:
+        if not is_hostname_label(value):
+            self.fail(key, "must be an RFC 1123 host name: letters, digits and '-', 1-63 characters, "
+                      "not starting or ending with '-'", value, example)
+            return None
+        return value
+
+    def address(self, key: str, value: str, example: str, network: IPv4Network | None) -> IPv4Address | None:
+        try:
+            addr = IPv4Address(value)
+        except ValueError:
+            self.fail(key, "must be an IPv4 address", value, example)
+            return None
+        if network is not None:
+            if addr not in network:
+                self.fail(key, f"must be inside networkCidr {network}", value, example)
+                return None
+            if addr in (network.network_address, network.broadcast_address):
+                self.fail(key, f"must be a host address, not the network or broadcast address of {network}",
+                          value, example)
+                return None
+        return addr
+
+    def in_range(self, key: str, value: int, low: int, high: int | None, *, example: str,
+                 rule: str = "") -> int | None:
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.fail(key, rule or f"must be {bounds}", value, example)
+            return None
+        return value
+
+
+# --- Reading --------------------------------------------------------------------------------
+
+
+def _configured_keys(project: str) -> set[str]:
+    """Every config key given to the program in the project namespace, declared or not."""
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    return {k.split(":", 1)[1] for k in keys if k.startswith(f"{project}:")}
+
+
+def _parse(text: str, type_name: str) -> Any:
+    """Parse a config value as the Pulumi runtime hands it over (strings; JSON for arrays)."""
+    if type_name == "string":
+        return text
+    if type_name == "integer":
+        return int(text)
+    if type_name == "boolean":
+        if text not in ("true", "false"):
+            raise ValueError(text)
+        return text == "true"
+    return json.loads(text)
+
+
+def _read_values(schema: ProjectSchema, check: _Checker) -> dict[str, Any]:
+    """Each declared key's value (or its default), type-checked against Pulumi.yaml."""
+    values: dict[str, Any] = {}
+    for name in sorted(_configured_keys(schema.project) - set(schema.keys)):
+        close = difflib.get_close_matches(name, list(schema.keys), n=1)
+        hint = f"{schema.qualified(close[0])}: ..." if close else "see the key table in README.md"
+        qualified = schema.qualified(name)
+        check.fail(name, "is not a setting of this project (declared in Pulumi.yaml)",
+                   runtime_config.get_config(qualified), hint, secret=runtime_config.is_config_secret(qualified))
+    for name, spec in schema.keys.items():
+        text = runtime_config.get_config(schema.qualified(name))
+        if text is None:
+            if spec.required:
+                how = "pulumi config set --secret" if spec.secret else "pulumi config set"
+                check.fail(name, f"is required ({spec.description})", None, f"{how} {name} ...")
+            else:
+                values[name] = spec.default
+            continue
+        try:
+            value = _parse(text, spec.type)
+        except ValueError:
+            value = text
+        if not spec.accepts(value):
+            check.fail(name, f"must be of type {spec.type_name()}", "<secret>" if spec.secret else value,
+                       json.dumps(spec.default) if spec.default is not None else spec.description,
+                       secret=spec.secret)
+            continue
+        values[name] = value
+    return values
+
+
+# --- Building -------------------------------------------------------------------------------
+
+
+def _network(v: dict[str, Any], check: _Checker) -> NetworkSettings | None:
+    domain = v["domain"]
+    if not is_domain(domain):
+        check.fail("domain", "must be a DNS domain of RFC 1123 labels separated by dots", domain, "home.arpa")
+    try:
+        cidr = IPv4Network(v["networkCidr"])
+    except ValueError:
+        check.fail("networkCidr", "must be an IPv4 network with its host bits zero",
+                   v["networkCidr"], "192.168.50.0/24")
+        return None
+    if cidr.prefixlen > 29:
+        check.fail("networkCidr", "must leave room for the VMs and the VIP (prefix at most /29)",
+                   v["networkCidr"], "192.168.50.0/24")
+    gateway = check.address("networkGateway", v["networkGateway"], str(cidr.network_address + 1), cidr)
+    dns = tuple(
+        a for i, s in enumerate(v["dnsServers"])
+        if (a := check.address(f"dnsServers[{i}]", s, "192.168.50.1", None)) is not None
+    )
+    for key, example in (("bridge", "vmbr0"), ("guestInterface", "ens18")):
+        if not _IFACE.match(v[key]):
+            check.fail(key, "must be a network interface name: 1-15 of letters, digits, '_', '.', '-'",
+                       v[key], example)
+    vlan = check.in_range("vlanId", v["vlanId"], 0, 4094, example="0 (untagged) or 20",
+                          rule="must be 0 (untagged) or a VLAN tag between 1 and 4094")
+    if gateway is None or vlan is None:
+        return None
+    return NetworkSettings(domain=domain, cidr=cidr, gateway=gateway, dns_servers=dns or (gateway,),
+                           bridge=v["bridge"], vlan_id=vlan or None, guest_interface=v["guestInterface"])
+
+
+def _proxmox(v: dict[str, Any], check: _Checker, token: pulumi.Output[str] | None) -> ProxmoxSettings | None:
+    endpoint = v.get("proxmoxEndpoint")
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname:
+            check.fail("proxmoxEndpoint", "must be an https:// URL of the Proxmox VE API", endpoint,
+                       "https://pve.home.arpa:8006/")
+    raw_token = runtime_config.get_config(check.schema.qualified("proxmoxApiToken"))
+    if raw_token is not None and not _API_TOKEN.match(raw_token):
+        check.fail("proxmoxApiToken", "must be a Proxmox API token USER@REALM!TOKENID=UUID", None,
+                   "root@pam!pulumi=01234567-89ab-cdef-0123-456789abcdef", secret=True)
+    for key in ("proxmoxNode", "objectStoreProxmoxNode", "grafanaProxmoxNode"):
+        if v[key]:
+            check.label(key, v[key], "pve")
+    for i, node in enumerate(v["lokiProxmoxNodes"]):
+        check.label(f"lokiProxmoxNodes[{i}]", node, "pve")
+    for key in ("proxmoxImageDatastore", "proxmoxSnippetDatastore", "proxmoxVmDatastore"):
+        if not _DATASTORE.match(v[key]):
+            check.fail(key, "must be a Proxmox storage id (a letter, then letters, digits, '-', '_', '.')",
+                       v[key], "local-lvm")
+    if not _UNIX_USER.match(v["proxmoxSshUser"]):
+        check.fail("proxmoxSshUser", "must be a user name on the Proxmox nodes", v["proxmoxSshUser"], "root")
+    image = _cloud_image(v, check)
+    if endpoint is None or token is None or image is None:
+        return None
+    return ProxmoxSettings(endpoint=endpoint, api_token=token, insecure=v["proxmoxInsecure"],
+                           ssh_user=v["proxmoxSshUser"], image_datastore=v["proxmoxImageDatastore"],
+                           snippet_datastore=v["proxmoxSnippetDatastore"],
+                           vm_datastore=v["proxmoxVmDatastore"], cloud_image=image)
+
+
+def _cloud_image(v: dict[str, Any], check: _Checker) -> CloudImageSettings | None:
+    url, checksum, algorithm = v["cloudImageUrl"], v["cloudImageChecksum"], v["cloudImageChecksumAlgorithm"]
+    example_url = "https://cloud.debian.org/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
+    parts = urlsplit(url)
+    ok = True
+    if parts.scheme != "https" or not parts.path.endswith((".qcow2", ".img")):
+        check.fail("cloudImageUrl", "must be an https:// URL of a .qcow2 or .img cloud image", url, example_url)
+        ok = False
+    elif "/latest/" in parts.path or "latest" in parts.path.rsplit("/", 1)[-1]:
+        check.fail("cloudImageUrl", "must name a dated build, not 'latest' (its checksum changes under you)",
+                   url, example_url)
+        ok = False
+    if algorithm not in _CHECKSUM_LENGTHS:
+        check.fail("cloudImageChecksumAlgorithm", f"must be one of {sorted(_CHECKSUM_LENGTHS)}", algorithm, "sha512")
+        return None
+    if not re.fullmatch(f"[0-9a-f]{{{_CHECKSUM_LENGTHS[algorithm]}}}", checksum):
+        check.fail("cloudImageChecksum",
+                   f"must be the {_CHECKSUM_LENGTHS[algorithm]}-digit lower-case hex {algorithm} of the image",
+                   checksum, "the image's line in SHA512SUMS")
+        ok = False
+    return CloudImageSettings(url=url, checksum=checksum, checksum_algorithm=algorithm) if ok else None
+
+
+def _ssh(v: dict[str, Any], check: _Checker) -> SshSettings | None:
+    user = v["sshAdminUser"]
+    if not _UNIX_USER.match(user) or user in _RESERVED_USERS:
+        check.fail("sshAdminUser", "must be a Linux user name (lower case, at most 32 characters) that is "
+                   f"not reserved ({', '.join(sorted(_RESERVED_USERS))})", user, "ops")
+    keys = v.get("sshAdminKeys")
+    if keys is None:
+        return None
+    example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop"
+    if not keys:
+        check.fail("sshAdminKeys", "must list at least one OpenSSH public key", keys, example)
+    for i, key in enumerate(keys):
+        if "PRIVATE KEY" in key:
+            check.fail(f"sshAdminKeys[{i}]", "must be a public key; this is a PRIVATE key, remove it from the "
+                       "stack file and rotate it", None, example, secret=True)
+            continue
+        try:
+            load_ssh_public_key(key.encode())
+        except (ValueError, TypeError) as err:
+            shown = key if len(key) <= 40 else key[:37] + "..."
+            check.fail(f"sshAdminKeys[{i}]", f"must be an OpenSSH public key ({err})", shown, example)
+    return SshSettings(admin_user=user, admin_keys=tuple(keys))
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A VM with the config keys its name and address came from (for error messages)."""
+
+    vm: VmSettings
+    name_key: str
+    address_key: str
+
+
+def _role_vms(
+    v: dict[str, Any], check: _Checker, network: NetworkSettings | None
+) -> tuple[list[_Placed], list[_Placed], list[_Placed]]:
+    """The Loki nodes, the object store and Grafana; each list is empty where a problem was reported."""
+    cidr = network.cidr if network else None
+    domain = v["domain"]
+    host = str(cidr.network_address + 21) if cidr else "192.168.50.21"
+
+    def sizes(prefix: str, *, needs_data: bool) -> dict[str, int] | None:
+        cores = check.in_range(f"{prefix}Cores", v[f"{prefix}Cores"], 1, 64, example="2")
+        memory = check.in_range(f"{prefix}MemoryMiB", v[f"{prefix}MemoryMiB"], MIN_MEMORY_MIB, None, example="4096")
+        disk = check.in_range(f"{prefix}DiskGiB", v[f"{prefix}DiskGiB"], MIN_DISK_GIB, None, example="16")
+        data = v[f"{prefix}DataDiskGiB"]
+        if needs_data:
+            data = check.in_range(f"{prefix}DataDiskGiB", data, MIN_DATA_DISK_GIB, None, example="50",
+                                  rule=f"must be at least {MIN_DATA_DISK_GIB}: this role keeps its data there")
+        else:
+            data = check.in_range(f"{prefix}DataDiskGiB", data, 0, None, example="0")
+        if None in (cores, memory, disk, data):
+            return None
+        return {"cores": cores, "memory_mib": memory, "disk_gib": disk, "data_disk_gib": data}  # type: ignore[dict-item]
+
+    def vm(role: str, *, name_key: str, name: str, addr_key: str, addr: str, node: str,
+           size: dict[str, int] | None) -> list[_Placed]:
+        label = check.label(name_key, name, "loki-01")
+        ip = check.address(addr_key, addr, host, cidr)
+        if label is None or ip is None or size is None:
+            return []
+        return [_Placed(VmSettings(name=name, fqdn=f"{name}.{domain}", role=role, address=ip,
+                                   proxmox_node=node or v["proxmoxNode"], **size), name_key, addr_key)]
+
+    names, addresses, pnodes = v["lokiNodes"], v.get("lokiAddresses"), v["lokiProxmoxNodes"]
+    if len(names) == 2 or not names:
+        check.fail("lokiNodes", "must list 1 node (single-node mode) or at least 3 (replication factor 3 "
+                   "needs 3 replicas)", names, '["loki-01", "loki-02", "loki-03"]')
+    if addresses is not None and len(addresses) != len(names):
+        check.fail("lokiAddresses", f"must give one address per entry of lokiNodes ({len(names)})",
+                   addresses, json.dumps([str(IPv4Address(host) + i) for i in range(len(names))]))
+        addresses = None
+    if pnodes and len(pnodes) != len(names):
+        check.fail("lokiProxmoxNodes", f"must be empty or give one Proxmox node per entry of lokiNodes "
+                   f"({len(names)})", pnodes, json.dumps(["pve1", "pve2", "pve3"][: len(names)]))
+        pnodes = []
+    loki_size = sizes("loki", needs_data=True)
+    loki = [
+        placed
+        for i, (name, address) in enumerate(zip(names, addresses or [], strict=False))
+        for placed in vm("loki", name_key=f"lokiNodes[{i}]", name=name, addr_key=f"lokiAddresses[{i}]",
+                         addr=address, node=pnodes[i] if pnodes else "", size=loki_size)
+    ]
+    store = vm("objectstore", name_key="objectStoreName", name=v["objectStoreName"], addr_key="objectStoreAddress",
+               addr=v["objectStoreAddress"], node=v["objectStoreProxmoxNode"],
+               size=sizes("objectStore", needs_data=True))
+    grafana = vm("grafana", name_key="grafanaName", name=v["grafanaName"], addr_key="grafanaAddress",
+                 addr=v["grafanaAddress"], node=v["grafanaProxmoxNode"], size=sizes("grafana", needs_data=False))
+    return (loki if len(loki) == len(names) else []), store, grafana
+
+
+def _vip(v: dict[str, Any], check: _Checker, network: NetworkSettings | None) -> VipSettings | None:
+    hostname = check.label("vipHostname", v["vipHostname"], "loki")
+    router_id = check.in_range("vipRouterId", v["vipRouterId"], 1, 255, example="51",
+                               rule="must be a VRRP virtual router id between 1 and 255")
+    if v.get("vipAddress") is None or network is None:
+        return None
+    address = check.address("vipAddress", v["vipAddress"], str(network.cidr.network_address + 20), network.cidr)
+    if address is None or hostname is None or router_id is None:
+        return None
+    return VipSettings(address=address, hostname=hostname, fqdn=f"{hostname}.{v['domain']}", router_id=router_id)
+
+
+def _unique(check: _Checker, entries: Iterable[tuple[str, str, str]], what: str, example: Callable[[str], str]) -> None:
+    """Report every (key, value) whose value an earlier entry already uses."""
+    seen: dict[str, str] = {}
+    for key, value, shown in entries:
+        if value in seen:
+            check.fail(key, f"must be unique: {seen[value]} already uses this {what}", shown, example(shown))
+        else:
+            seen[value] = key
+
+
+def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> LokiSettings | None:
+    version = v["lokiVersion"]
+    match = _LOKI_VERSION.match(version)
+    if not match or int(match.group(1)) < MIN_LOKI_MINOR:
+        rule = ("must be a pinned release, not a moving tag" if not re.match(r"^\d", version)
+                else f"must be a pinned Loki release 3.{MIN_LOKI_MINOR}.0 or later in 3.x, as X.Y.Z")
+        check.fail("lokiVersion", rule, version, "3.7.6")
+    seconds = duration_seconds(v["lokiRetention"])
+    if seconds is None:
+        check.fail("lokiRetention", "must be a Loki duration: a number and unit (y, w, d, h, m, s, ms), "
+                   "largest unit first", v["lokiRetention"], "744h")
+    elif 0 < seconds < MIN_RETENTION_SECONDS:
+        check.fail("lokiRetention", "must be at least 24h (Loki's index period), or 0s to keep logs forever",
+                   v["lokiRetention"], "744h")
+    if not nodes:
+        return None
+    return LokiSettings(version=version, retention=v["lokiRetention"], nodes=nodes)
+
+
+def load_settings(schema: ProjectSchema | None = None) -> Settings:
+    """Read, check and return the stack's settings; raise SettingsError listing every problem."""
+    schema = schema or load_schema()
+    check = _Checker(schema)
+    v = _read_values(schema, check)
+    if check.problems:  # a missing or mistyped key: the rules below would only repeat it
+        raise SettingsError(check.problems)
+
+    token = pulumi.Config().get_secret("proxmoxApiToken")
+    network = _network(v, check)
+    proxmox = _proxmox(v, check, token)
+    ssh = _ssh(v, check)
+    loki_nodes, store, grafana = _role_vms(v, check, network)
+    vip = _vip(v, check, network)
+    loki = _loki(v, check, tuple(p.vm for p in loki_nodes))
+
+    placed = [*loki_nodes, *store, *grafana]
+    if network is not None:
+        addresses = [("networkGateway", str(network.gateway))]
+        addresses += [(p.address_key, str(p.vm.address)) for p in placed]
+        addresses += [("vipAddress", str(vip.address))] if vip else []
+        _unique(check, [(k, a, a) for k, a in addresses], "address",
+                lambda shown: str(network.cidr.network_address + 200))
+    names = [(p.name_key, p.vm.name.lower(), p.vm.name) for p in placed]
+    names += [("vipHostname", vip.hostname.lower(), vip.hostname)] if vip else []
+    _unique(check, names, "host name", lambda shown: f"{shown}-2")
+
+    if check.problems:
+        raise SettingsError(check.problems)
+    assert network and proxmox and ssh and loki and vip and store and grafana  # every failure was reported
+    return Settings(network=network, proxmox=proxmox, ssh=ssh, loki=loki, vip=vip,
+                    object_store=store[0].vm, grafana=grafana[0].vm)

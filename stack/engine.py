@@ -1,0 +1,312 @@
+"""A local stand-in for the Pulumi engine and the cloud, used by the offline plan and by the tests.
+
+``FakeCloud`` answers resource registrations as the real providers would: ids, and computed
+outputs such as real private keys (made with ``cryptography``, derived from the resource name so
+that two runs of the same program give the same keys and the same manifest). Provider-computed
+secrets come back marked secret, as the real engine marks them. ``RecordingMonitor`` keeps every
+registration with its parent, dependencies and options. ``run()`` runs a program under both and
+resolves what it returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 (a format marker, not a password)
+"""The property-value signature the Pulumi SDK uses for a secret."""
+_SECRET_MARK = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (a format marker)
+UNKNOWN = rpc.UNKNOWN
+"""How the SDK hands the engine a value that is not known yet (preview)."""
+
+
+def secret(value: Any) -> dict[str, Any]:
+    """``value`` wrapped as a secret property value, as the engine sends secret outputs."""
+    return {SECRET_SIG: _SECRET_MARK, "value": value}
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == _SECRET_MARK
+
+
+def unwrap(value: Any) -> Any:
+    """``value`` with every secret wrapper replaced by what it holds."""
+    if is_secret(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of a property map in canonical JSON (sorted keys, secrets included as they are)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- Fake providers -----------------------------------------------------------------------
+
+
+def _seed(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "P224": ec.SECP224R1(), "P256": ec.SECP256R1(), "P384": ec.SECP384R1(), "P521": ec.SECP521R1(),
+}
+
+
+def _openssh_private(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+                     seed: bytes) -> str:
+    """OpenSSH private key format with a check word derived from ``seed`` (OpenSSH picks it at
+    random, which would make every plan differ)."""
+    pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+    body = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+    pos = len(b"openssh-key-v1\0")
+    for _ in range(3):  # cipher name, kdf name, kdf options
+        pos += 4 + struct.unpack(">I", body[pos:pos + 4])[0]
+    pos += 4  # number of keys
+    pos += 4 + struct.unpack(">I", body[pos:pos + 4])[0]  # public key
+    pos += 4  # length of the private section; it starts with the check word, twice
+    body = body[:pos] + seed[:4] * 2 + body[pos + 8:]
+    b64 = base64.b64encode(body).decode()
+    lines = [b64[i:i + 70] for i in range(0, len(b64), 70)]
+    return "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def fake_private_key(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs of ``tls.PrivateKey`` for a real key derived from the resource name."""
+    algorithm = inputs.get("algorithm", "RSA")
+    seed = _seed("tls.PrivateKey", name, algorithm, str(inputs.get("ecdsaCurve")), str(inputs.get("rsaBits")))
+    key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if algorithm == "ED25519":
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+        traditional = ser.PrivateFormat.PKCS8
+    elif algorithm == "ECDSA":
+        curve = _CURVES[inputs.get("ecdsaCurve", "P224")]
+        scalar = int.from_bytes(hashlib.sha512(seed).digest(), "big") % (2 ** (curve.key_size - 1)) + 1
+        key = ec.derive_private_key(scalar, curve)
+        traditional = ser.PrivateFormat.TraditionalOpenSSL
+    elif algorithm == "RSA":  # random: RSA keys cannot be derived from a seed cheaply
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(inputs.get("rsaBits", 2048)))
+        traditional = ser.PrivateFormat.TraditionalOpenSSL
+    else:
+        raise ValueError(f"tls.PrivateKey {name}: unknown algorithm {algorithm!r}")
+    public = key.public_key()
+    openssh_public = public.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    wire = base64.b64decode(openssh_public.split()[1])
+    pem = key.private_bytes(ser.Encoding.PEM, traditional, ser.NoEncryption()).decode()
+    pkcs8 = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode()
+    openssh = "" if algorithm == "ECDSA" and inputs.get("ecdsaCurve", "P224") == "P224" else _openssh_private(key, seed)
+    return {
+        **inputs,
+        "privateKeyPem": secret(pem),
+        "privateKeyPemPkcs8": secret(pkcs8),
+        "privateKeyOpenssh": secret(openssh),
+        "publicKeyPem": public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode(),
+        "publicKeyOpenssh": openssh_public + "\n",
+        "publicKeyFingerprintMd5": ":".join(f"{b:02x}" for b in hashlib.md5(wire).digest()),  # noqa: S324 (format, not security)
+        "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("="),
+    }
+
+
+def _unwrapped(inputs: dict[str, Any], key: str) -> Any:
+    return unwrap(inputs.get(key))
+
+
+class FakeCloud(pulumi.runtime.Mocks):
+    """Answers registrations like the real providers; records every secret value it hands out.
+
+    In preview mode, as in a real preview of new resources, it returns only ids: every
+    computed output is unknown.
+    """
+
+    def __init__(self, *, preview: bool = False):
+        self.preview = preview
+        self.secret_values: dict[str, str] = {}
+        """Every secret string handed out (or given as secret config) -> a label for it."""
+
+    def note_secret(self, value: str, label: str) -> None:
+        if value:
+            self.secret_values.setdefault(value, label)
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        typ, name = args.typ, args.name
+        if typ.startswith("pulumi:providers:"):
+            return f"{name}-provider-id", inputs
+        if typ == "tls:index/privateKey:PrivateKey":
+            state = fake_private_key(name, unwrap(inputs))
+            rid = hashlib.sha1(state["publicKeyPem"].encode()).hexdigest()  # noqa: S324 (the tls provider's id)
+        elif typ == "proxmoxve:download/file:File":
+            rid = f"{inputs['datastoreId']}:{inputs['contentType']}/{inputs.get('fileName', name)}"
+            state = {**inputs, "size": 1}
+        elif typ == "proxmoxve:index/fileLegacy:FileLegacy":
+            raw = _unwrapped(inputs, "sourceRaw") or {}
+            file_name = raw.get("fileName", name)
+            rid = f"{inputs['datastoreId']}:{inputs['contentType']}/{file_name}"
+            state = {**inputs, "fileName": file_name}
+        elif typ == "proxmoxve:index/vmLegacy:VmLegacy":
+            vm_id = int(inputs.get("vmId") or 1000 + int(_seed("vm", name).hex(), 16) % 9000)
+            rid, state = str(vm_id), {**inputs, "vmId": vm_id}
+        elif typ == "command:remote:Command":
+            rid, state = f"{name}-cmd", {**inputs, "stdout": "", "stderr": ""}
+        else:
+            rid, state = f"{name}-id", inputs
+        for key, value in state.items():
+            if is_secret(value) and isinstance(value["value"], str):
+                self.note_secret(value["value"], f"{name}.{key}")
+        return rid, ({} if self.preview else state)
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+# --- Recording ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One resource as the engine saw it."""
+
+    urn: str
+    type: str
+    name: str
+    parent: str
+    """Parent URN; the root stack's URN for top-level resources."""
+    custom: bool
+    provider: str
+    """``<provider urn>::<provider id>`` or empty for a default provider."""
+    id: str
+    inputs: dict[str, Any]
+    """As sent by the program: camelCase keys, secrets still wrapped."""
+    dependencies: tuple[str, ...]
+    ignore_changes: tuple[str, ...]
+    delete_before_replace: bool
+
+    @property
+    def plain_inputs(self) -> dict[str, Any]:
+        return unwrap(self.inputs)
+
+    @property
+    def inputs_hash(self) -> str:
+        return canonical_hash(self.inputs)
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, keeping every registration with its resource options."""
+
+    def __init__(self, mocks: FakeCloud):
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(Registration(
+                urn=response.urn, type=request.type, name=request.name, parent=request.parent,
+                custom=bool(request.custom), provider=request.provider, id=response.id,
+                inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+                dependencies=tuple(request.dependencies), ignore_changes=tuple(request.ignoreChanges),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+            ))
+        return response
+
+    def find(self, typ: str, name: str) -> Registration:
+        """The registration of type ``typ`` named ``name``; a test failure names what was missing."""
+        for reg in self.registrations:
+            if reg.type == typ and reg.name == name:
+                return reg
+        known = sorted(f"{r.type} {r.name}" for r in self.registrations)
+        raise LookupError(f"no {typ} named {name!r} was registered; registered: {known}")
+
+    def of_type(self, typ: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == typ]
+
+
+@dataclass
+class Engine:
+    cloud: FakeCloud
+    monitor: RecordingMonitor
+
+    @property
+    def registrations(self) -> list[Registration]:
+        return self.monitor.registrations
+
+
+def install(*, project: str, stack: str, preview: bool = False,
+            config: dict[str, str] | None = None, secret_keys: list[str] | None = None) -> Engine:
+    """Point the Pulumi runtime at a fresh fake cloud and recording monitor, with this config."""
+    cloud = FakeCloud(preview=preview)
+    monitor = RecordingMonitor(cloud)
+    pulumi.runtime.set_mocks(cloud, project=project, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_all_config(dict(config or {}), secret_keys=list(secret_keys or []))
+    for key in secret_keys or []:
+        if config and key in config:
+            cloud.note_secret(config[key], f"config {key}")
+    return Engine(cloud, monitor)
+
+
+# --- Running a whole program ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A value the program produced, after the run."""
+
+    value: Any
+    """None when unknown (preview)."""
+    known: bool
+    secret: bool
+
+
+async def resolve(value: Any) -> Resolved:
+    """Resolve an Input (plain value or Output) to its value, knownness and secretness."""
+    out = pulumi.Output.from_input(value)
+    known, is_secret_ = await out.is_known(), await out.is_secret()
+    return Resolved(await out.future() if known else None, known, is_secret_)
+
+
+@dataclass
+class RunResult:
+    engine: Engine
+    returned: Any
+    """What the program function returned."""
+    resolved: dict[str, Resolved] = field(default_factory=dict)
+    """What the ``collect`` callback asked to resolve, by name."""
+
+
+def run(program: Callable[[], Any], collect: Callable[[Any], dict[str, Any]], *, project: str, stack: str,
+        preview: bool = False, config: dict[str, str] | None = None,
+        secret_keys: list[str] | None = None) -> RunResult:
+    """Run ``program`` against a fresh fake engine and wait for every registration.
+
+    ``collect(returned)`` names the values to resolve once the program has been built (files,
+    outputs); they come back in ``RunResult.resolved``. Exceptions from the program propagate.
+    """
+    engine = install(project=project, stack=stack, preview=preview, config=config, secret_keys=secret_keys)
+    result = RunResult(engine=engine, returned=None)
+
+    async def main() -> None:
+        result.returned = program()
+        for key, value in collect(result.returned).items():
+            result.resolved[key] = await resolve(value)
+
+    def start() -> Awaitable[None]:
+        return main()
+
+    pulumi.runtime.test(start)()
+    return result

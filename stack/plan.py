@@ -1,0 +1,225 @@
+"""The offline plan: run the real program against the local fake engine, without the Pulumi CLI.
+
+``python -m stack plan [--stack homelab] [--out build/plan] [--show-secrets] [--preview]``
+
+It reads ``Pulumi.<stack>.yaml`` as the CLI would, prints the resource tree, writes every file
+each host will receive under ``<out>/<host>/<absolute path>``, and writes ``<out>/manifest.json``
+(every resource with a hash of its inputs, every file, the stack outputs). Secret values are
+redacted in files and outputs unless ``--show-secrets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from stack import engine
+from stack.config import SettingsError, load_settings
+from stack.program import Deployment, build
+from stack.schema import PROJECT_DIR, ProjectSchema, load_schema
+
+PLAN_STAND_INS = {"proxmoxApiToken": "root@pam!offline-plan=00000000-0000-0000-0000-000000000000"}
+"""Values for required secrets the stack file cannot hold; the plan never talks to Proxmox."""
+MANIFEST = "manifest.json"
+
+
+class StackFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    config: dict[str, str]
+    """Qualified key -> value as the Pulumi runtime hands it to the program."""
+    secret_keys: list[str]
+    stand_ins: list[str]
+    """Keys the plan filled in because the stack file has no (decryptable) value."""
+
+
+def _as_runtime_value(value: Any) -> str:
+    """How the Pulumi CLI passes a config value to a program: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def read_stack_config(stack: str, schema: ProjectSchema | None = None, *, path: Path | None = None,
+                      overrides: dict[str, Any] | None = None, remove: tuple[str, ...] = ()) -> StackConfig:
+    """The config of ``Pulumi.<stack>.yaml`` as the program receives it.
+
+    ``path`` reads another file instead. ``overrides`` (unqualified key -> YAML value) and
+    ``remove`` change it, for tests. Encrypted
+    values and missing required secrets get a stand-in, marked secret.
+    """
+    schema = schema or load_schema()
+    path = path or PROJECT_DIR / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise StackFileError(f"stack file {path} not found; stacks here: "
+                             f"{sorted(p.name for p in PROJECT_DIR.glob('Pulumi.*.yaml'))}")
+    doc = yaml.safe_load(path.read_text()) or {}
+    raw: dict[str, Any] = {}
+    for key, value in (doc.get("config") or {}).items():
+        raw[key if ":" in key else schema.qualified(key)] = value
+    for key, value in (overrides or {}).items():
+        raw[schema.qualified(key)] = value
+    for key in remove:
+        raw.pop(schema.qualified(key), None)
+
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    stand_ins: list[str] = []
+    for key, given in raw.items():
+        short = key.split(":", 1)[1]
+        value = given
+        if isinstance(given, dict) and set(given) == {"secure"}:
+            value = PLAN_STAND_INS.get(short, "offline-plan-stand-in")
+            stand_ins.append(key)
+        config[key] = _as_runtime_value(value)
+        if key.startswith(f"{schema.project}:") and short in schema.keys and schema.keys[short].secret:
+            secret_keys.append(key)
+    for short, spec in schema.keys.items():
+        key = schema.qualified(short)
+        if spec.secret and spec.required and key not in config and short not in remove and short in PLAN_STAND_INS:
+            config[key] = PLAN_STAND_INS[short]
+            secret_keys.append(key)
+            stand_ins.append(key)
+    return StackConfig(config=config, secret_keys=secret_keys, stand_ins=stand_ins)
+
+
+def run_program(stack: str, stack_config: StackConfig, *, preview: bool = False,
+                schema: ProjectSchema | None = None) -> engine.RunResult:
+    """Run the real program (settings, then build) and resolve its outputs and host files."""
+    schema = schema or load_schema()
+
+    def collect(deployment: Deployment) -> dict[str, Any]:
+        values: dict[str, Any] = {f"output:{k}": v for k, v in deployment.outputs.items()}
+        values.update({f"file:{i}": f.content for i, f in enumerate(deployment.host_files)})
+        return values
+
+    return engine.run(lambda: build(load_settings(schema)), collect, project=schema.project, stack=stack,
+                      preview=preview, config=stack_config.config, secret_keys=stack_config.secret_keys)
+
+
+# --- Writing --------------------------------------------------------------------------------
+
+
+def secret_fragments(secrets: dict[str, str]) -> dict[str, str]:
+    """Each secret as the lines it is made of (secret value -> label becomes line -> label).
+
+    A key inside YAML or JSON is indented or escaped line by line, so whole values would not be
+    found; its lines are. PEM armour lines (``-----BEGIN ...``) are kept: they say what was there.
+    """
+    fragments: dict[str, str] = {}
+    for value, label in secrets.items():
+        for raw_line in value.splitlines():
+            line = raw_line.strip()
+            if len(line) >= 8 and not line.startswith("-----"):
+                # A line found in several secrets is a format header (OpenSSH keys share one).
+                fragments[line] = label if fragments.get(line, label) == label else "key format header"
+    return fragments
+
+
+def redact(text: str, fragments: dict[str, str]) -> str:
+    """``text`` with every secret fragment replaced by a label naming where it came from."""
+    for fragment in sorted(fragments, key=len, reverse=True):
+        text = text.replace(fragment, f"<redacted: {fragments[fragment]}>")
+    return text
+
+
+def _redact_value(value: Any, fragments: dict[str, str]) -> Any:
+    return json.loads(redact(json.dumps(value), fragments))
+
+
+def print_tree(registrations: list[engine.Registration], out: TextIO) -> None:
+    children: dict[str, list[engine.Registration]] = defaultdict(list)
+    urns = {r.urn for r in registrations}
+    for reg in registrations:
+        children[reg.parent if reg.parent in urns else ""].append(reg)
+
+    def walk(parent: str, depth: int) -> None:
+        for reg in sorted(children[parent], key=lambda r: (r.type, r.name)):
+            print(f"{'    ' * depth}{reg.type}  {reg.name}", file=out)
+            walk(reg.urn, depth + 1)
+
+    walk("", 0)
+    custom = sum(r.custom for r in registrations)
+    print(f"{len(registrations)} resources: {custom} custom, {len(registrations) - custom} components", file=out)
+
+
+def _clear(out_dir: Path) -> None:
+    """Empty a previous plan directory; refuse anything that does not look like one."""
+    if out_dir.exists():
+        if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+            raise StackFileError(f"{out_dir} exists and holds no {MANIFEST}: not removing it; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+
+
+def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secrets: bool) -> dict[str, Any]:
+    deployment: Deployment = result.returned
+    secrets = {} if show_secrets else secret_fragments(result.engine.cloud.secret_values)
+    _clear(out_dir)
+    files = []
+    for i, hf in enumerate(deployment.host_files):
+        resolved = result.resolved[f"file:{i}"]
+        target = out_dir / hf.host / hf.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = resolved.value if resolved.known else "<unknown until deployment>\n"
+        target.write_text(redact(text, secrets))
+        target.chmod(0o600 if show_secrets and resolved.secret else 0o644)
+        files.append({
+            "host": hf.host, "path": hf.path, "owner": hf.owner, "group": hf.group, "mode": hf.mode,
+            "secret": resolved.secret, "known": resolved.known,
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        })
+    outputs = {}
+    for key, resolved in result.resolved.items():
+        if key.startswith("output:"):
+            name = key.split(":", 1)[1]
+            outputs[name] = ("[secret]" if resolved.secret and not show_secrets
+                             else _redact_value(resolved.value, secrets))
+    manifest = {
+        "stack": stack,
+        "resources": [
+            {"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent, "custom": r.custom,
+             "inputsHash": r.inputs_hash, "dependencies": sorted(r.dependencies)}
+            for r in sorted(result.engine.registrations, key=lambda r: r.urn)
+        ],
+        "files": files,
+        "outputs": outputs,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", default="homelab", help="stack name: reads Pulumi.<stack>.yaml (default homelab)")
+    parser.add_argument("--stack-file", type=Path, help="read this file instead of Pulumi.<stack>.yaml")
+    parser.add_argument("--out", default="build/plan", type=Path, help="output directory (default build/plan)")
+    parser.add_argument("--show-secrets", action="store_true", help="write secret values instead of redacting them")
+    parser.add_argument("--preview", action="store_true", help="plan as a preview: computed values stay unknown")
+    args = parser.parse_args(argv)
+    try:
+        stack_config = read_stack_config(args.stack, path=args.stack_file)
+        for key in stack_config.stand_ins:
+            print(f"note: {key} has no value the plan can read; using a stand-in (never sent anywhere)", file=err)
+        result = run_program(args.stack, stack_config, preview=args.preview)
+        print_tree(result.engine.registrations, out)
+        manifest = write_plan(result, args.out, stack=args.stack, show_secrets=args.show_secrets)
+    except (SettingsError, StackFileError) as error:
+        print(f"error: {error}", file=err)
+        return 2
+    hosts = sorted({f["host"] for f in manifest["files"]})
+    print(f"wrote {len(manifest['files'])} files for {len(hosts)} hosts ({', '.join(hosts)}) "
+          f"and {MANIFEST} under {args.out}", file=out)
+    if not args.show_secrets:
+        print("secrets are redacted; --show-secrets writes them (keep that directory private)", file=out)
+    return 0

@@ -1,0 +1,52 @@
+"""Every test runs against a fresh fake engine (stack/engine.py) loaded with the example stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+
+from stack import engine
+from stack.plan import read_stack_config
+from stack.schema import load_schema
+
+SCHEMA = load_schema()
+EXAMPLE_STACK = "homelab"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "preview: run the test's program in preview mode")
+
+
+@pytest.fixture(autouse=True)
+def fake_engine(request: pytest.FixtureRequest) -> engine.Engine:
+    preview = request.node.get_closest_marker("preview") is not None
+    cfg = read_stack_config(EXAMPLE_STACK)
+    return engine.install(project=SCHEMA.project, stack="test", preview=preview,
+                          config=cfg.config, secret_keys=cfg.secret_keys)
+
+
+@pytest.fixture
+def use_config(fake_engine: engine.Engine) -> Callable[..., None]:
+    """Replace the config with the example stack's, changed by ``overrides`` and ``remove``."""
+
+    def apply(overrides: dict[str, Any] | None = None, remove: tuple[str, ...] = ()) -> None:
+        cfg = read_stack_config(EXAMPLE_STACK, overrides=overrides, remove=remove)
+        pulumi.runtime.set_all_config(cfg.config, secret_keys=cfg.secret_keys)
+
+    return apply
+
+
+def require_tool(name: str) -> str:
+    """Path of a real tool; skip without it, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"real tool {name!r} is not installed (.ci/run installs it)"
+        if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

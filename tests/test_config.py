@@ -1,0 +1,188 @@
+"""stack/config.py: the example stack loads, defaults come from Pulumi.yaml, and every rule
+rejects a bad value with one message naming the key, the rule, the value and an example."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+import pulumi
+import pytest
+
+from stack.config import SettingsError, duration_seconds, load_settings
+from stack.plan import read_stack_config
+
+
+def test_example_stack_loads_with_three_replicated_loki_nodes(use_config):
+    use_config()
+    s = load_settings()
+    assert [n.name for n in s.loki.nodes] == ["loki-01", "loki-02", "loki-03"]
+    assert s.loki.replication_factor == 3
+    assert [str(n.address) for n in s.loki.nodes] == ["192.168.50.21", "192.168.50.22", "192.168.50.23"]
+    assert s.loki.nodes[0].fqdn == "loki-01.home.arpa"
+    assert s.vip.fqdn == "loki.home.arpa" and s.vip.address == IPv4Address("192.168.50.20")
+    assert [vm.name for vm in s.vms] == ["loki-01", "loki-02", "loki-03", "s3", "grafana"]
+    assert s.network.dns_servers == (IPv4Address("192.168.50.1"),)
+    assert s.network.vlan_id is None, "vlanId 0 must mean untagged"
+
+
+def test_defaults_come_from_pulumi_yaml(use_config):
+    use_config(remove=("lokiCores", "dnsServers", "objectStoreDataDiskGiB", "lokiRetention"))
+    s = load_settings()
+    assert s.loki.nodes[0].cores == 2, "lokiCores default (Pulumi.yaml) not applied"
+    assert s.network.dns_servers == (s.network.gateway,), "empty dnsServers must fall back to the gateway"
+    assert s.object_store.data_disk_gib == 100
+    assert s.loki.retention == "744h"
+    assert s.grafana.data_disk_gib == 0 and s.grafana.proxmox_node == "pve"
+
+
+def test_single_node_mode_is_allowed(use_config):
+    use_config({"lokiNodes": ["loki-01"], "lokiAddresses": ["192.168.50.21"]})
+    s = load_settings()
+    assert len(s.loki.nodes) == 1 and s.loki.replication_factor == 1
+
+
+def test_per_vm_proxmox_nodes(use_config):
+    use_config({"lokiProxmoxNodes": ["pve1", "pve2", "pve3"], "grafanaProxmoxNode": "pve2"})
+    s = load_settings()
+    assert [n.proxmox_node for n in s.loki.nodes] == ["pve1", "pve2", "pve3"]
+    assert s.grafana.proxmox_node == "pve2" and s.object_store.proxmox_node == "pve"
+
+
+def test_forever_retention_is_allowed(use_config):
+    use_config({"lokiRetention": "0s"})
+    assert load_settings().loki.retention == "0s"
+
+
+# Each case: overrides, keys to remove, the key the message must name, and the rule it must state.
+BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
+    ("duplicate name", {"grafanaName": "loki-02"}, (), "grafanaName", "must be unique: lokiNodes[1]"),
+    ("duplicate name ignoring case", {"objectStoreName": "LOKI-01"}, (), "objectStoreName", "must be unique"),
+    ("VIP name equals a host", {"vipHostname": "grafana"}, (), "vipHostname", "must be unique: grafanaName"),
+    ("duplicate address", {"grafanaAddress": "192.168.50.22"}, (), "grafanaAddress",
+     "must be unique: lokiAddresses[1]"),
+    ("VIP equals a node address", {"vipAddress": "192.168.50.21"}, (), "vipAddress",
+     "must be unique: lokiAddresses[0]"),
+    ("node address equals gateway", {"objectStoreAddress": "192.168.50.1"}, (), "objectStoreAddress",
+     "must be unique: networkGateway"),
+    ("address outside CIDR", {"lokiAddresses": ["192.168.50.21", "192.168.50.22", "10.9.9.9"]}, (),
+     "lokiAddresses[2]", "must be inside networkCidr 192.168.50.0/24"),
+    ("broadcast address", {"grafanaAddress": "192.168.50.255"}, (), "grafanaAddress", "not the network or broadcast"),
+    ("gateway outside CIDR", {"networkGateway": "192.168.60.1"}, (), "networkGateway", "must be inside networkCidr"),
+    ("VIP outside CIDR", {"vipAddress": "192.168.51.20"}, (), "vipAddress", "must be inside networkCidr"),
+    ("not an address", {"objectStoreAddress": "192.168.50.300"}, (), "objectStoreAddress", "must be an IPv4 address"),
+    ("CIDR with host bits", {"networkCidr": "192.168.50.1/24"}, (), "networkCidr", "host bits zero"),
+    ("CIDR too small", {"networkCidr": "192.168.50.16/30", "networkGateway": "192.168.50.17"}, (), "networkCidr",
+     "prefix at most /29"),
+    ("bad DNS server", {"dnsServers": ["192.168.50.1", "dns.example"]}, (), "dnsServers[1]", "IPv4 address"),
+    ("two Loki nodes", {"lokiNodes": ["loki-01", "loki-02"], "lokiAddresses": ["192.168.50.21", "192.168.50.22"]},
+     (), "lokiNodes", "1 node (single-node mode) or at least 3"),
+    ("no Loki nodes", {"lokiNodes": [], "lokiAddresses": []}, (), "lokiNodes", "or at least 3"),
+    ("address count differs", {"lokiAddresses": ["192.168.50.21", "192.168.50.22"]}, (), "lokiAddresses",
+     "one address per entry of lokiNodes (3)"),
+    ("Proxmox node count differs", {"lokiProxmoxNodes": ["pve1", "pve2"]}, (), "lokiProxmoxNodes",
+     "one Proxmox node per entry"),
+    ("router id 0", {"vipRouterId": 0}, (), "vipRouterId", "between 1 and 255"),
+    ("router id 256", {"vipRouterId": 256}, (), "vipRouterId", "between 1 and 255"),
+    ("hostname with underscore", {"lokiNodes": ["loki_01", "loki-02", "loki-03"]}, (), "lokiNodes[0]", "RFC 1123"),
+    ("hostname ending in dash", {"grafanaName": "grafana-"}, (), "grafanaName", "RFC 1123"),
+    ("hostname over 63 characters", {"objectStoreName": "s" * 64}, (), "objectStoreName", "1-63 characters"),
+    ("bad VIP hostname", {"vipHostname": "loki.vip"}, (), "vipHostname", "RFC 1123"),
+    ("bad Proxmox node name", {"proxmoxNode": "pve_1"}, (), "proxmoxNode", "RFC 1123"),
+    ("bad domain", {"domain": "home..arpa"}, (), "domain", "RFC 1123 labels"),
+    ("Loki version latest", {"lokiVersion": "latest"}, (), "lokiVersion", "pinned release, not a moving tag"),
+    ("Loki version without patch", {"lokiVersion": "3.7"}, (), "lokiVersion", "as X.Y.Z"),
+    ("Loki 2.x", {"lokiVersion": "2.9.10"}, (), "lokiVersion", "3.7.0 or later"),
+    ("Loki version with v", {"lokiVersion": "v3.7.6"}, (), "lokiVersion", "pinned release"),
+    ("bad retention", {"lokiRetention": "31days"}, (), "lokiRetention", "Loki duration"),
+    ("retention below a day", {"lokiRetention": "12h"}, (), "lokiRetention", "at least 24h"),
+    ("missing endpoint", {}, ("proxmoxEndpoint",), "proxmoxEndpoint", "is required"),
+    ("plain-http endpoint", {"proxmoxEndpoint": "http://pve:8006/"}, (), "proxmoxEndpoint", "https:// URL"),
+    ("missing network", {}, ("networkCidr",), "networkCidr", "is required"),
+    ("VLAN out of range", {"vlanId": 5000}, (), "vlanId", "between 1 and 4094"),
+    ("interface name too long", {"guestInterface": "enp0s18-very-long"}, (), "guestInterface", "1-15"),
+    ("bad datastore", {"proxmoxVmDatastore": "local lvm"}, (), "proxmoxVmDatastore", "Proxmox storage id"),
+    ("no admin keys", {"sshAdminKeys": []}, (), "sshAdminKeys", "at least one OpenSSH public key"),
+    ("garbage admin key", {"sshAdminKeys": ["ssh-ed25519 not-base64!"]}, (), "sshAdminKeys[0]", "OpenSSH public key"),
+    ("admin user root", {"sshAdminUser": "root"}, (), "sshAdminUser", "not reserved"),
+    ("wrong type", {"lokiCores": "two"}, (), "lokiCores", "must be of type integer"),
+    ("wrong array item type", {"lokiNodes": ["loki-01", 2, "loki-03"]}, (), "lokiNodes", "array of string"),
+    ("unknown key", {"lokiRetension": "744h"}, (), "lokiRetension", "is not a setting of this project"),
+    ("too little memory", {"lokiMemoryMiB": 512}, (), "lokiMemoryMiB", "at least 1024"),
+    ("Loki without data disk", {"lokiDataDiskGiB": 0}, (), "lokiDataDiskGiB", "keeps its data there"),
+    ("zero cores", {"grafanaCores": 0}, (), "grafanaCores", "between 1 and 64"),
+    ("image URL latest", {"cloudImageUrl": "https://cloud.debian.org/images/cloud/bookworm/latest/"
+                                           "debian-12-genericcloud-amd64.qcow2"}, (), "cloudImageUrl", "dated build"),
+    ("image over http", {"cloudImageUrl": "http://example.org/x.qcow2"}, (), "cloudImageUrl", "https:// URL"),
+    ("short checksum", {"cloudImageChecksum": "abc123"}, (), "cloudImageChecksum", "128-digit lower-case hex sha512"),
+    ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
+     "must be one of ['sha256', 'sha512']"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "remove", "key", "rule"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_setting_is_rejected_with_key_rule_value_and_example(use_config, overrides, remove, key, rule):
+    use_config(overrides, remove)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    lines = [str(p) for p in raised.value.problems if p.key == f"loki-stack:{key}"]
+    assert lines, f"no problem reported for loki-stack:{key}; got: {raised.value}"
+    line = next((x for x in lines if rule in x), None)
+    assert line is not None, f"loki-stack:{key}: expected rule {rule!r} in {lines}"
+    assert "; got " in line and ". Example: " in line, f"message lacks value or example: {line}"
+    if key in overrides:
+        shown = overrides[key]
+        fragment = shown if isinstance(shown, str) else None
+        if fragment is not None and "[" not in key and len(fragment) < 40:
+            assert repr(fragment) in line, f"the bad value {fragment!r} is not shown in: {line}"
+
+
+def test_a_bad_api_token_is_reported_without_its_value(use_config):
+    bad = "root@pam!pulumi:oops-this-is-a-secret"
+    use_config({"proxmoxApiToken": bad})
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    text = str(raised.value)
+    assert "loki-stack:proxmoxApiToken: must be a Proxmox API token USER@REALM!TOKENID=UUID" in text
+    assert bad not in text and "oops" not in text, f"the secret token leaked into the error: {text}"
+
+
+def test_a_private_key_in_admin_keys_is_refused_without_echoing_it(use_config):
+    private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----"
+    use_config({"sshAdminKeys": [private]})
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "sshAdminKeys[0]: must be a public key; this is a PRIVATE key" in str(raised.value)
+    assert "b3BlbnNzaC1rZXktdjEAAAAA" not in str(raised.value)
+
+
+def test_the_unknown_key_error_suggests_the_close_one(use_config):
+    use_config({"lokiRetension": "744h"})
+    with pytest.raises(SettingsError, match=r"Example: loki-stack:lokiRetention: \.\.\."):
+        load_settings()
+
+
+def test_every_problem_is_reported_at_once(use_config):
+    use_config({"vipRouterId": 300, "lokiVersion": "latest", "grafanaAddress": "10.0.0.1"})
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    keys = {p.key for p in raised.value.problems}
+    assert {"loki-stack:vipRouterId", "loki-stack:lokiVersion", "loki-stack:grafanaAddress"} <= keys, keys
+    assert "3 problem(s)" in str(raised.value)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("744h", 744 * 3600), ("31d", 31 * 86400), ("1w2d", 9 * 86400), ("1h30m", 5400), ("0s", 0), ("1y", 365 * 86400),
+    ("", None), ("31days", None), ("h", None), ("30m1h", None), ("-1h", None),
+])
+def test_duration_parsing(text, seconds):
+    assert duration_seconds(text) == seconds, f"duration {text!r}"
+
+
+def test_a_misspelt_secret_key_is_reported_without_its_value(use_config, fake_engine):
+    cfg = read_stack_config("homelab", overrides={"proxmoxApiTokn": "root@pam!x=do-not-print-me"})
+    pulumi.runtime.set_all_config(cfg.config, secret_keys=[*cfg.secret_keys, "loki-stack:proxmoxApiTokn"])
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "loki-stack:proxmoxApiTokn: is not a setting" in str(raised.value)
+    assert "do-not-print-me" not in str(raised.value), "a secret value leaked into the error"

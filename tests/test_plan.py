@@ -1,0 +1,105 @@
+"""`python -m stack plan`, run end to end as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.proxmox_vm import USER_DATA_PATH
+from stack.plan import redact, secret_fragments
+from stack.schema import PROJECT_DIR
+
+HOSTS = ["grafana", "loki-01", "loki-02", "loki-03", "s3"]
+
+
+def plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stack", "plan", *args], cwd=PROJECT_DIR, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def example_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("plan")
+    return plan("--stack", "homelab", "--out", str(out)), out
+
+
+def test_plan_prints_the_tree_and_exits_zero(example_plan):
+    proc, _ = example_plan
+    assert proc.returncode == 0, proc.stderr
+    vm_lines = [line for line in proc.stdout.splitlines() if line.startswith("lokistack:proxmox:ProxmoxVm")]
+    assert sorted(line.split()[-1] for line in vm_lines) == HOSTS, proc.stdout
+    assert "    proxmoxve:index/vmLegacy:VmLegacy  loki-01-vm" in proc.stdout, "children are indented under parents"
+    assert "28 resources: 23 custom, 5 components" in proc.stdout
+    assert "proxmoxApiToken has no value the plan can read" in proc.stderr
+
+
+def test_plan_writes_one_user_data_file_per_vm_and_a_manifest(example_plan):
+    proc, out = example_plan
+    assert proc.returncode == 0, proc.stderr
+    for host in HOSTS:
+        path = out / host / USER_DATA_PATH.lstrip("/")
+        assert path.is_file(), f"no user-data planned for {host}"
+        assert path.read_text().startswith("#cloud-config\n"), f"{path} is not a cloud-config"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["resources"]) == 28
+    for res in manifest["resources"]:
+        assert res["urn"].startswith("urn:pulumi:homelab::loki-stack::") and len(res["inputsHash"]) == 64
+    assert sorted(f["host"] for f in manifest["files"]) == HOSTS
+    assert manifest["outputs"]["hosts"]["loki-01"]["address"] == "192.168.50.21"
+
+
+def test_plan_redacts_secrets_unless_asked(example_plan, tmp_path):
+    _, redacted_dir = example_plan
+    proc = plan("--out", str(tmp_path / "clear"), "--show-secrets")
+    assert proc.returncode == 0, proc.stderr
+    for host in HOSTS:
+        rel = Path(host) / USER_DATA_PATH.lstrip("/")
+        clear = (tmp_path / "clear" / rel).read_text()
+        redacted = (redacted_dir / rel).read_text()
+        assert "BEGIN OPENSSH PRIVATE KEY" in clear and "<redacted" not in clear
+        key_lines = clear.split("-----BEGIN OPENSSH PRIVATE KEY-----")[1].split("-----END")[0].split()
+        assert key_lines, f"{host}: no key body found in the clear plan"
+        for line in key_lines:
+            assert line not in redacted, f"{host}: a private key line is in the redacted plan"
+        assert f"<redacted: {host}-host-key.privateKeyOpenssh>" in redacted
+        assert oct((tmp_path / "clear" / rel).stat().st_mode & 0o777) == "0o600", "clear secrets must be 0600"
+
+
+def test_plan_is_deterministic(example_plan, tmp_path):
+    _, first = example_plan
+    proc = plan("--out", str(tmp_path / "again"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "again" / "manifest.json").read_text() == (first / "manifest.json").read_text(), (
+        "two plans of the same stack differ: the manifest cannot show what a change does")
+
+
+def test_plan_of_a_broken_stack_fails_with_the_clear_error(tmp_path):
+    broken = tmp_path / "Pulumi.broken.yaml"
+    text = (PROJECT_DIR / "Pulumi.homelab.yaml").read_text()
+    broken.write_text(text.replace("loki-stack:vipRouterId: 51", "loki-stack:vipRouterId: 300")
+                      .replace("[loki-01, loki-02, loki-03]", "[loki-01, loki-02, loki-02]"))
+    proc = plan("--stack", "broken", "--stack-file", str(broken), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "loki-stack:vipRouterId: must be a VRRP virtual router id between 1 and 255; got 300" in proc.stderr
+    assert "loki-stack:lokiNodes[2]: must be unique: lokiNodes[1] already uses this host name" in proc.stderr
+    assert "Traceback" not in proc.stderr, "a settings error must be a message, not a traceback"
+    assert not (tmp_path / "out").exists(), "nothing may be written for an invalid stack"
+
+
+def test_plan_refuses_to_clear_a_directory_that_is_not_a_plan(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    proc = plan("--out", str(tmp_path))
+    assert proc.returncode == 2 and "holds no manifest.json" in proc.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_redaction_finds_indented_key_lines():
+    key = "-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\nEEEEFFFFGGGGHHHH\n-----END KEY-----\n"
+    text = "ssh_keys:\n  k: |\n    " + key.replace("\n", "\n    ")
+    out = redact(text, secret_fragments({key: "vm-host-key.private"}))
+    assert "AAAABBBB" not in out and "EEEEFFFF" not in out and "<redacted: vm-host-key.private>" in out
+    assert "-----BEGIN KEY-----" in out, "armour lines say what was redacted"

@@ -1,0 +1,129 @@
+"""The whole program (settings -> providers -> VMs -> outputs) in update and in preview mode."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.settings import SETTINGS, get_root_resource
+
+from stack import engine
+from stack.plan import read_stack_config, run_program
+from stack.schema import PROJECT_DIR
+
+VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
+EXAMPLE_VMS = ["grafana", "loki-01", "loki-02", "loki-03", "s3"]
+
+
+def run(preview: bool = False, **overrides: Any) -> engine.RunResult:
+    return run_program("homelab", read_stack_config("homelab", overrides=overrides), preview=preview)
+
+
+def test_update_builds_every_vm_of_the_example_stack():
+    result = run()
+    monitor = result.engine.monitor
+    assert sorted(r.name for r in monitor.of_type("lokistack:proxmox:ProxmoxVm")) == EXAMPLE_VMS
+    vms = {r.plain_inputs["name"]: r for r in monitor.of_type(VM_TYPE)}
+    assert sorted(vms) == EXAMPLE_VMS
+    assert vms["loki-02"].plain_inputs["initialization"]["ipConfigs"][0]["ipv4"]["address"] == "192.168.50.22/24"
+    assert len(vms["grafana"].plain_inputs["disks"]) == 1, "grafana has no data disk in the example"
+    assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
+    waits = {r.name for r in monitor.of_type("command:remote:Command")}
+    assert waits == {f"{n}-cloud-init" for n in EXAMPLE_VMS}
+
+
+def test_one_cloud_image_per_proxmox_node_shared_by_its_vms():
+    result = run(lokiProxmoxNodes=["pve1", "pve2", "pve3"], grafanaProxmoxNode="pve2")
+    monitor = result.engine.monitor
+    images = {r.plain_inputs["nodeName"]: r for r in monitor.of_type("proxmoxve:download/file:File")}
+    assert sorted(images) == ["pve", "pve1", "pve2", "pve3"], "one download per Proxmox node in use"
+    for image in images.values():
+        i = image.plain_inputs
+        assert i["contentType"] == "import" and i["checksumAlgorithm"] == "sha512" and len(i["checksum"]) == 128
+        assert i["url"].startswith("https://") and i["fileName"].endswith(".qcow2")
+    for vm in monitor.of_type(VM_TYPE):
+        node = vm.plain_inputs["nodeName"]
+        assert vm.plain_inputs["disks"][0]["importFrom"] == images[node].id, (
+            f"{vm.name} on {node} must boot from that node's image")
+
+
+def test_every_proxmox_resource_uses_the_stacks_provider():
+    result = run()
+    monitor = result.engine.monitor
+    provider = monitor.find("pulumi:providers:proxmoxve", "proxmox")
+    ref = f"{provider.urn}::{provider.id}"
+    for reg in result.engine.registrations:
+        if reg.type.startswith("proxmoxve:"):
+            assert reg.provider == ref, f"{reg.type} {reg.name} does not use the explicit Proxmox provider"
+    i = provider.inputs
+    assert i["endpoint"] == "https://pve.home.arpa:8006/"
+    assert i["insecure"] == "false", "the Proxmox API must be verified by default"
+    assert json.loads(i["ssh"]) == {"agent": True, "username": "root"}
+    assert engine.is_secret(i["apiToken"]), "the Proxmox API token must reach the provider as a secret"
+
+
+def test_stack_outputs_and_files():
+    result = run()
+    hosts = result.resolved["output:hosts"]
+    assert hosts.known and not hosts.secret
+    assert hosts.value["loki-01"] == {"address": "192.168.50.21", "fqdn": "loki-01.home.arpa", "role": "loki",
+                                      "proxmoxNode": "pve"}
+    vm_ids = result.resolved["output:vmIds"]
+    assert vm_ids.known and set(vm_ids.value) == set(EXAMPLE_VMS)
+    key = result.resolved["output:deploySshPublicKey"]
+    assert key.known and not key.secret and key.value.startswith("ssh-ed25519 ")
+    files = [k for k in result.resolved if k.startswith("file:")]
+    assert len(files) == len(EXAMPLE_VMS), "one cloud-init user-data file per VM"
+    for k in files:
+        assert result.resolved[k].known and result.resolved[k].secret, f"{k}: user-data must be known and secret"
+
+
+def test_no_private_key_reaches_a_non_secret_input():
+    result = run()
+    secrets = result.engine.cloud.secret_values
+    assert secrets, "the fake cloud handed out no secrets; the check below would prove nothing"
+    for reg in result.engine.registrations:
+        for prop, value in reg.inputs.items():
+            if engine.is_secret(value):
+                continue
+            text = json.dumps(value)
+            for secret, label in secrets.items():
+                line = secret.strip().splitlines()[len(secret.strip().splitlines()) // 2]
+                assert line not in text, f"{reg.type} {reg.name}.{prop} holds {label} without being secret"
+
+
+@pytest.mark.preview
+def test_preview_registers_the_same_resources_with_computed_values_unknown():
+    update = {r.urn for r in run().engine.registrations}
+    result = run(preview=True)
+    assert {r.urn for r in result.engine.registrations} == update, "preview and update must plan the same resources"
+    assert result.resolved["output:hosts"].known, "hosts come from settings and are known in preview"
+    assert not result.resolved["output:vmIds"].known, "VM ids come from Proxmox and are unknown in preview"
+    assert not result.resolved["file:0"].known, "user-data depends on generated keys: unknown in preview"
+
+
+def test_invalid_settings_stop_the_program_before_any_resource():
+    with pytest.raises(ValueError, match="loki-stack:vipRouterId: must be a VRRP virtual router id") as raised:
+        run(vipRouterId=0)
+    assert raised.type.__name__ == "SettingsError"
+    # The failed run's engine is the one installed last: nothing may have been registered.
+    monitor = SETTINGS.monitor
+    assert isinstance(monitor, engine.RecordingMonitor)
+    assert monitor.registrations == [], f"resources created before validation: {monitor.registrations}"
+
+
+def test_main_program_exports_the_outputs(fake_engine):
+    cfg = read_stack_config("homelab")
+    pulumi.runtime.set_all_config(cfg.config, secret_keys=cfg.secret_keys)
+    exported: dict[str, Any] = {}
+
+    def program() -> None:
+        runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
+        exported.update(get_root_resource().outputs)  # type: ignore[union-attr]
+
+    pulumi.runtime.test(program)()
+    assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey"}
+    assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

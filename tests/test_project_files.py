@@ -1,0 +1,76 @@
+"""Pulumi.yaml, the example stack, the README and the requirements agree with each other."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from stack.schema import PROJECT_DIR, load_schema
+
+SCHEMA = load_schema()
+
+
+def readme_rows() -> dict[str, list[str]]:
+    """The README's config table: key -> its cells."""
+    rows = {}
+    for line in (PROJECT_DIR / "README.md").read_text().splitlines():
+        match = re.match(r"^\| `([A-Za-z]+)` \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [c.strip() for c in match.group(2).split("|")]
+    return rows
+
+
+def test_project_file_declares_the_python_runtime_with_the_venv():
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
+    assert doc["name"] == "loki-stack"
+    assert doc["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+
+
+def test_every_key_has_a_description_and_only_the_token_is_secret():
+    for spec in SCHEMA.keys.values():
+        assert spec.description, f"Pulumi.yaml: {spec.name} has no description"
+    assert [k for k, s in SCHEMA.keys.items() if s.secret] == ["proxmoxApiToken"]
+
+
+def test_every_declared_key_is_read_by_the_settings():
+    source = (PROJECT_DIR / "stack" / "config.py").read_text()
+    for name in SCHEMA.keys:
+        prefix_read = any(f'f"{{prefix}}{suffix}"' in source for suffix in ("Cores", "MemoryMiB", "DiskGiB",
+                                                                         "DataDiskGiB") if name.endswith(suffix))
+        assert f'"{name}"' in source or prefix_read, f"Pulumi.yaml declares {name} but stack/config.py never reads it"
+
+
+def test_readme_documents_every_key_with_its_default():
+    rows = readme_rows()
+    assert set(rows) == set(SCHEMA.keys), (
+        f"README table differs from Pulumi.yaml: missing {sorted(set(SCHEMA.keys) - set(rows))}, "
+        f"extra {sorted(set(rows) - set(SCHEMA.keys))}")
+    for name, spec in SCHEMA.keys.items():
+        type_cell, default_cell = rows[name][0], rows[name][1]
+        assert type_cell == spec.type_name(), f"README: {name} type {type_cell!r}, Pulumi.yaml {spec.type_name()!r}"
+        expected = "required" if spec.required else f"`{json.dumps(spec.default)}`"
+        if isinstance(spec.default, str):
+            expected = f"`{spec.default}`" if spec.default else "`\"\"`"
+        assert default_cell == expected, f"README: default of {name} is {default_cell!r}, Pulumi.yaml says {expected}"
+
+
+def test_example_stack_holds_no_secret_and_uses_only_declared_keys():
+    text = (PROJECT_DIR / "Pulumi.homelab.yaml").read_text()
+    config = yaml.safe_load(text)["config"]
+    assert "PRIVATE KEY" not in text and "secure:" not in text
+    assert "loki-stack:proxmoxApiToken" not in config, "the token is set with `pulumi config set --secret`"
+    for key in config:
+        namespace, name = key.split(":", 1)
+        assert namespace == "loki-stack" and name in SCHEMA.keys, f"Pulumi.homelab.yaml: unknown key {key}"
+    domain = config["loki-stack:domain"]
+    assert domain == "home.arpa" or domain.endswith(".home.arpa")
+
+
+def test_requirements_are_pinned():
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for raw_line in (PROJECT_DIR / name).read_text().splitlines():
+            line = raw_line.split("#", 1)[0].strip()
+            if line and not line.startswith("-r "):
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.]*", line), f"{name}: not pinned: {line}"
