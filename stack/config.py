@@ -276,15 +276,19 @@ def _parse(text: str, type_name: str) -> Any:
     return json.loads(text)
 
 
-def _read_values(schema: ProjectSchema, check: _Checker) -> dict[str, Any]:
-    """Each declared key's value (or its default), type-checked against Pulumi.yaml."""
-    values: dict[str, Any] = {}
+def _unknown_keys(schema: ProjectSchema, check: _Checker) -> None:
+    """Report keys in the project namespace that Pulumi.yaml does not declare (typos)."""
     for name in sorted(_configured_keys(schema.project) - set(schema.keys)):
         close = difflib.get_close_matches(name, list(schema.keys), n=1)
         hint = f"{schema.qualified(close[0])}: ..." if close else "see the key table in README.md"
         qualified = schema.qualified(name)
         check.fail(name, "is not a setting of this project (declared in Pulumi.yaml)",
                    runtime_config.get_config(qualified), hint, secret=runtime_config.is_config_secret(qualified))
+
+
+def _read_values(schema: ProjectSchema, check: _Checker) -> dict[str, Any]:
+    """Each declared key's value (or its default), type-checked against Pulumi.yaml."""
+    values: dict[str, Any] = {}
     for name, spec in schema.keys.items():
         text = runtime_config.get_config(schema.qualified(name))
         if text is None:
@@ -531,7 +535,9 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
     schema = schema or load_schema()
     check = _Checker(schema)
     v = _read_values(schema, check)
-    if check.problems:  # a missing or mistyped key: the rules below would only repeat it
+    blocking = bool(check.problems)  # a missing or mistyped key: the rules below would only repeat it
+    _unknown_keys(schema, check)  # a typo of a key explains a missing one: report both
+    if blocking:
         raise SettingsError(check.problems)
 
     token = pulumi.Config().get_secret("proxmoxApiToken")
@@ -547,8 +553,9 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
         addresses = [("networkGateway", str(network.gateway))]
         addresses += [(p.address_key, str(p.vm.address)) for p in placed]
         addresses += [("vipAddress", str(vip.address))] if vip else []
-        _unique(check, [(k, a, a) for k, a in addresses], "address",
-                lambda shown: str(network.cidr.network_address + 200))
+        used = {a for _, a in addresses}
+        free = next((str(h) for h in network.cidr.hosts() if str(h) not in used), "another address")
+        _unique(check, [(k, a, a) for k, a in addresses], "address", lambda shown: free)
     names = [(p.name_key, p.vm.name.lower(), p.vm.name) for p in placed]
     names += [("vipHostname", vip.hostname.lower(), vip.hostname)] if vip else []
     _unique(check, names, "host name", lambda shown: f"{shown}-2")

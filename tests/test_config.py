@@ -99,6 +99,7 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("missing endpoint", {}, ("proxmoxEndpoint",), "proxmoxEndpoint", "is required"),
     ("plain-http endpoint", {"proxmoxEndpoint": "http://pve:8006/"}, (), "proxmoxEndpoint", "https:// URL"),
     ("missing network", {}, ("networkCidr",), "networkCidr", "is required"),
+    ("missing API token", {}, ("proxmoxApiToken",), "proxmoxApiToken", "pulumi config set --secret proxmoxApiToken"),
     ("VLAN out of range", {"vlanId": 5000}, (), "vlanId", "between 1 and 4094"),
     ("interface name too long", {"guestInterface": "enp0s18-very-long"}, (), "guestInterface", "1-15"),
     ("bad datastore", {"proxmoxVmDatastore": "local lvm"}, (), "proxmoxVmDatastore", "Proxmox storage id"),
@@ -159,6 +160,29 @@ def test_a_private_key_in_admin_keys_is_refused_without_echoing_it(use_config):
 def test_the_unknown_key_error_suggests_the_close_one(use_config):
     use_config({"lokiRetension": "744h"})
     with pytest.raises(SettingsError, match=r"Example: loki-stack:lokiRetention: \.\.\."):
+        load_settings()
+
+
+def test_an_unknown_key_is_reported_with_the_other_problems(use_config):
+    use_config({"lokiRetension": "30d", "vipRouterId": 0})
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert {p.key for p in raised.value.problems} == {"loki-stack:lokiRetension", "loki-stack:vipRouterId"}
+
+
+def test_a_misspelt_required_key_shows_both_problems(use_config):
+    use_config({"networkCIDR": "192.168.50.0/24"}, remove=("networkCidr",))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    text = str(raised.value)
+    assert "loki-stack:networkCidr: is required" in text
+    assert "loki-stack:networkCIDR: is not a setting" in text and "Example: loki-stack:networkCidr: ..." in text
+
+
+def test_a_duplicate_address_error_suggests_a_free_one(use_config):
+    use_config({"grafanaAddress": "192.168.50.2", "objectStoreAddress": "192.168.50.2"})
+    expected = r"grafanaAddress: must be unique: objectStoreAddress .*Example: 192\.168\.50\.3$"
+    with pytest.raises(SettingsError, match=expected):
         load_settings()
 
 
