@@ -194,7 +194,8 @@ class ProxmoxVm(pulumi.ComponentResource):
     vm_id: pulumi.Output[int]
     """Proxmox VM id."""
     connection: pulumi.Output[command.remote.ConnectionArgsDict]
-    """SSH connection for ``command.remote`` (secret: holds the private key; pins the host key)."""
+    """SSH connection for ``command.remote`` (secret: holds the private key; pins the host key).
+    It resolves only once cloud-init has finished, so whatever uses it runs on a ready host."""
     data_disk_path: pulumi.Output[str]
     """Device path of the data disk inside the VM; empty when the VM has none."""
     host_files: list[HostFile]
@@ -274,17 +275,19 @@ class ProxmoxVm(pulumi.ComponentResource):
                 "per_dial_timeout": 10,
             }
 
-        self.connection = pulumi.Output.secret(
+        bootstrap: pulumi.Output[command.remote.ConnectionArgsDict] = pulumi.Output.secret(
             pulumi.Output.all(args.deploy_private_key, host_key.public_key_openssh).apply(connection))
         self.cloud_init = command.remote.Command(
             f"{name}-cloud-init",
-            connection=self.connection,
+            connection=bootstrap,
             create="bash -s",
             stdin=WAIT_SCRIPT,
             triggers=[vm.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[vm]),
         )
 
+        # The same connection, carrying a dependency on the wait: users of it start after cloud-init.
+        self.connection = pulumi.Output.all(bootstrap, self.cloud_init.id).apply(lambda pair: pair[0])
         self.address = pulumi.Output.from_input(args.address)
         self.hostname = pulumi.Output.from_input(args.hostname)
         self.fqdn = pulumi.Output.from_input(args.fqdn)

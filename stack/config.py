@@ -108,6 +108,21 @@ class SshSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PkiSettings:
+    validity_hours: int
+    """Lifetime of every leaf certificate."""
+    early_renewal_hours: int
+    """A leaf this close to its end is renewed by the next ``pulumi up``."""
+    ca_validity_hours: int
+    """Lifetime of the CA certificate."""
+
+    @property
+    def ca_early_renewal_hours(self) -> int:
+        """The CA is renewed one leaf lifetime before its end, so no leaf outlives its CA."""
+        return self.validity_hours
+
+
+@dataclass(frozen=True, kw_only=True)
 class LokiSettings:
     version: str
     """Pinned Loki release, X.Y.Z."""
@@ -135,6 +150,7 @@ class Settings:
     network: NetworkSettings
     proxmox: ProxmoxSettings
     ssh: SshSettings
+    pki: PkiSettings
     loki: LokiSettings
     vip: VipSettings
     object_store: VmSettings
@@ -530,6 +546,23 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
     return LokiSettings(version=version, retention=v["lokiRetention"], nodes=nodes)
 
 
+def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:
+    validity = check.in_range("certValidityHours", v["certValidityHours"], 24, 5 * 8760, example="8760")
+    early = check.in_range("certEarlyRenewalHours", v["certEarlyRenewalHours"], 1, None, example="720")
+    ca = v["caValidityHours"]
+    if validity is not None and early is not None and early >= validity:
+        check.fail("certEarlyRenewalHours", f"must be less than certValidityHours ({validity}), or every "
+                   "`pulumi up` renews every certificate", early, str(min(720, validity // 4)))
+        return None
+    if validity is not None and ca < 2 * validity:
+        check.fail("caValidityHours", f"must be at least twice certValidityHours ({2 * validity}): the CA "
+                   "is renewed certValidityHours before its end", ca, "87600")
+        return None
+    if validity is None or early is None:
+        return None
+    return PkiSettings(validity_hours=validity, early_renewal_hours=early, ca_validity_hours=ca)
+
+
 def load_settings(schema: ProjectSchema | None = None) -> Settings:
     """Read, check and return the stack's settings; raise SettingsError listing every problem."""
     schema = schema or load_schema()
@@ -544,6 +577,7 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
     network = _network(v, check)
     proxmox = _proxmox(v, check, token)
     ssh = _ssh(v, check)
+    pki = _pki(v, check)
     loki_nodes, store, grafana = _role_vms(v, check, network)
     vip = _vip(v, check, network)
     loki = _loki(v, check, tuple(p.vm for p in loki_nodes))
@@ -562,6 +596,6 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
 
     if check.problems:
         raise SettingsError(check.problems)
-    assert network and proxmox and ssh and loki and vip and store and grafana  # every failure was reported
-    return Settings(network=network, proxmox=proxmox, ssh=ssh, loki=loki, vip=vip,
+    assert network and proxmox and ssh and pki and loki and vip and store and grafana  # all failures reported
+    return Settings(network=network, proxmox=proxmox, ssh=ssh, pki=pki, loki=loki, vip=vip,
                     object_store=store[0].vm, grafana=grafana[0].vm)

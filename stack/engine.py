@@ -11,7 +11,9 @@ resolves what it returns.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
+import ipaddress
 import json
 import struct
 from collections.abc import Awaitable, Callable
@@ -19,8 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
@@ -123,6 +128,148 @@ def fake_private_key(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The tls provider's allowed_uses, as Go's x509 package (which the provider uses) encodes them.
+_KEY_USAGES = {
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+    "cert_signing", "crl_signing", "encipher_only", "decipher_only",
+}
+_EXTENDED_USAGES = {
+    "server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "code_signing": ExtendedKeyUsageOID.CODE_SIGNING, "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "timestamping": ExtendedKeyUsageOID.TIME_STAMPING, "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
+    "any_extended": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+}
+_SUBJECT_FIELDS = {
+    "commonName": NameOID.COMMON_NAME, "organization": NameOID.ORGANIZATION_NAME,
+    "organizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME, "country": NameOID.COUNTRY_NAME,
+    "province": NameOID.STATE_OR_PROVINCE_NAME, "locality": NameOID.LOCALITY_NAME,
+    "postalCode": NameOID.POSTAL_CODE, "serialNumber": NameOID.SERIAL_NUMBER,
+}
+
+
+def _validity_start() -> datetime.datetime:
+    """Start of the current UTC day: real certificates start now, and a whole day keeps plans
+    made on the same day identical."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _name(subject: dict[str, Any] | None) -> x509.Name:
+    attributes = [x509.NameAttribute(oid, str(subject[key]))
+                  for key, oid in _SUBJECT_FIELDS.items() if subject and subject.get(key)]
+    return x509.Name(attributes)
+
+
+def _sans(inputs: dict[str, Any]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in inputs.get("dnsNames") or []]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses") or []]
+    names += [x509.UniformResourceIdentifier(u) for u in inputs.get("uris") or []]
+    return names
+
+
+def _load_key(pem: str) -> Any:
+    return ser.load_pem_private_key(pem.encode(), password=None)
+
+
+def _sign(builder: Any, key: Any) -> Any:
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    deterministic = True if isinstance(key, ec.EllipticCurvePrivateKey) else None  # RFC 6979: same plan, same bytes
+    return builder.sign(key, algorithm, ecdsa_deterministic=deterministic)
+
+
+def fake_certificate(name: str, inputs: dict[str, Any], *, subject: x509.Name, sans: list[x509.GeneralName],
+                     public_key: Any, issuer: x509.Certificate | None, signing_key: Any) -> dict[str, Any]:
+    """A certificate as terraform-provider-tls makes it with Go's x509.CreateCertificate: critical
+    basic constraints and key usage, a subject key id for CAs (and when asked), the issuer's
+    subject key id as authority key id, SANs as given (critical when the subject is empty)."""
+    uses = list(inputs.get("allowedUses") or [])
+    unknown = [u for u in uses if u not in _KEY_USAGES and u not in _EXTENDED_USAGES]
+    if unknown:
+        raise ValueError(f"tls certificate {name}: unknown allowed_uses {unknown}")
+    is_ca = bool(inputs.get("isCaCertificate"))
+    start = _validity_start()
+    end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(public_key)
+        .serial_number(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    key_uses = {u for u in uses if u in _KEY_USAGES}
+    if key_uses:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature="digital_signature" in key_uses, content_commitment="content_commitment" in key_uses,
+            key_encipherment="key_encipherment" in key_uses, data_encipherment="data_encipherment" in key_uses,
+            key_agreement="key_agreement" in key_uses, key_cert_sign="cert_signing" in key_uses,
+            crl_sign="crl_signing" in key_uses, encipher_only="encipher_only" in key_uses,
+            decipher_only="decipher_only" in key_uses), critical=True)
+    extended = [_EXTENDED_USAGES[u] for u in uses if u in _EXTENDED_USAGES]
+    if extended:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(extended), critical=False)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=len(subject) == 0)
+    if is_ca or inputs.get("setSubjectKeyId"):
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    if issuer is not None:
+        try:
+            ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        except x509.ExtensionNotFound:
+            pass
+    cert = _sign(builder, signing_key)
+    return {
+        **inputs,
+        "certPem": cert.public_bytes(ser.Encoding.PEM).decode(),
+        "validityStartTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "validityEndTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "readyForRenewal": False,
+        "keyAlgorithm": "ECDSA" if isinstance(public_key, ec.EllipticCurvePublicKey) else "other",
+    }
+
+
+def fake_self_signed_cert(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    key = _load_key(inputs["privateKeyPem"])
+    return fake_certificate(name, inputs, subject=_name(inputs.get("subject")), sans=_sans(inputs),
+                            public_key=key.public_key(), issuer=None, signing_key=key)
+
+
+def fake_cert_request(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    key = _load_key(inputs["privateKeyPem"])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
+    sans = _sans(inputs)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    csr = _sign(builder, key)
+    return {**inputs, "certRequestPem": csr.public_bytes(ser.Encoding.PEM).decode(), "keyAlgorithm": "ECDSA"}
+
+
+def fake_locally_signed_cert(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+    if not csr.is_signature_valid:
+        raise ValueError(f"tls.LocallySignedCert {name}: the certificate request's signature is invalid")
+    issuer = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+    try:
+        sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = []
+    state = fake_certificate(name, inputs, subject=csr.subject, sans=sans, public_key=csr.public_key(),
+                             issuer=issuer, signing_key=_load_key(inputs["caPrivateKeyPem"]))
+    state["caKeyAlgorithm"] = state.pop("keyAlgorithm")
+    return state
+
+
+_FAKES: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+    "tls:index/selfSignedCert:SelfSignedCert": fake_self_signed_cert,
+    "tls:index/certRequest:CertRequest": fake_cert_request,
+    "tls:index/locallySignedCert:LocallySignedCert": fake_locally_signed_cert,
+}
+
+
 def _unwrapped(inputs: dict[str, Any], key: str) -> Any:
     return unwrap(inputs.get(key))
 
@@ -148,9 +295,16 @@ class FakeCloud(pulumi.runtime.Mocks):
         typ, name = args.typ, args.name
         if typ.startswith("pulumi:providers:"):
             return f"{name}-provider-id", inputs
+        if self.preview:  # a real preview knows no computed output of a new resource
+            return f"{name}-id", {}
         if typ == "tls:index/privateKey:PrivateKey":
             state = fake_private_key(name, unwrap(inputs))
             rid = hashlib.sha1(state["publicKeyPem"].encode()).hexdigest()  # noqa: S324 (the tls provider's id)
+        elif typ in _FAKES:
+            plain = _FAKES[typ](name, unwrap(inputs))
+            # Inputs keep their secret wrappers (the engine echoes them as given); outputs are new.
+            state = {**plain, **inputs}
+            rid = str(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
         elif typ == "proxmoxve:download/file:File":
             rid = f"{inputs['datastoreId']}:{inputs['contentType']}/{inputs.get('fileName', name)}"
             state = {**inputs, "size": 1}
@@ -169,7 +323,7 @@ class FakeCloud(pulumi.runtime.Mocks):
         for key, value in state.items():
             if is_secret(value) and isinstance(value["value"], str):
                 self.note_secret(value["value"], f"{name}.{key}")
-        return rid, ({} if self.preview else state)
+        return rid, state
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None

@@ -14,8 +14,10 @@ import pulumi
 import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
 
+from components.delivery import FileDelivery, FileDeliveryArgs
 from components.hostfile import HostFile
 from components.proxmox_vm import HostEntry, ProxmoxVm, ProxmoxVmArgs
+from stack.certificates import TRUST_UPDATE, StackCertificates, issue_certificates
 from stack.config import ProxmoxSettings, Settings, VmSettings
 
 IMAGE_UPLOAD_TIMEOUT_S = 1800
@@ -25,6 +27,10 @@ IMAGE_UPLOAD_TIMEOUT_S = 1800
 class Deployment:
     vms: dict[str, ProxmoxVm]
     """Every VM by host name."""
+    certificates: StackCertificates
+    """The CA and every certificate."""
+    deliveries: dict[str, FileDelivery]
+    """Files delivered over SSH, by resource name."""
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -100,6 +106,18 @@ def build(settings: Settings) -> Deployment:
         for vm in settings.vms
     }
 
+    certificates = issue_certificates(settings)
+    deliveries = {
+        f"{name}-tls": FileDelivery(
+            f"{name}-tls",
+            # vm.connection resolves after cloud-init: the files go to a ready host.
+            FileDeliveryArgs(host=name, connection=vm.connection, files=certificates.host_files(name),
+                             then=TRUST_UPDATE),
+        )
+        for name, vm in vms.items()
+    }
+
+    operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
         "hosts": {
             vm.name: {"address": str(vm.address), "fqdn": vm.fqdn, "role": vm.role, "proxmoxNode": vm.proxmox_node}
@@ -109,6 +127,13 @@ def build(settings: Settings) -> Deployment:
         "vipAddress": str(settings.vip.address),
         "sshAdminUser": settings.ssh.admin_user,
         "deploySshPublicKey": deploy_key.public_key_openssh.apply(str.strip),
+        "caCertificate": certificates.ca.cert_pem,
+        "operatorCertificate": pulumi.Output.secret(operator.cert_pem),
+        "operatorPrivateKey": operator.private_key_pem,
+        "prometheusCertificate": pulumi.Output.secret(prometheus.cert_pem),
+        "prometheusPrivateKey": prometheus.private_key_pem,
     }
     host_files = [f for vm in vms.values() for f in vm.host_files]
-    return Deployment(vms=vms, outputs=outputs, host_files=host_files)
+    host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
+    return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, outputs=outputs,
+                      host_files=host_files)

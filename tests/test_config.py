@@ -36,6 +36,13 @@ def test_defaults_come_from_pulumi_yaml(use_config):
     assert s.grafana.data_disk_gib == 0 and s.grafana.proxmox_node == "pve"
 
 
+def test_certificate_lifetimes_default_to_a_year_renewed_a_month_early(use_config):
+    use_config()
+    pki = load_settings().pki
+    assert (pki.validity_hours, pki.early_renewal_hours, pki.ca_validity_hours) == (8760, 720, 87600)
+    assert pki.ca_early_renewal_hours == pki.validity_hours, "a leaf must never outlive the CA that signed it"
+
+
 def test_single_node_mode_is_allowed(use_config):
     use_config({"lokiNodes": ["loki-01"], "lokiAddresses": ["192.168.50.21"]})
     s = load_settings()
@@ -116,6 +123,12 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
                                            "debian-12-genericcloud-amd64.qcow2"}, (), "cloudImageUrl", "dated build"),
     ("image over http", {"cloudImageUrl": "http://example.org/x.qcow2"}, (), "cloudImageUrl", "https:// URL"),
     ("short checksum", {"cloudImageChecksum": "abc123"}, (), "cloudImageChecksum", "128-digit lower-case hex sha512"),
+    ("certificate lifetime below a day", {"certValidityHours": 12}, (), "certValidityHours", "between 24 and 43800"),
+    ("renewal window as long as the lifetime", {"certEarlyRenewalHours": 8760}, (), "certEarlyRenewalHours",
+     "must be less than certValidityHours (8760)"),
+    ("no renewal window", {"certEarlyRenewalHours": 0}, (), "certEarlyRenewalHours", "at least 1"),
+    ("CA shorter than two leaf lifetimes", {"caValidityHours": 10000}, (), "caValidityHours",
+     "at least twice certValidityHours (17520)"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
 ]

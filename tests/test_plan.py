@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from components.proxmox_vm import USER_DATA_PATH
+from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 from stack.plan import redact, secret_fragments
 from stack.schema import PROJECT_DIR
+from tests.x509_checks import server_verification_error
 
 HOSTS = ["grafana", "loki-01", "loki-02", "loki-03", "s3"]
 
@@ -33,7 +35,10 @@ def test_plan_prints_the_tree_and_exits_zero(example_plan):
     vm_lines = [line for line in proc.stdout.splitlines() if line.startswith("lokistack:proxmox:ProxmoxVm")]
     assert sorted(line.split()[-1] for line in vm_lines) == HOSTS, proc.stdout
     assert "    proxmoxve:index/vmLegacy:VmLegacy  loki-01-vm" in proc.stdout, "children are indented under parents"
-    assert "28 resources: 23 custom, 5 components" in proc.stdout
+    manifest = json.loads((example_plan[1] / "manifest.json").read_text())
+    custom = sum(r["custom"] for r in manifest["resources"])
+    total = len(manifest["resources"])
+    assert f"{total} resources: {custom} custom, {total - custom} components" in proc.stdout
     assert "proxmoxApiToken has no value the plan can read" in proc.stderr
 
 
@@ -45,10 +50,10 @@ def test_plan_writes_one_user_data_file_per_vm_and_a_manifest(example_plan):
         assert path.is_file(), f"no user-data planned for {host}"
         assert path.read_text().startswith("#cloud-config\n"), f"{path} is not a cloud-config"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["resources"]) == 28
     for res in manifest["resources"]:
         assert res["urn"].startswith("urn:pulumi:homelab::loki-stack::") and len(res["inputsHash"]) == 64
-    assert sorted(f["host"] for f in manifest["files"]) == HOSTS
+    user_data = [f["host"] for f in manifest["files"] if f["path"] == USER_DATA_PATH]
+    assert sorted(user_data) == HOSTS
     assert manifest["outputs"]["hosts"]["loki-01"]["address"] == "192.168.50.21"
 
 
@@ -67,6 +72,17 @@ def test_plan_redacts_secrets_unless_asked(example_plan, tmp_path):
             assert line not in redacted, f"{host}: a private key line is in the redacted plan"
         assert f"<redacted: {host}-host-key.privateKeyOpenssh>" in redacted
         assert oct((tmp_path / "clear" / rel).stat().st_mode & 0o777) == "0o600", "clear secrets must be 0600"
+
+
+def test_plan_holds_certificates_that_verify_and_redacted_keys(example_plan):
+    _, out = example_plan
+    for host, name in (("loki-01", "loki.home.arpa"), ("s3", "loki.s3.home.arpa"), ("grafana", "grafana")):
+        tls = out / host
+        ca, cert = (tls / CA_FILE.lstrip("/")).read_text(), (tls / SERVER_CERT_FILE.lstrip("/")).read_text()
+        error = server_verification_error(ca, cert, name)
+        assert error is None, f"the planned certificate of {host} does not verify for {name}: {error}"
+        key = (tls / SERVER_KEY_FILE.lstrip("/")).read_text()
+        assert key.startswith("-----BEGIN EC PRIVATE KEY-----\n<redacted: ") and key.count("<redacted") == 3, key
 
 
 def test_plan_is_deterministic(example_plan, tmp_path):

@@ -31,8 +31,21 @@ def test_update_builds_every_vm_of_the_example_stack():
     assert vms["loki-02"].plain_inputs["initialization"]["ipConfigs"][0]["ipv4"]["address"] == "192.168.50.22/24"
     assert len(vms["grafana"].plain_inputs["disks"]) == 1, "grafana has no data disk in the example"
     assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
-    waits = {r.name for r in monitor.of_type("command:remote:Command")}
-    assert waits == {f"{n}-cloud-init" for n in EXAMPLE_VMS}
+    commands = {r.name for r in monitor.of_type("command:remote:Command")}
+    assert commands == {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
+
+
+def test_files_are_delivered_only_after_cloud_init_finished():
+    monitor = run().engine.monitor
+    for name in EXAMPLE_VMS:
+        wait = monitor.find("command:remote:Command", f"{name}-cloud-init")
+        install = monitor.find("command:remote:Command", f"{name}-tls-install")
+        delivery = monitor.find("lokistack:delivery:FileDelivery", f"{name}-tls")
+        vm = monitor.find("lokistack:proxmox:ProxmoxVm", name)
+        assert wait.urn in install.dependencies, f"{name}-tls-install must wait for {name}-cloud-init"
+        assert install.parent == delivery.urn and wait.parent == vm.urn
+        assert install.plain_inputs["connection"] == wait.plain_inputs["connection"], (
+            f"{name}-tls-install must use the VM's pinned connection")
 
 
 def test_one_cloud_image_per_proxmox_node_shared_by_its_vms():
@@ -75,10 +88,12 @@ def test_stack_outputs_and_files():
     assert vm_ids.known and set(vm_ids.value) == set(EXAMPLE_VMS)
     key = result.resolved["output:deploySshPublicKey"]
     assert key.known and not key.secret and key.value.startswith("ssh-ed25519 ")
-    files = [k for k in result.resolved if k.startswith("file:")]
-    assert len(files) == len(EXAMPLE_VMS), "one cloud-init user-data file per VM"
-    for k in files:
-        assert result.resolved[k].known and result.resolved[k].secret, f"{k}: user-data must be known and secret"
+    host_files = result.returned.host_files
+    user_data = [i for i, f in enumerate(host_files) if f.path == "/var/lib/cloud/instance/user-data.txt"]
+    assert len(user_data) == len(EXAMPLE_VMS), "one cloud-init user-data file per VM"
+    for i in user_data:
+        resolved = result.resolved[f"file:{i}"]
+        assert resolved.known and resolved.secret, f"{host_files[i].host}: user-data must be known and secret"
 
 
 def test_no_private_key_reaches_a_non_secret_input():
@@ -125,5 +140,7 @@ def test_main_program_exports_the_outputs(fake_engine):
         exported.update(get_root_resource().outputs)  # type: ignore[union-attr]
 
     pulumi.runtime.test(program)()
-    assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey"}
+    assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "caCertificate",
+                             "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
+                             "prometheusPrivateKey"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

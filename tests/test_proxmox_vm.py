@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pulumi
+import pulumi_command as command
 import pulumi_tls as tls
 import pytest
 import yaml
@@ -176,6 +177,16 @@ async def test_the_cloud_init_wait_runs_after_the_vm_over_a_pinned_secret_connec
     assert conn["host"] == "192.168.50.21" and conn["user"] == "ops"
     assert conn["privateKey"] == deploy_private and conn["hostKey"] == connection["host_key"]
     assert deploy_private not in wait.plain_inputs["create"] + wait.plain_inputs["stdin"]
+
+
+@pulumi.runtime.test
+async def test_whatever_uses_the_connection_waits_for_cloud_init(fake_engine):
+    vm, _ = build()
+    probe = command.remote.Command("probe", connection=vm.connection, create="true")
+    await probe.id.future()
+    wait = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init")
+    assert wait.urn in fake_engine.monitor.find(COMMAND_TYPE, "probe").dependencies, (
+        "a command on loki-01 could start before cloud-init finished")
 
 
 @pulumi.runtime.test

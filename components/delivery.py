@@ -1,0 +1,94 @@
+"""The one way files travel to a host: over SSH, in a script on stdin, only when they changed.
+
+``FileDelivery`` takes a host's connection and ``HostFile``s and creates one
+``command.remote.Command`` that installs them (``templates/install-files.sh``) and then runs a
+follow-up command when any file changed. Its trigger is a hash of everything it delivers, so an
+unchanged set of files re-runs nothing. The offline plan reads ``host_files`` to show them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+
+from components.hostfile import HostFile
+
+RESOURCE_TYPE = "lokistack:delivery:FileDelivery"
+INSTALL_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "install-files.sh").read_text()
+
+
+def render_install_script(files: Sequence[tuple[HostFile, str]], then: str = "") -> str:
+    """The script that installs ``files`` (each with its resolved content), then runs ``then``
+    (as root) if any of them changed."""
+    lines = [INSTALL_SCRIPT.rstrip("\n"), ""]
+    for hf, content in files:
+        encoded = base64.b64encode(content.encode()).decode()
+        args = (hf.path, hf.owner, hf.group, hf.mode, encoded)
+        lines.append("install_file " + " ".join(shlex.quote(a) for a in args))
+    if then:
+        lines += ["", 'if [ "$changed" -gt 0 ]; then', f"  {then}", "fi"]
+    lines += ['echo "${changed} file(s) changed"', ""]
+    return "\n".join(lines)
+
+
+def delivery_digest(files: Sequence[tuple[HostFile, str]], then: str = "") -> str:
+    """sha256 over paths, owners, modes, contents and the follow-up: the delivery's trigger."""
+    digest = hashlib.sha256(then.encode())
+    for hf, content in files:
+        for part in (hf.path, hf.owner, hf.group, hf.mode, content):
+            digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileDeliveryArgs:
+    host: str
+    """Host name the files are for (the plan's folder)."""
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection to the host (secret; pins the host key)."""
+    files: Sequence[HostFile]
+    """The files; each one's ``host`` must be ``host``."""
+    then: str = ""
+    """Shell command run as root after any file changed (e.g. a reload); empty for none."""
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ValueError(f"FileDelivery for {self.host}: no files")
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"FileDelivery for {self.host}: a path is delivered twice: {sorted(paths)}")
+        for f in self.files:
+            if f.host != self.host:
+                raise ValueError(f"FileDelivery for {self.host}: {f.path} is for host {f.host}")
+
+
+class FileDelivery(pulumi.ComponentResource):
+    """Files installed on one host over SSH."""
+
+    digest: pulumi.Output[str]
+    """Hash of what is delivered (the command's trigger)."""
+    host_files: list[HostFile]
+    """The delivered files, for the offline plan."""
+
+    def __init__(self, name: str, args: FileDeliveryArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        resolved = pulumi.Output.all(*[f.content for f in args.files]).apply(
+            lambda contents: list(zip(args.files, contents, strict=True)))
+        self.digest = resolved.apply(lambda fs: delivery_digest(fs, args.then))
+        self.command = command.remote.Command(
+            f"{name}-install",
+            connection=args.connection,
+            create="sudo bash -s",
+            stdin=resolved.apply(lambda fs: render_install_script(fs, args.then)),
+            triggers=[self.digest],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.host_files = list(args.files)
+        self.register_outputs({"digest": self.digest})

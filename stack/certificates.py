@@ -1,0 +1,101 @@
+"""Which certificates the stack issues, with which names, and which files each host receives.
+
+The names are derived from the settings by pure functions (tested without Pulumi). Every client
+dials by name or by IP, so every name and address a client uses is in the server's certificate;
+``localhost``/``127.0.0.1`` serve the hosts' own health checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.hostfile import HostFile
+from components.pki import Certificate, CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
+from stack.config import Settings, VmSettings
+
+TLS_DIR = "/etc/lokistack/tls"
+"""Where every host keeps the stack's CA, its server certificate and its agent certificate."""
+CA_FILE = f"{TLS_DIR}/ca.pem"
+SERVER_CERT_FILE, SERVER_KEY_FILE = f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server.key"
+AGENT_CERT_FILE, AGENT_KEY_FILE = f"{TLS_DIR}/agent.pem", f"{TLS_DIR}/agent.key"
+SYSTEM_CA_FILE = "/usr/local/share/ca-certificates/loki-stack-ca.crt"
+"""The CA in the system trust store too, so curl and other tools on the hosts trust the stack."""
+TRUST_UPDATE = "update-ca-certificates"
+LOCALHOST_NAMES, LOCALHOST_ADDRESSES = ["localhost"], ["127.0.0.1"]
+
+
+def server_spec(settings: Settings, vm: VmSettings) -> CertificateSpec:
+    """The server certificate of a VM. A Loki node's is also its client certificate towards its
+    peers, and carries the VIP's names, which clients of the VIP reach it by."""
+    dns = [vm.fqdn, vm.name]
+    ips = [str(vm.address)]
+    if vm.role == "loki":
+        dns += [settings.vip.fqdn, settings.vip.hostname]
+        ips += [str(settings.vip.address)]
+    if vm.role == "objectstore":
+        dns.append(f"*.{vm.fqdn}")  # bucket-as-subdomain requests: <bucket>.<object store FQDN>
+    return CertificateSpec(common_name=vm.fqdn, dns_names=[*dns, *LOCALHOST_NAMES],
+                           ip_addresses=[*ips, *LOCALHOST_ADDRESSES], server=True, client=vm.role == "loki")
+
+
+def agent_spec(vm: VmSettings) -> CertificateSpec:
+    """The log agent's client certificate on a VM."""
+    return CertificateSpec(common_name=f"agent {vm.fqdn}", dns_names=[vm.fqdn], client=True)
+
+
+def client_specs(settings: Settings) -> dict[str, CertificateSpec]:
+    """Client certificates that live off the VMs' agents: Grafana's data source, a Prometheus
+    scraper, and the operator (logcli, curl)."""
+    domain = settings.network.domain
+    return {
+        "grafana-datasource": CertificateSpec(common_name="grafana-datasource",
+                                              dns_names=[settings.grafana.fqdn], client=True),
+        "prometheus": CertificateSpec(common_name="prometheus", dns_names=[f"prometheus.{domain}"], client=True),
+        "operator": CertificateSpec(common_name="operator", dns_names=[f"operator.{domain}"], client=True),
+    }
+
+
+@dataclass
+class StackCertificates:
+    ca: CertificateAuthority
+    servers: dict[str, Certificate]
+    """Host name -> its server certificate."""
+    agents: dict[str, Certificate]
+    """Host name -> its log agent's client certificate."""
+    clients: dict[str, Certificate]
+    """``grafana-datasource``, ``prometheus``, ``operator``."""
+
+    def host_files(self, host: str) -> list[HostFile]:
+        """The TLS files ``host`` receives: the CA (also into the system trust store), its server
+        certificate and its agent certificate; keys 0600, root only."""
+        ca = self.ca.cert_pem
+        server, agent = self.servers[host], self.agents[host]
+        return [
+            HostFile(host=host, path=CA_FILE, content=ca),
+            HostFile(host=host, path=SYSTEM_CA_FILE, content=ca),
+            HostFile(host=host, path=SERVER_CERT_FILE, content=server.cert_pem),
+            HostFile(host=host, path=SERVER_KEY_FILE, content=server.private_key_pem, mode="0600"),
+            HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
+            HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
+        ]
+
+
+def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None = None) -> StackCertificates:
+    pki = settings.pki
+    ca = CertificateAuthority(
+        "ca",
+        CertificateAuthorityArgs(
+            common_name=f"loki-stack CA {settings.network.domain}",
+            validity_hours=pki.ca_validity_hours, early_renewal_hours=pki.ca_early_renewal_hours,
+            leaf_validity_hours=pki.validity_hours, leaf_early_renewal_hours=pki.early_renewal_hours,
+        ),
+        opts=opts,
+    )
+    return StackCertificates(
+        ca=ca,
+        servers={vm.name: ca.issue(f"{vm.name}-server", server_spec(settings, vm)) for vm in settings.vms},
+        agents={vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm)) for vm in settings.vms},
+        clients={name: ca.issue(f"{name}-client", spec) for name, spec in client_specs(settings).items()},
+    )

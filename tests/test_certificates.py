@@ -1,0 +1,141 @@
+"""stack/certificates.py on the whole example stack: every certificate verifies for every name
+its clients use, and nothing else; the CA key stays inside the stack."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from stack import engine
+from stack.certificates import (
+    AGENT_CERT_FILE,
+    AGENT_KEY_FILE,
+    CA_FILE,
+    SERVER_CERT_FILE,
+    SERVER_KEY_FILE,
+    SYSTEM_CA_FILE,
+)
+from stack.plan import read_stack_config, run_program
+from tests.x509_checks import client_verification_error, extended_usages, server_verification_error
+
+LOKI = ["loki-01", "loki-02", "loki-03"]
+HOSTS = [*LOKI, "s3", "grafana"]
+ADDRESSES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23",
+             "s3": "192.168.50.30", "grafana": "192.168.50.40"}
+CLIENT_NAMES = {  # every name and address each server is reached by
+    "loki-01": ["loki-01.home.arpa", "loki-01", "192.168.50.21"],
+    "loki-02": ["loki-02.home.arpa", "loki-02", "192.168.50.22"],
+    "loki-03": ["loki-03.home.arpa", "loki-03", "192.168.50.23"],
+    "s3": ["s3.home.arpa", "s3", "192.168.50.30", "loki.s3.home.arpa"],
+    "grafana": ["grafana.home.arpa", "grafana", "192.168.50.40"],
+}
+VIP_NAMES = ["loki.home.arpa", "loki", "192.168.50.20"]
+LOCAL = ["localhost", "127.0.0.1"]
+
+
+def run(**overrides: Any) -> engine.RunResult:
+    return run_program("homelab", read_stack_config("homelab", overrides=overrides))
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    """The example stack's files by (host, path), its outputs, and the run."""
+    result = run()
+    files = {}
+    for i, hf in enumerate(result.returned.host_files):
+        resolved = result.resolved[f"file:{i}"]
+        assert resolved.known, f"{hf.host}:{hf.path} is unknown after an update"
+        files[(hf.host, hf.path)] = (hf, resolved)
+    outputs = {k.split(":", 1)[1]: v for k, v in result.resolved.items() if k.startswith("output:")}
+    return {"files": files, "outputs": outputs, "result": result}
+
+
+def text(stack: dict[str, Any], host: str, path: str) -> str:
+    return stack["files"][(host, path)][1].value
+
+
+def test_every_host_receives_the_ca_its_server_and_agent_certificates(stack):
+    ca = stack["outputs"]["caCertificate"].value
+    for host in HOSTS:
+        assert text(stack, host, CA_FILE) == ca, f"{host}: {CA_FILE} is not the stack's CA"
+        assert text(stack, host, SYSTEM_CA_FILE) == ca, f"{host}: the CA is not in the system trust store"
+        for path in (SERVER_KEY_FILE, AGENT_KEY_FILE):
+            hf, resolved = stack["files"][(host, path)]
+            assert (hf.mode, hf.owner) == ("0600", "root"), f"{host}:{path} must be 0600 root"
+            assert resolved.secret, f"{host}:{path} must be secret"
+        for path in (CA_FILE, SERVER_CERT_FILE, AGENT_CERT_FILE):
+            assert stack["files"][(host, path)][0].mode == "0644"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_each_server_certificate_verifies_for_every_name_its_clients_use(stack, host):
+    ca, cert = stack["outputs"]["caCertificate"].value, text(stack, host, SERVER_CERT_FILE)
+    names = CLIENT_NAMES[host] + LOCAL + (VIP_NAMES if host in LOKI else [])
+    for name in names:
+        error = server_verification_error(ca, cert, name)
+        assert error is None, f"{host}-server does not verify for {name}: {error}"
+    others = [n for h, ns in CLIENT_NAMES.items() if h != host for n in ns if n != "loki.s3.home.arpa" or host != "s3"]
+    others += ["example.org", "a.b.s3.home.arpa"] + ([] if host in LOKI else VIP_NAMES)
+    for name in others:
+        assert server_verification_error(ca, cert, name) is not None, f"{host}-server verifies for {name}"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_loki_certificates_are_also_client_certificates_and_the_others_are_not(stack, host):
+    ca, cert = stack["outputs"]["caCertificate"].value, text(stack, host, SERVER_CERT_FILE)
+    expected = {"serverAuth", "clientAuth"} if host in LOKI else {"serverAuth"}
+    assert extended_usages(cert) == expected, f"{host}-server usages"
+    assert (client_verification_error(ca, cert) is None) == (host in LOKI), f"{host}-server as a client"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_agent_certificates_are_client_only(stack, host):
+    ca, cert = stack["outputs"]["caCertificate"].value, text(stack, host, AGENT_CERT_FILE)
+    assert client_verification_error(ca, cert) is None, f"{host}-agent does not verify as a client"
+    assert extended_usages(cert) == {"clientAuth"}, f"{host}-agent must carry clientAuth and no serverAuth"
+    assert server_verification_error(ca, cert, f"{host}.home.arpa") is not None
+
+
+def test_operator_and_prometheus_certificates_are_secret_client_certificates(stack):
+    outputs = stack["outputs"]
+    ca = outputs["caCertificate"].value
+    assert outputs["caCertificate"].known and not outputs["caCertificate"].secret, "the CA certificate is public"
+    for who in ("operator", "prometheus"):
+        cert, key = outputs[f"{who}Certificate"], outputs[f"{who}PrivateKey"]
+        assert cert.secret and key.secret, f"{who} certificate and key must be secret outputs"
+        assert client_verification_error(ca, cert.value) is None, f"{who} certificate does not verify"
+        assert extended_usages(cert.value) == {"clientAuth"}
+        assert "PRIVATE KEY" in key.value
+
+
+def test_the_ca_key_never_leaves_the_stack(stack):
+    result: engine.RunResult = stack["result"]
+    ca_key = result.engine.monitor.find("tls:index/privateKey:PrivateKey", "ca-key")
+    secret = next(v for v, label in result.engine.cloud.secret_values.items() if label == "ca-key.privateKeyPem")
+    body = secret.strip().splitlines()[1]
+    assert ca_key.custom
+    for name, resolved in stack["outputs"].items():
+        assert body not in json.dumps(resolved.value), f"stack output {name} holds the CA key"
+    for (host, path), (_, resolved) in stack["files"].items():
+        assert body not in resolved.value, f"{host}:{path} holds the CA key"
+    holders = [(r.type, r.name) for r in result.engine.registrations if body in json.dumps(r.plain_inputs)]
+    signers = {r.name for r in result.engine.monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")}
+    assert {n for t, n in holders if t.endswith("LocallySignedCert")} == signers
+    assert {(t, n) for t, n in holders if not t.endswith("LocallySignedCert")} == {
+        ("tls:index/selfSignedCert:SelfSignedCert", "ca-cert")}, f"the CA key reaches {holders}"
+    for reg in result.engine.registrations:
+        if body in json.dumps(reg.plain_inputs):
+            prop = "caPrivateKeyPem" if reg.type.endswith("LocallySignedCert") else "privateKeyPem"
+            assert engine.is_secret(reg.inputs[prop]), f"{reg.name}.{prop} holds the CA key unmarked"
+
+
+def test_changing_a_node_address_changes_only_that_nodes_certificate(stack):
+    registrations = stack["result"].engine.registrations
+    before = {(r.type, r.name): r.inputs_hash for r in registrations if r.type.startswith("tls:")}
+    changed = run(lokiAddresses=["192.168.50.21", "192.168.50.122", "192.168.50.23"])
+    after = {(r.type, r.name): r.inputs_hash for r in changed.engine.registrations if r.type.startswith("tls:")}
+    assert before.keys() == after.keys()
+    differ = sorted(name for key, name in ((k, k[1]) for k in before) if before[key] != after[key])
+    assert differ == ["loki-02-server-cert", "loki-02-server-csr"], f"certificate resources changed: {differ}"
