@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -45,6 +46,12 @@ def delivery_digest(files: Sequence[tuple[HostFile, str]], then: str = "") -> st
         for part in (hf.path, hf.owner, hf.group, hf.mode, content):
             digest.update(part.encode() + b"\0")
     return digest.hexdigest()
+
+
+def after(connection: pulumi.Input[Any], resource: pulumi.CustomResource) -> pulumi.Output[Any]:
+    """``connection``, resolving only once ``resource`` exists, so whatever uses it runs after it.
+    (``depends_on`` on a component does not reach the commands inside it; this does.)"""
+    return pulumi.Output.all(connection, resource.id).apply(lambda pair: pair[0])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,8 +3,16 @@
 import sys
 
 from stack import plan
+from stack.schema import load_schema, markdown_table
 
-COMMANDS = {"plan": plan.main}
+
+def keys(argv: list[str]) -> int:
+    """Print the table of every setting (the README's), from Pulumi.yaml."""
+    print(markdown_table(load_schema()), end="")
+    return 0
+
+
+COMMANDS = {"plan": plan.main, "keys": keys}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -137,6 +137,20 @@ class LokiSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ObjectStoreSettings:
+    vm: VmSettings
+    """The object store's VM."""
+    bucket: str
+    """Loki's bucket."""
+    root_user: str
+    """Root user name (the password is generated)."""
+    package_url: str
+    """Pinned server release archive."""
+    package_sha256: str
+    """Its SHA-256."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class VipSettings:
     address: IPv4Address
     hostname: str
@@ -153,13 +167,13 @@ class Settings:
     pki: PkiSettings
     loki: LokiSettings
     vip: VipSettings
-    object_store: VmSettings
+    object_store: ObjectStoreSettings
     grafana: VmSettings
 
     @property
     def vms(self) -> tuple[VmSettings, ...]:
         """Every VM of the stack, in a fixed order: Loki nodes, object store, Grafana."""
-        return (*self.loki.nodes, self.object_store, self.grafana)
+        return (*self.loki.nodes, self.object_store.vm, self.grafana)
 
 
 # --- Errors -----------------------------------------------------------------------------
@@ -195,6 +209,8 @@ _DATASTORE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")  # Proxmox storage id
 _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _API_TOKEN = re.compile(r"^[^@\s!=]+@[^@\s!=]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{36}$")
 _LOKI_VERSION = re.compile(r"^3\.(\d+)\.(\d+)$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3 bucket naming rules
+_ROOT_USER = re.compile(r"^[A-Za-z0-9_.-]{3,64}$")
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
 _DURATION_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 _CHECKSUM_LENGTHS = {"sha256": 64, "sha512": 128}
@@ -563,6 +579,32 @@ def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:
     return PkiSettings(validity_hours=validity, early_renewal_hours=early, ca_validity_hours=ca)
 
 
+def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> ObjectStoreSettings | None:
+    bucket, user, url, digest = (v["objectStoreBucket"], v["objectStoreRootUser"], v["objectStorePackageUrl"],
+                                 v["objectStorePackageSha256"])
+    ok = True
+    if not _BUCKET.match(bucket) or ".." in bucket or re.fullmatch(r"[\d.]+", bucket):
+        check.fail("objectStoreBucket", "must be an S3 bucket name: 3-63 lower-case letters, digits, '.' and '-', "
+                   "starting and ending with a letter or digit, not an IP address", bucket, "loki")
+        ok = False
+    if not _ROOT_USER.match(user):
+        check.fail("objectStoreRootUser", "must be 3-64 letters, digits, '_', '.' or '-'", user, "lokistack-admin")
+        ok = False
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.path.endswith((".tar.gz", ".tgz")) or "latest" in parts.path:
+        check.fail("objectStorePackageUrl", "must be an https:// URL of a pinned .tar.gz release archive (not "
+                   "'latest')", url, "https://github.com/pgsty/silo/releases/download/RELEASE.2026-08-06T00-00-00Z/"
+                   "silo_20260806000000.0.0_linux_amd64.tar.gz")
+        ok = False
+    if not re.fullmatch("[0-9a-f]{64}", digest):
+        check.fail("objectStorePackageSha256", "must be the 64-digit lower-case hex SHA-256 of the archive", digest,
+                   "d63d57cc7f0535e1aa116f9e5f42117dbfc4f63492da692b64d3ba6ded30e574")
+        ok = False
+    if not ok or vm is None:
+        return None
+    return ObjectStoreSettings(vm=vm, bucket=bucket, root_user=user, package_url=url, package_sha256=digest)
+
+
 def load_settings(schema: ProjectSchema | None = None) -> Settings:
     """Read, check and return the stack's settings; raise SettingsError listing every problem."""
     schema = schema or load_schema()
@@ -581,6 +623,7 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
     loki_nodes, store, grafana = _role_vms(v, check, network)
     vip = _vip(v, check, network)
     loki = _loki(v, check, tuple(p.vm for p in loki_nodes))
+    object_store = _object_store(v, check, store[0].vm if store else None)
 
     placed = [*loki_nodes, *store, *grafana]
     if network is not None:
@@ -596,6 +639,6 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
 
     if check.problems:
         raise SettingsError(check.problems)
-    assert network and proxmox and ssh and pki and loki and vip and store and grafana  # all failures reported
+    assert network and proxmox and ssh and pki and loki and vip and object_store and grafana  # all reported
     return Settings(network=network, proxmox=proxmox, ssh=ssh, pki=pki, loki=loki, vip=vip,
-                    object_store=store[0].vm, grafana=grafana[0].vm)
+                    object_store=object_store, grafana=grafana[0].vm)

@@ -316,8 +316,21 @@ class FakeCloud(pulumi.runtime.Mocks):
         elif typ == "proxmoxve:index/vmLegacy:VmLegacy":
             vm_id = int(inputs.get("vmId") or 1000 + int(_seed("vm", name).hex(), 16) % 9000)
             rid, state = str(vm_id), {**inputs, "vmId": vm_id}
-        elif typ == "command:remote:Command":
+        elif typ in ("command:remote:Command", "command:local:Command"):
             rid, state = f"{name}-cmd", {**inputs, "stdout": "", "stderr": ""}
+        elif typ == "random:index/randomPassword:RandomPassword":
+            alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+            drawn = hashlib.shake_256(_seed("random", name)).digest(int(inputs.get("length", 16)))
+            result = "".join(alphabet[b % len(alphabet)] for b in drawn)
+            rid, state = "none", {**inputs, "result": secret(result), "bcryptHash": secret("$2a$10$fake")}
+        elif typ == "minio:index/s3Bucket:S3Bucket":
+            rid, state = inputs["bucket"], {**inputs, "arn": f"arn:aws:s3:::{inputs['bucket']}"}
+        elif typ in ("minio:index/iamPolicy:IamPolicy", "minio:index/iamUser:IamUser"):
+            rid, state = inputs["name"], inputs
+        elif typ == "minio:index/iamServiceAccount:IamServiceAccount":
+            digits = hashlib.shake_256(_seed("service-account", name)).hexdigest(30)
+            rid = digits[:20].upper()
+            state = {**inputs, "accessKey": rid, "secretKey": secret(digits[20:60])}
         else:
             rid, state = f"{name}-id", inputs
         for key, value in state.items():

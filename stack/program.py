@@ -11,16 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import pulumi_command as command
+import pulumi_minio as minio
 import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
 
-from components.delivery import FileDelivery, FileDeliveryArgs
+from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
-from components.proxmox_vm import HostEntry, ProxmoxVm, ProxmoxVmArgs
-from stack.certificates import TRUST_UPDATE, StackCertificates, issue_certificates
+from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
+from components.proxmox_vm import DATA_DISK_PATH, HostEntry, ProxmoxVm, ProxmoxVmArgs
+from stack.certificates import CA_FILE, TRUST_UPDATE, StackCertificates, issue_certificates
 from stack.config import ProxmoxSettings, Settings, VmSettings
 
 IMAGE_UPLOAD_TIMEOUT_S = 1800
+LOCAL_CA_FILE = ".lokistack/ca.pem"
+"""The stack's CA on the machine running Pulumi (the MinIO provider takes its CA as a file)."""
+LOKI_S3_USER = "loki"
 
 
 @dataclass
@@ -31,6 +37,8 @@ class Deployment:
     """The CA and every certificate."""
     deliveries: dict[str, FileDelivery]
     """Files delivered over SSH, by resource name."""
+    object_store: ObjectStore
+    loki_bucket: LokiBucket
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -117,6 +125,8 @@ def build(settings: Settings) -> Deployment:
         for name, vm in vms.items()
     }
 
+    object_store, loki_bucket = build_object_store(settings, vms, certificates, deliveries)
+
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
         "hosts": {
@@ -132,8 +142,49 @@ def build(settings: Settings) -> Deployment:
         "operatorPrivateKey": operator.private_key_pem,
         "prometheusCertificate": pulumi.Output.secret(prometheus.cert_pem),
         "prometheusPrivateKey": prometheus.private_key_pem,
+        "objectStoreEndpoint": object_store.endpoint,
+        "lokiBucket": loki_bucket.bucket,
+        "lokiS3AccessKey": loki_bucket.access_key,
+        "lokiS3SecretKey": loki_bucket.secret_key,
     }
     host_files = [f for vm in vms.values() for f in vm.host_files]
     host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
-    return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, outputs=outputs,
-                      host_files=host_files)
+    host_files += object_store.host_files
+    return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
+                      loki_bucket=loki_bucket, outputs=outputs, host_files=host_files)
+
+
+def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
+                       deliveries: dict[str, FileDelivery]) -> tuple[ObjectStore, LokiBucket]:
+    """The object store host, then (through the MinIO API, trusting only our CA) Loki's bucket and keys."""
+    store = settings.object_store
+    host = store.vm.name
+    object_store = ObjectStore("objectstore", ObjectStoreArgs(
+        hostname=host, fqdn=store.vm.fqdn,
+        # After the host's TLS files: the readiness check trusts the CA they install.
+        connection=after(vms[host].connection, deliveries[f"{host}-tls"].command),
+        data_device=DATA_DISK_PATH, root_user=store.root_user, package_url=store.package_url,
+        package_sha256=store.package_sha256, server_cert_pem=certificates.servers[host].cert_pem,
+        server_key_pem=certificates.servers[host].private_key_pem, ca_cert_pem=certificates.ca.cert_pem,
+        ca_file=CA_FILE,
+    ))
+    ca_file = command.local.Command(
+        "objectstore-ca-file",
+        create=f"mkdir -p {LOCAL_CA_FILE.rsplit('/', 1)[0]} && cat > {LOCAL_CA_FILE}",
+        stdin=certificates.ca.cert_pem,
+        triggers=[certificates.ca.cert_pem],
+    )
+    provider = minio.Provider(
+        "objectstore",
+        # By address: the machine running Pulumi may not resolve the stack's names; the
+        # certificate carries the address too.
+        minio_server=f"{store.vm.address}:{API_PORT}",
+        minio_ssl=True,
+        minio_cacert_file=LOCAL_CA_FILE,
+        minio_user=store.root_user,
+        minio_password=object_store.root_password,
+        opts=pulumi.ResourceOptions(depends_on=[object_store.ready, ca_file]),
+    )
+    bucket = LokiBucket("loki-bucket", LokiBucketArgs(bucket=store.bucket, user=LOKI_S3_USER),
+                        opts=pulumi.ResourceOptions(providers=[provider]))
+    return object_store, bucket

@@ -31,7 +31,8 @@ def test_defaults_come_from_pulumi_yaml(use_config):
     s = load_settings()
     assert s.loki.nodes[0].cores == 2, "lokiCores default (Pulumi.yaml) not applied"
     assert s.network.dns_servers == (s.network.gateway,), "empty dnsServers must fall back to the gateway"
-    assert s.object_store.data_disk_gib == 100
+    assert s.object_store.vm.data_disk_gib == 100
+    assert (s.object_store.bucket, s.object_store.root_user) == ("loki", "lokistack-admin")
     assert s.loki.retention == "744h"
     assert s.grafana.data_disk_gib == 0 and s.grafana.proxmox_node == "pve"
 
@@ -53,7 +54,7 @@ def test_per_vm_proxmox_nodes(use_config):
     use_config({"lokiProxmoxNodes": ["pve1", "pve2", "pve3"], "grafanaProxmoxNode": "pve2"})
     s = load_settings()
     assert [n.proxmox_node for n in s.loki.nodes] == ["pve1", "pve2", "pve3"]
-    assert s.grafana.proxmox_node == "pve2" and s.object_store.proxmox_node == "pve"
+    assert s.grafana.proxmox_node == "pve2" and s.object_store.vm.proxmox_node == "pve"
 
 
 def test_forever_retention_is_allowed(use_config):
@@ -129,6 +130,12 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("no renewal window", {"certEarlyRenewalHours": 0}, (), "certEarlyRenewalHours", "at least 1"),
     ("CA shorter than two leaf lifetimes", {"caValidityHours": 10000}, (), "caValidityHours",
      "at least twice certValidityHours (17520)"),
+    ("bucket with capitals", {"objectStoreBucket": "Loki"}, (), "objectStoreBucket", "S3 bucket name"),
+    ("bucket like an IP", {"objectStoreBucket": "192.168.50.1"}, (), "objectStoreBucket", "not an IP address"),
+    ("short root user", {"objectStoreRootUser": "ab"}, (), "objectStoreRootUser", "3-64 letters"),
+    ("package over http", {"objectStorePackageUrl": "http://example.org/silo.tar.gz"}, (), "objectStorePackageUrl",
+     "pinned .tar.gz release archive"),
+    ("bad package checksum", {"objectStorePackageSha256": "d63d"}, (), "objectStorePackageSha256", "64-digit"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
 ]

@@ -11,7 +11,7 @@ import pytest
 
 from components.proxmox_vm import USER_DATA_PATH
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
-from stack.plan import redact, secret_fragments
+from stack.plan import read_stack_config, redact, run_program, secret_fragments, write_plan
 from stack.schema import PROJECT_DIR
 from tests.x509_checks import server_verification_error
 
@@ -119,3 +119,18 @@ def test_redaction_finds_indented_key_lines():
     out = redact(text, secret_fragments({key: "vm-host-key.private"}))
     assert "AAAABBBB" not in out and "EEEEFFFF" not in out and "<redacted: vm-host-key.private>" in out
     assert "-----BEGIN KEY-----" in out, "armour lines say what was redacted"
+
+
+def test_no_secret_reaches_any_file_of_a_redacted_plan(tmp_path):
+    result = run_program("homelab", read_stack_config("homelab"))
+    write_plan(result, tmp_path, stack="homelab", show_secrets=False)
+    fragments = secret_fragments(result.engine.cloud.secret_values)
+    labels = set(fragments.values())
+    assert {"objectstore-root-password.result", "ca-key.privateKeyPem", "loki-01-server-key.privateKeyPem",
+            "loki-bucket-keys.secretKey"} <= labels, f"the engine did not hand out the expected secrets: {labels}"
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 30
+    for path in written:
+        text = path.read_text()
+        leaked = sorted({label for fragment, label in fragments.items() if fragment in text})
+        assert not leaked, f"{path.relative_to(tmp_path)} holds {leaked}"

@@ -32,7 +32,8 @@ def test_update_builds_every_vm_of_the_example_stack():
     assert len(vms["grafana"].plain_inputs["disks"]) == 1, "grafana has no data disk in the example"
     assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
     commands = {r.name for r in monitor.of_type("command:remote:Command")}
-    assert commands == {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
+    per_vm = {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
+    assert commands == per_vm | {"objectstore-setup", "objectstore-config-install", "objectstore-ready"}
 
 
 def test_files_are_delivered_only_after_cloud_init_finished():
@@ -142,5 +143,6 @@ def test_main_program_exports_the_outputs(fake_engine):
     pulumi.runtime.test(program)()
     assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "caCertificate",
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
-                             "prometheusPrivateKey"}
+                             "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
+                             "lokiS3SecretKey"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

@@ -1,0 +1,220 @@
+"""ObjectStore: a MinIO-protocol server (default Silo, the maintained fork of MinIO) on its VM.
+
+Over SSH, in order: ``setup`` (data disk formatted once and mounted, service user, the server
+binary from a pinned archive whose SHA-256 is checked on the host), then ``FileDelivery`` of the
+env file, the TLS files and the systemd unit (restart only when one changed), then a wait until
+``/minio/health/ready`` answers over HTTPS with the stack's CA. The root password is generated.
+Bucket, policy, user and keys are made through the MinIO API by ``LokiBucket`` (below), with a
+provider the stack builds from this component's outputs.
+
+Server docs: https://silo.pgsty.com (MinIO's env variables, /minio/health routes, certs dir).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+import pulumi_minio as minio
+import pulumi_random as random
+
+from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.hostfile import HostFile
+from components.scripts import render_script
+
+OBJECTSTORE_TYPE = "lokistack:objectstore:ObjectStore"
+BUCKET_TYPE = "lokistack:objectstore:LokiBucket"
+API_PORT, CONSOLE_PORT = 9000, 9001
+SERVICE_USER = "objectstore"
+UNIT = "objectstore.service"
+BINARY = "/usr/local/bin/objectstore-server"
+DATA_DIR = "/srv/objectstore"
+CONFIG_DIR = "/etc/objectstore"
+CERTS_DIR = f"{CONFIG_DIR}/certs"
+ENV_FILE = f"{CONFIG_DIR}/objectstore.env"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+READY_PATH = "/minio/health/ready"
+READY_TIMEOUT_S = 180
+RESTART = f"systemctl daemon-reload && systemctl enable {UNIT} && systemctl restart {UNIT}"
+
+
+def render_env_file(*, fqdn: str, root_user: str, root_password: str) -> str:
+    """/etc/objectstore/objectstore.env, read by systemd (as root) for the service."""
+    values = {
+        "MINIO_VOLUMES": f"{DATA_DIR}/data",
+        "MINIO_OPTS": f"--address :{API_PORT} --console-address :{CONSOLE_PORT} --certs-dir {CERTS_DIR}",
+        "MINIO_ROOT_USER": root_user,
+        "MINIO_ROOT_PASSWORD": root_password,
+        "MINIO_SERVER_URL": f"https://{fqdn}:{API_PORT}",
+        "MINIO_BROWSER_REDIRECT_URL": f"https://{fqdn}:{CONSOLE_PORT}",
+    }
+    return "".join(f'{k}="{v}"\n' for k, v in values.items())
+
+
+def render_unit() -> str:
+    """The systemd unit (MinIO's upstream unit, hardened: nothing writable but the data)."""
+    return f"""[Unit]
+Description=loki-stack object store (MinIO protocol)
+Documentation=https://silo.pgsty.com
+Wants=network-online.target
+After=network-online.target
+RequiresMountsFor={DATA_DIR}
+AssertFileIsExecutable={BINARY}
+
+[Service]
+Type=notify
+User={SERVICE_USER}
+Group={SERVICE_USER}
+EnvironmentFile={ENV_FILE}
+ExecStart={BINARY} server $MINIO_OPTS $MINIO_VOLUMES
+Restart=always
+LimitNOFILE=1048576
+TimeoutStopSec=60
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={DATA_DIR}
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def loki_policy(bucket: str) -> dict[str, Any]:
+    """Least privilege for Loki: list the bucket, and read, write and delete its objects."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}"]},
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+             "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+        ],
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectStoreArgs:
+    hostname: str
+    """Host name of the object store VM."""
+    fqdn: str
+    """Its FQDN: the name in its certificate, and the endpoint's host."""
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection to a ready VM that already has the stack's CA at ``ca_file`` (secret)."""
+    data_device: str
+    """Device path of the VM's data disk."""
+    root_user: str
+    """Root user name."""
+    package_url: str
+    """Pinned server release archive (.tar.gz)."""
+    package_sha256: str
+    """Its SHA-256, checked on the host before anything is installed."""
+    server_cert_pem: pulumi.Input[str]
+    """The object store's server certificate."""
+    server_key_pem: pulumi.Input[str]
+    """Its key (secret)."""
+    ca_cert_pem: pulumi.Input[str]
+    """The stack's CA certificate."""
+    ca_file: str
+    """Path of the stack's CA on the host (for the readiness check)."""
+
+
+class ObjectStore(pulumi.ComponentResource):
+    """The object store server, installed, configured over TLS and answering as ready."""
+
+    endpoint: pulumi.Output[str]
+    """``https://<fqdn>:9000``."""
+    root_user: pulumi.Output[str]
+    root_password: pulumi.Output[str]
+    """Generated root password (secret)."""
+    ready: command.remote.Command
+    """Exists once the server answered ``/minio/health/ready``; depend on it to use the API."""
+    host_files: list[HostFile]
+
+    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(OBJECTSTORE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        password = random.RandomPassword(f"{name}-root-password", length=40, special=False, opts=child)
+        self.root_password = pulumi.Output.secret(password.result)
+
+        setup_script = render_script("objectstore-setup.sh", {
+            "DATA_DEVICE": args.data_device, "DATA_DIR": DATA_DIR, "SERVICE_USER": SERVICE_USER,
+            "CONFIG_DIR": CONFIG_DIR, "CERTS_DIR": CERTS_DIR, "PACKAGE_URL": args.package_url,
+            "PACKAGE_SHA256": args.package_sha256, "BINARY": BINARY, "UNIT": UNIT,
+        })
+        setup = command.remote.Command(
+            f"{name}-setup", connection=args.connection, create="sudo bash -s", stdin=setup_script,
+            triggers=[setup_script], opts=child)
+
+        owned = {"owner": SERVICE_USER, "group": SERVICE_USER, "mode": "0600"}
+        host = args.hostname
+        files = [
+            HostFile(host=host, path=ENV_FILE, mode="0600", content=self.root_password.apply(
+                lambda pw: render_env_file(fqdn=args.fqdn, root_user=args.root_user, root_password=pw))),
+            HostFile(host=host, path=f"{CERTS_DIR}/public.crt", content=args.server_cert_pem, **owned),
+            HostFile(host=host, path=f"{CERTS_DIR}/private.key", content=args.server_key_pem, **owned),
+            HostFile(host=host, path=f"{CERTS_DIR}/CAs/lokistack-ca.crt", content=args.ca_cert_pem, **owned),
+            HostFile(host=host, path=UNIT_FILE, content=render_unit()),
+        ]
+        # The files need the service user that setup creates: deliver them after it.
+        delivery = FileDelivery(f"{name}-config", FileDeliveryArgs(
+            host=host, connection=after(args.connection, setup), files=files, then=RESTART), opts=child)
+
+        wait_script = render_script("wait-https-ready.sh", {
+            "URL": f"https://{args.fqdn}:{API_PORT}{READY_PATH}", "CA_FILE": args.ca_file,
+            "TIMEOUT_S": READY_TIMEOUT_S, "UNIT": UNIT})
+        self.ready = command.remote.Command(
+            f"{name}-ready", connection=after(args.connection, delivery.command), create="bash -s",
+            stdin=wait_script, triggers=[setup_script, delivery.digest], opts=child)
+
+        self.endpoint = pulumi.Output.from_input(f"https://{args.fqdn}:{API_PORT}")
+        self.root_user = pulumi.Output.from_input(args.root_user)
+        self.host_files = delivery.host_files
+        self.register_outputs({"endpoint": self.endpoint, "root_user": self.root_user,
+                               "root_password": self.root_password})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiBucketArgs:
+    bucket: str
+    """Bucket name."""
+    user: str
+    """MinIO user whose keys Loki uses."""
+
+
+class LokiBucket(pulumi.ComponentResource):
+    """Loki's bucket, a least-privilege policy, a user with it and the user's access keys.
+    Give it the MinIO provider with ``opts.providers``."""
+
+    bucket: pulumi.Output[str]
+    access_key: pulumi.Output[str]
+    """Access key id for Loki."""
+    secret_key: pulumi.Output[str]
+    """Secret key for Loki (secret)."""
+
+    def __init__(self, name: str, args: LokiBucketArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(BUCKET_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        bucket = minio.S3Bucket(f"{name}-bucket", bucket=args.bucket, acl="private", opts=child)
+        policy = minio.IamPolicy(f"{name}-policy", name=f"{args.user}-{args.bucket}",
+                                 policy=json.dumps(loki_policy(args.bucket), sort_keys=True),
+                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[bucket]))
+        user_secret = random.RandomPassword(f"{name}-user-secret", length=40, special=False, opts=child)
+        user = minio.IamUser(f"{name}-user", name=args.user, secret=user_secret.result, opts=child)
+        attachment = minio.IamUserPolicyAttachment(f"{name}-policy-attachment", user_name=user.name,
+                                                   policy_name=policy.name, opts=child)
+        keys = minio.IamServiceAccount(f"{name}-keys", target_user=user.name,
+                                       opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment]))
+        self.bucket = bucket.bucket
+        self.access_key = keys.access_key
+        self.secret_key = pulumi.Output.secret(keys.secret_key)
+        self.register_outputs({"bucket": self.bucket, "access_key": self.access_key, "secret_key": self.secret_key})
