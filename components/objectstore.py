@@ -24,6 +24,7 @@ import pulumi_random as random
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
 from components.scripts import render_script
+from components.systemd import hardening
 
 OBJECTSTORE_TYPE = "lokistack:objectstore:ObjectStore"
 BUCKET_TYPE = "lokistack:objectstore:LokiBucket"
@@ -73,18 +74,7 @@ ExecStart={BINARY} server $MINIO_OPTS $MINIO_VOLUMES
 Restart=always
 LimitNOFILE=1048576
 TimeoutStopSec=60
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths={DATA_DIR}
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-
+{hardening(DATA_DIR)}
 [Install]
 WantedBy=multi-user.target
 """
@@ -150,7 +140,7 @@ class ObjectStore(pulumi.ComponentResource):
             "DATA_DEVICE": args.data_device, "DATA_DIR": DATA_DIR, "SERVICE_USER": SERVICE_USER,
             "CONFIG_DIR": CONFIG_DIR, "CERTS_DIR": CERTS_DIR, "PACKAGE_URL": args.package_url,
             "PACKAGE_SHA256": args.package_sha256, "BINARY": BINARY, "UNIT": UNIT,
-        })
+        }, libraries=["lib-data-disk.sh"])
         setup = command.remote.Command(
             f"{name}-setup", connection=args.connection, create="sudo bash -s", stdin=setup_script,
             triggers=[setup_script], opts=child)
@@ -171,7 +161,7 @@ class ObjectStore(pulumi.ComponentResource):
 
         wait_script = render_script("wait-https-ready.sh", {
             "URL": f"https://{args.fqdn}:{API_PORT}{READY_PATH}", "CA_FILE": args.ca_file,
-            "TIMEOUT_S": READY_TIMEOUT_S, "UNIT": UNIT})
+            "TIMEOUT_S": READY_TIMEOUT_S, "UNIT": UNIT}, libraries=["lib-wait-ready.sh"])
         self.ready = command.remote.Command(
             f"{name}-ready", connection=after(args.connection, delivery.command), create="bash -s",
             stdin=wait_script, triggers=[setup_script, delivery.digest], opts=child)

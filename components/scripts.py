@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-def render_script(template: str, params: Mapping[str, str | int]) -> str:
-    """``templates/<template>`` with ``NAME=value`` lines inserted after its first line."""
+def render_script(template: str, params: Mapping[str, str | int], libraries: Sequence[str] = ()) -> str:
+    """``templates/<template>`` with ``NAME=value`` lines after its first line, then the shell
+    functions of ``templates/<library>`` for each library, then the rest of the template."""
     first, rest = (TEMPLATES / template).read_text().split("\n", 1)
     lines = []
     for name, value in params.items():
         if not _NAME.match(name):
             raise ValueError(f"{template}: parameter name {name!r} must be upper case")
         lines.append(f"{name}={shlex.quote(str(value))}")
-    return "\n".join([first, "# Parameters (set by loki-stack):", *lines, rest])
+    functions = [(TEMPLATES / library).read_text() for library in libraries]
+    return "\n".join([first, "# Parameters (set by loki-stack):", *lines, *functions, rest])

@@ -7,6 +7,7 @@ resource exists, all at once, each naming the key, the rule, the value and a val
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import re
@@ -130,6 +131,12 @@ class LokiSettings:
     """Loki duration; ``0s`` keeps logs forever."""
     nodes: tuple[VmSettings, ...]
     """1 node (single-node mode) or 3 and more."""
+    schema_from: str
+    """First day of the schema period, YYYY-MM-DD."""
+    internal_tls: bool
+    """TLS and client certificates between the nodes."""
+    require_client_certs: bool
+    """Client certificates required on HTTP."""
 
     @property
     def replication_factor(self) -> int:
@@ -557,9 +564,19 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
     elif 0 < seconds < MIN_RETENTION_SECONDS:
         check.fail("lokiRetention", "must be at least 24h (Loki's index period), or 0s to keep logs forever",
                    v["lokiRetention"], "744h")
+    schema_from = v["lokiSchemaFrom"]
+    try:
+        day = datetime.date.fromisoformat(schema_from)
+        if len(schema_from) != 10 or day > datetime.datetime.now(datetime.UTC).date():
+            raise ValueError(schema_from)
+    except ValueError:
+        check.fail("lokiSchemaFrom", "must be a date YYYY-MM-DD that is not in the future (Loki needs a schema "
+                   "for today); keep it once data exists", schema_from, "2025-01-01")
+        return None
     if not nodes:
         return None
-    return LokiSettings(version=version, retention=v["lokiRetention"], nodes=nodes)
+    return LokiSettings(version=version, retention=v["lokiRetention"], nodes=nodes, schema_from=schema_from,
+                        internal_tls=v["lokiInternalTls"], require_client_certs=v["lokiRequireClientCerts"])
 
 
 def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:

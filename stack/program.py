@@ -18,9 +18,24 @@ import pulumi_tls as tls
 
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
+from components.loki import LokiCluster, LokiClusterArgs, LokiHost
+from components.loki_config import (
+    HTTP_PORT,
+    LokiConfigSpec,
+    LokiNodeSpec,
+    render_logcli_environment,
+    render_prometheus_scrape_config,
+)
 from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
 from components.proxmox_vm import DATA_DISK_PATH, HostEntry, ProxmoxVm, ProxmoxVmArgs
-from stack.certificates import CA_FILE, TRUST_UPDATE, StackCertificates, issue_certificates
+from stack.certificates import (
+    CA_FILE,
+    SERVER_CERT_FILE,
+    SERVER_KEY_FILE,
+    TRUST_UPDATE,
+    StackCertificates,
+    issue_certificates,
+)
 from stack.config import ProxmoxSettings, Settings, VmSettings
 
 IMAGE_UPLOAD_TIMEOUT_S = 1800
@@ -39,6 +54,7 @@ class Deployment:
     """Files delivered over SSH, by resource name."""
     object_store: ObjectStore
     loki_bucket: LokiBucket
+    loki: LokiCluster
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -126,6 +142,18 @@ def build(settings: Settings) -> Deployment:
     }
 
     object_store, loki_bucket = build_object_store(settings, vms, certificates, deliveries)
+    loki_spec = loki_config_spec(settings)
+    loki = LokiCluster("loki", LokiClusterArgs(
+        config=loki_spec,
+        hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
+                        connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+                        tls_digest=deliveries[f"{node.name}-tls"].digest)
+               for node in settings.loki.nodes],
+        version=settings.loki.version, data_device=DATA_DISK_PATH,
+        s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
+        tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
+    ))
+    vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
@@ -146,12 +174,37 @@ def build(settings: Settings) -> Deployment:
         "lokiBucket": loki_bucket.bucket,
         "lokiS3AccessKey": loki_bucket.access_key,
         "lokiS3SecretKey": loki_bucket.secret_key,
+        "lokiNodeUrls": loki.node_urls,
+        "lokiUrl": vip_url,
+        "prometheusScrapeConfig": render_prometheus_scrape_config(loki_spec, loki_spec.cluster_label),
+        "logcliEnvironment": render_logcli_environment(vip_url),
     }
     host_files = [f for vm in vms.values() for f in vm.host_files]
     host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
     host_files += object_store.host_files
+    host_files += loki.host_files
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
-                      loki_bucket=loki_bucket, outputs=outputs, host_files=host_files)
+                      loki_bucket=loki_bucket, loki=loki, outputs=outputs, host_files=host_files)
+
+
+LOKI_DATA_DIR = "/var/lib/loki"
+
+
+def loki_config_spec(settings: Settings) -> LokiConfigSpec:
+    """What every Loki node's config says; the first node runs the main compactor."""
+    loki = settings.loki
+    return LokiConfigSpec(
+        nodes=[LokiNodeSpec(name=n.name, address=str(n.address)) for n in loki.nodes],
+        compactor_node=loki.nodes[0].name,
+        cluster_label=f"loki-stack.{settings.network.domain}",
+        retention=loki.retention,
+        schema_from=loki.schema_from,
+        s3_endpoint=f"{settings.object_store.vm.fqdn}:{API_PORT}",
+        bucket=settings.object_store.bucket,
+        data_dir=LOKI_DATA_DIR,
+        internal_tls=loki.internal_tls,
+        require_client_certs=loki.require_client_certs,
+    )
 
 
 def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,

@@ -8,31 +8,11 @@ set -euo pipefail
 : "${PACKAGE_URL:?}" "${PACKAGE_SHA256:?}" "${BINARY:?}" "${UNIT:?}"
 
 export DEBIAN_FRONTEND=noninteractive
-missing=()
-command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
-command -v curl >/dev/null || missing+=(curl)
-if [ "${#missing[@]}" -gt 0 ]; then
+if ! command -v curl >/dev/null; then
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt-get install -y -q --no-install-recommends curl
 fi
-
-# The data disk: formatted on first use only, mounted by UUID.
-if [ ! -b "$DATA_DEVICE" ]; then
-  echo "data disk ${DATA_DEVICE} not found" >&2
-  exit 1
-fi
-if [ -z "$(blkid -o value -s TYPE "$DATA_DEVICE" || true)" ] \
-  && [ -z "$(blkid -o value -s PTTYPE "$DATA_DEVICE" || true)" ]; then
-  echo "formatting the empty data disk ${DATA_DEVICE} (xfs)"
-  mkfs.xfs -q -L objectstore "$DATA_DEVICE"
-fi
-uuid=$(blkid -o value -s UUID "$DATA_DEVICE")
-install -d -m 0755 "$DATA_DIR"
-if ! grep -q "^UUID=${uuid} " /etc/fstab; then
-  echo "UUID=${uuid} ${DATA_DIR} xfs defaults,noatime,nofail 0 2" >>/etc/fstab
-  systemctl daemon-reload
-fi
-mountpoint -q "$DATA_DIR" || mount "$DATA_DIR"
+prepare_data_disk "$DATA_DEVICE" "$DATA_DIR" objectstore
 
 # The service user and its directories.
 if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then

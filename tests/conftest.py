@@ -41,6 +41,15 @@ def use_config(fake_engine: engine.Engine) -> Callable[..., None]:
     return apply
 
 
+def require_root() -> None:
+    """Skip unless root, or fail when REQUIRE_REAL_TOOLS=1 (CI runs as root)."""
+    if os.geteuid() != 0:
+        message = "this test needs root (mounts, loop devices, file owners); CI runs as root"
+        if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """Path of a real tool; skip without it, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
     path = shutil.which(name)

@@ -34,6 +34,7 @@ def test_defaults_come_from_pulumi_yaml(use_config):
     assert s.object_store.vm.data_disk_gib == 100
     assert (s.object_store.bucket, s.object_store.root_user) == ("loki", "lokistack-admin")
     assert s.loki.retention == "744h"
+    assert (s.loki.schema_from, s.loki.internal_tls, s.loki.require_client_certs) == ("2025-01-01", True, True)
     assert s.grafana.data_disk_gib == 0 and s.grafana.proxmox_node == "pve"
 
 
@@ -136,6 +137,9 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("package over http", {"objectStorePackageUrl": "http://example.org/silo.tar.gz"}, (), "objectStorePackageUrl",
      "pinned .tar.gz release archive"),
     ("bad package checksum", {"objectStorePackageSha256": "d63d"}, (), "objectStorePackageSha256", "64-digit"),
+    ("schema date not a date", {"lokiSchemaFrom": "2025-13-01"}, (), "lokiSchemaFrom", "YYYY-MM-DD"),
+    ("schema date in the future", {"lokiSchemaFrom": "2999-01-01"}, (), "lokiSchemaFrom", "not in the future"),
+    ("schema date without dashes", {"lokiSchemaFrom": "20250101"}, (), "lokiSchemaFrom", "YYYY-MM-DD"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
 ]

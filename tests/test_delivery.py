@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,18 +12,10 @@ import pytest
 from components.delivery import FileDelivery, FileDeliveryArgs, delivery_digest, render_install_script
 from components.hostfile import HostFile
 from stack import engine
-from tests.conftest import require_tool
+from tests.conftest import require_root, require_tool
 
 CONNECTION: command.remote.ConnectionArgsDict = {"host": "192.168.50.21", "user": "ops", "private_key": "not-a-key"}
 AWKWARD = "line 'one' \"two\" $HOME `date` \\ end\n\ttab\n"
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        message = "installing files with owners needs root (CI runs as root)"
-        if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def files_in(root: Path) -> list[tuple[HostFile, str]]:
@@ -41,7 +32,7 @@ def run_script(script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_path):
-    needs_root()
+    require_root()
     marker = tmp_path / "then-ran"
     files = files_in(tmp_path)
     script = render_install_script(files, then=f"echo x >> {marker}")
@@ -62,7 +53,7 @@ def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_pat
 
 
 def test_a_changed_mode_or_content_is_installed_again(tmp_path):
-    needs_root()
+    require_root()
     files = files_in(tmp_path)
     assert run_script(render_install_script(files)).returncode == 0
     Path(files[1][0].path).chmod(0o644)  # someone loosened the key's mode
@@ -74,7 +65,7 @@ def test_a_changed_mode_or_content_is_installed_again(tmp_path):
 
 
 def test_a_failing_install_stops_the_script(tmp_path):
-    needs_root()
+    require_root()
     bad = [(HostFile(host="h", path=f"{tmp_path}/x.pem", content="", owner="no-such-user-here"), "x")]
     proc = run_script(render_install_script(bad, then="echo should-not-run"))
     assert proc.returncode != 0 and "should-not-run" not in proc.stdout

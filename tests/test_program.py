@@ -33,7 +33,9 @@ def test_update_builds_every_vm_of_the_example_stack():
     assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
     commands = {r.name for r in monitor.of_type("command:remote:Command")}
     per_vm = {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
-    assert commands == per_vm | {"objectstore-setup", "objectstore-config-install", "objectstore-ready"}
+    loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
+                                                                                         "apply")}
+    assert commands == per_vm | loki | {"objectstore-setup", "objectstore-config-install", "objectstore-ready"}
 
 
 def test_files_are_delivered_only_after_cloud_init_finished():
@@ -144,5 +146,6 @@ def test_main_program_exports_the_outputs(fake_engine):
     assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "caCertificate",
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
                              "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
-                             "lokiS3SecretKey"}
+                             "lokiS3SecretKey", "lokiNodeUrls", "lokiUrl", "prometheusScrapeConfig",
+                             "logcliEnvironment"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

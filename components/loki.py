@@ -1,0 +1,148 @@
+"""LokiCluster: Loki 3.7 on every Loki node, restarted one node at a time.
+
+Per node, over SSH: ``setup`` (data disk, Grafana's repository with a pinned key fingerprint,
+the pinned ``loki`` package, held), then ``FileDelivery`` of the config, the env file with the S3
+keys and the systemd drop-in into a root-only staging directory, then ``apply``: the staged config
+is checked with ``loki -verify-config``, put in place, Loki restarts if anything changed, and the
+step ends when the node answers ``/ready`` over HTTPS with a client certificate. Node i's apply
+starts only after node i-1's has finished: a rolling restart that keeps quorum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+
+from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.hostfile import HostFile
+from components.loki_config import (
+    HTTP_PORT,
+    LokiConfigSpec,
+    render_env_file,
+    render_loki_config,
+)
+from components.scripts import render_script
+from components.systemd import hardening
+
+RESOURCE_TYPE = "lokistack:loki:LokiCluster"
+UNIT = "loki.service"
+LOKI_BINARY = "/usr/bin/loki"
+CONFIG_FILE = "/etc/loki/config.yml"
+ENV_FILE = "/etc/loki/lokistack.env"
+DROPIN_FILE = "/etc/systemd/system/loki.service.d/10-lokistack.conf"
+STAGE_DIR = "/etc/loki/lokistack-staged"
+"""Delivered files wait here (root only) until ``loki -verify-config`` accepted them."""
+GRAFANA_REPO_URL = "https://apt.grafana.com"
+GRAFANA_KEY_URL = "https://apt.grafana.com/gpg.key"
+GRAFANA_KEY_FINGERPRINT = "B53AE77BADB630A683046005963FA27710458545"
+"""Grafana Labs' package signing key; a different key fails the setup (a rotation is for a human)."""
+READY_TIMEOUT_S = 300  # a fresh ingester waits min_ready_duration (15 s), a WAL replay takes longer
+
+
+def render_dropin(*, data_dir: str, cert_file: str, key_file: str, ca_file: str) -> str:
+    """systemd drop-in for the packaged loki.service: our flags, the env file, the TLS files as
+    credentials (readable only by the service), and hardening."""
+    return f"""# loki-stack: flags, S3 keys, TLS credentials and hardening for the packaged loki.service.
+[Service]
+ExecStart=
+ExecStart={LOKI_BINARY} -config.file={CONFIG_FILE} -config.expand-env=true -target=all
+EnvironmentFile={ENV_FILE}
+LoadCredential=server.pem:{cert_file}
+LoadCredential=server.key:{key_file}
+LoadCredential=ca.pem:{ca_file}
+User=loki
+Group=loki
+LimitNOFILE=65536
+{hardening(data_dir)}"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiHost:
+    name: str
+    """Host name; must be a node of the config spec."""
+    fqdn: str
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection to the ready host, after its TLS files are in place (secret)."""
+    tls_digest: pulumi.Input[str]
+    """Digest of the host's TLS files: a renewed certificate restarts Loki (credentials are read at start)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiClusterArgs:
+    config: LokiConfigSpec
+    """What every node's config says."""
+    hosts: Sequence[LokiHost]
+    """The nodes' hosts, in rollout order."""
+    version: str
+    """Pinned Loki package version."""
+    data_device: str
+    """Device path of each node's data disk."""
+    s3_access_key: pulumi.Input[str]
+    s3_secret_key: pulumi.Input[str]
+    """Loki's S3 keys (secret): into the root-only env file."""
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    """Host paths of the node's certificate, key and the CA (handed to Loki as credentials)."""
+
+
+class LokiCluster(pulumi.ComponentResource):
+    """Loki on every node, applied in order."""
+
+    node_urls: pulumi.Output[dict[str, str]]
+    """Host name -> ``https://<fqdn>:3100``."""
+    applies: list[command.remote.Command]
+    """The per-node apply steps, in rollout order."""
+    host_files: list[HostFile]
+
+    def __init__(self, name: str, args: LokiClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        rendered: pulumi.Output[str] = pulumi.Output.all(args.s3_access_key, args.s3_secret_key).apply(
+            lambda keys: render_env_file(keys[0], keys[1]))
+        env_file: pulumi.Output[str] = pulumi.Output.secret(rendered)
+        dropin = render_dropin(data_dir=args.config.data_dir, cert_file=args.tls_cert_file,
+                               key_file=args.tls_key_file, ca_file=args.tls_ca_file)
+        self.applies = []
+        self.host_files = []
+        previous: command.remote.Command | None = None
+        for host in args.hosts:
+            setup_script = render_script("loki-setup.sh", {
+                "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
+                "STAGE_DIR": STAGE_DIR, "DROPIN_FILE": DROPIN_FILE, "REPO_URL": GRAFANA_REPO_URL,
+                "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
+            }, libraries=["lib-data-disk.sh"])
+            setup = command.remote.Command(f"{name}-{host.name}-setup", connection=host.connection,
+                                           create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
+                                           opts=child)
+            files = [
+                HostFile(host=host.name, path=f"{STAGE_DIR}/config.yml", mode="0600",
+                         content=render_loki_config(args.config, host.name)),
+                HostFile(host=host.name, path=f"{STAGE_DIR}/lokistack.env", mode="0600", content=env_file),
+                HostFile(host=host.name, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600", content=dropin),
+            ]
+            staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
+                host=host.name, connection=after(host.connection, setup), files=files), opts=child)
+            apply_script = render_script("loki-apply.sh", {
+                "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE,
+                "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{HTTP_PORT}/ready",
+                "BUILDINFO_URL": f"https://127.0.0.1:{HTTP_PORT}/loki/api/v1/status/buildinfo",
+                "CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file,
+                "TIMEOUT_S": READY_TIMEOUT_S,
+            }, libraries=["lib-wait-ready.sh"])
+            connection: pulumi.Output[Any] = after(host.connection, staged.command)
+            if previous is not None:  # rolling: only after the previous node is ready again
+                connection = after(connection, previous)
+            apply = command.remote.Command(f"{name}-{host.name}-apply", connection=connection,
+                                           create="sudo bash -s", stdin=apply_script,
+                                           triggers=[staged.digest, setup_script, host.tls_digest], opts=child)
+            self.applies.append(apply)
+            self.host_files += staged.host_files
+            previous = apply
+
+        self.node_urls = pulumi.Output.from_input({h.name: f"https://{h.fqdn}:{HTTP_PORT}" for h in args.hosts})
+        self.register_outputs({"node_urls": self.node_urls})

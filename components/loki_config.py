@@ -1,0 +1,249 @@
+"""Loki 3.7 configuration for one node of an "HA monolithic" cluster, built as a dict.
+
+One small function per section (reference: https://grafana.com/docs/loki/latest/configure/),
+merged and dumped once. Every node runs ``-target=all``; the ring and the key-value store are on
+memberlist; chunks and the TSDB index go to S3 (the stack's object store) with schema v13.
+TLS files come from systemd credentials (``LoadCredential=``), so the keys stay root-only on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+HTTP_PORT, GRPC_PORT, MEMBERLIST_PORT = 3100, 9095, 7946
+CREDENTIALS_DIR = "/run/credentials/loki.service"
+"""Where systemd hands the service its TLS files (``LoadCredential=``)."""
+CERT_FILE, KEY_FILE, CA_FILE = (f"{CREDENTIALS_DIR}/server.pem", f"{CREDENTIALS_DIR}/server.key",
+                                f"{CREDENTIALS_DIR}/ca.pem")
+S3_ACCESS_KEY_VAR, S3_SECRET_KEY_VAR = "LOKI_S3_ACCESS_KEY", "LOKI_S3_SECRET_KEY"
+S3_REGION = "us-east-1"  # MinIO's default region; Loki's S3 client wants one
+REMOVED_IN_LOKI_3 = ("shared_store", "boltdb_shipper", "boltdb", "max_look_back_period", "enforce_metric_name",
+                     "shared_store_key_prefix", "deletion_mode")
+"""Keys that Loki 3 rejects (or that only belonged to the boltdb-shipper era): never rendered."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiNodeSpec:
+    name: str
+    """Host name (also the memberlist node name)."""
+    address: str
+    """The node's own address: what it advertises in the ring and memberlist."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiConfigSpec:
+    nodes: Sequence[LokiNodeSpec]
+    """Every node, in rollout order."""
+    compactor_node: str
+    """Name of the node whose compactor runs in ``main`` mode (the others are workers)."""
+    cluster_label: str
+    """memberlist cluster label: nodes of another cluster are refused."""
+    retention: str
+    """``limits_config.retention_period``."""
+    schema_from: str
+    """First day of the v13/tsdb schema period (YYYY-MM-DD); fixed once data exists."""
+    s3_endpoint: str
+    """``host:port`` of the object store (HTTPS)."""
+    bucket: str
+    data_dir: str
+    """``common.path_prefix``: on the node's data disk."""
+    internal_tls: bool
+    """TLS (with client certificates) on gRPC between nodes and on memberlist."""
+    require_client_certs: bool
+    """HTTP clients (push, query) must present a certificate signed by the stack's CA."""
+
+    @property
+    def replication_factor(self) -> int:
+        return 1 if len(self.nodes) == 1 else 3
+
+    def node(self, name: str) -> LokiNodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def _client_tls() -> dict[str, Any]:
+    """A TLS client with our CA and the node's certificate (peers require client certificates)."""
+    return {"tls_cert_path": CERT_FILE, "tls_key_path": KEY_FILE, "tls_ca_path": CA_FILE}
+
+
+def _grpc_client() -> dict[str, Any]:
+    return {"tls_enabled": True, **_client_tls()}
+
+
+def server(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#server"""
+    http_tls = {
+        "cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
+        # A client CA needs a verifying mode: NoClientCert with a CA file makes Loki refuse to start.
+        "client_auth_type": "RequireAndVerifyClientCert" if spec.require_client_certs else "VerifyClientCertIfGiven",
+    }
+    section: dict[str, Any] = {"http_listen_port": HTTP_PORT, "grpc_listen_port": GRPC_PORT, "log_level": "info",
+                               "http_tls_config": http_tls}
+    if spec.internal_tls:
+        section["grpc_tls_config"] = {"cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
+                                      "client_auth_type": "RequireAndVerifyClientCert"}
+    return {"server": section}
+
+
+def common(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#common (the S3 keys come from the
+    environment: ``-config.expand-env=true`` and a root-only env file)."""
+    compactor = spec.node(spec.compactor_node)
+    return {"common": {
+        "path_prefix": spec.data_dir,
+        "replication_factor": spec.replication_factor,
+        "instance_addr": node.address,
+        "compactor_grpc_address": f"{compactor.address}:{GRPC_PORT}",
+        "ring": {"kvstore": {"store": "memberlist"}},
+        "storage": {"s3": {
+            "endpoint": spec.s3_endpoint,
+            "bucketnames": spec.bucket,
+            "region": S3_REGION,
+            "access_key_id": f"${{{S3_ACCESS_KEY_VAR}}}",
+            "secret_access_key": f"${{{S3_SECRET_KEY_VAR}}}",
+            "s3forcepathstyle": True,
+            "insecure": False,
+            "http_config": {"ca_file": CA_FILE},
+        }},
+    }}
+
+
+def memberlist(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#memberlist"""
+    section: dict[str, Any] = {
+        "node_name": node.name,
+        "randomize_node_name": False,
+        "bind_port": MEMBERLIST_PORT,
+        "join_members": [f"{n.address}:{MEMBERLIST_PORT}" for n in spec.nodes],
+        "cluster_label": spec.cluster_label,
+    }
+    if spec.internal_tls:
+        section.update({"tls_enabled": True, **_client_tls()})
+    return {"memberlist": section}
+
+
+def schema(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/storage/#schema-config"""
+    return {"schema_config": {"configs": [{
+        "from": spec.schema_from, "store": "tsdb", "object_store": "s3", "schema": "v13",
+        "index": {"prefix": "index_", "period": "24h"},
+    }]}}
+
+
+def storage(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#storage_config"""
+    return {"storage_config": {"tsdb_shipper": {
+        "active_index_directory": f"{spec.data_dir}/tsdb-index",
+        "cache_location": f"{spec.data_dir}/tsdb-cache",
+    }}}
+
+
+def ingester(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#ingester: the WAL on the data disk,
+    flushed on shutdown; a node leaving cleanly leaves the ring."""
+    return {"ingester": {
+        "wal": {"enabled": True, "dir": f"{spec.data_dir}/wal", "flush_on_shutdown": True},
+        "lifecycler": {"unregister_on_shutdown": True},
+    }}
+
+
+def compactor(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/operations/storage/retention/ and the horizontally
+    scalable compactor (Loki 3.6+): one ``main``, the others ``worker``."""
+    return {"compactor": {
+        "working_directory": f"{spec.data_dir}/compactor",
+        "retention_enabled": True,
+        "delete_request_store": "s3",
+        "horizontal_scaling_mode": "main" if node.name == spec.compactor_node else "worker",
+    }}
+
+
+def limits(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#limits_config"""
+    return {"limits_config": {"retention_period": spec.retention}}
+
+
+def grpc_clients(spec: LokiConfigSpec) -> dict[str, Any]:
+    """Every internal gRPC client on TLS with our CA and the node's certificate."""
+    if not spec.internal_tls:
+        return {}
+    return {
+        "ingester_client": {"grpc_client_config": _grpc_client()},
+        "frontend_worker": {"grpc_client_config": _grpc_client()},
+        "frontend": {"grpc_client_config": _grpc_client(), "tail_tls_config": _client_tls()},
+        "query_scheduler": {"grpc_client_config": _grpc_client()},
+        "storage_config": {"tsdb_shipper": {"index_gateway_client": {"grpc_client_config": _grpc_client()}}},
+        "compactor_grpc_client": _grpc_client(),
+        "pattern_ingester": {"client_config": {"grpc_client_config": _grpc_client()}},
+        "ruler": {"ruler_client": _grpc_client()},
+    }
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+def loki_config(spec: LokiConfigSpec, node_name: str) -> dict[str, Any]:
+    """The whole config of one node."""
+    node = spec.node(node_name)
+    config: dict[str, Any] = {"target": "all", "auth_enabled": False}
+    for section in (server(spec), common(spec, node), memberlist(spec, node), schema(spec), storage(spec),
+                    ingester(spec), compactor(spec, node), limits(spec), grpc_clients(spec)):
+        _merge(config, section)
+    return config
+
+
+def render_loki_config(spec: LokiConfigSpec, node_name: str) -> str:
+    header = f"# Loki config of {node_name}, written by loki-stack. Checked with `loki -verify-config`.\n"
+    return header + yaml.safe_dump(loki_config(spec, node_name), sort_keys=False)
+
+
+def render_env_file(access_key: str, secret_key: str) -> str:
+    """Root-only env file (EnvironmentFile=): Loki's S3 keys, expanded into the config at start."""
+    return f'{S3_ACCESS_KEY_VAR}="{access_key}"\n{S3_SECRET_KEY_VAR}="{secret_key}"\n'
+
+
+PROMETHEUS_TLS_DIR = "loki-stack"
+"""Relative to prometheus.yml: put the CA and the Prometheus client certificate there."""
+
+
+def prometheus_scrape_config(spec: LokiConfigSpec, cluster: str) -> dict[str, Any]:
+    """A scrape job for every node's /metrics over HTTPS with the stack's CA and Prometheus'
+    client certificate (https://prometheus.io/docs/prometheus/latest/configuration/configuration/)."""
+    return {"scrape_configs": [{
+        "job_name": "loki",
+        "scheme": "https",
+        "metrics_path": "/metrics",
+        "tls_config": {
+            "ca_file": f"{PROMETHEUS_TLS_DIR}/ca.pem",
+            "cert_file": f"{PROMETHEUS_TLS_DIR}/prometheus.pem",
+            "key_file": f"{PROMETHEUS_TLS_DIR}/prometheus.key",
+        },
+        "static_configs": [
+            {"targets": [f"{n.address}:{HTTP_PORT}"], "labels": {"cluster": cluster, "node": n.name}}
+            for n in spec.nodes
+        ],
+    }]}
+
+
+def render_prometheus_scrape_config(spec: LokiConfigSpec, cluster: str) -> str:
+    return yaml.safe_dump(prometheus_scrape_config(spec, cluster), sort_keys=False)
+
+
+def render_logcli_environment(url: str, directory: str = "$HOME/.config/loki-stack") -> str:
+    """Shell lines that point logcli at the cluster with the operator's certificate."""
+    return "".join(f'export {k}="{v}"\n' for k, v in {
+        "LOKI_ADDR": url,
+        "LOKI_CA_CERT_PATH": f"{directory}/ca.pem",
+        "LOKI_CLIENT_CERT_PATH": f"{directory}/operator.pem",
+        "LOKI_CLIENT_KEY_PATH": f"{directory}/operator.key",
+    }.items())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Applies a Loki node's staged files (runs as root, on stdin; loki-stack sets the parameters
+# above this script). The staged config is checked with `loki -verify-config` first: if Loki
+# rejects it, nothing is changed and the running service keeps its old config. Otherwise the
+# files that differ are put in place, Loki restarts when one did (or its version changed), and
+# the step ends once the node answers /ready over HTTPS with a client certificate, so that the
+# next node only restarts after this one is ready again.
+set -euo pipefail
+: "${STAGE_DIR:?}" "${CONFIG_FILE:?}" "${ENV_FILE:?}" "${DROPIN_FILE:?}" "${UNIT:?}" "${READY_URL:?}"
+: "${CA_FILE:?}" "${CERT_FILE:?}" "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${BUILDINFO_URL:?}"
+
+host=$(hostname -f 2>/dev/null || hostname)
+(
+  set -a
+  # shellcheck disable=SC1090,SC1091  # the env file is delivered by loki-stack
+  . "${STAGE_DIR}/lokistack.env"
+  set +a
+  loki -config.file="${STAGE_DIR}/config.yml" -config.expand-env=true -verify-config
+) || {
+  echo "loki -verify-config rejected the new config on ${host}; the running service is untouched" >&2
+  exit 1
+}
+
+changed=0
+place() {  # place STAGED TARGET MODE OWNER GROUP
+  local staged=$1 target=$2 mode=$3 owner=$4 group=$5
+  if [ -f "$target" ] && cmp -s "$staged" "$target" \
+    && [ "$(stat -c '%a %U %G' "$target")" = "${mode#0} ${owner} ${group}" ]; then
+    return 0
+  fi
+  install -D -m "$mode" -o "$owner" -g "$group" "$staged" "$target"
+  changed=1
+  echo "placed ${target}"
+}
+place "${STAGE_DIR}/config.yml" "$CONFIG_FILE" 0640 root loki
+place "${STAGE_DIR}/lokistack.env" "$ENV_FILE" 0600 root root
+place "${STAGE_DIR}/10-lokistack.conf" "$DROPIN_FILE" 0644 root root
+
+curl_tls=(--cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE")
+installed=$(dpkg-query -W -f='${Version}' loki)
+running=$(curl -fsS --max-time 5 "${curl_tls[@]}" "$BUILDINFO_URL" 2>/dev/null \
+  | sed -n 's/.*"version":"\([^"]*\)".*/\1/p' || true)
+if [ "$changed" -eq 1 ] || [ "$running" != "$installed" ] || ! systemctl is-active --quiet "$UNIT"; then
+  systemctl daemon-reload
+  systemctl enable --quiet "$UNIT"
+  echo "restarting ${UNIT} on ${host} (files changed: ${changed}, running: ${running:-none}, installed: ${installed})"
+  systemctl restart "$UNIT"
+fi
+
+wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"

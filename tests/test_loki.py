@@ -1,0 +1,300 @@
+"""The Loki cluster on the example stack: each node's config parsed back, the install and apply
+scripts, the rolling restart chain, the drop-in (systemd-analyze) and the scrape job (promtool)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+
+from components.loki import GRAFANA_KEY_FINGERPRINT, STAGE_DIR, LokiCluster, LokiClusterArgs, LokiHost, render_dropin
+from components.loki_config import (
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    REMOVED_IN_LOKI_3,
+    LokiConfigSpec,
+    LokiNodeSpec,
+    loki_config,
+)
+from stack import engine
+from stack.plan import read_stack_config, run_program
+from tests.conftest import require_tool
+
+NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
+CMD = "command:remote:Command"
+GRPC_CLIENT_PATHS = [
+    ("ingester_client", "grpc_client_config"), ("frontend_worker", "grpc_client_config"),
+    ("frontend", "grpc_client_config"), ("query_scheduler", "grpc_client_config"),
+    ("storage_config", "tsdb_shipper", "index_gateway_client", "grpc_client_config"), ("compactor_grpc_client",),
+    ("pattern_ingester", "client_config", "grpc_client_config"), ("ruler", "ruler_client"),
+]
+
+
+@pytest.fixture(scope="module")
+def example() -> engine.RunResult:
+    return run_program("homelab", read_stack_config("homelab"))
+
+
+def staged(result: engine.RunResult, host: str, name: str) -> tuple[Any, engine.Resolved]:
+    for i, hf in enumerate(result.returned.host_files):
+        if hf.host == host and hf.path == f"{STAGE_DIR}/{name}":
+            return hf, result.resolved[f"file:{i}"]
+    raise LookupError(f"{host} receives no {STAGE_DIR}/{name}")
+
+
+def config_of(result: engine.RunResult, host: str) -> dict[str, Any]:
+    _, resolved = staged(result, host, "config.yml")
+    return yaml.safe_load(resolved.value)
+
+
+def dig(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        config = config[key]
+    return config
+
+
+def all_keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in all_keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in all_keys(v)}
+    return set()
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_each_node_advertises_itself_and_joins_every_peer(example, host):
+    config = config_of(example, host)
+    assert config["target"] == "all"
+    common = config["common"]
+    assert common["instance_addr"] == NODES[host], f"{host} must advertise its own address, not 127.0.0.1"
+    assert common["replication_factor"] == 3
+    assert common["ring"]["kvstore"]["store"] == "memberlist"
+    assert common["path_prefix"] == "/var/lib/loki" and "/tmp" not in yaml.safe_dump(config), f"{host}: data in /tmp"
+    members = config["memberlist"]
+    assert members["join_members"] == [f"{a}:7946" for a in NODES.values()], f"{host}: memberlist peers"
+    assert members["node_name"] == host and members["cluster_label"] == "loki-stack.home.arpa"
+    assert (members["tls_enabled"], members["tls_ca_path"]) == (True, CA_FILE)
+
+
+def test_exactly_one_main_compactor_and_everyone_points_at_it(example):
+    modes = {h: config_of(example, h)["compactor"]["horizontal_scaling_mode"] for h in NODES}
+    assert sorted(modes.values()) == ["main", "worker", "worker"], modes
+    main = next(h for h, m in modes.items() if m == "main")
+    for host in NODES:
+        config = config_of(example, host)
+        assert config["common"]["compactor_grpc_address"] == f"{NODES[main]}:9095"
+        compactor = config["compactor"]
+        assert compactor["retention_enabled"] is True and compactor["delete_request_store"] == "s3"
+        assert config["limits_config"]["retention_period"] == "744h"
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_schema_storage_and_wal(example, host):
+    config = config_of(example, host)
+    assert config["schema_config"]["configs"] == [{"from": "2025-01-01", "store": "tsdb", "object_store": "s3",
+                                                   "schema": "v13", "index": {"prefix": "index_", "period": "24h"}}]
+    s3 = config["common"]["storage"]["s3"]
+    assert s3["endpoint"] == "s3.home.arpa:9000" and s3["bucketnames"] == "loki"
+    assert s3["s3forcepathstyle"] is True and s3["insecure"] is False and s3["http_config"] == {"ca_file": CA_FILE}
+    expected = {"access_key_id": "${LOKI_S3_ACCESS_KEY}", "secret_access_key": "${LOKI_S3_SECRET_KEY}"}
+    assert {k: s3[k] for k in expected} == expected, "the S3 keys must come from the environment"
+    assert config["ingester"]["wal"] == {"enabled": True, "dir": "/var/lib/loki/wal", "flush_on_shutdown": True}
+    assert config["ingester"]["lifecycler"]["unregister_on_shutdown"] is True
+    removed = all_keys(config) & set(REMOVED_IN_LOKI_3)
+    assert not removed, f"{host}: keys Loki 3 rejects: {removed}"
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_tls_everywhere_with_client_certificates(example, host):
+    config = config_of(example, host)
+    for block in ("http_tls_config", "grpc_tls_config"):
+        tls = config["server"][block]
+        assert tls == {"cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
+                       "client_auth_type": "RequireAndVerifyClientCert"}, f"{host}: server.{block}"
+    for path in GRPC_CLIENT_PATHS:
+        client = dig(config, path)
+        assert client == {"tls_enabled": True, "tls_cert_path": CERT_FILE, "tls_key_path": KEY_FILE,
+                          "tls_ca_path": CA_FILE}, f"{host}: {'.'.join(path)} is not on TLS with our CA"
+    assert config["frontend"]["tail_tls_config"] == {"tls_cert_path": CERT_FILE, "tls_key_path": KEY_FILE,
+                                                     "tls_ca_path": CA_FILE}
+
+
+def spec(**changes: Any) -> LokiConfigSpec:
+    base = LokiConfigSpec(
+        nodes=[LokiNodeSpec(name=n, address=a) for n, a in NODES.items()], compactor_node="loki-01",
+        cluster_label="c", retention="744h", schema_from="2025-01-01", s3_endpoint="s3:9000", bucket="loki",
+        data_dir="/var/lib/loki", internal_tls=True, require_client_certs=True)
+    return replace(base, **changes)
+
+
+def test_with_internal_tls_off_no_client_block_claims_tls():
+    config = loki_config(spec(internal_tls=False, require_client_certs=False), "loki-02")
+    assert "grpc_tls_config" not in config["server"]
+    assert config["server"]["http_tls_config"]["client_auth_type"] == "VerifyClientCertIfGiven", (
+        "a client CA with NoClientCert makes Loki refuse to start")
+    assert "tls_enabled" not in config["memberlist"]
+    assert not any(k in config for k in ("ingester_client", "compactor_grpc_client", "frontend_worker"))
+
+
+def test_single_node_mode_replicates_once_and_runs_the_main_compactor():
+    single = spec(nodes=[LokiNodeSpec(name="loki-01", address="192.168.50.21")])
+    config = loki_config(single, "loki-01")
+    assert config["common"]["replication_factor"] == 1
+    assert config["compactor"]["horizontal_scaling_mode"] == "main"
+    assert config["memberlist"]["join_members"] == ["192.168.50.21:7946"]
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_no_secret_in_the_config_and_the_keys_in_a_root_only_env_file(example, host):
+    keys = [v for v, label in example.engine.cloud.secret_values.items() if label.startswith("loki-bucket-keys")]
+    access_key = example.resolved["output:lokiS3AccessKey"].value
+    assert keys and access_key
+    hf, resolved = staged(example, host, "config.yml")
+    assert not any(k in resolved.value for k in [*keys, access_key]), f"{host}: S3 keys in config.yml"
+    hf, env = staged(example, host, "lokistack.env")
+    assert (hf.owner, hf.mode) == ("root", "0600") and env.secret, f"{host}: the env file must be root-only, secret"
+    assert env.value == f'LOKI_S3_ACCESS_KEY="{access_key}"\nLOKI_S3_SECRET_KEY="{keys[0]}"\n'
+
+
+def test_the_setup_pins_the_package_and_the_repository_key(example):
+    stdin = example.engine.monitor.find(CMD, "loki-loki-01-setup").plain_inputs["stdin"]
+    assert f"KEY_FINGERPRINT={GRAFANA_KEY_FINGERPRINT}" in stdin and "LOKI_VERSION=3.7.6" in stdin
+    assert '"loki=${LOKI_VERSION}"' in stdin and "apt-mark hold loki" in stdin
+    assert "policy-rc.d" in stdin, "the package install must not restart Loki on every node at once"
+    assert "DATA_DEVICE=/dev/disk/by-id/virtio-lokistack-data" in stdin and "prepare_data_disk" in stdin
+
+
+def test_the_apply_verifies_before_it_touches_anything(example):
+    stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
+    verify = stdin.index("-verify-config")
+    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('systemctl restart "$UNIT"')
+    assert "READY_URL=https://127.0.0.1:3100/ready" in stdin and "--cert" in stdin
+    assert "exit 1" in stdin[verify:stdin.index("changed=0")], "a rejected config must end the step"
+
+
+def test_the_restart_chain_is_one_node_after_another(example):
+    monitor = example.engine.monitor
+    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in NODES]
+    for earlier, later in itertools.pairwise(applies):
+        assert earlier.urn in later.dependencies, f"{later.name} must wait for {earlier.name} (and its /ready)"
+    assert not any(a.urn in applies[0].dependencies for a in applies[1:]), "the first node waits for no other"
+    for host in NODES:
+        apply, install = monitor.find(CMD, f"loki-{host}-apply"), monitor.find(CMD, f"loki-{host}-staged-install")
+        setup, tls = monitor.find(CMD, f"loki-{host}-setup"), monitor.find(CMD, f"{host}-tls-install")
+        assert install.urn in apply.dependencies and setup.urn in install.dependencies
+        assert tls.urn in setup.dependencies, f"{host}: Loki needs the TLS files before it starts"
+
+
+def test_outputs(example):
+    urls = example.resolved["output:lokiNodeUrls"].value
+    assert urls == {h: f"https://{h}.home.arpa:3100" for h in NODES}
+    env = example.resolved["output:logcliEnvironment"].value
+    assert 'export LOKI_ADDR="https://loki.home.arpa:3100"' in env
+    for var in ("LOKI_CA_CERT_PATH", "LOKI_CLIENT_CERT_PATH", "LOKI_CLIENT_KEY_PATH"):
+        assert f"export {var}=" in env
+
+
+def test_the_scrape_job_passes_promtool(example, tmp_path):
+    tool = require_tool("promtool")
+    outputs = {k.split(":", 1)[1]: v.value for k, v in example.resolved.items() if k.startswith("output:")}
+    job = yaml.safe_load(outputs["prometheusScrapeConfig"])["scrape_configs"][0]
+    assert job["scheme"] == "https"
+    assert [t for c in job["static_configs"] for t in c["targets"]] == [f"{a}:3100" for a in NODES.values()]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(outputs["prometheusScrapeConfig"])
+    (tmp_path / "loki-stack").mkdir()
+    (tmp_path / "loki-stack" / "ca.pem").write_text(outputs["caCertificate"])
+    (tmp_path / "loki-stack" / "prometheus.pem").write_text(outputs["prometheusCertificate"])
+    (tmp_path / "loki-stack" / "prometheus.key").write_text(outputs["prometheusPrivateKey"])
+    proc = subprocess.run([tool, "check", "config", str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, f"promtool: {proc.stdout}{proc.stderr}"
+    (tmp_path / "loki-stack" / "prometheus.pem").unlink()
+    proc = subprocess.run([tool, "check", "config", str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 1, "promtool accepted a missing client certificate: the check proves nothing"
+
+
+PACKAGED_UNIT = """[Unit]
+Description=Loki service
+After=network.target
+
+[Service]
+Type=simple
+User=loki
+ExecStart=/usr/bin/loki -config.file /etc/loki/config.yml
+TimeoutSec=120
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+"""A stand-in for the unit Grafana's loki package installs; the drop-in is verified on top of it."""
+
+
+def verify_dropin(tmp_path: Path, dropin: str) -> subprocess.CompletedProcess[str]:
+    units = tmp_path / "units"
+    (units / "loki.service.d").mkdir(parents=True, exist_ok=True)
+    (units / "loki.service").write_text(PACKAGED_UNIT)
+    (units / "loki.service.d" / "10-lokistack.conf").write_text(dropin)
+    # /usr/bin/loki is stubbed in an overlay over /usr/bin inside a private mount namespace.
+    script = ('u=$(mktemp -d) && mkdir "$u/up" "$u/work" && mount -t overlay overlay -o '
+              'lowerdir=/usr/bin,upperdir="$u/up",workdir="$u/work" /usr/bin && '
+              'install -m 0755 /dev/null /usr/bin/loki && '
+              'SYSTEMD_UNIT_PATH="$1": systemd-analyze verify --man=no loki.service')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(units)], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
+    require_tool("systemd-analyze")
+    require_tool("unshare")
+    dropin = render_dropin(data_dir="/var/lib/loki", cert_file="/etc/lokistack/tls/server.pem",
+                           key_file="/etc/lokistack/tls/server.key", ca_file="/etc/lokistack/tls/ca.pem")
+    proc = verify_dropin(tmp_path, dropin)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", f"drop-in: {proc.stderr}"
+    broken = verify_dropin(tmp_path, dropin.replace("LimitNOFILE=65536", "LimitNOFILE=lots"))
+    assert "Failed to parse resource value" in broken.stderr, "systemd-analyze missed a bad value"
+    assert "-config.expand-env=true" in dropin and "-target=all" in dropin
+    for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/loki",
+                      "PrivateTmp=yes", "ProtectHome=yes", "LoadCredential=server.key:/etc/lokistack/tls/server.key"):
+        assert directive in dropin
+
+
+def test_the_host_scripts_pass_shellcheck(example, tmp_path):
+    tool = require_tool("shellcheck")
+    for name in ("loki-loki-01-setup", "loki-loki-02-apply"):
+        script = tmp_path / f"{name}.sh"
+        script.write_text(example.engine.monitor.find(CMD, name).plain_inputs["stdin"])
+        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
+
+
+def cluster_hashes(digests: dict[str, str]) -> dict[str, str]:
+    """Input hashes of every Loki step, for hosts whose TLS digests are ``digests``."""
+    conn: Any = {"host": "h", "user": "ops", "private_key": "k"}
+
+    def program() -> LokiCluster:
+        return LokiCluster("loki", LokiClusterArgs(
+            config=spec(), hosts=[LokiHost(name=h, fqdn=f"{h}.x", connection=conn, tls_digest=digests[h])
+                                  for h in NODES],
+            version="3.7.6", data_device="/dev/vdb", s3_access_key="AK", s3_secret_key=pulumi.Output.secret("SK"),
+            tls_cert_file="/c", tls_key_file="/k", tls_ca_file="/ca"))
+
+    result = engine.run(program, lambda c: {"urls": c.node_urls}, project="loki-stack", stack="t")
+    return {r.name: r.inputs_hash for r in result.engine.registrations if r.type == CMD}
+
+
+def test_a_change_to_one_nodes_files_reruns_only_that_nodes_steps():
+    before = cluster_hashes({h: "same" for h in NODES})
+    after = cluster_hashes({**{h: "same" for h in NODES}, "loki-02": "renewed"})
+    assert sorted(n for n in before if before[n] != after[n]) == ["loki-loki-02-apply"]
