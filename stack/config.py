@@ -164,6 +164,15 @@ class VipSettings:
     fqdn: str
     router_id: int
     """VRRP virtual router id, 1-255."""
+    advert_interval: int
+    """Seconds between adverts."""
+    nopreempt: bool
+    """Leave the VIP where it is when a higher-priority node returns."""
+    check_interval: int
+    check_fall: int
+    check_rise: int
+    """The /ready health check: every ``check_interval`` s, give the VIP away after ``check_fall``
+    failures, take it again after ``check_rise`` successes."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +236,7 @@ MIN_MEMORY_MIB = 1024
 MIN_DISK_GIB = 8
 MIN_DATA_DISK_GIB = 10
 MIN_RETENTION_SECONDS = 24 * 3600
+MAX_LOKI_NODES = 15
 
 
 def duration_seconds(text: str) -> float | None:
@@ -532,12 +542,24 @@ def _vip(v: dict[str, Any], check: _Checker, network: NetworkSettings | None) ->
     hostname = check.label("vipHostname", v["vipHostname"], "loki")
     router_id = check.in_range("vipRouterId", v["vipRouterId"], 1, 255, example="51",
                                rule="must be a VRRP virtual router id between 1 and 255")
+    advert = check.in_range("vipAdvertInterval", v["vipAdvertInterval"], 1, 255, example="1",
+                            rule="must be whole seconds between 1 and 255 (VRRPv2)")
+    interval = check.in_range("vipCheckInterval", v["vipCheckInterval"], 1, 60, example="2")
+    fall = check.in_range("vipCheckFall", v["vipCheckFall"], 1, 10, example="2")
+    rise = check.in_range("vipCheckRise", v["vipCheckRise"], 1, 10, example="2")
+    if len(v["lokiNodes"]) > MAX_LOKI_NODES:
+        check.fail("lokiNodes", f"must list at most {MAX_LOKI_NODES} nodes (each needs its own VRRP priority "
+                   "below 255 and a health-check weight that outweighs them all)", v["lokiNodes"],
+                   '["loki-01", "loki-02", "loki-03"]')
     if v.get("vipAddress") is None or network is None:
         return None
     address = check.address("vipAddress", v["vipAddress"], str(network.cidr.network_address + 20), network.cidr)
-    if address is None or hostname is None or router_id is None:
+    if (address is None or hostname is None or router_id is None or advert is None or interval is None
+            or fall is None or rise is None):
         return None
-    return VipSettings(address=address, hostname=hostname, fqdn=f"{hostname}.{v['domain']}", router_id=router_id)
+    return VipSettings(address=address, hostname=hostname, fqdn=f"{hostname}.{v['domain']}", router_id=router_id,
+                       advert_interval=advert, nopreempt=v["vipNoPreempt"], check_interval=interval,
+                       check_fall=fall, check_rise=rise)
 
 
 def _unique(check: _Checker, entries: Iterable[tuple[str, str, str]], what: str, example: Callable[[str], str]) -> None:

@@ -28,6 +28,7 @@ from components.loki_config import (
 )
 from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
 from components.proxmox_vm import DATA_DISK_PATH, HostEntry, ProxmoxVm, ProxmoxVmArgs
+from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
 from stack.certificates import (
     CA_FILE,
     SERVER_CERT_FILE,
@@ -55,6 +56,7 @@ class Deployment:
     object_store: ObjectStore
     loki_bucket: LokiBucket
     loki: LokiCluster
+    vip: VirtualIp
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -153,6 +155,7 @@ def build(settings: Settings) -> Deployment:
         s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
         tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
     ))
+    vip = build_vip(settings, vms, certificates, deliveries, main=loki_spec.compactor_node)
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
@@ -162,7 +165,7 @@ def build(settings: Settings) -> Deployment:
             for vm in settings.vms
         },
         "vmIds": {name: vm.vm_id for name, vm in vms.items()},
-        "vipAddress": str(settings.vip.address),
+        "vipAddress": vip.address,
         "sshAdminUser": settings.ssh.admin_user,
         "deploySshPublicKey": deploy_key.public_key_openssh.apply(str.strip),
         "caCertificate": certificates.ca.cert_pem,
@@ -183,8 +186,28 @@ def build(settings: Settings) -> Deployment:
     host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
     host_files += object_store.host_files
     host_files += loki.host_files
+    host_files += vip.host_files
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
-                      loki_bucket=loki_bucket, loki=loki, outputs=outputs, host_files=host_files)
+                      loki_bucket=loki_bucket, loki=loki, vip=vip, outputs=outputs, host_files=host_files)
+
+
+def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
+              deliveries: dict[str, FileDelivery], *, main: str) -> VirtualIp:
+    """keepalived on the Loki nodes; the /ready check uses each node's agent (client) certificate."""
+    vip = settings.vip
+    return VirtualIp("vip", VirtualIpArgs(
+        settings=KeepalivedSettings(
+            vip=str(vip.address), vip_fqdn=vip.fqdn, prefix_length=settings.network.cidr.prefixlen,
+            interface=settings.network.guest_interface, router_id=vip.router_id, advert_int=vip.advert_interval,
+            nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
+            check_rise=vip.check_rise, main=main),
+        nodes=[VipNode(name=n.name, address=str(n.address),
+                       connection=after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
+                       client_cert_pem=certificates.agents[n.name].cert_pem,
+                       client_key_pem=certificates.agents[n.name].private_key_pem)
+               for n in settings.loki.nodes],
+        ca_cert_pem=certificates.ca.cert_pem,
+    ))
 
 
 LOKI_DATA_DIR = "/var/lib/loki"

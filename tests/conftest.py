@@ -11,15 +11,24 @@ import pulumi
 import pytest
 
 from stack import engine
-from stack.plan import read_stack_config
+from stack.plan import read_stack_config, run_program
 from stack.schema import load_schema
 
 SCHEMA = load_schema()
 EXAMPLE_STACK = "homelab"
+FAILOVER_TIMINGS: list[str] = []
+"""Measured VIP failover times, printed at the end of the run."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "preview: run the test's program in preview mode")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FAILOVER_TIMINGS:
+        terminalreporter.section("VIP failover with the real keepalived (measured)")
+        for line in FAILOVER_TIMINGS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +37,18 @@ def fake_engine(request: pytest.FixtureRequest) -> engine.Engine:
     cfg = read_stack_config(EXAMPLE_STACK)
     return engine.install(project=SCHEMA.project, stack="test", preview=preview,
                           config=cfg.config, secret_keys=cfg.secret_keys)
+
+
+@pytest.fixture(scope="module")
+def example() -> engine.RunResult:
+    """The whole example stack, run once per test module against the fake engine."""
+    return run_program(EXAMPLE_STACK, read_stack_config(EXAMPLE_STACK))
+
+
+def files_of(result: engine.RunResult, host: str) -> dict[str, tuple[Any, engine.Resolved]]:
+    """Path -> (HostFile, resolved content) of every file ``host`` receives in ``result``."""
+    return {hf.path: (hf, result.resolved[f"file:{i}"]) for i, hf in enumerate(result.returned.host_files)
+            if hf.host == host}
 
 
 @pytest.fixture

@@ -140,6 +140,12 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("schema date not a date", {"lokiSchemaFrom": "2025-13-01"}, (), "lokiSchemaFrom", "YYYY-MM-DD"),
     ("schema date in the future", {"lokiSchemaFrom": "2999-01-01"}, (), "lokiSchemaFrom", "not in the future"),
     ("schema date without dashes", {"lokiSchemaFrom": "20250101"}, (), "lokiSchemaFrom", "YYYY-MM-DD"),
+    ("advert interval 0", {"vipAdvertInterval": 0}, (), "vipAdvertInterval", "whole seconds between 1 and 255"),
+    ("check interval too long", {"vipCheckInterval": 120}, (), "vipCheckInterval", "between 1 and 60"),
+    ("no failed checks needed", {"vipCheckFall": 0}, (), "vipCheckFall", "between 1 and 10"),
+    ("too many Loki nodes", {"lokiNodes": [f"loki-{i:02}" for i in range(16)],
+                             "lokiAddresses": [f"192.168.50.{100 + i}" for i in range(16)]}, (), "lokiNodes",
+     "at most 15 nodes"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
 ]

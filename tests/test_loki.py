@@ -24,7 +24,6 @@ from components.loki_config import (
     loki_config,
 )
 from stack import engine
-from stack.plan import read_stack_config, run_program
 from tests.conftest import require_tool
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
@@ -36,10 +35,6 @@ GRPC_CLIENT_PATHS = [
     ("pattern_ingester", "client_config", "grpc_client_config"), ("ruler", "ruler_client"),
 ]
 
-
-@pytest.fixture(scope="module")
-def example() -> engine.RunResult:
-    return run_program("homelab", read_stack_config("homelab"))
 
 
 def staged(result: engine.RunResult, host: str, name: str) -> tuple[Any, engine.Resolved]:

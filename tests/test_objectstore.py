@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from typing import Any
 
 import pytest
 
@@ -19,21 +18,13 @@ from components.objectstore import (
 )
 from stack import engine
 from stack.plan import read_stack_config, run_program
-from tests.conftest import require_tool
+from tests.conftest import files_of, require_tool
 from tests.x509_checks import server_verification_error
 
 HOST = "s3"
 CMD = "command:remote:Command"
 
 
-@pytest.fixture(scope="module")
-def example() -> engine.RunResult:
-    return run_program("homelab", read_stack_config("homelab"))
-
-
-def files_of(result: engine.RunResult, host: str) -> dict[str, tuple[Any, engine.Resolved]]:
-    return {hf.path: (hf, result.resolved[f"file:{i}"]) for i, hf in enumerate(result.returned.host_files)
-            if hf.host == host}
 
 
 def parse_env(text: str) -> dict[str, str]:

@@ -35,7 +35,10 @@ def test_update_builds_every_vm_of_the_example_stack():
     per_vm = {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
     loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
                                                                                          "apply")}
-    assert commands == per_vm | loki | {"objectstore-setup", "objectstore-config-install", "objectstore-ready"}
+    vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
+                                                                                       "apply")}
+    assert commands == per_vm | loki | vip | {"objectstore-setup", "objectstore-config-install",
+                                              "objectstore-ready"}
 
 
 def test_files_are_delivered_only_after_cloud_init_finished():

@@ -1,0 +1,165 @@
+"""VirtualIp: keepalived on the Loki nodes, moving one address to a node whose Loki is ready.
+
+Every node starts in BACKUP; priorities follow the node order with the main compactor's node
+highest, so while it is healthy the VIP (and so delete requests) land on it. A node whose
+``/ready`` check fails drops below every healthy node and gives the VIP away. Unicast VRRP, PASS
+authentication with a generated 8-character secret (all VRRPv2 uses), in a root-only file.
+
+keepalived docs: https://keepalived.readthedocs.io/en/latest/configuration_synopsis.html
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pulumi
+import pulumi_command as command
+import pulumi_random as random
+
+from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.hostfile import HostFile
+from components.scripts import render_script
+
+RESOURCE_TYPE = "lokistack:vip:VirtualIp"
+UNIT = "keepalived.service"
+CONFIG_FILE = "/etc/keepalived/keepalived.conf"
+STAGE_DIR = "/etc/keepalived/lokistack-staged"
+CHECK_DIR = "/etc/keepalived/check"
+"""The health check's CA and client certificate, readable only by the script user."""
+SCRIPT_USER = "keepalived_script"
+"""Runs the health check (keepalived's default name for it); never root."""
+BASE_PRIORITY, PRIORITY_STEP = 200, 10
+AUTH_PASS_LENGTH = 8  # VRRPv2 PASS authentication uses exactly 8 characters
+READY_URL = "https://127.0.0.1:3100/ready"
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 (a keepalived config, not HTML)
+)
+
+
+def priorities(nodes: Sequence[str], main: str) -> dict[str, int]:
+    """VRRP priority of each node: ``main`` first and highest, then the others in order."""
+    ordered = [main, *(n for n in nodes if n != main)]
+    return {name: BASE_PRIORITY - PRIORITY_STEP * i for i, name in enumerate(ordered)}
+
+
+def check_weight(prios: dict[str, int]) -> int:
+    """A failing node drops below every healthy one: more than the spread of the priorities."""
+    return -(max(prios.values()) - min(prios.values()) + PRIORITY_STEP)
+
+
+def check_command(timeout: int) -> str:
+    return (f"/usr/bin/curl -fsS -m {timeout} -o /dev/null --cacert {CHECK_DIR}/ca.pem "
+            f"--cert {CHECK_DIR}/client.pem --key {CHECK_DIR}/client.key {READY_URL}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VipNode:
+    name: str
+    address: str
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection to the ready host, after its TLS files are in place (secret)."""
+    client_cert_pem: pulumi.Input[str]
+    client_key_pem: pulumi.Input[str]
+    """A client certificate of the stack's CA for the /ready check (the key is secret)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepalivedSettings:
+    """What every node's keepalived.conf says, apart from the node's own values."""
+
+    vip: str
+    vip_fqdn: str
+    prefix_length: int
+    interface: str
+    """Interface inside the VMs that carries the VIP."""
+    router_id: int
+    advert_int: int
+    nopreempt: bool
+    check_interval: int
+    check_fall: int
+    check_rise: int
+    main: str
+    """The node that runs the main compactor: the highest priority."""
+
+
+def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[str, str]], node: str,
+                           auth_pass: str) -> str:
+    """keepalived.conf for ``node``; ``nodes`` is every (name, address) of the cluster."""
+    if len(auth_pass) != AUTH_PASS_LENGTH:
+        raise ValueError(f"VRRP auth_pass must be {AUTH_PASS_LENGTH} characters, got {len(auth_pass)}")
+    prios = priorities([n for n, _ in nodes], settings.main)
+    address = dict(nodes)[node]
+    return _TEMPLATES.get_template("keepalived.conf.j2").render(
+        node=node, address=address, peers=[a for n, a in nodes if n != node], priority=prios[node],
+        check_weight=check_weight(prios), check_command=check_command(settings.check_interval),
+        script_user=SCRIPT_USER, auth_pass=auth_pass, vip=settings.vip, vip_fqdn=settings.vip_fqdn,
+        prefix_length=settings.prefix_length, interface=settings.interface, router_id=settings.router_id,
+        advert_int=settings.advert_int, nopreempt=settings.nopreempt, check_interval=settings.check_interval,
+        check_fall=settings.check_fall, check_rise=settings.check_rise,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VirtualIpArgs:
+    settings: KeepalivedSettings
+    nodes: Sequence[VipNode]
+    """Every Loki node."""
+    ca_cert_pem: pulumi.Input[str]
+    """The stack's CA (the check trusts only it)."""
+
+
+class VirtualIp(pulumi.ComponentResource):
+    """keepalived on every Loki node, holding the VIP on a ready node."""
+
+    address: pulumi.Output[str]
+    """The virtual IP."""
+    auth_pass: pulumi.Output[str]
+    """The generated VRRP password (secret)."""
+    host_files: list[HostFile]
+
+    @staticmethod
+    def _render(settings: KeepalivedSettings, pairs: list[tuple[str, str]], node: str, auth_pass: str) -> str:
+        return render_keepalived_conf(settings, pairs, node, auth_pass)
+
+    def __init__(self, name: str, args: VirtualIpArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        password = random.RandomPassword(f"{name}-auth-pass", length=AUTH_PASS_LENGTH, special=False, opts=child)
+        self.auth_pass = pulumi.Output.secret(password.result)
+        pairs = [(n.name, n.address) for n in args.nodes]
+        setup_script = render_script("keepalived-setup.sh", {
+            "SCRIPT_USER": SCRIPT_USER, "CHECK_DIR": CHECK_DIR, "STAGE_DIR": STAGE_DIR})
+        apply_script = render_script("keepalived-apply.sh", {
+            "STAGED": f"{STAGE_DIR}/keepalived.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT})
+        self.host_files = []
+        for node in args.nodes:
+            setup = command.remote.Command(f"{name}-{node.name}-setup", connection=node.connection,
+                                           create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
+                                           opts=child)
+            conf = self.auth_pass.apply(functools.partial(self._render, args.settings, pairs, node.name))
+            checker: dict[str, Any] = {"owner": SCRIPT_USER, "group": SCRIPT_USER}
+            files = [
+                HostFile(host=node.name, path=f"{STAGE_DIR}/keepalived.conf", content=conf, mode="0600"),
+                HostFile(host=node.name, path=f"{CHECK_DIR}/ca.pem", content=args.ca_cert_pem, mode="0644",
+                         **checker),
+                HostFile(host=node.name, path=f"{CHECK_DIR}/client.pem", content=node.client_cert_pem,
+                         mode="0644", **checker),
+                HostFile(host=node.name, path=f"{CHECK_DIR}/client.key", content=node.client_key_pem,
+                         mode="0600", **checker),
+            ]
+            staged = FileDelivery(f"{name}-{node.name}-staged", FileDeliveryArgs(
+                host=node.name, connection=after(node.connection, setup), files=files), opts=child)
+            command.remote.Command(f"{name}-{node.name}-apply", connection=after(node.connection, staged.command),
+                                   create="sudo bash -s", stdin=apply_script,
+                                   triggers=[staged.digest, apply_script], opts=child)
+            self.host_files += staged.host_files
+        self.address = pulumi.Output.from_input(args.settings.vip)
+        self.register_outputs({"address": self.address, "auth_pass": self.auth_pass})

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Applies a node's staged keepalived.conf (runs as root, on stdin; loki-stack sets the
+# parameters above this script): `keepalived -t` checks it first and a rejected config changes
+# nothing; then it is put in place (0600: it holds the VRRP password) and keepalived reloads.
+set -euo pipefail
+: "${STAGED:?}" "${TARGET:?}" "${UNIT:?}"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# keepalived 2.2.7 `-t` kills itself when it checks a script as an existing non-root script user
+# (it compares its parent pid after dropping privileges); the daemon is not affected. So the
+# check runs on a copy that differs only in script_user.
+sed 's/^\([[:space:]]*script_user[[:space:]]\).*/\1root/' "$STAGED" >"${work}/keepalived.conf"
+if ! keepalived -t -f "${work}/keepalived.conf"; then
+  echo "keepalived -t rejected the new config on $(hostname -f 2>/dev/null || hostname); nothing changed" >&2
+  exit 1
+fi
+if [ -f "$TARGET" ] && cmp -s "$STAGED" "$TARGET" && [ "$(stat -c '%a %U' "$TARGET")" = "600 root" ] \
+  && systemctl is-active --quiet "$UNIT"; then
+  echo "keepalived.conf unchanged"
+  exit 0
+fi
+install -m 0600 -o root -g root "$STAGED" "$TARGET"
+systemctl enable --quiet "$UNIT"
+if systemctl is-active --quiet "$UNIT"; then
+  systemctl reload "$UNIT"
+else
+  systemctl restart "$UNIT"
+fi
+echo "keepalived.conf applied"

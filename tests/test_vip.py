@@ -1,0 +1,148 @@
+"""components/vip.py: each node's keepalived.conf, derived values, files and steps, and every
+rendered file checked by the real `keepalived -t` in a throwaway network namespace."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from components.vip import (
+    CHECK_DIR,
+    SCRIPT_USER,
+    STAGE_DIR,
+    KeepalivedSettings,
+    check_weight,
+    priorities,
+    render_keepalived_conf,
+)
+from stack import engine
+from tests.conftest import files_of, require_root, require_tool
+
+NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
+CMD = "command:remote:Command"
+
+
+
+
+def conf_of(result: engine.RunResult, host: str) -> str:
+    return files_of(result, host)[f"{STAGE_DIR}/keepalived.conf"][1].value
+
+
+def value(conf: str, key: str) -> str:
+    match = re.search(rf"^\s*{key}\s+(\S+)\s*$", conf, re.MULTILINE)
+    assert match, f"keepalived.conf has no {key}"
+    return match.group(1)
+
+
+def peers(conf: str) -> list[str]:
+    block = re.search(r"unicast_peer \{\n(.*?)\n\s*\}", conf, re.DOTALL)
+    assert block, "keepalived.conf has no unicast_peer block"
+    return block.group(1).split()
+
+
+def test_priorities_put_the_main_compactor_first_and_a_failed_check_below_everyone():
+    prios = priorities(["loki-01", "loki-02", "loki-03"], main="loki-02")
+    assert prios == {"loki-02": 200, "loki-01": 190, "loki-03": 180}
+    weight = check_weight(prios)
+    assert max(prios.values()) + weight < min(prios.values()), "a failing node must drop below every healthy one"
+    big = priorities([f"n{i}" for i in range(15)], main="n0")
+    assert len(set(big.values())) == 15 and min(big.values()) > 0 and check_weight(big) >= -253
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host):
+    conf = conf_of(example, host)
+    assert value(conf, "unicast_src_ip") == NODES[host]
+    assert sorted(peers(conf)) == sorted(a for n, a in NODES.items() if n != host), f"{host}: unicast peers"
+    assert NODES[host] not in peers(conf), f"{host} lists itself as a peer: endless equal-priority warnings"
+    assert value(conf, "state") == "BACKUP" and "nopreempt" not in conf
+    assert value(conf, "virtual_router_id") == "51" and value(conf, "advert_int") == "1"
+    assert re.search(r"^\s*192\.168\.50\.20/24 dev ens18$", conf, re.MULTILINE), f"{host}: VIP line"
+    assert "enable_script_security" in conf and value(conf, "script_user") == SCRIPT_USER
+    assert value(conf, "interval") == "2" and value(conf, "fall") == "2" and value(conf, "rise") == "2"
+    script = re.search(r'script "([^"]+)"', conf)
+    assert script and "https://127.0.0.1:3100/ready" in script.group(1) and f"--cert {CHECK_DIR}/client.pem" in (
+        script.group(1)), f"{host}: the check must ask Loki over HTTPS with a client certificate"
+
+
+def test_the_main_compactor_node_has_the_highest_priority(example):
+    prios = {h: int(value(conf_of(example, h), "priority")) for h in NODES}
+    assert max(prios, key=lambda h: prios[h]) == "loki-01", f"loki-01 runs the main compactor: {prios}"
+    weight = int(value(conf_of(example, "loki-01"), "weight"))
+    assert max(prios.values()) + weight < min(prios.values())
+
+
+def test_every_node_shares_one_generated_8_character_password(example):
+    passwords = {value(conf_of(example, h), "auth_pass") for h in NODES}
+    assert len(passwords) == 1, "different passwords on the nodes split the VIP (both hold it)"
+    (password,) = passwords
+    assert len(password) == 8
+    assert example.engine.cloud.secret_values.get(password) == "vip-auth-pass.result", "the password is not generated"
+    for host in NODES:
+        hf, resolved = files_of(example, host)[f"{STAGE_DIR}/keepalived.conf"]
+        assert (hf.owner, hf.mode) == ("root", "0600") and resolved.secret, f"{host}: keepalived.conf is root-only"
+        key, _ = files_of(example, host)[f"{CHECK_DIR}/client.key"]
+        assert (key.owner, key.mode) == (SCRIPT_USER, "0600"), f"{host}: the check's key belongs to {SCRIPT_USER}"
+
+
+def test_nopreempt_and_a_single_node():
+    settings = KeepalivedSettings(vip="10.1.1.9", vip_fqdn="loki.x", prefix_length=24, interface="eth0",
+                                  router_id=7, advert_int=2, nopreempt=True, check_interval=3, check_fall=4,
+                                  check_rise=5, main="a")
+    conf = render_keepalived_conf(settings, [("a", "10.1.1.1")], "a", "12345678")
+    assert re.search(r"^\s*nopreempt$", conf, re.MULTILINE)
+    assert "unicast_peer" not in conf, "a single node has no peers to speak unicast to"
+    assert (value(conf, "virtual_router_id"), value(conf, "advert_int"), value(conf, "fall")) == ("7", "2", "4")
+    with pytest.raises(ValueError, match="8 characters"):
+        render_keepalived_conf(settings, [("a", "10.1.1.1")], "a", "short")
+
+
+def test_each_node_checks_its_config_before_reloading(example):
+    monitor = example.engine.monitor
+    for host in NODES:
+        setup, apply = monitor.find(CMD, f"vip-{host}-setup"), monitor.find(CMD, f"vip-{host}-apply")
+        install, tls = monitor.find(CMD, f"vip-{host}-staged-install"), monitor.find(CMD, f"{host}-tls-install")
+        assert tls.urn in setup.dependencies and setup.urn in install.dependencies
+        assert install.urn in apply.dependencies
+        stdin = apply.plain_inputs["stdin"]
+        assert stdin.index("keepalived -t") < stdin.index("install -m 0600") < stdin.index("systemctl reload")
+    assert example.resolved["output:vipAddress"].value == "192.168.50.20"
+    assert example.resolved["output:lokiUrl"].value == "https://loki.home.arpa:3100"
+
+
+def test_the_host_scripts_pass_shellcheck(example, tmp_path):
+    tool = require_tool("shellcheck")
+    for name in ("vip-loki-01-setup", "vip-loki-01-apply"):
+        script = tmp_path / f"{name}.sh"
+        script.write_text(example.engine.monitor.find(CMD, name).plain_inputs["stdin"])
+        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
+
+
+def keepalived_test(conf_file: str, interface: str) -> subprocess.CompletedProcess[str]:
+    """`keepalived -t` in a throwaway network namespace that has ``interface``."""
+    return subprocess.run(["unshare", "-n", "sh", "-c",
+                           f'ip link add {interface} type veth peer name {interface}p && keepalived -t -f "$1"',
+                           "sh", conf_file], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
+    require_root()
+    for tool in ("keepalived", "unshare", "ip", "curl"):
+        require_tool(tool)
+    for host in NODES:
+        conf = conf_of(example, host)
+        # keepalived 2.2.7 `-t` kills itself when it checks a script as an existing non-root user,
+        # so the check runs on a copy with script_user root, as the host's apply step does.
+        checked = tmp_path / f"{host}.conf"
+        checked.write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
+        proc = keepalived_test(str(checked), "ens18")
+        assert proc.returncode == 0, f"{host}: keepalived -t: {proc.stdout}{proc.stderr}"
+    broken = tmp_path / "broken.conf"
+    broken.write_text(conf_of(example, "loki-01").replace("virtual_router_id 51", "virtual_router_id 300")
+                      .replace(f"script_user {SCRIPT_USER}", "script_user root"))
+    proc = keepalived_test(str(broken), "ens18")
+    assert proc.returncode != 0 and "300" in proc.stderr, "keepalived -t missed a bad router id"
