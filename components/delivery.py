@@ -48,6 +48,47 @@ def delivery_digest(files: Sequence[tuple[HostFile, str]], then: str = "") -> st
     return digest.hexdigest()
 
 
+SSH_DIAL_ATTEMPTS = 90
+"""With 10 s per attempt: up to 15 minutes for a new VM to boot and run cloud-init."""
+
+
+def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str],
+                   host_key: pulumi.Input[str]) -> pulumi.Output[command.remote.ConnectionArgsDict]:
+    """A secret SSH connection that verifies the host against ``host_key`` (OpenSSH public key)."""
+    def build(keys: list[str]) -> command.remote.ConnectionArgsDict:
+        return {"host": host, "user": user, "private_key": keys[0], "host_key": keys[1].strip(),
+                "dial_error_limit": SSH_DIAL_ATTEMPTS, "per_dial_timeout": 10}
+
+    connection: pulumi.Output[command.remote.ConnectionArgsDict] = pulumi.Output.secret(
+        pulumi.Output.all(private_key, host_key).apply(build))
+    return connection
+
+
+@dataclass
+class ServiceSteps:
+    setup: command.remote.Command
+    delivery: FileDelivery
+    ready: command.remote.Command
+    """Exists once the service answered its readiness check."""
+
+
+def setup_deliver_wait(name: str, *, host: str, connection: pulumi.Input[Any], setup_script: str,
+                       files: Sequence[HostFile], restart: str, wait_script: str,
+                       parent: pulumi.Resource) -> ServiceSteps:
+    """The steps of a service host: ``setup`` (packages, users; as root), then the files
+    (``restart`` runs when one changed), then ``wait_script`` until the service is ready. Each step
+    re-runs only when what it carries changed."""
+    child = pulumi.ResourceOptions(parent=parent)
+    setup = command.remote.Command(f"{name}-setup", connection=connection, create="sudo bash -s",
+                                   stdin=setup_script, triggers=[setup_script], opts=child)
+    delivery = FileDelivery(f"{name}-config", FileDeliveryArgs(
+        host=host, connection=after(connection, setup), files=files, then=restart), opts=child)
+    ready = command.remote.Command(f"{name}-ready", connection=after(connection, delivery.command),
+                                   create="bash -s", stdin=wait_script, triggers=[setup_script, delivery.digest],
+                                   opts=child)
+    return ServiceSteps(setup=setup, delivery=delivery, ready=ready)
+
+
 def after(connection: pulumi.Input[Any], resource: pulumi.CustomResource) -> pulumi.Output[Any]:
     """``connection``, resolving only once ``resource`` exists, so whatever uses it runs after it.
     (``depends_on`` on a component does not reach the commands inside it; this does.)"""

@@ -115,7 +115,7 @@ class LokiCluster(pulumi.ComponentResource):
                 "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
                 "STAGE_DIR": STAGE_DIR, "DROPIN_FILE": DROPIN_FILE, "REPO_URL": GRAFANA_REPO_URL,
                 "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
-            }, libraries=["lib-data-disk.sh"])
+            }, libraries=["lib-data-disk.sh", "lib-grafana-apt.sh"])
             setup = command.remote.Command(f"{name}-{host.name}-setup", connection=host.connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
                                            opts=child)
@@ -133,7 +133,7 @@ class LokiCluster(pulumi.ComponentResource):
                 "BUILDINFO_URL": f"https://127.0.0.1:{HTTP_PORT}/loki/api/v1/status/buildinfo",
                 "CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file,
                 "TIMEOUT_S": READY_TIMEOUT_S,
-            }, libraries=["lib-wait-ready.sh"])
+            }, libraries=["lib-place.sh", "lib-wait-ready.sh"])
             connection: pulumi.Output[Any] = after(host.connection, staged.command)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)

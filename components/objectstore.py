@@ -21,7 +21,7 @@ import pulumi_command as command
 import pulumi_minio as minio
 import pulumi_random as random
 
-from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.delivery import setup_deliver_wait
 from components.hostfile import HostFile
 from components.scripts import render_script
 from components.systemd import hardening
@@ -141,10 +141,6 @@ class ObjectStore(pulumi.ComponentResource):
             "CONFIG_DIR": CONFIG_DIR, "CERTS_DIR": CERTS_DIR, "PACKAGE_URL": args.package_url,
             "PACKAGE_SHA256": args.package_sha256, "BINARY": BINARY, "UNIT": UNIT,
         }, libraries=["lib-data-disk.sh"])
-        setup = command.remote.Command(
-            f"{name}-setup", connection=args.connection, create="sudo bash -s", stdin=setup_script,
-            triggers=[setup_script], opts=child)
-
         owned = {"owner": SERVICE_USER, "group": SERVICE_USER, "mode": "0600"}
         host = args.hostname
         files = [
@@ -155,20 +151,17 @@ class ObjectStore(pulumi.ComponentResource):
             HostFile(host=host, path=f"{CERTS_DIR}/CAs/lokistack-ca.crt", content=args.ca_cert_pem, **owned),
             HostFile(host=host, path=UNIT_FILE, content=render_unit()),
         ]
-        # The files need the service user that setup creates: deliver them after it.
-        delivery = FileDelivery(f"{name}-config", FileDeliveryArgs(
-            host=host, connection=after(args.connection, setup), files=files, then=RESTART), opts=child)
-
         wait_script = render_script("wait-https-ready.sh", {
             "URL": f"https://{args.fqdn}:{API_PORT}{READY_PATH}", "CA_FILE": args.ca_file,
             "TIMEOUT_S": READY_TIMEOUT_S, "UNIT": UNIT}, libraries=["lib-wait-ready.sh"])
-        self.ready = command.remote.Command(
-            f"{name}-ready", connection=after(args.connection, delivery.command), create="bash -s",
-            stdin=wait_script, triggers=[setup_script, delivery.digest], opts=child)
+        # The files need the service user that setup creates: they are delivered after it.
+        steps = setup_deliver_wait(name, host=host, connection=args.connection, setup_script=setup_script,
+                                   files=files, restart=RESTART, wait_script=wait_script, parent=self)
+        self.ready = steps.ready
 
         self.endpoint = pulumi.Output.from_input(f"https://{args.fqdn}:{API_PORT}")
         self.root_user = pulumi.Output.from_input(args.root_user)
-        self.host_files = delivery.host_files
+        self.host_files = steps.delivery.host_files
         self.register_outputs({"endpoint": self.endpoint, "root_user": self.root_user,
                                "root_password": self.root_password})
 

@@ -20,6 +20,7 @@ import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
 import yaml
 
+from components.delivery import ssh_connection
 from components.hostfile import HostFile
 
 RESOURCE_TYPE = "lokistack:proxmox:ProxmoxVm"
@@ -31,8 +32,6 @@ DATA_DISK_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
 CPU_TYPE = "x86-64-v2-AES"
 GUEST_PACKAGES = ("qemu-guest-agent",)
 WAIT_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "wait-for-cloud-init.sh").read_text()
-SSH_DIAL_ATTEMPTS = 90
-"""With 10 s per attempt: up to 15 minutes for the VM to boot and run cloud-init."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,18 +264,8 @@ class ProxmoxVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["disks[0].importFrom"]),
         )
 
-        def connection(keys: list[str]) -> command.remote.ConnectionArgsDict:
-            return {
-                "host": args.address,
-                "user": args.admin_user,
-                "private_key": keys[0],
-                "host_key": keys[1].strip(),
-                "dial_error_limit": SSH_DIAL_ATTEMPTS,
-                "per_dial_timeout": 10,
-            }
-
-        bootstrap: pulumi.Output[command.remote.ConnectionArgsDict] = pulumi.Output.secret(
-            pulumi.Output.all(args.deploy_private_key, host_key.public_key_openssh).apply(connection))
+        bootstrap = ssh_connection(host=args.address, user=args.admin_user, private_key=args.deploy_private_key,
+                                   host_key=host_key.public_key_openssh)
         self.cloud_init = command.remote.Command(
             f"{name}-cloud-init",
             connection=bootstrap,

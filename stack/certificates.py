@@ -40,9 +40,9 @@ def server_spec(settings: Settings, vm: VmSettings) -> CertificateSpec:
                            ip_addresses=[*ips, *LOCALHOST_ADDRESSES], server=True, client=vm.role == "loki")
 
 
-def agent_spec(vm: VmSettings) -> CertificateSpec:
-    """The log agent's client certificate on a VM."""
-    return CertificateSpec(common_name=f"agent {vm.fqdn}", dns_names=[vm.fqdn], client=True)
+def agent_spec(name: str) -> CertificateSpec:
+    """The log agent's client certificate on a host (a VM's FQDN, or an extra host's name)."""
+    return CertificateSpec(common_name=f"agent {name}", dns_names=[name], client=True)
 
 
 def client_specs(settings: Settings) -> dict[str, CertificateSpec]:
@@ -69,17 +69,19 @@ class StackCertificates:
 
     def host_files(self, host: str) -> list[HostFile]:
         """The TLS files ``host`` receives: the CA (also into the system trust store), its server
-        certificate and its agent certificate; keys 0600, root only."""
-        ca = self.ca.cert_pem
-        server, agent = self.servers[host], self.agents[host]
-        return [
+        certificate (stack VMs only) and its agent certificate; keys 0600, root only."""
+        ca, agent = self.ca.cert_pem, self.agents[host]
+        files = [
             HostFile(host=host, path=CA_FILE, content=ca),
             HostFile(host=host, path=SYSTEM_CA_FILE, content=ca),
-            HostFile(host=host, path=SERVER_CERT_FILE, content=server.cert_pem),
-            HostFile(host=host, path=SERVER_KEY_FILE, content=server.private_key_pem, mode="0600"),
             HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
             HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
         ]
+        if host in self.servers:
+            server = self.servers[host]
+            files += [HostFile(host=host, path=SERVER_CERT_FILE, content=server.cert_pem),
+                      HostFile(host=host, path=SERVER_KEY_FILE, content=server.private_key_pem, mode="0600")]
+        return files
 
 
 def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None = None) -> StackCertificates:
@@ -96,6 +98,9 @@ def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None =
     return StackCertificates(
         ca=ca,
         servers={vm.name: ca.issue(f"{vm.name}-server", server_spec(settings, vm)) for vm in settings.vms},
-        agents={vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm)) for vm in settings.vms},
+        agents={
+            **{vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm.fqdn)) for vm in settings.vms},
+            **{h.name: ca.issue(f"{h.name}-agent", agent_spec(h.name)) for h in settings.agents.extra_hosts},
+        },
         clients={name: ca.issue(f"{name}-client", spec) for name, spec in client_specs(settings).items()},
     )

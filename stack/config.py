@@ -158,6 +158,22 @@ class ObjectStoreSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExtraHost:
+    """A host outside the stack that gets a log agent."""
+
+    name: str
+    address: IPv4Address
+    host_key: str
+    """Its SSH host public key (OpenSSH format), pinned for every connection."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    alloy_version: str
+    extra_hosts: tuple[ExtraHost, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class VipSettings:
     address: IPv4Address
     hostname: str
@@ -185,6 +201,9 @@ class Settings:
     vip: VipSettings
     object_store: ObjectStoreSettings
     grafana: VmSettings
+    grafana_version: str
+    """Pinned Grafana release."""
+    agents: AgentSettings
 
     @property
     def vms(self) -> tuple[VmSettings, ...]:
@@ -644,6 +663,41 @@ def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> 
     return ObjectStoreSettings(vm=vm, bucket=bucket, root_user=user, package_url=url, package_sha256=digest)
 
 
+_RELEASE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def _release(v: dict[str, Any], check: _Checker, key: str, example: str) -> str | None:
+    if not _RELEASE.match(v[key]):
+        check.fail(key, "must be a pinned release X.Y.Z (not 'latest')", v[key], example)
+        return None
+    return str(v[key])
+
+
+def _agents(v: dict[str, Any], check: _Checker) -> AgentSettings | None:
+    version = _release(v, check, "alloyVersion", "1.21.2")
+    hosts = []
+    example = "backup-01 192.168.50.60 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."
+    for i, entry in enumerate(v["agentExtraHosts"]):
+        key = f"agentExtraHosts[{i}]"
+        parts = entry.split(maxsplit=2)
+        if len(parts) != 3:
+            check.fail(key, 'must be "NAME ADDRESS HOSTKEY"', entry, example)
+            continue
+        name, address, host_key = parts
+        label = check.label(key, name, "backup-01")
+        ip = check.address(key, address, "192.168.50.60", None)
+        try:
+            load_ssh_public_key(host_key.encode())
+        except (ValueError, TypeError) as err:
+            check.fail(key, f"must end with the host's SSH public host key ({err})", host_key[:40], example)
+            continue
+        if label is not None and ip is not None:
+            hosts.append(ExtraHost(name=name, address=ip, host_key=host_key))
+    if version is None or len(hosts) != len(v["agentExtraHosts"]):
+        return None
+    return AgentSettings(alloy_version=version, extra_hosts=tuple(hosts))
+
+
 def load_settings(schema: ProjectSchema | None = None) -> Settings:
     """Read, check and return the stack's settings; raise SettingsError listing every problem."""
     schema = schema or load_schema()
@@ -663,6 +717,8 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
     vip = _vip(v, check, network)
     loki = _loki(v, check, tuple(p.vm for p in loki_nodes))
     object_store = _object_store(v, check, store[0].vm if store else None)
+    grafana_version = _release(v, check, "grafanaVersion", "13.2.3")
+    agents = _agents(v, check)
 
     placed = [*loki_nodes, *store, *grafana]
     if network is not None:
@@ -674,10 +730,14 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
         _unique(check, [(k, a, a) for k, a in addresses], "address", lambda shown: free)
     names = [(p.name_key, p.vm.name.lower(), p.vm.name) for p in placed]
     names += [("vipHostname", vip.hostname.lower(), vip.hostname)] if vip else []
+    names += [(f"agentExtraHosts[{i}]", h.name.lower(), h.name) for i, h in enumerate(agents.extra_hosts)] if (
+        agents) else []
     _unique(check, names, "host name", lambda shown: f"{shown}-2")
 
     if check.problems:
         raise SettingsError(check.problems)
     assert network and proxmox and ssh and pki and loki and vip and object_store and grafana  # all reported
+    assert grafana_version and agents
     return Settings(network=network, proxmox=proxmox, ssh=ssh, pki=pki, loki=loki, vip=vip,
-                    object_store=object_store, grafana=grafana[0].vm)
+                    object_store=object_store, grafana=grafana[0].vm, grafana_version=grafana_version,
+                    agents=agents)

@@ -15,8 +15,20 @@ import pulumi_command as command
 import pulumi_minio as minio
 import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
+import pulumiverse_grafana as grafana
 
-from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.alloy import LogAgent, LogAgentArgs
+from components.delivery import FileDelivery, FileDeliveryArgs, after, ssh_connection
+from components.grafana import (
+    ADMIN_USER,
+    GrafanaContent,
+    GrafanaContentArgs,
+    GrafanaServer,
+    GrafanaServerArgs,
+)
+from components.grafana import (
+    HTTPS_PORT as GRAFANA_PORT,
+)
 from components.hostfile import HostFile
 from components.loki import LokiCluster, LokiClusterArgs, LokiHost
 from components.loki_config import (
@@ -30,6 +42,8 @@ from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectS
 from components.proxmox_vm import DATA_DISK_PATH, HostEntry, ProxmoxVm, ProxmoxVmArgs
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
 from stack.certificates import (
+    AGENT_CERT_FILE,
+    AGENT_KEY_FILE,
     CA_FILE,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
@@ -57,6 +71,8 @@ class Deployment:
     loki_bucket: LokiBucket
     loki: LokiCluster
     vip: VirtualIp
+    grafana: GrafanaServer
+    agents: dict[str, LogAgent]
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -133,14 +149,18 @@ def build(settings: Settings) -> Deployment:
     }
 
     certificates = issue_certificates(settings)
+    # Every host's SSH connection: the VMs' resolve after cloud-init; extra hosts pin the given key.
+    connections: dict[str, Any] = {name: vm.connection for name, vm in vms.items()}
+    connections |= {h.name: ssh_connection(host=str(h.address), user=settings.ssh.admin_user,
+                                           private_key=deploy_key.private_key_openssh, host_key=h.host_key)
+                    for h in settings.agents.extra_hosts}
     deliveries = {
         f"{name}-tls": FileDelivery(
             f"{name}-tls",
-            # vm.connection resolves after cloud-init: the files go to a ready host.
-            FileDeliveryArgs(host=name, connection=vm.connection, files=certificates.host_files(name),
+            FileDeliveryArgs(host=name, connection=connection, files=certificates.host_files(name),
                              then=TRUST_UPDATE),
         )
-        for name, vm in vms.items()
+        for name, connection in connections.items()
     }
 
     object_store, loki_bucket = build_object_store(settings, vms, certificates, deliveries)
@@ -157,6 +177,16 @@ def build(settings: Settings) -> Deployment:
     ))
     vip = build_vip(settings, vms, certificates, deliveries, main=loki_spec.compactor_node)
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
+    # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
+    push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
+    agents = {
+        name: LogAgent(f"agent-{name}", LogAgentArgs(
+            host=name, connection=after(connection, deliveries[f"{name}-tls"].command),
+            version=settings.agents.alloy_version, push_url=push_url, cert_file=AGENT_CERT_FILE,
+            key_file=AGENT_KEY_FILE, ca_file=CA_FILE))
+        for name, connection in connections.items()
+    }
+    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url)
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
@@ -181,14 +211,45 @@ def build(settings: Settings) -> Deployment:
         "lokiUrl": vip_url,
         "prometheusScrapeConfig": render_prometheus_scrape_config(loki_spec, loki_spec.cluster_label),
         "logcliEnvironment": render_logcli_environment(vip_url),
+        "grafanaUrl": grafana_server.url,
+        "grafanaAdminUser": ADMIN_USER,
+        "grafanaAdminPassword": grafana_server.admin_password,
     }
     host_files = [f for vm in vms.values() for f in vm.host_files]
     host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
     host_files += object_store.host_files
     host_files += loki.host_files
     host_files += vip.host_files
+    host_files += grafana_server.host_files
+    host_files += [f for agent in agents.values() for f in agent.host_files]
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
-                      loki_bucket=loki_bucket, loki=loki, vip=vip, outputs=outputs, host_files=host_files)
+                      loki_bucket=loki_bucket, loki=loki, vip=vip, grafana=grafana_server, agents=agents,
+                      outputs=outputs, host_files=host_files)
+
+
+def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
+                  deliveries: dict[str, FileDelivery], *, loki_url: str) -> GrafanaServer:
+    """Grafana on its VM, then (through its API, trusting only our CA) the data source and dashboards."""
+    vm = settings.grafana
+    server = GrafanaServer("grafana", GrafanaServerArgs(
+        hostname=vm.name, fqdn=vm.fqdn, version=settings.grafana_version,
+        connection=after(vms[vm.name].connection, deliveries[f"{vm.name}-tls"].command),
+        cert_pem=certificates.servers[vm.name].cert_pem, key_pem=certificates.servers[vm.name].private_key_pem,
+        ca_file=CA_FILE))
+    auth: pulumi.Output[str] = pulumi.Output.secret(server.admin_password.apply(lambda pw: f"{ADMIN_USER}:{pw}"))
+    provider = grafana.Provider(
+        "grafana",
+        # By address: the machine running Pulumi may not resolve the stack's names.
+        url=f"https://{vm.address}:{GRAFANA_PORT}/",
+        auth=auth,
+        ca_cert=certificates.ca.cert_pem,
+        opts=pulumi.ResourceOptions(depends_on=[server.ready]),
+    )
+    datasource_client = certificates.clients["grafana-datasource"]
+    GrafanaContent("grafana-content", GrafanaContentArgs(
+        loki_url=loki_url, ca_cert_pem=certificates.ca.cert_pem, client_cert_pem=datasource_client.cert_pem,
+        client_key_pem=datasource_client.private_key_pem), opts=pulumi.ResourceOptions(providers=[provider]))
+    return server
 
 
 def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,

@@ -22,22 +22,13 @@ host=$(hostname -f 2>/dev/null || hostname)
 }
 
 changed=0
-place() {  # place STAGED TARGET MODE OWNER GROUP
-  local staged=$1 target=$2 mode=$3 owner=$4 group=$5
-  if [ -f "$target" ] && cmp -s "$staged" "$target" \
-    && [ "$(stat -c '%a %U %G' "$target")" = "${mode#0} ${owner} ${group}" ]; then
-    return 0
-  fi
-  install -D -m "$mode" -o "$owner" -g "$group" "$staged" "$target"
-  changed=1
-  echo "placed ${target}"
-}
 place "${STAGE_DIR}/config.yml" "$CONFIG_FILE" 0640 root loki
 place "${STAGE_DIR}/lokistack.env" "$ENV_FILE" 0600 root root
 place "${STAGE_DIR}/10-lokistack.conf" "$DROPIN_FILE" 0644 root root
 
 curl_tls=(--cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE")
 installed=$(dpkg-query -W -f='${Version}' loki)
+installed=${installed%-*}  # the Debian revision (3.7.6-1) is not part of Loki's own version
 running=$(curl -fsS --max-time 5 "${curl_tls[@]}" "$BUILDINFO_URL" 2>/dev/null \
   | sed -n 's/.*"version":"\([^"]*\)".*/\1/p' || true)
 if [ "$changed" -eq 1 ] || [ "$running" != "$installed" ] || ! systemctl is-active --quiet "$UNIT"; then

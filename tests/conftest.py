@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,17 @@ def use_config(fake_engine: engine.Engine) -> Callable[..., None]:
         pulumi.runtime.set_all_config(cfg.config, secret_keys=cfg.secret_keys)
 
     return apply
+
+
+def shellcheck_commands(result: engine.RunResult, names: list[str], tmp_path: Any) -> None:
+    """Every named command's script (its stdin, as rendered) passes shellcheck."""
+    tool = require_tool("shellcheck")
+    for name in names:
+        script = tmp_path / f"{name}.sh"
+        script.write_text(result.engine.monitor.find("command:remote:Command", name).plain_inputs["stdin"])
+        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
 
 
 def require_root() -> None:

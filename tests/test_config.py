@@ -146,6 +146,15 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("too many Loki nodes", {"lokiNodes": [f"loki-{i:02}" for i in range(16)],
                              "lokiAddresses": [f"192.168.50.{100 + i}" for i in range(16)]}, (), "lokiNodes",
      "at most 15 nodes"),
+    ("Grafana latest", {"grafanaVersion": "latest"}, (), "grafanaVersion", "pinned release X.Y.Z"),
+    ("Alloy without patch", {"alloyVersion": "1.21"}, (), "alloyVersion", "pinned release X.Y.Z"),
+    ("extra host without key", {"agentExtraHosts": ["backup-01 192.168.50.60"]}, (), "agentExtraHosts[0]",
+     '"NAME ADDRESS HOSTKEY"'),
+    ("extra host with a bad key", {"agentExtraHosts": ["backup-01 192.168.50.60 ssh-ed25519 nope"]}, (),
+     "agentExtraHosts[0]", "SSH public host key"),
+    ("extra host named like a VM", {"agentExtraHosts": [
+        "grafana 192.168.50.60 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7"]}, (),
+     "agentExtraHosts[0]", "must be unique: grafanaName"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
 ]

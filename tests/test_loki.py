@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -24,7 +23,8 @@ from components.loki_config import (
     loki_config,
 )
 from stack import engine
-from tests.conftest import require_tool
+from tests.conftest import require_tool, shellcheck_commands
+from tests.systemd_checks import verify_dropin
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 CMD = "command:remote:Command"
@@ -161,7 +161,7 @@ def test_no_secret_in_the_config_and_the_keys_in_a_root_only_env_file(example, h
 def test_the_setup_pins_the_package_and_the_repository_key(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-01-setup").plain_inputs["stdin"]
     assert f"KEY_FINGERPRINT={GRAFANA_KEY_FINGERPRINT}" in stdin and "LOKI_VERSION=3.7.6" in stdin
-    assert '"loki=${LOKI_VERSION}"' in stdin and "apt-mark hold loki" in stdin
+    assert 'install_pinned loki "$LOKI_VERSION"' in stdin and 'apt-mark hold "$package"' in stdin
     assert "policy-rc.d" in stdin, "the package install must not restart Loki on every node at once"
     assert "DATA_DEVICE=/dev/disk/by-id/virtio-lokistack-data" in stdin and "prepare_data_disk" in stdin
 
@@ -235,28 +235,13 @@ WantedBy=multi-user.target
 """A stand-in for the unit Grafana's loki package installs; the drop-in is verified on top of it."""
 
 
-def verify_dropin(tmp_path: Path, dropin: str) -> subprocess.CompletedProcess[str]:
-    units = tmp_path / "units"
-    (units / "loki.service.d").mkdir(parents=True, exist_ok=True)
-    (units / "loki.service").write_text(PACKAGED_UNIT)
-    (units / "loki.service.d" / "10-lokistack.conf").write_text(dropin)
-    # /usr/bin/loki is stubbed in an overlay over /usr/bin inside a private mount namespace.
-    script = ('u=$(mktemp -d) && mkdir "$u/up" "$u/work" && mount -t overlay overlay -o '
-              'lowerdir=/usr/bin,upperdir="$u/up",workdir="$u/work" /usr/bin && '
-              'install -m 0755 /dev/null /usr/bin/loki && '
-              'SYSTEMD_UNIT_PATH="$1": systemd-analyze verify --man=no loki.service')
-    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(units)], capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
-    require_tool("systemd-analyze")
-    require_tool("unshare")
     dropin = render_dropin(data_dir="/var/lib/loki", cert_file="/etc/lokistack/tls/server.pem",
                            key_file="/etc/lokistack/tls/server.key", ca_file="/etc/lokistack/tls/ca.pem")
-    proc = verify_dropin(tmp_path, dropin)
+    proc = verify_dropin(tmp_path, "loki.service", PACKAGED_UNIT, dropin, "/usr/bin/loki")
     assert proc.returncode == 0 and proc.stderr.strip() == "", f"drop-in: {proc.stderr}"
-    broken = verify_dropin(tmp_path, dropin.replace("LimitNOFILE=65536", "LimitNOFILE=lots"))
+    broken = verify_dropin(tmp_path, "loki.service", PACKAGED_UNIT,
+                           dropin.replace("LimitNOFILE=65536", "LimitNOFILE=lots"), "/usr/bin/loki")
     assert "Failed to parse resource value" in broken.stderr, "systemd-analyze missed a bad value"
     assert "-config.expand-env=true" in dropin and "-target=all" in dropin
     for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/loki",
@@ -265,13 +250,7 @@ def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
 
 
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
-    tool = require_tool("shellcheck")
-    for name in ("loki-loki-01-setup", "loki-loki-02-apply"):
-        script = tmp_path / f"{name}.sh"
-        script.write_text(example.engine.monitor.find(CMD, name).plain_inputs["stdin"])
-        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
+    shellcheck_commands(example, ["loki-loki-01-setup", "loki-loki-02-apply"], tmp_path)
 
 
 def cluster_hashes(digests: dict[str, str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from components.objectstore import (
 )
 from stack import engine
 from stack.plan import read_stack_config, run_program
-from tests.conftest import files_of, require_tool
+from tests.conftest import files_of, require_tool, shellcheck_commands
 from tests.x509_checks import server_verification_error
 
 HOST = "s3"
@@ -147,14 +147,7 @@ def test_a_rerun_with_nothing_changed_reruns_nothing(example):
 
 
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
-    tool = require_tool("shellcheck")
-    monitor = example.engine.monitor
-    for name in ("objectstore-setup", "objectstore-ready"):
-        script = tmp_path / f"{name}.sh"
-        script.write_text(monitor.find(CMD, name).plain_inputs["stdin"])
-        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
+    shellcheck_commands(example, ["objectstore-setup", "objectstore-ready"], tmp_path)
 
 
 def verify_unit(tmp_path, text: str) -> subprocess.CompletedProcess[str]:

@@ -37,8 +37,10 @@ def test_update_builds_every_vm_of_the_example_stack():
                                                                                          "apply")}
     vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
                                                                                        "apply")}
-    assert commands == per_vm | loki | vip | {"objectstore-setup", "objectstore-config-install",
-                                              "objectstore-ready"}
+    agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}
+    grafana = {"grafana-setup", "grafana-config-install", "grafana-ready"}
+    assert commands == per_vm | loki | vip | agents | grafana | {
+        "objectstore-setup", "objectstore-config-install", "objectstore-ready"}
 
 
 def test_files_are_delivered_only_after_cloud_init_finished():
@@ -150,5 +152,5 @@ def test_main_program_exports_the_outputs(fake_engine):
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
                              "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
                              "lokiS3SecretKey", "lokiNodeUrls", "lokiUrl", "prometheusScrapeConfig",
-                             "logcliEnvironment"}
+                             "logcliEnvironment", "grafanaUrl", "grafanaAdminUser", "grafanaAdminPassword"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

@@ -18,7 +18,7 @@ from components.vip import (
     render_keepalived_conf,
 )
 from stack import engine
-from tests.conftest import files_of, require_root, require_tool
+from tests.conftest import files_of, require_root, require_tool, shellcheck_commands
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 CMD = "command:remote:Command"
@@ -113,13 +113,7 @@ def test_each_node_checks_its_config_before_reloading(example):
 
 
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
-    tool = require_tool("shellcheck")
-    for name in ("vip-loki-01-setup", "vip-loki-01-apply"):
-        script = tmp_path / f"{name}.sh"
-        script.write_text(example.engine.monitor.find(CMD, name).plain_inputs["stdin"])
-        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
+    shellcheck_commands(example, ["vip-loki-01-setup", "vip-loki-01-apply"], tmp_path)
 
 
 def keepalived_test(conf_file: str, interface: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,100 @@
+"""LogAgent: Grafana Alloy on one host, shipping /var/log/*.log and the journal to Loki.
+
+Over SSH: setup (Grafana's repository with a pinned key fingerprint, the pinned ``alloy``
+package, held, the alloy user in ``adm`` and ``systemd-journal``), then the config and a systemd
+drop-in into a root-only staging directory, then apply (``alloy fmt`` checks the config, changed
+files are put in place, Alloy restarts). The TLS files reach Alloy as systemd credentials.
+
+Alloy docs: https://grafana.com/docs/alloy/latest/reference/components/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pulumi
+import pulumi_command as command
+
+from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.hostfile import HostFile
+from components.loki import GRAFANA_KEY_FINGERPRINT, GRAFANA_KEY_URL, GRAFANA_REPO_URL
+from components.scripts import render_script
+from components.systemd import hardening
+
+RESOURCE_TYPE = "lokistack:agents:LogAgent"
+UNIT = "alloy.service"
+CONFIG_FILE = "/etc/alloy/config.alloy"
+DROPIN_FILE = "/etc/systemd/system/alloy.service.d/10-lokistack.conf"
+STAGE_DIR = "/etc/alloy/lokistack-staged"
+DATA_DIR = "/var/lib/alloy"
+CREDENTIALS_DIR = "/run/credentials/alloy.service"
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+    undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 (an Alloy config, not HTML)
+)
+
+
+def render_alloy_config(*, host: str, push_url: str) -> str:
+    return _TEMPLATES.get_template("config.alloy.j2").render(
+        host=host, push_url=push_url, ca_file=f"{CREDENTIALS_DIR}/ca.pem", cert_file=f"{CREDENTIALS_DIR}/agent.pem",
+        key_file=f"{CREDENTIALS_DIR}/agent.key")
+
+
+def render_dropin(*, cert_file: str, key_file: str, ca_file: str) -> str:
+    """systemd drop-in for the packaged alloy.service: the TLS files as credentials, hardening."""
+    return f"""# loki-stack: TLS credentials and hardening for the packaged alloy.service.
+[Service]
+LoadCredential=agent.pem:{cert_file}
+LoadCredential=agent.key:{key_file}
+LoadCredential=ca.pem:{ca_file}
+{hardening(DATA_DIR)}"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogAgentArgs:
+    host: str
+    """Host name: the ``host`` label of its logs."""
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection, after the host's TLS files are in place (secret)."""
+    version: str
+    """Pinned Alloy release."""
+    push_url: str
+    """Loki's push endpoint through the VIP."""
+    cert_file: str
+    key_file: str
+    ca_file: str
+    """Host paths of the host's agent certificate, key and the stack's CA."""
+
+
+class LogAgent(pulumi.ComponentResource):
+    host_files: list[HostFile]
+
+    def __init__(self, name: str, args: LogAgentArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        setup_script = render_script("alloy-setup.sh", {
+            "ALLOY_VERSION": args.version, "STAGE_DIR": STAGE_DIR, "REPO_URL": GRAFANA_REPO_URL,
+            "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
+        }, libraries=["lib-grafana-apt.sh"])
+        setup = command.remote.Command(f"{name}-setup", connection=args.connection, create="sudo bash -s",
+                                       stdin=setup_script, triggers=[setup_script], opts=child)
+        files = [
+            HostFile(host=args.host, path=f"{STAGE_DIR}/config.alloy", mode="0600",
+                     content=render_alloy_config(host=args.host, push_url=args.push_url)),
+            HostFile(host=args.host, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600",
+                     content=render_dropin(cert_file=args.cert_file, key_file=args.key_file, ca_file=args.ca_file)),
+        ]
+        staged = FileDelivery(f"{name}-staged", FileDeliveryArgs(
+            host=args.host, connection=after(args.connection, setup), files=files), opts=child)
+        apply_script = render_script("alloy-apply.sh", {
+            "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "DROPIN_FILE": DROPIN_FILE, "UNIT": UNIT,
+        }, libraries=["lib-place.sh"])
+        self.apply = command.remote.Command(f"{name}-apply", connection=after(args.connection, staged.command),
+                                            create="sudo bash -s", stdin=apply_script,
+                                            triggers=[staged.digest, setup_script], opts=child)
+        self.host_files = staged.host_files
+        self.register_outputs({})

@@ -1,0 +1,64 @@
+"""templates/lib-grafana-apt.sh: install_pinned picks the repository build of exactly the pinned
+upstream version, with apt stubbed (nothing is installed) in a private mount namespace."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from components.scripts import TEMPLATES
+from tests.conftest import require_root, require_tool
+
+MADISON = """   alloy | 1.21.2-1 | https://apt.grafana.com stable/main amd64 Packages
+   alloy | 1.21.12-1 | https://apt.grafana.com stable/main amd64 Packages
+   alloy | 1.21.1-1 | https://apt.grafana.com stable/main amd64 Packages
+    loki | 3.7.6 | https://apt.grafana.com stable/main amd64 Packages
+"""
+
+
+def install_pinned(package: str, version: str, installed: str = "",
+                   existing_guard: bool = False) -> subprocess.CompletedProcess[str]:
+    require_root()
+    require_tool("unshare")
+    stubs = f"""
+apt-cache() {{ grep " {package} " <<'MADISON'
+{MADISON}MADISON
+}}
+apt-get() {{ echo "apt-get $*"; }}
+apt-mark() {{ echo "apt-mark $*" >&2; }}
+dpkg-query() {{ [ -n "{installed}" ] && echo -n "{installed}"; }}
+"""
+    script = (f"set -euo pipefail\n{(TEMPLATES / 'lib-grafana-apt.sh').read_text()}\n{stubs}\n"
+              "mount -t tmpfs tmpfs /usr/sbin\n"  # policy-rc.d goes into a throwaway /usr/sbin
+              + ("printf 'admin' > /usr/sbin/policy-rc.d\n" if existing_guard else "")
+              + f"install_pinned {package} {version}\n"
+              + 'echo "guard: $(cat /usr/sbin/policy-rc.d 2>/dev/null || echo none)"\n')
+    return subprocess.run(["unshare", "-m", "bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+@pytest.mark.parametrize(("package", "version", "exact"), [
+    ("alloy", "1.21.2", "1.21.2-1"), ("alloy", "1.21.1", "1.21.1-1"), ("loki", "3.7.6", "3.7.6")])
+def test_the_pinned_upstream_version_is_installed_and_held(package, version, exact):
+    proc = install_pinned(package, version)
+    assert proc.returncode == 0, proc.stderr
+    assert f"install -y -q --allow-change-held-packages --allow-downgrades {package}={exact}" in proc.stdout
+    assert f"apt-mark hold {package}" in proc.stderr and f"installed {package} {exact}" in proc.stdout
+    assert "guard: none" in proc.stdout, "the temporary policy-rc.d must be removed again"
+
+
+def test_a_version_the_repository_lacks_fails_clearly():
+    proc = install_pinned("alloy", "1.21.3")
+    assert proc.returncode != 0 and "alloy 1.21.3 is not in the package repository" in proc.stderr
+    assert "install -y" not in proc.stdout
+
+
+def test_an_installed_pinned_version_is_left_alone():
+    proc = install_pinned("alloy", "1.21.2", installed="1.21.2-1")
+    assert proc.returncode == 0 and "apt-get" not in proc.stdout, f"re-ran apt for an installed version: {proc.stdout}"
+
+
+def test_an_administrators_policy_rc_d_is_kept():
+    proc = install_pinned("alloy", "1.21.2", existing_guard=True)
+    assert proc.returncode == 0 and "guard: admin" in proc.stdout, "removed a policy-rc.d it did not write"
