@@ -134,3 +134,16 @@ def test_no_secret_reaches_any_file_of_a_redacted_plan(tmp_path):
         text = path.read_text()
         leaked = sorted({label for fragment, label in fragments.items() if fragment in text})
         assert not leaked, f"{path.relative_to(tmp_path)} holds {leaked}"
+
+
+def test_plan_writes_every_hosts_service_files(example_plan):
+    proc, out = example_plan
+    assert proc.returncode == 0, proc.stderr
+    expected = {host: ["etc/alloy/lokistack-staged/config.alloy", "etc/lokistack/tls/agent.pem"] for host in HOSTS}
+    for node in ("loki-01", "loki-02", "loki-03"):
+        expected[node] += ["etc/loki/lokistack-staged/config.yml", "etc/keepalived/lokistack-staged/keepalived.conf"]
+    expected["s3"] += ["etc/objectstore/objectstore.env", "etc/systemd/system/objectstore.service"]
+    expected["grafana"] += ["etc/grafana/grafana.ini", "etc/grafana/tls/grafana.pem"]
+    for host, paths in expected.items():
+        for path in paths:
+            assert (out / host / path).is_file(), f"the plan lacks {host}:/{path}"
