@@ -33,7 +33,7 @@ CHECK_DIR = "/etc/keepalived/check"
 """The health check's CA and client certificate, readable only by the script user."""
 SCRIPT_USER = "keepalived_script"
 """Runs the health check (keepalived's default name for it); never root."""
-BASE_PRIORITY, PRIORITY_STEP = 200, 10
+BASE_PRIORITY, MAX_PRIORITY_STEP, PRIORITY_SPAN = 200, 10, 180
 AUTH_PASS_LENGTH = 8  # VRRPv2 PASS authentication uses exactly 8 characters
 READY_URL = "https://127.0.0.1:3100/ready"
 
@@ -44,15 +44,22 @@ _TEMPLATES = jinja2.Environment(
 )
 
 
+def priority_step(count: int) -> int:
+    """Distance between two nodes' priorities: 10, smaller for many nodes so that the lowest stays
+    at 20 or more and the check weight within keepalived's -253."""
+    return max(1, min(MAX_PRIORITY_STEP, PRIORITY_SPAN // count))
+
+
 def priorities(nodes: Sequence[str], main: str) -> dict[str, int]:
     """VRRP priority of each node: ``main`` first and highest, then the others in order."""
     ordered = [main, *(n for n in nodes if n != main)]
-    return {name: BASE_PRIORITY - PRIORITY_STEP * i for i, name in enumerate(ordered)}
+    step = priority_step(len(ordered))
+    return {name: BASE_PRIORITY - step * i for i, name in enumerate(ordered)}
 
 
 def check_weight(prios: dict[str, int]) -> int:
     """A failing node drops below every healthy one: more than the spread of the priorities."""
-    return -(max(prios.values()) - min(prios.values()) + PRIORITY_STEP)
+    return -(max(prios.values()) - min(prios.values()) + priority_step(len(prios)))
 
 
 def check_command(timeout: int) -> str:

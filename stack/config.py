@@ -255,7 +255,7 @@ MIN_MEMORY_MIB = 1024
 MIN_DISK_GIB = 8
 MIN_DATA_DISK_GIB = 10
 MIN_RETENTION_SECONDS = 24 * 3600
-MAX_LOKI_NODES = 15
+MAX_LOKI_NODES = 50
 
 
 def duration_seconds(text: str) -> float | None:

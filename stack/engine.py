@@ -372,6 +372,36 @@ class Registration:
     def inputs_hash(self) -> str:
         return canonical_hash(self.inputs)
 
+    @property
+    def input_hashes(self) -> dict[str, str]:
+        """A hash per top-level input, with the paths in ``ignore_changes`` left out (as the engine
+        ignores them): what tells an update from a replacement in a plan diff."""
+        inputs = json.loads(json.dumps(self.inputs, default=str))
+        for path in self.ignore_changes:
+            _drop_path(inputs, path)
+        return {key: canonical_hash(value) for key, value in inputs.items()}
+
+
+def _drop_path(value: Any, path: str) -> None:
+    """Remove ``a.b[0].c`` from nested dicts/lists (secret wrappers are looked through)."""
+    parts = [p for p in path.replace("[", ".").replace("]", "").split(".") if p]
+    node = value
+    for i, part in enumerate(parts):
+        if is_secret(node):
+            node = node["value"]
+        last = i == len(parts) - 1
+        if isinstance(node, dict) and part in node:
+            if last:
+                del node[part]
+                return
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            if last:
+                return
+            node = node[int(part)]
+        else:
+            return
+
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """The SDK's mock monitor, keeping every registration with its resource options."""

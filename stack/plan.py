@@ -24,6 +24,7 @@ import yaml
 
 from stack import engine
 from stack.config import SettingsError, load_settings
+from stack.diff import diff_manifests, render
 from stack.program import Deployment, build
 from stack.schema import PROJECT_DIR, ProjectSchema, load_schema
 
@@ -162,22 +163,19 @@ def _clear(out_dir: Path) -> None:
     out_dir.mkdir(parents=True)
 
 
-def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secrets: bool) -> dict[str, Any]:
+def build_manifest(result: engine.RunResult, *, stack: str, show_secrets: bool = False) -> dict[str, Any]:
+    """Every resource (with a hash of its inputs, and one per input), every file (with its content,
+    secrets redacted unless ``show_secrets``) and the stack outputs."""
     deployment: Deployment = result.returned
     secrets = {} if show_secrets else secret_fragments(result.engine.cloud.secret_values)
-    _clear(out_dir)
     files = []
     for i, hf in enumerate(deployment.host_files):
         resolved = result.resolved[f"file:{i}"]
-        target = out_dir / hf.host / hf.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = resolved.value if resolved.known else "<unknown until deployment>\n"
-        target.write_text(redact(text, secrets))
-        target.chmod(0o600 if show_secrets and resolved.secret else 0o644)
         files.append({
             "host": hf.host, "path": hf.path, "owner": hf.owner, "group": hf.group, "mode": hf.mode,
             "secret": resolved.secret, "known": resolved.known,
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(), "content": redact(text, secrets),
         })
     outputs = {}
     for key, resolved in result.resolved.items():
@@ -185,16 +183,27 @@ def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secr
             name = key.split(":", 1)[1]
             outputs[name] = ("[secret]" if resolved.secret and not show_secrets
                              else _redact_value(resolved.value, secrets))
-    manifest = {
+    return {
         "stack": stack,
         "resources": [
             {"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent, "custom": r.custom,
-             "inputsHash": r.inputs_hash, "dependencies": sorted(r.dependencies)}
+             "inputsHash": r.inputs_hash, "inputHashes": r.input_hashes, "dependencies": sorted(r.dependencies)}
             for r in sorted(result.engine.registrations, key=lambda r: r.urn)
         ],
         "files": files,
         "outputs": outputs,
     }
+
+
+def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secrets: bool) -> dict[str, Any]:
+    """Write every host file under ``out_dir/<host>/<path>`` and the manifest."""
+    manifest = build_manifest(result, stack=stack, show_secrets=show_secrets)
+    _clear(out_dir)
+    for entry in manifest["files"]:
+        target = out_dir / entry["host"] / entry["path"].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(entry["content"])
+        target.chmod(0o600 if show_secrets and entry["secret"] else 0o644)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -206,6 +215,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     parser.add_argument("--out", default="build/plan", type=Path, help="output directory (default build/plan)")
     parser.add_argument("--show-secrets", action="store_true", help="write secret values instead of redacting them")
     parser.add_argument("--preview", action="store_true", help="plan as a preview: computed values stay unknown")
+    parser.add_argument("--diff", type=Path, metavar="OTHER",
+                        help="also show what changes from OTHER (a stack file or an earlier manifest.json)")
     args = parser.parse_args(argv)
     try:
         stack_config = read_stack_config(args.stack, path=args.stack_file)
@@ -213,6 +224,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             print(f"note: {key} has no value the plan can read; using a stand-in (never sent anywhere)", file=err)
         result = run_program(args.stack, stack_config, preview=args.preview)
         print_tree(result.engine.registrations, out)
+        before = load_before(args.diff) if args.diff else None
         manifest = write_plan(result, args.out, stack=args.stack, show_secrets=args.show_secrets)
     except (SettingsError, StackFileError) as error:
         print(f"error: {error}", file=err)
@@ -222,4 +234,17 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
           f"and {MANIFEST} under {args.out}", file=out)
     if not args.show_secrets:
         print("secrets are redacted; --show-secrets writes them (keep that directory private)", file=out)
+    if before is not None:
+        print(f"\nchanges from {args.diff} to this plan:", file=out)
+        print(render(diff_manifests(before, build_manifest(result, stack=args.stack))), file=out, end="")
     return 0
+
+
+def load_before(other: Path) -> dict[str, Any]:
+    """The manifest to compare with: read from a manifest file, or planned from a stack file."""
+    if not other.is_file():
+        raise StackFileError(f"--diff {other}: no such file")
+    if other.suffix == ".json":
+        return dict(json.loads(other.read_text()))
+    result = run_program(other.stem.removeprefix("Pulumi."), read_stack_config("", path=other))
+    return build_manifest(result, stack=other.stem)

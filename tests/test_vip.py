@@ -47,8 +47,10 @@ def test_priorities_put_the_main_compactor_first_and_a_failed_check_below_everyo
     assert prios == {"loki-02": 200, "loki-01": 190, "loki-03": 180}
     weight = check_weight(prios)
     assert max(prios.values()) + weight < min(prios.values()), "a failing node must drop below every healthy one"
-    big = priorities([f"n{i}" for i in range(15)], main="n0")
-    assert len(set(big.values())) == 15 and min(big.values()) > 0 and check_weight(big) >= -253
+    for count in (15, 30, 50):
+        big = priorities([f"n{i}" for i in range(count)], main="n0")
+        assert len(set(big.values())) == count and min(big.values()) >= 20, f"{count} nodes: {big}"
+        assert check_weight(big) >= -253 and max(big.values()) + check_weight(big) < min(big.values())
 
 
 @pytest.mark.parametrize("host", list(NODES))

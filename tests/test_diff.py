@@ -1,0 +1,86 @@
+"""The blast radius of changes to the example stack, as `plan --diff` reports it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from stack.diff import Diff, diff_manifests
+from stack.plan import build_manifest, read_stack_config, run_program
+from stack.schema import PROJECT_DIR
+
+LOKI = ["loki-01", "loki-02", "loki-03"]
+
+
+def manifest(**overrides: Any) -> dict[str, Any]:
+    return build_manifest(run_program("homelab", read_stack_config("homelab", overrides=overrides)), stack="homelab")
+
+
+@pytest.fixture(scope="module")
+def example() -> dict[str, Any]:
+    return manifest()
+
+
+def diff(example: dict[str, Any], **overrides: Any) -> Diff:
+    return diff_manifests(example, manifest(**overrides))
+
+
+def test_changing_nothing_changes_nothing(example):
+    result = diff(example)
+    assert result.changes == [] and result.files == {}, f"an unchanged stack would change: {result.changes}"
+
+
+def test_a_retention_change_touches_only_the_loki_config_steps(example):
+    result = diff(example, lokiRetention="1440h")
+    expected = {f"loki-{n}-{step}" for n in LOKI for step in ("staged-install", "apply")}
+    assert result.names() == expected, f"retention touched: {sorted(result.names() - expected)}"
+    assert set(result.files) == {(n, "/etc/loki/lokistack-staged/config.yml") for n in LOKI}
+    for text in result.files.values():
+        assert "-  retention_period: 744h\n+  retention_period: 1440h" in text
+
+
+def test_a_grafana_version_change_touches_nothing_of_loki_the_vip_or_the_object_store(example):
+    result = diff(example, grafanaVersion="13.2.4")
+    assert result.names(), "the version change changed nothing"
+    untouchable = ("loki-", "vip-", "objectstore", "loki-bucket", "ca", "s3")
+    assert not {n for n in result.names() if n.startswith(untouchable)}, sorted(result.names())
+    assert result.names() <= {"grafana-setup", "grafana-ready"}
+
+
+def test_adding_a_loki_node_replaces_no_vm_and_updates_the_peers(example):
+    result = diff(example, lokiNodes=[*LOKI, "loki-04"],
+                  lokiAddresses=["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"])
+    vms = {c.name for c in result.changes if c.type == "proxmoxve:index/vmLegacy:VmLegacy"}
+    created = result.of("loki-04-vm")
+    assert vms == {"loki-04-vm"} and created is not None and created.action == "create", f"VM changes: {vms}"
+    assert not {c.name for c in result.changes if c.action in ("replace", "delete") and
+                c.type.startswith(("proxmoxve:index/vmLegacy", "tls:"))}, "an existing VM or certificate is replaced"
+    for node in LOKI:
+        config = result.files[(node, "/etc/loki/lokistack-staged/config.yml")]
+        assert "+  - 192.168.50.24:7946" in config, f"{node}: the new peer is not in memberlist's join_members"
+        keepalived = result.files[(node, "/etc/keepalived/lokistack-staged/keepalived.conf")]
+        assert "+        192.168.50.24" in keepalived, f"{node}: the new peer is not a unicast peer"
+    assert result.of("loki-loki-01-apply") and result.of("vip-loki-01-apply")
+
+
+def test_diff_against_a_written_manifest_and_from_the_command_line(tmp_path):
+    before = tmp_path / "before"
+    proc = subprocess.run([sys.executable, "-m", "stack", "plan", "--out", str(before)], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    changed = tmp_path / "Pulumi.changed.yaml"
+    changed.write_text((PROJECT_DIR / "Pulumi.homelab.yaml").read_text()
+                       .replace("loki-stack:lokiRetention: 744h", "loki-stack:lokiRetention: 1440h"))
+    proc = subprocess.run([sys.executable, "-m", "stack", "plan", "--stack-file", str(changed), "--out",
+                           str(tmp_path / "after"), "--diff", str(before / "manifest.json")], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 to create, 0 to update, 6 to replace, 0 to delete" in proc.stdout
+    assert "+  retention_period: 1440h" in proc.stdout
+    saved = json.loads((before / "manifest.json").read_text())
+    assert all("<redacted" in f["content"] or "PRIVATE KEY" not in f["content"] for f in saved["files"]), (
+        "the manifest keeps file contents for diffs; they must be redacted")

@@ -1,0 +1,42 @@
+"""The pull-request workflow: the tests as in CI, and a preview that skips itself without secrets."""
+
+from __future__ import annotations
+
+import subprocess
+
+import yaml
+
+from stack.schema import PROJECT_DIR
+from tests.conftest import require_tool
+
+WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "pull-request.yml"
+
+
+def test_the_workflow_is_valid_yaml_for_pull_requests():
+    tool = require_tool("yamllint")
+    config = ("{extends: default, rules: {line-length: {max: 200}, document-start: disable, "
+              "truthy: {check-keys: false}}}")
+    proc = subprocess.run([tool, "--strict", "-d", config, str(WORKFLOW)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    assert "pull_request" in doc[True], "the workflow must run on pull requests"  # YAML 1.1 reads `on` as True
+
+
+def test_the_test_job_runs_ci():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
+    assert any(s.get("run") == "bash .ci/run" for s in steps)
+
+
+def test_the_preview_uses_the_pulumi_action_and_skips_without_secrets():
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["preview"]
+    assert job["needs"] == "test"
+    steps = job["steps"]
+    check = steps[0]
+    assert check["id"] == "secrets" and "PULUMI_ACCESS_TOKEN" in check["run"] and "::notice" in check["run"]
+    for step in steps[1:]:
+        assert step.get("if") == "steps.secrets.outputs.ready == 'true'", f"step {step} runs without the secrets"
+    preview = next(s for s in steps if s.get("with", {}).get("command") == "preview")
+    assert preview["uses"].startswith("pulumi/actions@") and preview["with"]["stack-name"] == "homelab"
+    assert job["env"]["PROXMOX_API_TOKEN"] == "${{ secrets.PROXMOX_API_TOKEN }}"  # noqa: S105 (a reference)
+    assert any("config set --secret" in s.get("run", "") for s in steps), "the token must be set as a secret"
