@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     floor = best_of(args.runs, [sys.executable, "-c", IMPORTS])
-    rows = []
+    rows: list[tuple[str, int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cases = [("example stack (3 Loki nodes)", PROJECT / "Pulumi.homelab.yaml")]
