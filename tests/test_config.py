@@ -74,7 +74,7 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
      "must be unique: lokiAddresses[0]"),
     ("node address equals gateway", {"objectStoreAddress": "192.168.50.1"}, (), "objectStoreAddress",
      "must be unique: networkGateway"),
-    ("address outside CIDR", {"lokiAddresses": ["192.168.50.21", "192.168.50.22", "10.9.9.9"]}, (),
+    ("address outside CIDR", {"lokiAddresses": ["192.168.50.21", "192.168.50.22", "198.51.100.9"]}, (),
      "lokiAddresses[2]", "must be inside networkCidr 192.168.50.0/24"),
     ("broadcast address", {"grafanaAddress": "192.168.50.255"}, (), "grafanaAddress", "not the network or broadcast"),
     ("gateway outside CIDR", {"networkGateway": "192.168.60.1"}, (), "networkGateway", "must be inside networkCidr"),
@@ -226,7 +226,7 @@ def test_a_duplicate_address_error_suggests_a_free_one(use_config):
 
 
 def test_every_problem_is_reported_at_once(use_config):
-    use_config({"vipRouterId": 300, "lokiVersion": "latest", "grafanaAddress": "10.0.0.1"})
+    use_config({"vipRouterId": 300, "lokiVersion": "latest", "grafanaAddress": "203.0.113.1"})
     with pytest.raises(SettingsError) as raised:
         load_settings()
     keys = {p.key for p in raised.value.problems}

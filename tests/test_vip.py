@@ -90,15 +90,15 @@ def test_every_node_shares_one_generated_8_character_password(example):
 
 
 def test_nopreempt_and_a_single_node():
-    settings = KeepalivedSettings(vip="10.1.1.9", vip_fqdn="loki.x", prefix_length=24, interface="eth0",
+    settings = KeepalivedSettings(vip="198.18.0.9", vip_fqdn="loki.x", prefix_length=24, interface="eth0",
                                   router_id=7, advert_int=2, nopreempt=True, check_interval=3, check_fall=4,
                                   check_rise=5, main="a")
-    conf = render_keepalived_conf(settings, [("a", "10.1.1.1")], "a", "12345678")
+    conf = render_keepalived_conf(settings, [("a", "198.18.0.1")], "a", "12345678")
     assert re.search(r"^\s*nopreempt$", conf, re.MULTILINE)
     assert "unicast_peer" not in conf, "a single node has no peers to speak unicast to"
     assert (value(conf, "virtual_router_id"), value(conf, "advert_int"), value(conf, "fall")) == ("7", "2", "4")
     with pytest.raises(ValueError, match="8 characters"):
-        render_keepalived_conf(settings, [("a", "10.1.1.1")], "a", "short")
+        render_keepalived_conf(settings, [("a", "198.18.0.1")], "a", "short")
 
 
 def test_each_node_checks_its_config_before_reloading(example):
