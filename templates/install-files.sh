@@ -10,8 +10,10 @@ changed=0
 
 # install_file PATH OWNER GROUP MODE BASE64-CONTENT
 install_file() {
-  local path=$1 owner=$2 group=$3 mode=$4 content=$5 tmp
-  install -d -m 0755 "$(dirname "$path")"
+  local path=$1 owner=$2 group=$3 mode=$4 content=$5 tmp dir
+  dir=$(dirname "$path")
+  # A missing directory is made 0755; an existing one keeps its mode (install -d would reset it).
+  [ -d "$dir" ] || install -d -m 0755 "$dir"
   tmp=$(mktemp "${path}.XXXXXX")
   printf '%s' "$content" | base64 -d >"$tmp"
   chown "${owner}:${group}" "$tmp"

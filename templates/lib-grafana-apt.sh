@@ -49,8 +49,9 @@ install_pinned() {
     chmod 0755 "$guard"
     ours=1
   fi
+  # The stack replaces the packages' config files: on upgrades dpkg keeps ours instead of asking.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-change-held-packages --allow-downgrades \
-    "${package}=${exact}" || status=$?
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${package}=${exact}" || status=$?
   if [ "$ours" -eq 1 ]; then rm -f "$guard"; fi
   [ "$status" -eq 0 ] || return "$status"
   apt-mark hold "$package" >/dev/null

@@ -43,7 +43,8 @@ dpkg-query() {{ [ -n "{installed}" ] && echo -n "{installed}"; }}
 def test_the_pinned_upstream_version_is_installed_and_held(package, version, exact):
     proc = install_pinned(package, version)
     assert proc.returncode == 0, proc.stderr
-    assert f"install -y -q --allow-change-held-packages --allow-downgrades {package}={exact}" in proc.stdout
+    assert (f"install -y -q --allow-change-held-packages --allow-downgrades -o Dpkg::Options::=--force-confdef "
+            f"-o Dpkg::Options::=--force-confold {package}={exact}") in proc.stdout, proc.stdout
     assert f"apt-mark hold {package}" in proc.stderr and f"installed {package} {exact}" in proc.stdout
     assert "guard: none" in proc.stdout, "the temporary policy-rc.d must be removed again"
 

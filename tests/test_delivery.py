@@ -64,6 +64,16 @@ def test_a_changed_mode_or_content_is_installed_again(tmp_path):
     assert oct(Path(files[1][0].path).stat().st_mode & 0o777) == "0o600"
 
 
+def test_an_existing_private_directory_keeps_its_mode(tmp_path):
+    require_root()
+    private = tmp_path / "certs"
+    private.mkdir(mode=0o700)
+    files = [(HostFile(host="h", path=f"{private}/private.key", content="", mode="0600"), "KEY\n")]
+    assert run_script(render_install_script(files)).returncode == 0
+    assert oct(private.stat().st_mode & 0o777) == "0o700", "installing a file loosened its directory"
+    assert (private / "private.key").read_text() == "KEY\n"
+
+
 def test_a_failing_install_stops_the_script(tmp_path):
     require_root()
     bad = [(HostFile(host="h", path=f"{tmp_path}/x.pem", content="", owner="no-such-user-here"), "x")]

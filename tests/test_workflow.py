@@ -40,3 +40,5 @@ def test_the_preview_uses_the_pulumi_action_and_skips_without_secrets():
     assert preview["uses"].startswith("pulumi/actions@") and preview["with"]["stack-name"] == "homelab"
     assert job["env"]["PROXMOX_API_TOKEN"] == "${{ secrets.PROXMOX_API_TOKEN }}"  # noqa: S105 (a reference)
     assert any("config set --secret" in s.get("run", "") for s in steps), "the token must be set as a secret"
+    assert any("caCertificate > .lokistack/ca.pem" in s.get("run", "") for s in steps), (
+        "a fresh runner needs the CA file the MinIO provider reads")
