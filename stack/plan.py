@@ -246,5 +246,6 @@ def load_before(other: Path) -> dict[str, Any]:
         raise StackFileError(f"--diff {other}: no such file")
     if other.suffix == ".json":
         return dict(json.loads(other.read_text()))
-    result = run_program(other.stem.removeprefix("Pulumi."), read_stack_config("", path=other))
-    return build_manifest(result, stack=other.stem)
+    stack = other.stem.removeprefix("Pulumi.")
+    result = run_program(stack, read_stack_config(stack, path=other))
+    return build_manifest(result, stack=stack)
