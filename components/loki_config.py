@@ -22,9 +22,11 @@ CERT_FILE, KEY_FILE, CA_FILE = (f"{CREDENTIALS_DIR}/server.pem", f"{CREDENTIALS_
                                 f"{CREDENTIALS_DIR}/ca.pem")
 S3_ACCESS_KEY_VAR, S3_SECRET_KEY_VAR = "LOKI_S3_ACCESS_KEY", "LOKI_S3_SECRET_KEY"
 S3_REGION = "us-east-1"  # MinIO's default region; Loki's S3 client wants one
-REMOVED_IN_LOKI_3 = ("shared_store", "boltdb_shipper", "boltdb", "max_look_back_period", "enforce_metric_name",
-                     "shared_store_key_prefix", "deletion_mode")
-"""Keys that Loki 3 rejects (or that only belonged to the boltdb-shipper era): never rendered."""
+COMPACTOR_HEARTBEAT_PERIOD, COMPACTOR_HEARTBEAT_TIMEOUT = "5s", "15s"
+"""The compactor ring's heartbeats (Loki's defaults: 15s and 1m). A crashed compactor keeps its
+place in the ring until it has been unhealthy for 10 heartbeat timeouts (a constant in Loki's
+compactor), and no other node compacts meanwhile: 10 minutes with the defaults, 150 s with these
+(measured in tests/test_loki_live.py). A clean stop leaves the ring at once."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +41,6 @@ class LokiNodeSpec:
 class LokiConfigSpec:
     nodes: Sequence[LokiNodeSpec]
     """Every node, in rollout order."""
-    compactor_node: str
-    """Name of the node whose compactor runs in ``main`` mode (the others are workers)."""
     cluster_label: str
     """memberlist cluster label: nodes of another cluster are refused."""
     retention: str
@@ -92,12 +92,10 @@ def server(spec: LokiConfigSpec) -> dict[str, Any]:
 def common(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/configure/#common (the S3 keys come from the
     environment: ``-config.expand-env=true`` and a root-only env file)."""
-    compactor = spec.node(spec.compactor_node)
     return {"common": {
         "path_prefix": spec.data_dir,
         "replication_factor": spec.replication_factor,
         "instance_addr": node.address,
-        "compactor_grpc_address": f"{compactor.address}:{GRPC_PORT}",
         "ring": {"kvstore": {"store": "memberlist"}},
         "storage": {"s3": {
             "endpoint": spec.s3_endpoint,
@@ -151,20 +149,40 @@ def ingester(spec: LokiConfigSpec) -> dict[str, Any]:
     }}
 
 
-def compactor(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
-    """https://grafana.com/docs/loki/latest/operations/storage/retention/ and the horizontally
-    scalable compactor (Loki 3.6+): one ``main``, the others ``worker``."""
+def compactor(spec: LokiConfigSpec) -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/operations/storage/retention/
+
+    The same on every node: the compactor ring elects one node to compact and apply retention,
+    and another takes over when it dies. No ``horizontal_scaling_mode`` (main/worker, experimental
+    in 3.7) and no ``common.compactor_grpc_address``: in ``-target=all`` Loki's query-side
+    compactor client calls the node's own gRPC address, where a worker serves no compactor API
+    (``unknown service grpc.Compactor``), and a single main node is a single point of failure."""
     return {"compactor": {
         "working_directory": f"{spec.data_dir}/compactor",
         "retention_enabled": True,
         "delete_request_store": "s3",
-        "horizontal_scaling_mode": "main" if node.name == spec.compactor_node else "worker",
+        "compactor_ring": {"heartbeat_period": COMPACTOR_HEARTBEAT_PERIOD,
+                           "heartbeat_timeout": COMPACTOR_HEARTBEAT_TIMEOUT},
     }}
+
+
+DELETION_MODE = "filter-and-delete"
+"""Loki's default, rendered so that it stays the same on upgrades.
+
+On a cluster the log deletion API (``/loki/api/v1/delete``) is not cluster-wide: each node's
+compactor keeps its own delete-request database (a boltdb file it downloads once and uploads
+every 5 minutes, last writer wins), so a request is listed only by the node that took it, is
+processed only if that node is the elected compactor, and can be lost when another node uploads
+its copy (grafana/loki#6779 and #14985, open; measured with Loki 3.7.6 in
+tests/test_loki_live.py). ``disabled`` would refuse deletes consistently, but then every query
+logs an error (the query path asks the compactor for cache generation numbers and is refused),
+so the README tells operators not to rely on deletes in a cluster; retention removes old logs
+everywhere."""
 
 
 def limits(spec: LokiConfigSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/configure/#limits_config"""
-    return {"limits_config": {"retention_period": spec.retention}}
+    return {"limits_config": {"retention_period": spec.retention, "deletion_mode": DELETION_MODE}}
 
 
 def grpc_clients(spec: LokiConfigSpec) -> dict[str, Any]:
@@ -197,7 +215,7 @@ def loki_config(spec: LokiConfigSpec, node_name: str) -> dict[str, Any]:
     node = spec.node(node_name)
     config: dict[str, Any] = {"target": "all", "auth_enabled": False}
     for section in (server(spec), common(spec, node), memberlist(spec, node), schema(spec), storage(spec),
-                    ingester(spec), compactor(spec, node), limits(spec), grpc_clients(spec)):
+                    ingester(spec), compactor(spec), limits(spec), grpc_clients(spec)):
         _merge(config, section)
     return config
 

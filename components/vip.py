@@ -1,7 +1,8 @@
 """VirtualIp: keepalived on the Loki nodes, moving one address to a node whose Loki is ready.
 
-Every node starts in BACKUP; priorities follow the node order with the main compactor's node
-highest, so while it is healthy the VIP (and so delete requests) land on it. A node whose
+Every node starts in BACKUP; priorities follow the node order (first node highest), so the VIP's
+home is predictable. Nothing else depends on which node holds it: every node serves pushes,
+queries and the delete API, and the compactor is elected by Loki's own ring. A node whose
 ``/ready`` check fails drops below every healthy node and gives the VIP away. Unicast VRRP, PASS
 authentication with a generated 8-character secret (all VRRPv2 uses), in a root-only file.
 
@@ -50,11 +51,11 @@ def priority_step(count: int) -> int:
     return max(1, min(MAX_PRIORITY_STEP, PRIORITY_SPAN // count))
 
 
-def priorities(nodes: Sequence[str], main: str) -> dict[str, int]:
-    """VRRP priority of each node: ``main`` first and highest, then the others in order."""
-    ordered = [main, *(n for n in nodes if n != main)]
-    step = priority_step(len(ordered))
-    return {name: BASE_PRIORITY - step * i for i, name in enumerate(ordered)}
+def priorities(nodes: Sequence[str]) -> dict[str, int]:
+    """VRRP priority of each node, highest first, in the order given: distinct, so that exactly
+    one healthy node is the VIP's home."""
+    step = priority_step(len(nodes))
+    return {name: BASE_PRIORITY - step * i for i, name in enumerate(nodes)}
 
 
 def check_weight(prios: dict[str, int]) -> int:
@@ -93,8 +94,6 @@ class KeepalivedSettings:
     check_interval: int
     check_fall: int
     check_rise: int
-    main: str
-    """The node that runs the main compactor: the highest priority."""
 
 
 def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[str, str]], node: str,
@@ -102,7 +101,7 @@ def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[s
     """keepalived.conf for ``node``; ``nodes`` is every (name, address) of the cluster."""
     if len(auth_pass) != AUTH_PASS_LENGTH:
         raise ValueError(f"VRRP auth_pass must be {AUTH_PASS_LENGTH} characters, got {len(auth_pass)}")
-    prios = priorities([n for n, _ in nodes], settings.main)
+    prios = priorities([n for n, _ in nodes])
     address = dict(nodes)[node]
     return _TEMPLATES.get_template("keepalived.conf.j2").render(
         node=node, address=address, peers=[a for n, a in nodes if n != node], priority=prios[node],

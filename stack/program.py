@@ -175,7 +175,7 @@ def build(settings: Settings) -> Deployment:
         s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
         tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
     ))
-    vip = build_vip(settings, vms, certificates, deliveries, main=loki_spec.compactor_node)
+    vip = build_vip(settings, vms, certificates, deliveries)
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
     # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
     push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
@@ -253,7 +253,7 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
 
 
 def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-              deliveries: dict[str, FileDelivery], *, main: str) -> VirtualIp:
+              deliveries: dict[str, FileDelivery]) -> VirtualIp:
     """keepalived on the Loki nodes; the /ready check uses each node's agent (client) certificate."""
     vip = settings.vip
     return VirtualIp("vip", VirtualIpArgs(
@@ -261,7 +261,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
             vip=str(vip.address), vip_fqdn=vip.fqdn, prefix_length=settings.network.cidr.prefixlen,
             interface=settings.network.guest_interface, router_id=vip.router_id, advert_int=vip.advert_interval,
             nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
-            check_rise=vip.check_rise, main=main),
+            check_rise=vip.check_rise),
         nodes=[VipNode(name=n.name, address=str(n.address),
                        connection=after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
                        client_cert_pem=certificates.agents[n.name].cert_pem,
@@ -275,11 +275,10 @@ LOKI_DATA_DIR = "/var/lib/loki"
 
 
 def loki_config_spec(settings: Settings) -> LokiConfigSpec:
-    """What every Loki node's config says; the first node runs the main compactor."""
+    """What every Loki node's config says (the same on every node but the node's own name and address)."""
     loki = settings.loki
     return LokiConfigSpec(
         nodes=[LokiNodeSpec(name=n.name, address=str(n.address)) for n in loki.nodes],
-        compactor_node=loki.nodes[0].name,
         cluster_label=f"loki-stack.{settings.network.domain}",
         retention=loki.retention,
         schema_from=loki.schema_from,

@@ -84,3 +84,17 @@ def test_diff_against_a_written_manifest_and_from_the_command_line(tmp_path):
     saved = json.loads((before / "manifest.json").read_text())
     assert all("<redacted" in f["content"] or "PRIVATE KEY" not in f["content"] for f in saved["files"]), (
         "the manifest keeps file contents for diffs; they must be redacted")
+
+
+def test_losing_the_first_node_changes_the_others_only_in_their_peer_lists():
+    """No node is special (the compactor is elected by Loki's ring): removing the first of four
+    nodes changes the others' Loki configs only where they list their peers."""
+    four = {"lokiNodes": [*LOKI, "loki-04"],
+            "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"]}
+    without_first = {"lokiNodes": four["lokiNodes"][1:], "lokiAddresses": four["lokiAddresses"][1:]}
+    result = diff_manifests(manifest(**four), manifest(**without_first))
+    for node in without_first["lokiNodes"]:
+        text = result.files[(node, "/etc/loki/lokistack-staged/config.yml")]
+        changed = [line for line in text.splitlines()
+                   if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+        assert changed == ["-  - 192.168.50.21:7946"], f"{node}'s config changed beyond its peer list: {changed}"

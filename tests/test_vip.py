@@ -42,13 +42,13 @@ def peers(conf: str) -> list[str]:
     return block.group(1).split()
 
 
-def test_priorities_put_the_main_compactor_first_and_a_failed_check_below_everyone():
-    prios = priorities(["loki-01", "loki-02", "loki-03"], main="loki-02")
+def test_priorities_follow_the_node_order_and_a_failed_check_drops_below_everyone():
+    prios = priorities(["loki-02", "loki-01", "loki-03"])
     assert prios == {"loki-02": 200, "loki-01": 190, "loki-03": 180}
     weight = check_weight(prios)
     assert max(prios.values()) + weight < min(prios.values()), "a failing node must drop below every healthy one"
     for count in (15, 30, 50):
-        big = priorities([f"n{i}" for i in range(count)], main="n0")
+        big = priorities([f"n{i}" for i in range(count)])
         assert len(set(big.values())) == count and min(big.values()) >= 20, f"{count} nodes: {big}"
         assert check_weight(big) >= -253 and max(big.values()) + check_weight(big) < min(big.values())
 
@@ -69,9 +69,9 @@ def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host
         script.group(1)), f"{host}: the check must ask Loki over HTTPS with a client certificate"
 
 
-def test_the_main_compactor_node_has_the_highest_priority(example):
+def test_the_first_node_is_the_vips_home(example):
     prios = {h: int(value(conf_of(example, h), "priority")) for h in NODES}
-    assert max(prios, key=lambda h: prios[h]) == "loki-01", f"loki-01 runs the main compactor: {prios}"
+    assert sorted(prios, key=lambda h: -prios[h]) == list(NODES), f"priorities must follow the node order: {prios}"
     weight = int(value(conf_of(example, "loki-01"), "weight"))
     assert max(prios.values()) + weight < min(prios.values())
 
@@ -92,7 +92,7 @@ def test_every_node_shares_one_generated_8_character_password(example):
 def test_nopreempt_and_a_single_node():
     settings = KeepalivedSettings(vip="198.18.0.9", vip_fqdn="loki.x", prefix_length=24, interface="eth0",
                                   router_id=7, advert_int=2, nopreempt=True, check_interval=3, check_fall=4,
-                                  check_rise=5, main="a")
+                                  check_rise=5)
     conf = render_keepalived_conf(settings, [("a", "198.18.0.1")], "a", "12345678")
     assert re.search(r"^\s*nopreempt$", conf, re.MULTILINE)
     assert "unicast_peer" not in conf, "a single node has no peers to speak unicast to"
