@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pulumi
 import pytest
@@ -14,11 +15,17 @@ import pytest
 from stack import engine
 from stack.plan import read_stack_config, run_program
 from stack.schema import load_schema
+from tests.real_loki import LokiTools, MissingBinaryError, find_tools
 
 SCHEMA = load_schema()
 EXAMPLE_STACK = "homelab"
-FAILOVER_TIMINGS: list[str] = []
-"""Measured VIP failover times, printed at the end of the run."""
+FIGURES: dict[str, list[str]] = {}
+"""What the real-tool tests measured, by section; printed at the end of the run."""
+
+
+def figure(section: str, line: str) -> None:
+    """Record a measured figure for the end-of-run summary."""
+    FIGURES.setdefault(section, []).append(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,9 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if FAILOVER_TIMINGS:
-        terminalreporter.section("VIP failover with the real keepalived (measured)")
-        for line in FAILOVER_TIMINGS:
+    for section, lines in FIGURES.items():
+        terminalreporter.section(section)
+        for line in lines:
             terminalreporter.write_line(line)
 
 
@@ -74,21 +81,31 @@ def shellcheck_commands(result: engine.RunResult, names: list[str], tmp_path: An
         assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
 
 
+def missing(message: str) -> NoReturn:
+    """Skip, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
+    if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_root() -> None:
     """Skip unless root, or fail when REQUIRE_REAL_TOOLS=1 (CI runs as root)."""
     if os.geteuid() != 0:
-        message = "this test needs root (mounts, loop devices, file owners); CI runs as root"
-        if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("this test needs root (mounts, loop devices, file owners); CI runs as root")
+
+
+@pytest.fixture(scope="session")
+def loki_tools(tmp_path_factory: pytest.TempPathFactory) -> LokiTools:
+    """The real Loki, logcli and deprecated-config checker (tests/real_loki.py says from where)."""
+    try:
+        return find_tools(Path(tmp_path_factory.mktemp("real-loki")))
+    except MissingBinaryError as error:
+        missing(f"real Loki binaries: {error}")
 
 
 def require_tool(name: str) -> str:
     """Path of a real tool; skip without it, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
     path = shutil.which(name)
     if path is None:
-        message = f"real tool {name!r} is not installed (.ci/run installs it)"
-        if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"real tool {name!r} is not installed (.ci/run installs it)")
     return path

@@ -6,35 +6,26 @@ stands in for Loki's /ready (the node's real server certificate, client certific
 The daemons read the rendered keepalived.conf; the health check's certificate files sit on a
 private tmpfs over /etc/keepalived in each daemon's own mount namespace. Only script_user differs
 from the rendered file (root instead of keepalived_script, which the test host lacks).
-Everything started here is stopped, and every namespace deleted, also when a step fails.
+Everything started here is stopped by pid, and every namespace deleted, also when a step fails.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from components.vip import CHECK_DIR, SCRIPT_USER, STAGE_DIR
 from stack.certificates import SERVER_CERT_FILE, SERVER_KEY_FILE
-from stack.plan import read_stack_config, run_program
-from tests.conftest import FAILOVER_TIMINGS, require_root, require_tool
+from tests.conftest import figure, require_root, require_tool
+from tests.lab_stack import LOKI_ADDRESSES, VIP, keepalived_command, lab_plan, prepare_keepalived, vip_holders
+from tests.netns import PrivateNetwork, private_network
 
-ADDRESSES = {"loki-01": "198.18.0.11", "loki-02": "198.18.0.12", "loki-03": "198.18.0.13"}
-VIP = "198.18.0.100"
-TEST_RANGE = {  # the example stack, moved into 198.18.0.0/24 through its settings
-    "networkCidr": "198.18.0.0/24", "networkGateway": "198.18.0.1", "dnsServers": ["198.18.0.1"],
-    "lokiAddresses": list(ADDRESSES.values()), "vipAddress": VIP, "objectStoreAddress": "198.18.0.30",
-    "grafanaAddress": "198.18.0.40", "guestInterface": "eth0", "vipCheckInterval": 1,
-}
+SECTION = "VIP failover with the real keepalived (measured)"
 STEP_TIMEOUT_S = 20
 STABLE_S = 2.0  # after convergence, every sample in this window must show exactly one holder
 
@@ -58,48 +49,20 @@ server.serve_forever()
 
 @dataclass
 class Lab:
-    prefix: str
-    run: Path
-    keepalived: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    logs_open: dict[str, Any] = field(default_factory=dict)
-    servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    namespaces: list[str] = field(default_factory=list)
+    network: PrivateNetwork
 
-    def ns(self, node: str) -> str:
-        return f"{self.prefix}{node[-2:]}"
-
-    def ip(self, *args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    @property
+    def run(self) -> Path:
+        return self.network.run_dir
 
     def holders(self) -> list[str]:
-        found = []
-        for node in ADDRESSES:
-            out = subprocess.run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show", "dev", "eth0"],
-                                 capture_output=True, text=True, timeout=10, check=False).stdout
-            if f"inet {VIP}/" in out:
-                found.append(node)
-        return found
+        return vip_holders(self.network)
 
     def start_keepalived(self, node: str) -> None:
-        d = self.run / node
-        script = (f'mount -t tmpfs tmpfs /etc/keepalived && mkdir -p {CHECK_DIR} && cp "$1"/check/* {CHECK_DIR}/ '
-                  f'&& exec keepalived -n -l -D -f "$1/keepalived.conf" -p "$1/k.pid" -r "$1/v.pid" '
-                  f'-c "$1/c.pid" -b "$1/b.pid"')
-        log = open(d / "keepalived.log", "ab")  # noqa: SIM115 (the daemon writes it until stopped)
-        self.logs_open[node] = log
-        self.keepalived[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(node), "unshare", "-m", "sh", "-c", script, "sh", str(d)],
-            stdout=log, stderr=subprocess.STDOUT)
+        self.network.start(f"keepalived-{node}", node, keepalived_command(self.run / node))
 
     def stop_keepalived(self, node: str) -> None:
-        proc = self.keepalived.pop(node)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        self.logs_open.pop(node).close()
+        self.network.stop(f"keepalived-{node}", timeout=15)
 
     def set_ready(self, node: str, ready: bool) -> None:
         flag = self.run / node / "ready"
@@ -127,22 +90,18 @@ class Lab:
             now = self.holders()
             assert now == [holder], f"{label}: after converging on {holder}, the VIP was held by {now}"
             time.sleep(0.05)
-        FAILOVER_TIMINGS.append(f"{label}: VIP on {holder} after {elapsed * 1000:.0f} ms")
+        figure(SECTION, f"{label}: VIP on {holder} after {elapsed * 1000:.0f} ms")
         return elapsed
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{(self.run / n / 'keepalived.log').read_text(errors='replace')[-3000:]}"
-                         for n in ADDRESSES if (self.run / n / "keepalived.log").exists())
+        return "\n".join(f"--- {d}\n{daemon.log_text()[-3000:]}" for d, daemon in self.network.daemons.items()
+                         if d.startswith("keepalived-"))
 
 
 def rendered_files(nopreempt: bool) -> dict[str, dict[str, str]]:
     """The files the project renders for each Loki node, with the test range's addresses."""
-    result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, "vipNoPreempt": nopreempt}))
-    files: dict[str, dict[str, str]] = {n: {} for n in ADDRESSES}
-    for i, hf in enumerate(result.returned.host_files):
-        if hf.host in files:
-            files[hf.host][hf.path] = result.resolved[f"file:{i}"].value
-    return files
+    files = lab_plan(vipNoPreempt=nopreempt, vipCheckInterval=1).files
+    return {node: files[node] for node in LOKI_ADDRESSES}
 
 
 @pytest.fixture
@@ -150,35 +109,10 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     require_root()
     for tool in ("keepalived", "ip", "curl", "unshare"):
         require_tool(tool)
-    lab = Lab(prefix=f"lkv{os.getpid() % 100000}-", run=tmp_path)
-    try:
-        bridge = f"{lab.prefix}br"
-        lab.ip("netns", "add", bridge)
-        lab.namespaces.append(bridge)
-        lab.ip("-n", bridge, "link", "add", "br0", "type", "bridge")
-        lab.ip("-n", bridge, "link", "set", "br0", "up")
-        for node, address in ADDRESSES.items():
-            ns = lab.ns(node)
-            lab.ip("netns", "add", ns)
-            lab.namespaces.append(ns)
-            lab.ip("-n", bridge, "link", "add", f"v{node[-2:]}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-            lab.ip("-n", bridge, "link", "set", f"v{node[-2:]}", "master", "br0", "up")
-            lab.ip("-n", ns, "link", "set", "lo", "up")
-            lab.ip("-n", ns, "link", "set", "eth0", "up")
-            lab.ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        yield lab
-    finally:
-        for node in list(lab.keepalived):
-            lab.stop_keepalived(node)
-        for log in lab.logs_open.values():
-            log.close()
-        for proc in lab.servers.values():
-            proc.kill()
-            proc.wait(timeout=15)
-        for ns in lab.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30)
-        leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-        assert lab.prefix not in leftover, f"namespaces left behind: {leftover}"
+    with private_network(f"lkv{os.getpid() % 100000}-", tmp_path) as network:
+        for node, address in LOKI_ADDRESSES.items():
+            network.add_host(node, address)
+        yield Lab(network)
 
 
 def prepare(lab: Lab, files: dict[str, dict[str, str]]) -> None:
@@ -186,25 +120,19 @@ def prepare(lab: Lab, files: dict[str, dict[str, str]]) -> None:
     (lab.run / "ready_server.py").write_text(READY_SERVER)
     for node, node_files in files.items():
         d = lab.run / node
-        (d / "check").mkdir(parents=True)
-        conf = node_files[f"{STAGE_DIR}/keepalived.conf"]
-        assert f"script_user {SCRIPT_USER}" in conf and "unicast_peer" in conf
-        (d / "keepalived.conf").write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
-        for name in ("ca.pem", "client.pem", "client.key"):
-            (d / "check" / name).write_text(node_files[f"{CHECK_DIR}/{name}"])
+        prepare_keepalived(d, node_files)
+        assert "unicast_peer" in (d / "keepalived.conf").read_text()
         (d / "server.pem").write_text(node_files[SERVER_CERT_FILE])
         (d / "server.key").write_text(node_files[SERVER_KEY_FILE])
         lab.set_ready(node, True)
-        lab.servers[node] = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns(node), sys.executable, str(lab.run / "ready_server.py"),
-             str(d / "server.pem"), str(d / "server.key"), str(d / "check" / "ca.pem"), str(d / "ready")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.network.start(f"ready-{node}", node, [sys.executable, str(lab.run / "ready_server.py"),
+                                                  str(d / "server.pem"), str(d / "server.key"),
+                                                  str(d / "check" / "ca.pem"), str(d / "ready")])
     for node in files:  # the check itself, as keepalived will run it, must pass before we start
         ca, cert, key = (str(lab.run / node / "check" / n) for n in ("ca.pem", "client.pem", "client.key"))
         for _ in range(100):
-            ok = subprocess.run(["ip", "netns", "exec", lab.ns(node), "curl", "-fsS", "-m", "1", "-o", "/dev/null",
-                                 "--cacert", ca, "--cert", cert, "--key", key, "https://127.0.0.1:3100/ready"],
-                                capture_output=True, timeout=10, check=False).returncode == 0
+            ok = lab.network.run(node, ["curl", "-fsS", "-m", "1", "-o", "/dev/null", "--cacert", ca, "--cert", cert,
+                                        "--key", key, "https://127.0.0.1:3100/ready"], timeout=10).returncode == 0
             if ok:
                 break
             time.sleep(0.1)
@@ -214,9 +142,9 @@ def prepare(lab: Lab, files: dict[str, dict[str, str]]) -> None:
 def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     prepare(lab, rendered_files(nopreempt=False))
     t = time.monotonic()
-    for node in ADDRESSES:
+    for node in LOKI_ADDRESSES:
         lab.start_keepalived(node)
-    lab.wait_for("loki-01", "cold start: the main compactor's node takes the VIP", t)
+    lab.wait_for("loki-01", "cold start: the first node takes the VIP", t)
     t = time.monotonic()
     lab.stop_keepalived("loki-01")
     lab.wait_for("loki-02", "loki-01 keepalived stopped (SIGTERM): next priority takes over", t)
@@ -238,7 +166,7 @@ def test_the_vip_follows_loki_readiness_and_keepalived(lab):
 def test_with_nopreempt_the_vip_stays_where_it_is(lab):
     prepare(lab, rendered_files(nopreempt=True))
     t = time.monotonic()
-    for node in ADDRESSES:
+    for node in LOKI_ADDRESSES:
         lab.start_keepalived(node)
     lab.wait_for(None, "nopreempt cold start: one node takes the VIP", t)
     first = lab.holders()[0]

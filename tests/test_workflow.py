@@ -8,6 +8,7 @@ import yaml
 
 from stack.schema import PROJECT_DIR
 from tests.conftest import require_tool
+from tests.real_loki import LOKI_SOURCE_COMMIT
 
 WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "pull-request.yml"
 
@@ -42,3 +43,14 @@ def test_the_preview_uses_the_pulumi_action_and_skips_without_secrets():
     assert any("config set --secret" in s.get("run", "") for s in steps), "the token must be set as a secret"
     assert any("caCertificate > .lokistack/ca.pem" in s.get("run", "") for s in steps), (
         "a fresh runner needs the CA file the MinIO provider reads")
+
+
+def test_the_test_job_builds_the_real_loki_from_the_pinned_release_commit():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
+    source = next(s for s in steps if s.get("with", {}).get("repository") == "grafana/loki")
+    assert source["with"]["ref"] == LOKI_SOURCE_COMMIT, "the workflow must build the Loki the tests expect"
+    build = next(s for s in steps if "go build" in s.get("run", ""))
+    for var in ("LOKI_BIN", "LOGCLI_BIN", "LOKI_CONFIG_CHECKER", "LOKI_CONFIG_CHECKER_LISTS"):
+        assert f"echo \"{var}=" in build["run"], f"the build step does not hand {var} to .ci/run"
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    assert names.index(build["name"]) < next(i for i, s in enumerate(steps) if s.get("run") == "bash .ci/run")

@@ -1,0 +1,93 @@
+"""The example stack moved into the test range, and how its rendered files run in a test lab.
+
+``lab_plan()`` runs the real program on the example stack with its addresses moved into
+198.18.0.0/24 through its own settings, and returns every host's files and the stack's outputs,
+secrets included: what the offline plan writes with ``--show-secrets``. The keepalived helpers
+run the rendered ``keepalived.conf`` the way the VMs do, in a host of a ``PrivateNetwork``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.proxmox_vm import USER_DATA_PATH
+from components.vip import CHECK_DIR, SCRIPT_USER
+from components.vip import STAGE_DIR as VIP_STAGE_DIR
+from stack.plan import read_stack_config, run_program
+from tests.netns import INTERFACE, PrivateNetwork
+
+LOKI_ADDRESSES = {"loki-01": "198.18.0.11", "loki-02": "198.18.0.12", "loki-03": "198.18.0.13"}
+VIP = "198.18.0.100"
+OBJECT_STORE_ADDRESS = "198.18.0.30"
+CLIENT_ADDRESS = "198.18.0.50"
+"""A host outside the stack (the operator's machine)."""
+TEST_RANGE: dict[str, Any] = {
+    "networkCidr": "198.18.0.0/24", "networkGateway": "198.18.0.1", "dnsServers": ["198.18.0.1"],
+    "lokiAddresses": list(LOKI_ADDRESSES.values()), "vipAddress": VIP, "objectStoreAddress": OBJECT_STORE_ADDRESS,
+    "grafanaAddress": "198.18.0.40", "guestInterface": "eth0",
+}
+"""The example stack's settings moved into the test range (and the NIC name the lab gives hosts)."""
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    files: dict[str, dict[str, str]]
+    """Host -> path -> content, secrets shown."""
+    outputs: dict[str, Any]
+    """Stack output -> value, secrets shown."""
+
+    def etc_hosts(self, host: str) -> str:
+        """The /etc/hosts that cloud-init writes on ``host`` (from its user-data)."""
+        user_data = yaml.safe_load(self.files[host][USER_DATA_PATH])
+        return next(f["content"] for f in user_data["write_files"] if f["path"] == "/etc/hosts")
+
+
+def lab_plan(**overrides: Any) -> LabPlan:
+    """The example stack in the test range, with ``overrides`` (settings by their key)."""
+    result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}))
+    files: dict[str, dict[str, str]] = {}
+    for i, hf in enumerate(result.returned.host_files):
+        resolved = result.resolved[f"file:{i}"]
+        assert resolved.known, f"{hf.host}:{hf.path} is unknown after an update-mode run"
+        files.setdefault(hf.host, {})[hf.path] = resolved.value
+    outputs = {k.split(":", 1)[1]: v.value for k, v in result.resolved.items() if k.startswith("output:")}
+    return LabPlan(files=files, outputs=outputs)
+
+
+# --- keepalived, as a Loki node runs it ---------------------------------------------------------
+
+
+def prepare_keepalived(directory: Path, files: dict[str, str]) -> None:
+    """Put a node's rendered keepalived.conf and its check's TLS files in ``directory``.
+
+    Only ``script_user`` differs from the rendered file: root instead of keepalived_script,
+    which the test machine lacks (and keepalived 2.2.7's ``-t`` cannot check as another user)."""
+    (directory / "check").mkdir(parents=True, exist_ok=True)
+    conf = files[f"{VIP_STAGE_DIR}/keepalived.conf"]
+    assert f"script_user {SCRIPT_USER}" in conf, "the rendered keepalived.conf names no dedicated script user"
+    (directory / "keepalived.conf").write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (directory / "check" / name).write_text(files[f"{CHECK_DIR}/{name}"])
+
+
+def keepalived_command(directory: Path) -> list[str]:
+    """keepalived in the foreground with ``directory``'s config; the check's files sit on a
+    private tmpfs over /etc/keepalived in the daemon's own mount namespace."""
+    script = (f'mount -t tmpfs tmpfs /etc/keepalived && mkdir -p {CHECK_DIR} && cp "$1"/check/* {CHECK_DIR}/ '
+              f'&& exec keepalived -n -l -D -f "$1/keepalived.conf" -p "$1/k.pid" -r "$1/v.pid" '
+              f'-c "$1/c.pid" -b "$1/b.pid"')
+    return ["unshare", "-m", "sh", "-c", script, "sh", str(directory)]
+
+
+def vip_holders(network: PrivateNetwork) -> list[str]:
+    """The Loki nodes that have the VIP on their interface now."""
+    found = []
+    for node in LOKI_ADDRESSES:
+        out = network.run(node, ["ip", "-4", "-o", "addr", "show", "dev", INTERFACE], timeout=10).stdout
+        if f"inet {VIP}/" in out:
+            found.append(node)
+    return found

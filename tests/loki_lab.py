@@ -1,0 +1,264 @@
+"""A live Loki cluster from the files the program renders, in a private network of namespaces.
+
+Each Loki node runs the real Loki with its own rendered config, env file and TLS files, started
+the way its systemd drop-in says (the ``ExecStart=`` flags, the ``EnvironmentFile=``, the
+``LoadCredential=`` files copied into ``/run/credentials/loki.service`` as systemd does), in a
+host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-init user-data,
+``/var/lib/loki`` private to it. What differs from a VM, on purpose and only here:
+
+- Loki runs as root, without the unit's hardening (no systemd in a network namespace);
+- the object store is a stand-in: moto's S3 server (``moto[server]``, Python), serving the
+  plan's object-store certificate on the object store's address; the bucket is created with
+  the S3 API, as the MinIO provider would;
+- keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``).
+
+Every process is stopped by its pid and every namespace removed when the lab closes, also when a
+test fails (``PrivateNetwork``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
+from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
+from components.objectstore import API_PORT
+from tests.lab_stack import CLIENT_ADDRESS, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, LabPlan, keepalived_command
+from tests.lab_stack import prepare_keepalived as prepare_keepalived_files
+from tests.netns import PrivateNetwork
+from tests.real_loki import LokiTools
+
+OBJECT_STORE_CERT_DIR = "/etc/objectstore/certs"
+CLIENT = "client"
+S3 = "s3"
+READY_TIMEOUT_S = 120
+OPERATOR_DIR = ".config/loki-stack"
+"""Where the README puts the operator's CA, certificate and key (``logcliEnvironment`` points there)."""
+
+NODE_START = """
+set -eu
+hostname "$1"
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p "$3"
+cp "$2"/credentials/* "$3"/
+chmod 0400 "$3"/*
+mount --bind "$2/var-lib" /var/lib
+mount --bind "$2/hosts" /etc/hosts
+set -a
+. "$2/env"
+set +a
+shift 3
+exec "$@"
+"""
+"""Runs in the node's namespace, in private mount and UTS namespaces: what systemd and the VM
+would provide (host name, credentials, data directory, /etc/hosts, environment), then Loki."""
+
+
+@dataclass(frozen=True)
+class Dropin:
+    exec_start: list[str]
+    environment_file: str
+    credentials: dict[str, str]
+    """Credential id -> the host file systemd copies in."""
+
+
+def parse_dropin(text: str) -> Dropin:
+    """What the rendered drop-in tells systemd: the last ``ExecStart=``, the env file, the credentials."""
+    starts = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")]
+    env = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("EnvironmentFile=")]
+    creds = dict(line.split("=", 1)[1].split(":", 1) for line in text.splitlines()
+                 if line.startswith("LoadCredential="))
+    assert starts and starts[-1] and len(env) == 1 and creds, (
+        f"the drop-in lacks ExecStart, env file or credentials:\n{text}")
+    return Dropin(exec_start=shlex.split(starts[-1]), environment_file=env[0], credentials=creds)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: str
+    seconds: float
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclass
+class LokiLab:
+    network: PrivateNetwork
+    plan: LabPlan
+    tools: LokiTools
+    started: dict[str, float] = field(default_factory=dict)
+    """Node -> monotonic time its Loki was started."""
+
+    @property
+    def run(self) -> Path:
+        return self.network.run_dir
+
+    @property
+    def client_home(self) -> Path:
+        return self.run / CLIENT / "home"
+
+    # --- setting up ------------------------------------------------------------------------
+
+    def add_hosts(self) -> None:
+        for node, address in LOKI_ADDRESSES.items():
+            self.network.add_host(node, address)
+        self.network.add_host(S3, OBJECT_STORE_ADDRESS)
+        self.network.add_host(CLIENT, CLIENT_ADDRESS)
+
+    def prepare_client(self) -> None:
+        """The operator's files as the README has them written from the stack's outputs."""
+        operator = self.client_home / OPERATOR_DIR
+        operator.mkdir(parents=True)
+        (operator / "ca.pem").write_text(self.plan.outputs["caCertificate"])
+        (operator / "operator.pem").write_text(self.plan.outputs["operatorCertificate"])
+        (operator / "operator.key").write_text(self.plan.outputs["operatorPrivateKey"])
+        (operator / "operator.key").chmod(0o600)
+        # Not a stack VM: any host name resolution it has; the stack's names as every VM has them.
+        (self.run / CLIENT / "hosts").write_text(self.plan.etc_hosts("grafana"))
+
+    def s3_keys(self) -> tuple[str, str]:
+        env = self.plan.files[next(iter(LOKI_ADDRESSES))][f"{STAGE_DIR}/lokistack.env"]
+        values = dict(re.findall(r'^(\w+)="([^"]*)"$', env, re.MULTILINE))
+        return values["LOKI_S3_ACCESS_KEY"], values["LOKI_S3_SECRET_KEY"]
+
+    def start_object_store(self) -> None:
+        """moto's S3 server with the plan's object-store certificate, and Loki's bucket in it."""
+        d = self.run / S3
+        d.mkdir(exist_ok=True)
+        files = self.plan.files[S3]
+        (d / "public.crt").write_text(files[f"{OBJECT_STORE_CERT_DIR}/public.crt"])
+        (d / "private.key").write_text(files[f"{OBJECT_STORE_CERT_DIR}/private.key"])
+        (d / "ca.pem").write_text(self.plan.outputs["caCertificate"])
+        server = [sys.executable, "-m", "moto.server", "-H", OBJECT_STORE_ADDRESS, "-p", str(API_PORT),
+                  "-c", str(d / "public.crt"), "-k", str(d / "private.key")]
+        self.network.start(S3, S3, server,
+                           # Loki speaks path-style to https://<object store FQDN>:9000/<bucket>.
+                           env={"S3_IGNORE_SUBDOMAIN_BUCKETNAME": "1"})
+        access, secret = self.s3_keys()
+        deadline = time.monotonic() + 60
+        url = f"https://{OBJECT_STORE_ADDRESS}:{API_PORT}/{self.plan.outputs['lokiBucket']}"
+        while True:
+            proc = self.network.run(S3, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                                         str(d / "ca.pem"), "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+                                         f"{access}:{secret}", "-X", "PUT", url], timeout=30)
+            if proc.stdout == "200":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the S3 stand-in did not create the bucket: {proc.stdout} {proc.stderr}\n"
+                                     f"{self.network.daemons[S3].log_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def prepare_node(self, node: str) -> Dropin:
+        """The node's files where its start script expects them; returns the parsed drop-in."""
+        files = self.plan.files[node]
+        dropin = parse_dropin(files[f"{STAGE_DIR}/10-lokistack.conf"])
+        assert dropin.environment_file.startswith("/etc/loki/"), dropin.environment_file
+        d = self.run / node
+        (d / "credentials").mkdir(parents=True, exist_ok=True)
+        for credential, source in dropin.credentials.items():
+            (d / "credentials" / credential).write_text(files[source])
+        (d / "config.yml").write_text(files[f"{STAGE_DIR}/config.yml"])
+        (d / "env").write_text(files[f"{STAGE_DIR}/lokistack.env"])
+        (d / "hosts").write_text(self.plan.etc_hosts(node))
+        (d / "var-lib" / "loki").mkdir(parents=True, exist_ok=True)
+        prepare_keepalived_files(d / "keepalived", files)
+        return dropin
+
+    def start_node(self, node: str) -> None:
+        dropin = self.prepare_node(node)
+        d = self.run / node
+        argv = [str(self.tools.loki) if a == dropin.exec_start[0] else a for a in dropin.exec_start]
+        assert f"-config.file={CONFIG_FILE}" in argv, f"{node}: {DROPIN_FILE} starts Loki with {argv}"
+        argv = [f"-config.file={d / 'config.yml'}" if a == f"-config.file={CONFIG_FILE}" else a for a in argv]
+        self.started[node] = time.monotonic()
+        self.network.start(f"loki-{node}", node, ["unshare", "-m", "-u", "sh", "-c", NODE_START, "sh", node, str(d),
+                                                  CREDENTIALS_DIR, *argv])
+
+    def stop_node(self, node: str, sig: signal.Signals = signal.SIGTERM) -> float:
+        return self.network.stop(f"loki-{node}", sig)
+
+    def start_keepalived(self, node: str) -> None:
+        self.network.start(f"keepalived-{node}", node, keepalived_command(self.run / node / "keepalived"))
+
+    # --- talking to it ---------------------------------------------------------------------
+
+    def request(self, node: str, path: str, *, method: str = "GET", data: str | None = None,
+                content_type: str = "application/json", client_cert: bool = True) -> Response:
+        """An HTTPS request from the client host to ``node``'s Loki, with the operator's certificate
+        (or none). A failed connection has status 0 and curl's message as its body."""
+        operator = self.client_home / OPERATOR_DIR
+        argv = ["curl", "-sS", "-m", "30", "-w", "\n%{http_code} %{time_total}", "--cacert", str(operator / "ca.pem"),
+                "-X", method]
+        if client_cert:
+            argv += ["--cert", str(operator / "operator.pem"), "--key", str(operator / "operator.key")]
+        if data is not None:
+            argv += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
+        proc = self.network.run(CLIENT, [*argv, f"https://{LOKI_ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60,
+                                stdin=data)
+        body, _, tail = proc.stdout.rpartition("\n")
+        status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
+        return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
+
+    def push(self, node: str, labels: dict[str, str], lines: list[str]) -> Response:
+        now = time.time_ns()
+        values = [[str(now + i), line] for i, line in enumerate(lines)]
+        return self.request(node, "/loki/api/v1/push", method="POST",
+                            data=json.dumps({"streams": [{"stream": labels, "values": values}]}))
+
+    def query_lines(self, node: str, query: str, since_s: int = 3600) -> tuple[list[str], Response]:
+        end = time.time_ns()
+        params = urllib.parse.urlencode({"query": query, "start": end - since_s * 10**9, "end": end + 10**9,
+                                         "limit": 5000, "direction": "forward"})
+        response = self.request(node, f"/loki/api/v1/query_range?{params}")
+        if response.status != 200:
+            return [], response
+        result = response.json()
+        assert isinstance(result, dict)
+        return [v[1] for stream in result["data"]["result"] for v in stream["values"]], response
+
+    def metric(self, node: str, name: str) -> float | None:
+        response = self.request(node, "/metrics")
+        assert response.status == 200, f"{node}: /metrics answered {response.status}: {response.body[:300]}"
+        match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", response.body, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    def logcli(self, *args: str) -> tuple[int, str]:
+        """logcli on the client host, configured only by ``eval "$(pulumi stack output logcliEnvironment)"``
+        with the operator's files where the README puts them; names resolve as on a stack host."""
+        script = 'mount --bind "$1" /etc/hosts && eval "$2" && shift 2 && exec "$@"'
+        proc = self.network.run(CLIENT, ["unshare", "-m", "sh", "-c", script, "sh", str(self.run / CLIENT / "hosts"),
+                                         self.plan.outputs["logcliEnvironment"], str(self.tools.logcli), *args],
+                                timeout=60, env={"HOME": str(self.client_home)})
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def wait_ready(self, nodes: list[str], timeout: float = READY_TIMEOUT_S) -> dict[str, float]:
+        """Seconds from each node's start until it answered ``/ready`` with 200."""
+        ready: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(ready) < len(nodes):
+            for node in nodes:
+                if node not in ready and self.request(node, "/ready").status == 200:
+                    ready[node] = time.monotonic() - self.started[node]
+            if time.monotonic() > deadline:
+                waiting = [n for n in nodes if n not in ready]
+                raise AssertionError(f"not ready after {timeout}s: {waiting}\n{self.logs(waiting)}")
+            time.sleep(0.25)
+        return ready
+
+    def log(self, node: str) -> str:
+        daemon = self.network.daemons.get(f"loki-{node}")
+        path = daemon.log_path if daemon else self.run / f"loki-{node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self, nodes: list[str]) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)[-4000:]}" for n in nodes)
