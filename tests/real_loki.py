@@ -3,8 +3,9 @@
 Where they come from, first match wins:
 1. ``LOKI_BIN``, ``LOGCLI_BIN``, ``LOKI_CONFIG_CHECKER`` and ``LOKI_CONFIG_CHECKER_LISTS`` (the
    directory with the checker's ``deprecated-config.yaml`` and ``deleted-config.yaml``);
-2. the xz-compressed binaries in ``../shared/tools/`` (beside the project), decompressed into a
-   temporary directory and checked against their published SHA-256.
+2. the xz-compressed binaries in ``../shared/tools/`` beside the project (or, in a clone made
+   from a local repository, beside that repository), decompressed into a temporary directory
+   and checked against their published SHA-256.
 
 ``python -m tests.real_loki DIR`` decompresses them into DIR and prints ``export`` lines: that is
 how ``.ci/run`` hands them to the tests (and fails when they are missing).
@@ -16,6 +17,7 @@ import hashlib
 import lzma
 import os
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ LOKI_VERSION = "3.7.6"
 """The version of the binaries; the stack's default ``lokiVersion`` must be the same (a test checks)."""
 LOKI_SOURCE_COMMIT = "5003600d7c787b5f047c8d1b0198559471b0caa5"
 """The v3.7.6 release commit: ../shared/tools was built from it, the pull-request workflow builds it."""
-SHARED_TOOLS = PROJECT_DIR.parent / "shared" / "tools"
+SHARED = Path("shared") / "tools"
 SHA256 = {  # of the decompressed binaries (../shared/tools/README.md)
     "loki": "9458a97c7b99f6c5f02eb6ea8eb87c9a1aa6e139457ccddeb50c693dfb233daa",
     "logcli": "8aade7521e54d905350db2532ecb4644948b8af8f34be30a26a817e1b5a42fb4",
@@ -54,8 +56,19 @@ class LokiTools:
                 LISTS_ENV: str(self.checker_lists)}
 
 
+def shared_tools() -> Path:
+    """``../shared/tools`` beside the project, else beside the local repository it was cloned from
+    (a clean clone in a temporary directory, as CI makes one)."""
+    candidates = [PROJECT_DIR.parent / SHARED]
+    origin = subprocess.run(["git", "-C", str(PROJECT_DIR), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / SHARED)
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
 def _from_shared(name: str, into: Path) -> Path:
-    archive = SHARED_TOOLS / f"{name}-{LOKI_VERSION}-linux-amd64.xz"
+    archive = shared_tools() / f"{name}-{LOKI_VERSION}-linux-amd64.xz"
     if not archive.is_file():
         raise MissingBinaryError(f"{name}: ${ENV[name]} is not set and {archive} does not exist")
     target = into / name
@@ -83,7 +96,7 @@ def find_tools(cache: Path) -> LokiTools:
             paths[name] = path
         else:
             paths[name] = _from_shared(name, cache)
-    lists = Path(os.environ.get(LISTS_ENV) or SHARED_TOOLS / f"loki-deprecated-config-checker-{LOKI_VERSION}")
+    lists = Path(os.environ.get(LISTS_ENV) or shared_tools() / f"loki-deprecated-config-checker-{LOKI_VERSION}")
     missing = [n for n in LISTS if not (lists / n).is_file()]
     if missing:
         raise MissingBinaryError(f"the deprecated-config checker's lists {missing} are not in {lists} (${LISTS_ENV})")
