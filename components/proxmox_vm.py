@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -22,6 +21,7 @@ import yaml
 
 from components.delivery import ssh_connection
 from components.hostfile import HostFile
+from components.scripts import render_script
 
 RESOURCE_TYPE = "lokistack:proxmox:ProxmoxVm"
 USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
@@ -29,9 +29,21 @@ USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
 DATA_DISK_SERIAL = "lokistack-data"
 DATA_DISK_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
 """Stable device path of the data disk inside the VM, whatever the kernel names it."""
+NIC = "net0"
+"""The VM's one network device (Proxmox numbers them net0, net1, ...)."""
+GUEST_INTERFACE = "eth0"
+"""The NIC's name inside the VM. The VM's address comes from Proxmox's ``ipconfig0`` (the
+provider's ``initialization.ip_configs``), so Proxmox writes the NoCloud network config itself
+(``nocloud_network`` in PVE/QemuServer/Cloudinit.pm): the interface is matched by the MAC of
+``net0`` and named ``eth0``, and cloud-init renames it so; ``ens18``, the kernel's name for a
+virtio NIC, is gone after the first boot. Everything that names the NIC inside the VM uses this."""
 CPU_TYPE = "x86-64-v2-AES"
 GUEST_PACKAGES = ("qemu-guest-agent",)
-WAIT_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "wait-for-cloud-init.sh").read_text()
+CLOUD_INIT_RESULT = "/run/cloud-init/result.json"
+"""Written by cloud-init when its last stage has finished, with every error it recorded."""
+CLOUD_INIT_TIMEOUT_S = 1800  # packages from the mirrors on a slow line
+WAIT_SCRIPT = render_script("wait-for-cloud-init.sh", {"RESULT_FILE": CLOUD_INIT_RESULT,
+                                                       "TIMEOUT_S": CLOUD_INIT_TIMEOUT_S})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,8 +40,6 @@ class NetworkSettings:
     """Proxmox bridge the VMs attach to."""
     vlan_id: int | None
     """VLAN tag, or None for untagged."""
-    guest_interface: str
-    """Interface name inside the VMs."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,16 +398,15 @@ def _network(v: dict[str, Any], check: _Checker) -> NetworkSettings | None:
         a for i, s in enumerate(v["dnsServers"])
         if (a := check.address(f"dnsServers[{i}]", s, "192.168.50.1", None)) is not None
     )
-    for key, example in (("bridge", "vmbr0"), ("guestInterface", "ens18")):
-        if not _IFACE.match(v[key]):
-            check.fail(key, "must be a network interface name: 1-15 of letters, digits, '_', '.', '-'",
-                       v[key], example)
+    if not _IFACE.match(v["bridge"]):
+        check.fail("bridge", "must be a network interface name: 1-15 of letters, digits, '_', '.', '-'",
+                   v["bridge"], "vmbr0")
     vlan = check.in_range("vlanId", v["vlanId"], 0, 4094, example="0 (untagged) or 20",
                           rule="must be 0 (untagged) or a VLAN tag between 1 and 4094")
     if gateway is None or vlan is None:
         return None
     return NetworkSettings(domain=domain, cidr=cidr, gateway=gateway, dns_servers=dns or (gateway,),
-                           bridge=v["bridge"], vlan_id=vlan or None, guest_interface=v["guestInterface"])
+                           bridge=v["bridge"], vlan_id=vlan or None)
 
 
 def _proxmox(v: dict[str, Any], check: _Checker, token: pulumi.Output[str] | None) -> ProxmoxSettings | None:

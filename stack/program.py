@@ -39,7 +39,7 @@ from components.loki_config import (
     render_prometheus_scrape_config,
 )
 from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
-from components.proxmox_vm import DATA_DISK_PATH, HostEntry, ProxmoxVm, ProxmoxVmArgs
+from components.proxmox_vm import DATA_DISK_PATH, GUEST_INTERFACE, HostEntry, ProxmoxVm, ProxmoxVmArgs
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
 from stack.certificates import (
     AGENT_CERT_FILE,
@@ -259,7 +259,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
     return VirtualIp("vip", VirtualIpArgs(
         settings=KeepalivedSettings(
             vip=str(vip.address), vip_fqdn=vip.fqdn, prefix_length=settings.network.cidr.prefixlen,
-            interface=settings.network.guest_interface, router_id=vip.router_id, advert_int=vip.advert_interval,
+            interface=GUEST_INTERFACE, router_id=vip.router_id, advert_int=vip.advert_interval,
             nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
             check_rise=vip.check_rise),
         nodes=[VipNode(name=n.name, address=str(n.address),

@@ -28,9 +28,9 @@ CLIENT_ADDRESS = "198.18.0.50"
 TEST_RANGE: dict[str, Any] = {
     "networkCidr": "198.18.0.0/24", "networkGateway": "198.18.0.1", "dnsServers": ["198.18.0.1"],
     "lokiAddresses": list(LOKI_ADDRESSES.values()), "vipAddress": VIP, "objectStoreAddress": OBJECT_STORE_ADDRESS,
-    "grafanaAddress": "198.18.0.40", "guestInterface": "eth0",
+    "grafanaAddress": "198.18.0.40",
 }
-"""The example stack's settings moved into the test range (and the NIC name the lab gives hosts)."""
+"""The example stack's settings moved into the test range."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from components.proxmox_vm import GUEST_INTERFACE
+
 TEST_NETWORK = ipaddress.ip_network("198.18.0.0/24")
-INTERFACE = "eth0"
+INTERFACE = GUEST_INTERFACE
+"""Each host's NIC has the name a stack VM's NIC has."""
 STOP_TIMEOUT_S = 60
 
 

@@ -110,7 +110,7 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("missing network", {}, ("networkCidr",), "networkCidr", "is required"),
     ("missing API token", {}, ("proxmoxApiToken",), "proxmoxApiToken", "pulumi config set --secret proxmoxApiToken"),
     ("VLAN out of range", {"vlanId": 5000}, (), "vlanId", "between 1 and 4094"),
-    ("interface name too long", {"guestInterface": "enp0s18-very-long"}, (), "guestInterface", "1-15"),
+    ("bridge name too long", {"bridge": "vmbr0-very-long-name"}, (), "bridge", "1-15"),
     ("bad datastore", {"proxmoxVmDatastore": "local lvm"}, (), "proxmoxVmDatastore", "Proxmox storage id"),
     ("no admin keys", {"sshAdminKeys": []}, (), "sshAdminKeys", "at least one OpenSSH public key"),
     ("garbage admin key", {"sshAdminKeys": ["ssh-ed25519 not-base64!"]}, (), "sshAdminKeys[0]", "OpenSSH public key"),

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from components.proxmox_vm import GUEST_INTERFACE
 from components.vip import (
     CHECK_DIR,
     SCRIPT_USER,
@@ -61,7 +62,7 @@ def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host
     assert NODES[host] not in peers(conf), f"{host} lists itself as a peer: endless equal-priority warnings"
     assert value(conf, "state") == "BACKUP" and "nopreempt" not in conf
     assert value(conf, "virtual_router_id") == "51" and value(conf, "advert_int") == "1"
-    assert re.search(r"^\s*192\.168\.50\.20/24 dev ens18$", conf, re.MULTILINE), f"{host}: VIP line"
+    assert re.search(r"^\s*192\.168\.50\.20/24 dev eth0$", conf, re.MULTILINE), f"{host}: VIP line"
     assert "enable_script_security" in conf and value(conf, "script_user") == SCRIPT_USER
     assert value(conf, "interval") == "2" and value(conf, "fall") == "2" and value(conf, "rise") == "2"
     script = re.search(r'script "([^"]+)"', conf)
@@ -135,10 +136,10 @@ def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
         # so the check runs on a copy with script_user root, as the host's apply step does.
         checked = tmp_path / f"{host}.conf"
         checked.write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
-        proc = keepalived_test(str(checked), "ens18")
+        proc = keepalived_test(str(checked), GUEST_INTERFACE)
         assert proc.returncode == 0, f"{host}: keepalived -t: {proc.stdout}{proc.stderr}"
     broken = tmp_path / "broken.conf"
     broken.write_text(conf_of(example, "loki-01").replace("virtual_router_id 51", "virtual_router_id 300")
                       .replace(f"script_user {SCRIPT_USER}", "script_user root"))
-    proc = keepalived_test(str(broken), "ens18")
+    proc = keepalived_test(str(broken), GUEST_INTERFACE)
     assert proc.returncode != 0 and "300" in proc.stderr, "keepalived -t missed a bad router id"
