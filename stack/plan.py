@@ -5,7 +5,8 @@
 It reads ``Pulumi.<stack>.yaml`` as the CLI would, prints the resource tree, writes every file
 each host will receive under ``<out>/<host>/<absolute path>``, and writes ``<out>/manifest.json``
 (every resource with a hash of its inputs, every file, the stack outputs). Secret values are
-redacted in files and outputs unless ``--show-secrets``.
+redacted in files and outputs unless ``--show-secrets``; then the output directory is 0700 and
+every file that holds a secret, the manifest included, is 0600.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 from collections import defaultdict
@@ -154,13 +156,27 @@ def print_tree(registrations: list[engine.Registration], out: TextIO) -> None:
     print(f"{len(registrations)} resources: {custom} custom, {len(registrations) - custom} components", file=out)
 
 
-def _clear(out_dir: Path) -> None:
-    """Empty a previous plan directory; refuse anything that does not look like one."""
+def _clear(out_dir: Path, *, private: bool) -> None:
+    """Empty a previous plan directory (refuse anything that does not look like one) and make it
+    anew: 0700 when it will hold secrets."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise StackFileError(f"--out {out_dir} is not a directory: not touching it; choose another --out")
     if out_dir.exists():
         if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
             raise StackFileError(f"{out_dir} exists and holds no {MANIFEST}: not removing it; choose another --out")
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, mode=0o700 if private else 0o777)
+    if private:
+        out_dir.chmod(0o700)  # mkdir's mode is filtered by the umask; this is not
+
+
+def _write(path: Path, text: str, *, private: bool) -> None:
+    """Write ``text``; a private file is created 0600, never readable by others on the way."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600 if private else 0o644)
 
 
 def build_manifest(result: engine.RunResult, *, stack: str, show_secrets: bool = False) -> dict[str, Any]:
@@ -196,15 +212,18 @@ def build_manifest(result: engine.RunResult, *, stack: str, show_secrets: bool =
 
 
 def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secrets: bool) -> dict[str, Any]:
-    """Write every host file under ``out_dir/<host>/<path>`` and the manifest."""
+    """Write every host file under ``out_dir/<host>/<path>`` and the manifest. With
+    ``show_secrets`` the directory is 0700, and every file that holds a secret (marked secret,
+    or holding any line of a generated secret) and the manifest are 0600."""
     manifest = build_manifest(result, stack=stack, show_secrets=show_secrets)
-    _clear(out_dir)
+    fragments = secret_fragments(result.engine.cloud.secret_values) if show_secrets else {}
+    _clear(out_dir, private=show_secrets)
     for entry in manifest["files"]:
         target = out_dir / entry["host"] / entry["path"].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(entry["content"])
-        target.chmod(0o600 if show_secrets and entry["secret"] else 0o644)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        holds_secret = entry["secret"] or any(fragment in entry["content"] for fragment in fragments)
+        _write(target, entry["content"], private=show_secrets and holds_secret)
+    _write(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n", private=show_secrets)
     return manifest
 
 
@@ -217,6 +236,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     parser.add_argument("--preview", action="store_true", help="plan as a preview: computed values stay unknown")
     parser.add_argument("--diff", type=Path, metavar="OTHER",
                         help="also show what changes from OTHER (a stack file or an earlier manifest.json)")
+    parser.add_argument("--diff-stack", metavar="NAME",
+                        help="the stack OTHER (a stack file) belongs to (default: --stack; both sides of a diff "
+                             "are normally the same stack, whatever OTHER's file is called)")
     args = parser.parse_args(argv)
     try:
         stack_config = read_stack_config(args.stack, path=args.stack_file)
@@ -224,7 +246,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             print(f"note: {key} has no value the plan can read; using a stand-in (never sent anywhere)", file=err)
         result = run_program(args.stack, stack_config, preview=args.preview)
         print_tree(result.engine.registrations, out)
-        before = load_before(args.diff) if args.diff else None
+        before = load_before(args.diff, stack=args.diff_stack or args.stack) if args.diff else None
         manifest = write_plan(result, args.out, stack=args.stack, show_secrets=args.show_secrets)
     except (SettingsError, StackFileError) as error:
         print(f"error: {error}", file=err)
@@ -240,12 +262,17 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     return 0
 
 
-def load_before(other: Path) -> dict[str, Any]:
-    """The manifest to compare with: read from a manifest file, or planned from a stack file."""
+def load_before(other: Path, *, stack: str) -> dict[str, Any]:
+    """The manifest to compare with: read from a manifest file, or planned from the stack file
+    ``other`` as stack ``stack`` (the stack's name is part of every URN, so both sides of a diff
+    must carry the same one, whatever the old file is called)."""
     if not other.is_file():
         raise StackFileError(f"--diff {other}: no such file")
     if other.suffix == ".json":
-        return dict(json.loads(other.read_text()))
-    stack = other.stem.removeprefix("Pulumi.")
+        manifest = dict(json.loads(other.read_text()))
+        if manifest.get("stack") != stack:
+            raise StackFileError(f"--diff {other}: a plan of stack {manifest.get('stack')!r}, not {stack!r}; "
+                                 f"pass --stack {manifest.get('stack')} (or --diff-stack) to compare it")
+        return manifest
     result = run_program(stack, read_stack_config(stack, path=other))
     return build_manifest(result, stack=stack)

@@ -98,3 +98,22 @@ def test_losing_the_first_node_changes_the_others_only_in_their_peer_lists():
         changed = [line for line in text.splitlines()
                    if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
         assert changed == ["-  - 192.168.50.21:7946"], f"{node}'s config changed beyond its peer list: {changed}"
+
+
+def test_the_diff_is_the_same_whatever_the_old_stack_file_is_called(tmp_path):
+    original = (PROJECT_DIR / "Pulumi.homelab.yaml").read_text()
+    changed = tmp_path / "Pulumi.homelab.yaml"
+    changed.write_text(original.replace("loki-stack:lokiRetention: 744h", "loki-stack:lokiRetention: 1440h"))
+    reports = {}
+    for name in ("Pulumi.homelab.yaml", "old-homelab.yaml", "Pulumi.staging.yaml"):
+        old = tmp_path / "old" / name
+        old.parent.mkdir(exist_ok=True)
+        old.write_text(original)
+        proc = subprocess.run([sys.executable, "-m", "stack", "plan", "--stack-file", str(changed), "--out",
+                               str(tmp_path / "out"), "--diff", str(old)], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        reports[name] = proc.stdout.split(f"changes from {old} to this plan:", 1)[1]
+    assert "0 to create, 0 to update, 6 to replace, 0 to delete" in reports["Pulumi.homelab.yaml"]
+    assert reports["old-homelab.yaml"] == reports["Pulumi.homelab.yaml"] == reports["Pulumi.staging.yaml"], (
+        "the diff depends on the old file's name")

@@ -147,3 +147,29 @@ def test_plan_writes_every_hosts_service_files(example_plan):
     for host, paths in expected.items():
         for path in paths:
             assert (out / host / path).is_file(), f"the plan lacks {host}:/{path}"
+
+
+def test_a_plan_with_secrets_is_private_all_the_way_down(tmp_path):
+    """--show-secrets: the directory 0700 (an earlier plan's 0755 directory is tightened), and every
+    file holding any line of a generated secret, the manifest included, 0600."""
+    out = tmp_path / "plan"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    out.chmod(0o755)
+    proc = plan("--out", str(out), "--show-secrets")
+    assert proc.returncode == 0, proc.stderr
+    fragments = secret_fragments(run_program("homelab", read_stack_config("homelab")).engine.cloud.secret_values)
+    assert len(set(fragments.values())) > 20, "the engine handed out fewer secrets than the stack has"
+    assert oct(out.stat().st_mode & 0o777) == "0o700", "a plan with secrets must be private to its owner"
+    holding = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        labels = sorted({label for fragment, label in fragments.items() if fragment in path.read_text()})
+        if labels:
+            holding.append(path.name)
+            assert oct(path.stat().st_mode & 0o777) == "0o600", f"{path.relative_to(out)} holds {labels[:3]}"
+    assert "manifest.json" in holding and len(holding) > 20, f"only these hold secrets: {holding}"
+
+
+def test_a_plan_without_secrets_stays_readable(example_plan):
+    _, out = example_plan
+    assert oct((out / "manifest.json").stat().st_mode & 0o777) == "0o644"
