@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
 from stack.schema import PROJECT_DIR
-from tests.conftest import require_tool
+from tests.conftest import missing, require_tool
 from tests.real_loki import LOKI_SOURCE_COMMIT
 
 WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "pull-request.yml"
@@ -24,9 +27,12 @@ def test_the_workflow_is_valid_yaml_for_pull_requests():
     assert "pull_request" in doc[True], "the workflow must run on pull requests"  # YAML 1.1 reads `on` as True
 
 
-def test_the_test_job_runs_ci():
+def test_the_test_job_runs_ci_as_root_with_setup_pythons_interpreter():
+    """The real-tool tests need root (namespaces, loop devices, file owners); a hosted runner's
+    user is not root. sudo resets PATH, which would swap setup-python's 3.11 for the system's."""
     steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
-    assert any(s.get("run") == "bash .ci/run" for s in steps)
+    runs = [s.get("run", "") for s in steps if ".ci/run" in s.get("run", "")]
+    assert runs == ['sudo -E env "PATH=$PATH" bash .ci/run'], runs
 
 
 def test_the_preview_uses_the_pulumi_action_and_skips_without_secrets():
@@ -53,4 +59,37 @@ def test_the_test_job_builds_the_real_loki_from_the_pinned_release_commit():
     for var in ("LOKI_BIN", "LOGCLI_BIN", "LOKI_CONFIG_CHECKER", "LOKI_CONFIG_CHECKER_LISTS"):
         assert f"echo \"{var}=" in build["run"], f"the build step does not hand {var} to .ci/run"
     names = [s.get("name", s.get("uses", "")) for s in steps]
-    assert names.index(build["name"]) < next(i for i, s in enumerate(steps) if s.get("run") == "bash .ci/run")
+    assert names.index(build["name"]) < next(i for i, s in enumerate(steps) if ".ci/run" in s.get("run", ""))
+
+
+def schema_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """SchemaStore's GitHub workflow schema, as vendored by check-jsonschema (no network)."""
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    if not tool.is_file():
+        missing("check-jsonschema is not installed (requirements-dev.txt)")
+    return subprocess.run([str(tool), "--builtin-schema", "vendor.github-workflows", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_workflow_passes_the_github_workflow_schema(tmp_path):
+    proc = schema_check(WORKFLOW)
+    assert proc.returncode == 0, f"{WORKFLOW.name}: {proc.stdout}{proc.stderr}"
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("timeout-minutes: 45", "timeout-minutes: soon", 1))
+    proc = schema_check(broken)
+    assert proc.returncode == 1 and "timeout-minutes" in proc.stdout, "the schema check missed a bad value"
+
+
+def test_every_run_step_passes_shellcheck(tmp_path):
+    """What actionlint does for `run:` blocks: shellcheck them as bash (expressions stubbed)."""
+    tool = require_tool("shellcheck")
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    scripts = [(job, step.get("name", "?"), step["run"]) for job, spec in workflow["jobs"].items()
+               for step in spec["steps"] if "run" in step]
+    assert len(scripts) >= 4, scripts
+    for job, name, run in scripts:
+        script = tmp_path / "step.sh"
+        script.write_text("#!/usr/bin/env bash\n" + re.sub(r"\$\{\{[^}]*\}\}", "EXPR", run))
+        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 0, f"{job} / {name}:\n{proc.stdout}"
