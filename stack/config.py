@@ -7,17 +7,20 @@ resource exists, all at once, each naming the key, the rule, the value and a val
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pulumi
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pulumi.runtime import config as runtime_config
 
@@ -277,6 +280,71 @@ def is_domain(text: str) -> bool:
     return len(text) <= 253 and all(is_hostname_label(label) for label in text.split("."))
 
 
+_SECURITY_KEY_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def public_key_problem(text: str) -> str | None:
+    """Why ``text`` is not an OpenSSH public key in its one-line form (``TYPE BASE64 [COMMENT]``),
+    or None. Every parser failure is a reason here, never an exception."""
+    fields = text.split()
+    if text.lstrip().startswith(("---- BEGIN SSH2", "-----BEGIN")):
+        return ("it is in PEM/RFC 4716 form; give the one-line OpenSSH form "
+                "(ssh-keygen -i -f key.pub converts it)")
+    if len(fields) < 2:
+        return "it is not in OpenSSH's one-line form: TYPE BASE64 [COMMENT]"
+    kind, body = fields[0], fields[1]
+    if kind in _SECURITY_KEY_TYPES:
+        return _security_key_problem(kind, body)
+    try:
+        load_ssh_public_key(f"{kind} {body}".encode())
+    except UnsupportedAlgorithm:
+        return f"{kind[:40]!r} is not an OpenSSH public key type (ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa, ...)"
+    except (ValueError, TypeError) as err:
+        return f"it does not parse ({err})"
+    return None
+
+
+def _security_key_problem(kind: str, body: str) -> str | None:
+    """FIDO keys (``sk-...``): valid for OpenSSH, unknown to ``cryptography``; the key data must
+    at least be base64 of a blob that names the same type."""
+    try:
+        blob = base64.b64decode(body, validate=True)
+    except (ValueError, binascii.Error):
+        return f"its key data is not base64 ({kind})"
+    length = int.from_bytes(blob[:4], "big")
+    return None if blob[4:4 + length] == kind.encode() else f"its key data is not a {kind} key"
+
+
+def url_problem(text: str, *, path_suffixes: tuple[str, ...] = ()) -> str | None:
+    """Why ``text`` is not a whole https:// URL (scheme, host, port 1-65535, no credentials,
+    query or fragment, the path ending as asked), or None."""
+    try:
+        parts: SplitResult = urlsplit(text)
+        port = parts.port
+    except ValueError as err:  # a bad port or IPv6 literal
+        return f"must be a well-formed https:// URL ({err})"
+    host = parts.hostname or ""
+    rules = (
+        (any(c.isspace() for c in text), "must be an https:// URL without spaces"),
+        (parts.scheme != "https", "must be an https:// URL"),
+        (not host or not (is_domain(host) or _is_ip(host)), "must name a host: a DNS name or an IP address"),
+        (port == 0, "must have a port between 1 and 65535 (or none)"),
+        (parts.username is not None or parts.password is not None, "must not carry credentials (user:password@)"),
+        (bool(parts.query or parts.fragment), "must not have a query (?...) or fragment (#...)"),
+        (bool(path_suffixes) and not parts.path.endswith(path_suffixes),
+         f"must be the URL of a {' or '.join(path_suffixes)} file"),
+    )
+    return next((message for failed, message in rules if failed), None)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class _Checker:
     """Collects problems; each ``check_*`` returns the parsed value or None when it failed."""
 
@@ -412,15 +480,15 @@ def _network(v: dict[str, Any], check: _Checker) -> NetworkSettings | None:
 def _proxmox(v: dict[str, Any], check: _Checker, token: pulumi.Output[str] | None) -> ProxmoxSettings | None:
     endpoint = v.get("proxmoxEndpoint")
     if endpoint is not None:
-        parts = urlsplit(endpoint)
-        if parts.scheme != "https" or not parts.hostname:
-            check.fail("proxmoxEndpoint", "must be an https:// URL of the Proxmox VE API", endpoint,
-                       "https://pve.home.arpa:8006/")
+        problem = url_problem(endpoint)
+        if problem:
+            check.fail("proxmoxEndpoint", f"{problem} (the Proxmox VE API)", endpoint, "https://pve.home.arpa:8006/")
     raw_token = runtime_config.get_config(check.schema.qualified("proxmoxApiToken"))
     if raw_token is not None and not _API_TOKEN.match(raw_token):
         check.fail("proxmoxApiToken", "must be a Proxmox API token USER@REALM!TOKENID=UUID", None,
                    "root@pam!pulumi=01234567-89ab-cdef-0123-456789abcdef", secret=True)
-    for key in ("proxmoxNode", "objectStoreProxmoxNode", "grafanaProxmoxNode"):
+    check.label("proxmoxNode", v["proxmoxNode"], "pve")
+    for key in ("objectStoreProxmoxNode", "grafanaProxmoxNode"):  # empty: proxmoxNode
         if v[key]:
             check.label(key, v[key], "pve")
     for i, node in enumerate(v["lokiProxmoxNodes"]):
@@ -443,12 +511,12 @@ def _proxmox(v: dict[str, Any], check: _Checker, token: pulumi.Output[str] | Non
 def _cloud_image(v: dict[str, Any], check: _Checker) -> CloudImageSettings | None:
     url, checksum, algorithm = v["cloudImageUrl"], v["cloudImageChecksum"], v["cloudImageChecksumAlgorithm"]
     example_url = "https://cloud.debian.org/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
-    parts = urlsplit(url)
     ok = True
-    if parts.scheme != "https" or not parts.path.endswith((".qcow2", ".img")):
-        check.fail("cloudImageUrl", "must be an https:// URL of a .qcow2 or .img cloud image", url, example_url)
+    problem = url_problem(url, path_suffixes=(".qcow2", ".img"))
+    if problem:
+        check.fail("cloudImageUrl", f"{problem} (a cloud image)", url, example_url)
         ok = False
-    elif "/latest/" in parts.path or "latest" in parts.path.rsplit("/", 1)[-1]:
+    elif "/latest/" in urlsplit(url).path or "latest" in urlsplit(url).path.rsplit("/", 1)[-1]:
         check.fail("cloudImageUrl", "must name a dated build, not 'latest' (its checksum changes under you)",
                    url, example_url)
         ok = False
@@ -479,11 +547,10 @@ def _ssh(v: dict[str, Any], check: _Checker) -> SshSettings | None:
             check.fail(f"sshAdminKeys[{i}]", "must be a public key; this is a PRIVATE key, remove it from the "
                        "stack file and rotate it", None, example, secret=True)
             continue
-        try:
-            load_ssh_public_key(key.encode())
-        except (ValueError, TypeError) as err:
+        problem = public_key_problem(key)
+        if problem:
             shown = key if len(key) <= 40 else key[:37] + "..."
-            check.fail(f"sshAdminKeys[{i}]", f"must be an OpenSSH public key ({err})", shown, example)
+            check.fail(f"sshAdminKeys[{i}]", f"must be an OpenSSH public key: {problem}", shown, example)
     return SshSettings(admin_user=user, admin_keys=tuple(keys))
 
 
@@ -645,10 +712,10 @@ def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> 
     if not _ROOT_USER.match(user):
         check.fail("objectStoreRootUser", "must be 3-64 letters, digits, '_', '.' or '-'", user, "lokistack-admin")
         ok = False
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.path.endswith((".tar.gz", ".tgz")) or "latest" in parts.path:
-        check.fail("objectStorePackageUrl", "must be an https:// URL of a pinned .tar.gz release archive (not "
-                   "'latest')", url, "https://github.com/pgsty/silo/releases/download/RELEASE.2026-08-06T00-00-00Z/"
+    problem = url_problem(url, path_suffixes=(".tar.gz", ".tgz"))
+    if problem or "latest" in urlsplit(url).path:
+        check.fail("objectStorePackageUrl", f"{problem or 'must be pinned, not latest'} (a pinned release archive)",
+                   url, "https://github.com/pgsty/silo/releases/download/RELEASE.2026-08-06T00-00-00Z/"
                    "silo_20260806000000.0.0_linux_amd64.tar.gz")
         ok = False
     if not re.fullmatch("[0-9a-f]{64}", digest):
@@ -681,12 +748,15 @@ def _agents(v: dict[str, Any], check: _Checker) -> AgentSettings | None:
             check.fail(key, 'must be "NAME ADDRESS HOSTKEY"', entry, example)
             continue
         name, address, host_key = parts
+        if _is_ip(name) or not _is_ip(address):
+            check.fail(key, 'must be "NAME ADDRESS HOSTKEY" in this order: a host name, its IPv4 address, its SSH '
+                       "host key", entry if len(entry) <= 60 else entry[:57] + "...", example)
+            continue
         label = check.label(key, name, "backup-01")
         ip = check.address(key, address, "192.168.50.60", None)
-        try:
-            load_ssh_public_key(host_key.encode())
-        except (ValueError, TypeError) as err:
-            check.fail(key, f"must end with the host's SSH public host key ({err})", host_key[:40], example)
+        problem = public_key_problem(host_key)
+        if problem:
+            check.fail(key, f"must end with the host's SSH host public key: {problem}", host_key[:40], example)
             continue
         if label is not None and ip is not None:
             hosts.append(ExtraHost(name=name, address=ip, host_key=host_key))
@@ -722,6 +792,8 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
         addresses = [("networkGateway", str(network.gateway))]
         addresses += [(p.address_key, str(p.vm.address)) for p in placed]
         addresses += [("vipAddress", str(vip.address))] if vip else []
+        addresses += [(f"agentExtraHosts[{i}]", str(h.address)) for i, h in enumerate(agents.extra_hosts)] if (
+            agents) else []
         used = {a for _, a in addresses}
         free = next((str(h) for h in network.cidr.hosts() if str(h) not in used), "another address")
         _unique(check, [(k, a, a) for k, a in addresses], "address", lambda shown: free)

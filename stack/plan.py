@@ -12,6 +12,7 @@ every file that holds a secret, the manifest included, is 0600.
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Any, TextIO
 import yaml
 
 from stack import engine
-from stack.config import SettingsError, load_settings
+from stack.config import Problem, SettingsError, load_settings
 from stack.diff import diff_manifests, render
 from stack.program import Deployment, build
 from stack.schema import PROJECT_DIR, ProjectSchema, load_schema
@@ -48,6 +49,41 @@ class StackConfig:
     """Keys the plan filled in because the stack file has no (decryptable) value."""
 
 
+def _dates(value: Any) -> list[datetime.date]:
+    """The dates (and timestamps) YAML made of unquoted values, at the top or in a list."""
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, datetime.date)]
+
+
+def yaml_type_problems(schema: ProjectSchema, raw: dict[str, Any]) -> list[Problem]:
+    """What YAML made of the stack file's values that no declared type allows: a null (an empty
+    value), a date where text was meant (unquoted ``2025-01-01``), a list or mapping for a string,
+    an empty list item. The Pulumi CLI refuses these too; here they get the settings report."""
+    problems = []
+    for key, value in raw.items():
+        project, _, short = key.partition(":")
+        spec = schema.keys.get(short) if project == schema.project else None
+        if spec is None or (isinstance(value, dict) and set(value) == {"secure"}):
+            continue
+        shown = "<secret, not shown>" if spec.secret else repr(value)
+        default = spec.default if spec.default not in (None, "", []) else "..."
+        if value is None:
+            problems.append(Problem(key, "has no value (an empty YAML value is null): give one, or remove the line "
+                                    "to take the default", shown, f"{key}: {json.dumps(default)}"))
+        elif dates := _dates(value):
+            example = f'{key}: "{dates[0]}"' if spec.type == "string" else f'{key}: ["{dates[0]}"]'
+            problems.append(Problem(key, "holds an unquoted date, which YAML reads as a date, not as text: quote it",
+                                    f"{dates[0]} (unquoted)", example))
+        elif spec.type == "string" and isinstance(value, list | dict):
+            kind = "list" if isinstance(value, list) else "mapping"
+            problems.append(Problem(key, f"must be text, not a YAML {kind} (quote it if the brackets or colon belong "
+                                    "to the value)", shown, f"{key}: {json.dumps(default)}"))
+        elif isinstance(value, list) and None in value:
+            problems.append(Problem(key, f"has an empty item (#{value.index(None)}): remove it or give a value", shown,
+                                    f"{key}: {json.dumps(default)}"))
+    return problems
+
+
 def _as_runtime_value(value: Any) -> str:
     """How the Pulumi CLI passes a config value to a program: strings as they are, the rest as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -66,14 +102,24 @@ def read_stack_config(stack: str, schema: ProjectSchema | None = None, *, path: 
     if not path.is_file():
         raise StackFileError(f"stack file {path} not found; stacks here: "
                              f"{sorted(p.name for p in PROJECT_DIR.glob('Pulumi.*.yaml'))}")
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise StackFileError(f"stack file {path} is not valid YAML: {error}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
+        raise StackFileError(f"stack file {path} must be a mapping with a mapping under 'config:'")
     raw: dict[str, Any] = {}
     for key, value in (doc.get("config") or {}).items():
+        if not isinstance(key, str):
+            raise StackFileError(f"stack file {path}: config key {key!r} is not text")
         raw[key if ":" in key else schema.qualified(key)] = value
     for key, value in (overrides or {}).items():
         raw[schema.qualified(key)] = value
     for key in remove:
         raw.pop(schema.qualified(key), None)
+    problems = yaml_type_problems(schema, raw)
+    if problems:
+        raise SettingsError(problems)
 
     config: dict[str, str] = {}
     secret_keys: list[str] = []

@@ -3,6 +3,7 @@ rejects a bad value with one message naming the key, the rule, the value and an 
 
 from __future__ import annotations
 
+import base64
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -62,6 +63,9 @@ def test_forever_retention_is_allowed(use_config):
     use_config({"lokiRetention": "0s"})
     assert load_settings().loki.retention == "0s"
 
+
+EXTRA_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7"
+"""A real SSH host public key for the agentExtraHosts cases."""
 
 # Each case: overrides, keys to remove, the key the message must name, and the rule it must state.
 BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
@@ -135,7 +139,27 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("bucket like an IP", {"objectStoreBucket": "192.168.50.1"}, (), "objectStoreBucket", "not an IP address"),
     ("short root user", {"objectStoreRootUser": "ab"}, (), "objectStoreRootUser", "3-64 letters"),
     ("package over http", {"objectStorePackageUrl": "http://example.org/silo.tar.gz"}, (), "objectStorePackageUrl",
-     "pinned .tar.gz release archive"),
+     "must be an https:// URL (a pinned release archive)"),
+    ("endpoint port out of range", {"proxmoxEndpoint": "https://pve:99999/"}, (), "proxmoxEndpoint",
+     "Port out of range"),
+    ("endpoint port 0", {"proxmoxEndpoint": "https://pve:0/"}, (), "proxmoxEndpoint", "port between 1 and 65535"),
+    ("endpoint with credentials", {"proxmoxEndpoint": "https://root:pw@pve:8006/"}, (), "proxmoxEndpoint",
+     "credentials"),
+    ("endpoint broken IPv6", {"proxmoxEndpoint": "https://[fe80::1/"}, (), "proxmoxEndpoint", "well-formed"),
+    ("endpoint without a host", {"proxmoxEndpoint": "https:///api2/json"}, (), "proxmoxEndpoint", "name a host"),
+    ("image URL with a query", {"cloudImageUrl": "https://cloud.debian.org/a/debian-12-20250210.qcow2?x=1"}, (),
+     "cloudImageUrl", "query"),
+    ("package URL with a space", {"objectStorePackageUrl": "https://example.org/a b.tar.gz"}, (),
+     "objectStorePackageUrl", "without spaces"),
+    ("admin key in PEM form", {"sshAdminKeys": [
+        "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"]}, (), "sshAdminKeys[0]",
+     "one-line OpenSSH form"),
+    ("admin key in RFC 4716 form", {"sshAdminKeys": [
+        "---- BEGIN SSH2 PUBLIC KEY ----\nAAAA\n---- END SSH2 PUBLIC KEY ----"]}, (), "sshAdminKeys[0]",
+     "ssh-keygen -i"),
+    ("admin key of an unknown type", {"sshAdminKeys": ["ssh-foo AAAAB3NzaC1yc2E= me"]}, (), "sshAdminKeys[0]",
+     "not an OpenSSH public key type"),
+    ("admin key without its type", {"sshAdminKeys": [EXTRA_KEY.split()[1]]}, (), "sshAdminKeys[0]", "one-line form"),
     ("bad package checksum", {"objectStorePackageSha256": "d63d"}, (), "objectStorePackageSha256", "64-digit"),
     ("schema date not a date", {"lokiSchemaFrom": "2025-13-01"}, (), "lokiSchemaFrom", "YYYY-MM-DD"),
     ("schema date in the future", {"lokiSchemaFrom": "2999-01-01"}, (), "lokiSchemaFrom", "not in the future"),
@@ -151,9 +175,21 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("extra host without key", {"agentExtraHosts": ["backup-01 192.168.50.60"]}, (), "agentExtraHosts[0]",
      '"NAME ADDRESS HOSTKEY"'),
     ("extra host with a bad key", {"agentExtraHosts": ["backup-01 192.168.50.60 ssh-ed25519 nope"]}, (),
-     "agentExtraHosts[0]", "SSH public host key"),
+     "agentExtraHosts[0]", "SSH host public key"),
+    ("extra host in another field order", {"agentExtraHosts": [
+        f"backup-01 {EXTRA_KEY} 192.168.50.60"]}, (),
+     "agentExtraHosts[0]", "in this order"),
+    ("extra host address first", {"agentExtraHosts": [
+        f"192.168.50.60 backup-01 {EXTRA_KEY}"]}, (),
+     "agentExtraHosts[0]", "in this order"),
+    ("extra host on the VIP's address", {"agentExtraHosts": [
+        f"backup-01 192.168.50.20 {EXTRA_KEY}"]}, (),
+     "agentExtraHosts[0]", "must be unique: vipAddress already uses this address"),
+    ("extra host on a Loki node's address", {"agentExtraHosts": [
+        f"backup-01 192.168.50.22 {EXTRA_KEY}"]}, (),
+     "agentExtraHosts[0]", "must be unique: lokiAddresses[1] already uses this address"),
     ("extra host named like a VM", {"agentExtraHosts": [
-        "grafana 192.168.50.60 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7"]}, (),
+        f"grafana 192.168.50.60 {EXTRA_KEY}"]}, (),
      "agentExtraHosts[0]", "must be unique: grafanaName"),
     ("weak checksum algorithm", {"cloudImageChecksumAlgorithm": "md5"}, (), "cloudImageChecksumAlgorithm",
      "must be one of ['sha256', 'sha512']"),
@@ -249,3 +285,20 @@ def test_a_misspelt_secret_key_is_reported_without_its_value(use_config, fake_en
         load_settings()
     assert "loki-stack:proxmoxApiTokn: is not a setting" in str(raised.value)
     assert "do-not-print-me" not in str(raised.value), "a secret value leaked into the error"
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def test_a_security_key_ssh_key_is_accepted(use_config):
+    """FIDO keys (sk-ssh-ed25519@openssh.com) are OpenSSH public keys too, unknown to cryptography."""
+    kind = b"sk-ssh-ed25519@openssh.com"
+    blob = _ssh_string(kind) + _ssh_string(bytes(range(32))) + _ssh_string(b"ssh:")
+    key = f"{kind.decode()} {base64.b64encode(blob).decode()} alice@yubikey"
+    use_config({"sshAdminKeys": [key]})
+    assert load_settings().ssh.admin_keys == (key,)
+    forged = f"{kind.decode()} {base64.b64encode(_ssh_string(b'ssh-ed25519') + blob[30:]).decode()}"
+    use_config({"sshAdminKeys": [forged]})
+    with pytest.raises(SettingsError, match=r"sshAdminKeys\[0\]: must be an OpenSSH public key: its key data"):
+        load_settings()

@@ -173,3 +173,32 @@ def test_a_plan_with_secrets_is_private_all_the_way_down(tmp_path):
 def test_a_plan_without_secrets_stays_readable(example_plan):
     _, out = example_plan
     assert oct((out / "manifest.json").stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("loki-stack:lokiSchemaFrom: 2025-01-01",
+     'loki-stack:lokiSchemaFrom: holds an unquoted date, which YAML reads as a date, not as text: quote it; '
+     'got 2025-01-01 (unquoted). Example: loki-stack:lokiSchemaFrom: "2025-01-01"'),
+    ("loki-stack:vipHostname:",
+     "loki-stack:vipHostname: has no value (an empty YAML value is null)"),
+    ("loki-stack:grafanaName: [grafana]",
+     "loki-stack:grafanaName: must be text, not a YAML list"),
+    ("loki-stack:domain: {home: arpa}",
+     "loki-stack:domain: must be text, not a YAML mapping"),
+])
+def test_yaml_values_of_no_declared_type_get_the_settings_report(tmp_path, line, expected):
+    """As a user writes them in the stack file: an unquoted date, an empty value, brackets, a colon."""
+    key = line.split(":", 2)[1]
+    stack = tmp_path / "Pulumi.homelab.yaml"
+    lines = [x for x in (PROJECT_DIR / "Pulumi.homelab.yaml").read_text().splitlines() if f"loki-stack:{key}:" not in x]
+    stack.write_text("\n".join([*lines, f"  {line}", ""]))
+    proc = plan("--stack-file", str(stack), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_stack_file_that_is_not_yaml_is_a_message(tmp_path):
+    stack = tmp_path / "Pulumi.homelab.yaml"
+    stack.write_text("config:\n  loki-stack:domain: [unclosed\n")
+    proc = plan("--stack-file", str(stack), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "is not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
