@@ -18,8 +18,8 @@ import pulumi
 import pulumi_command as command
 
 from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
-from components.loki import GRAFANA_KEY_FINGERPRINT, GRAFANA_KEY_URL, GRAFANA_REPO_URL
 from components.scripts import render_script
 from components.systemd import hardening
 
@@ -27,6 +27,8 @@ RESOURCE_TYPE = "lokistack:agents:LogAgent"
 UNIT = "alloy.service"
 CONFIG_FILE = "/etc/alloy/config.alloy"
 DROPIN_FILE = "/etc/systemd/system/alloy.service.d/10-lokistack.conf"
+DEFAULTS_FILE = "/etc/default/alloy"
+"""The packaged unit's EnvironmentFile (a conffile): the config path and Alloy's flags."""
 STAGE_DIR = "/etc/alloy/lokistack-staged"
 DATA_DIR = "/var/lib/alloy"
 CREDENTIALS_DIR = "/run/credentials/alloy.service"
@@ -42,6 +44,18 @@ def render_alloy_config(*, host: str, push_url: str) -> str:
     return _TEMPLATES.get_template("config.alloy.j2").render(
         host=host, push_url=push_url, ca_file=f"{CREDENTIALS_DIR}/ca.pem", cert_file=f"{CREDENTIALS_DIR}/agent.pem",
         key_file=f"{CREDENTIALS_DIR}/agent.key")
+
+
+def render_defaults() -> str:
+    """/etc/default/alloy: the packaged unit runs ``alloy run $CUSTOM_ARGS ... $CONFIG_FILE``.
+    No usage reports to Grafana Labs (on by default); Alloy's HTTP server stays on loopback (its
+    default)."""
+    return f"""# loki-stack: Alloy's settings for the packaged alloy.service.
+CONFIG_FILE="{CONFIG_FILE}"
+CUSTOM_ARGS="--disable-reporting"
+# The package restarts Alloy after an upgrade (its post-install script).
+RESTART_ON_UPGRADE=true
+"""
 
 
 def render_dropin(*, cert_file: str, key_file: str, ca_file: str) -> str:
@@ -68,6 +82,9 @@ class LogAgentArgs:
     key_file: str
     ca_file: str
     """Host paths of the host's agent certificate, key and the stack's CA."""
+    tls_digest: pulumi.Input[str]
+    """Digest of the host's TLS files: a renewed certificate restarts Alloy (credentials are
+    copied at start only)."""
 
 
 class LogAgent(pulumi.ComponentResource):
@@ -77,9 +94,8 @@ class LogAgent(pulumi.ComponentResource):
         super().__init__(RESOURCE_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         setup_script = render_script("alloy-setup.sh", {
-            "ALLOY_VERSION": args.version, "STAGE_DIR": STAGE_DIR, "REPO_URL": GRAFANA_REPO_URL,
-            "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
-        }, libraries=["lib-grafana-apt.sh"])
+            "ALLOY_VERSION": args.version, "STAGE_DIR": STAGE_DIR, **repository_parameters(),
+        }, libraries=["lib-apt.sh"])
         setup = command.remote.Command(f"{name}-setup", connection=args.connection, create="sudo bash -s",
                                        stdin=setup_script, triggers=[setup_script], opts=child)
         files = [
@@ -87,14 +103,16 @@ class LogAgent(pulumi.ComponentResource):
                      content=render_alloy_config(host=args.host, push_url=args.push_url)),
             HostFile(host=args.host, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600",
                      content=render_dropin(cert_file=args.cert_file, key_file=args.key_file, ca_file=args.ca_file)),
+            HostFile(host=args.host, path=f"{STAGE_DIR}/alloy.defaults", mode="0600", content=render_defaults()),
         ]
         staged = FileDelivery(f"{name}-staged", FileDeliveryArgs(
             host=args.host, connection=after(args.connection, setup), files=files), opts=child)
         apply_script = render_script("alloy-apply.sh", {
-            "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "DROPIN_FILE": DROPIN_FILE, "UNIT": UNIT,
+            "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "DROPIN_FILE": DROPIN_FILE,
+            "DEFAULTS_FILE": DEFAULTS_FILE, "UNIT": UNIT,
         }, libraries=["lib-place.sh"])
         self.apply = command.remote.Command(f"{name}-apply", connection=after(args.connection, staged.command),
                                             create="sudo bash -s", stdin=apply_script,
-                                            triggers=[staged.digest, setup_script], opts=child)
+                                            triggers=[staged.digest, setup_script, args.tls_digest], opts=child)
         self.host_files = staged.host_files
         self.register_outputs({})

@@ -25,26 +25,29 @@ RESOURCE_TYPE = "lokistack:delivery:FileDelivery"
 INSTALL_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "install-files.sh").read_text()
 
 
-def render_install_script(files: Sequence[tuple[HostFile, str]], then: str = "") -> str:
-    """The script that installs ``files`` (each with its resolved content), then runs ``then``
-    (as root) if any of them changed."""
+def render_install_script(files: Sequence[tuple[HostFile, str]], then: str = "", remove: Sequence[str] = ()) -> str:
+    """The script that installs ``files`` (each with its resolved content) and removes the paths
+    in ``remove``, then runs ``then`` (as root) if anything changed."""
     lines = [INSTALL_SCRIPT.rstrip("\n"), ""]
     for hf, content in files:
         encoded = base64.b64encode(content.encode()).decode()
         args = (hf.path, hf.owner, hf.group, hf.mode, encoded)
         lines.append("install_file " + " ".join(shlex.quote(a) for a in args))
+    lines += [f"remove_file {shlex.quote(path)}" for path in remove]
     if then:
         lines += ["", 'if [ "$changed" -gt 0 ]; then', f"  {then}", "fi"]
     lines += ['echo "${changed} file(s) changed"', ""]
     return "\n".join(lines)
 
 
-def delivery_digest(files: Sequence[tuple[HostFile, str]], then: str = "") -> str:
-    """sha256 over paths, owners, modes, contents and the follow-up: the delivery's trigger."""
+def delivery_digest(files: Sequence[tuple[HostFile, str]], then: str = "", remove: Sequence[str] = ()) -> str:
+    """sha256 over paths, owners, modes, contents, removals and the follow-up: the delivery's trigger."""
     digest = hashlib.sha256(then.encode())
     for hf, content in files:
         for part in (hf.path, hf.owner, hf.group, hf.mode, content):
             digest.update(part.encode() + b"\0")
+    for path in remove:
+        digest.update(b"remove\0" + path.encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -105,6 +108,8 @@ class FileDeliveryArgs:
     """The files; each one's ``host`` must be ``host``."""
     then: str = ""
     """Shell command run as root after any file changed (e.g. a reload); empty for none."""
+    remove: Sequence[str] = ()
+    """Absolute paths the host must no longer have (files an earlier version delivered)."""
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -129,12 +134,12 @@ class FileDelivery(pulumi.ComponentResource):
         super().__init__(RESOURCE_TYPE, name, None, opts)
         resolved = pulumi.Output.all(*[f.content for f in args.files]).apply(
             lambda contents: list(zip(args.files, contents, strict=True)))
-        self.digest = resolved.apply(lambda fs: delivery_digest(fs, args.then))
+        self.digest = resolved.apply(lambda fs: delivery_digest(fs, args.then, args.remove))
         self.command = command.remote.Command(
             f"{name}-install",
             connection=args.connection,
             create="sudo bash -s",
-            stdin=resolved.apply(lambda fs: render_install_script(fs, args.then)),
+            stdin=resolved.apply(lambda fs: render_install_script(fs, args.then, args.remove)),
             triggers=[self.digest],
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -21,8 +21,8 @@ import pulumiverse_grafana as grafana
 
 from components.dashboards import logs_overview_dashboard, loki_cluster_dashboard
 from components.delivery import setup_deliver_wait
+from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
-from components.loki import GRAFANA_KEY_FINGERPRINT, GRAFANA_KEY_URL, GRAFANA_REPO_URL
 from components.scripts import render_script
 
 SERVER_TYPE = "lokistack:grafana:GrafanaServer"
@@ -92,6 +92,8 @@ class GrafanaServer(pulumi.ComponentResource):
     """Generated admin password (secret)."""
     ready: command.remote.Command
     """Exists once ``/api/health`` answered; depend on it to use the API."""
+    setup: command.remote.Command
+    """The step that installs packages on the host (the host's next package step waits for it)."""
     host_files: list[HostFile]
 
     def __init__(self, name: str, args: GrafanaServerArgs, opts: pulumi.ResourceOptions | None = None):
@@ -103,9 +105,8 @@ class GrafanaServer(pulumi.ComponentResource):
         ini: pulumi.Output[str] = pulumi.Output.all(password.result, secret_key.result).apply(
             lambda s: render_grafana_ini(fqdn=args.fqdn, admin_password=s[0], secret_key=s[1]))
         setup_script = render_script("grafana-setup.sh", {
-            "GRAFANA_VERSION": args.version, "TLS_DIR": TLS_DIR, "REPO_URL": GRAFANA_REPO_URL,
-            "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
-        }, libraries=["lib-grafana-apt.sh"])
+            "GRAFANA_VERSION": args.version, "TLS_DIR": TLS_DIR, **repository_parameters(),
+        }, libraries=["lib-apt.sh"])
         owned = {"owner": "grafana", "group": "grafana", "mode": "0600"}
         files = [
             HostFile(host=args.hostname, path=CONFIG_FILE, content=pulumi.Output.secret(ini), owner="root",
@@ -119,6 +120,7 @@ class GrafanaServer(pulumi.ComponentResource):
         steps = setup_deliver_wait(name, host=args.hostname, connection=args.connection, setup_script=setup_script,
                                    files=files, restart=RESTART, wait_script=wait_script, parent=self)
         self.ready = steps.ready
+        self.setup = steps.setup
         self.url = pulumi.Output.from_input(f"https://{args.fqdn}:{HTTPS_PORT}/")
         self.host_files = steps.delivery.host_files
         self.register_outputs({"url": self.url, "admin_password": self.admin_password})

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_command as command
 
 from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
 from components.loki_config import (
     HTTP_PORT,
@@ -34,19 +35,33 @@ LOKI_BINARY = "/usr/bin/loki"
 CONFIG_FILE = "/etc/loki/config.yml"
 ENV_FILE = "/etc/loki/lokistack.env"
 DROPIN_FILE = "/etc/systemd/system/loki.service.d/10-lokistack.conf"
+GUARD_FILE = "/etc/systemd/system/loki.service.d/00-lokistack-guard.conf"
+"""Made by the setup before the package: no Loki start until the stack's env file exists."""
 STAGE_DIR = "/etc/loki/lokistack-staged"
 """Delivered files wait here (root only) until ``loki -verify-config`` accepted them."""
-GRAFANA_REPO_URL = "https://apt.grafana.com"
-GRAFANA_KEY_URL = "https://apt.grafana.com/gpg.key"
-GRAFANA_KEY_FINGERPRINT = "B53AE77BADB630A683046005963FA27710458545"
-"""Grafana Labs' package signing key; a different key fails the setup (a rotation is for a human)."""
 READY_TIMEOUT_S = 300  # a fresh ingester waits min_ready_duration (15 s), a WAL replay takes longer
+
+
+def render_start_guard() -> str:
+    """A drop-in the setup writes before the package is installed: the package's post-install
+    script restarts loki.service itself (policy-rc.d does not stop it), which would run its example
+    config; until the apply step has placed the stack's env file, the unit's condition fails and
+    systemd skips the start."""
+    return f"""# loki-stack: Loki starts only once the stack's config is in place (the package's
+# post-install script restarts it directly, with its example config).
+[Unit]
+ConditionPathExists={ENV_FILE}
+"""
 
 
 def render_dropin(*, data_dir: str, cert_file: str, key_file: str, ca_file: str) -> str:
     """systemd drop-in for the packaged loki.service: our flags, the env file, the TLS files as
     credentials (readable only by the service), and hardening."""
     return f"""# loki-stack: flags, S3 keys, TLS credentials and hardening for the packaged loki.service.
+[Unit]
+# The data disk mounts with nofail: Loki must not start on the root disk without it.
+RequiresMountsFor={data_dir}
+
 [Service]
 ExecStart=
 ExecStart={LOKI_BINARY} -config.file={CONFIG_FILE} -config.expand-env=true -target=all
@@ -97,6 +112,8 @@ class LokiCluster(pulumi.ComponentResource):
     """Host name -> ``https://<fqdn>:3100``."""
     applies: list[command.remote.Command]
     """The per-node apply steps, in rollout order."""
+    setups: dict[str, command.remote.Command]
+    """Host name -> the step that installs packages there (the host's next package step waits for it)."""
     host_files: list[HostFile]
 
     def __init__(self, name: str, args: LokiClusterArgs, opts: pulumi.ResourceOptions | None = None):
@@ -108,17 +125,19 @@ class LokiCluster(pulumi.ComponentResource):
         dropin = render_dropin(data_dir=args.config.data_dir, cert_file=args.tls_cert_file,
                                key_file=args.tls_key_file, ca_file=args.tls_ca_file)
         self.applies = []
+        self.setups = {}
         self.host_files = []
         previous: command.remote.Command | None = None
         for host in args.hosts:
             setup_script = render_script("loki-setup.sh", {
                 "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
-                "STAGE_DIR": STAGE_DIR, "DROPIN_FILE": DROPIN_FILE, "REPO_URL": GRAFANA_REPO_URL,
-                "KEY_URL": GRAFANA_KEY_URL, "KEY_FINGERPRINT": GRAFANA_KEY_FINGERPRINT,
-            }, libraries=["lib-data-disk.sh", "lib-grafana-apt.sh"])
+                "STAGE_DIR": STAGE_DIR, "GUARD_FILE": GUARD_FILE, "GUARD": render_start_guard(),
+                **repository_parameters(),
+            }, libraries=["lib-apt.sh", "lib-data-disk.sh", "lib-users.sh"])
             setup = command.remote.Command(f"{name}-{host.name}-setup", connection=host.connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
                                            opts=child)
+            self.setups[host.name] = setup
             files = [
                 HostFile(host=host.name, path=f"{STAGE_DIR}/config.yml", mode="0600",
                          content=render_loki_config(args.config, host.name)),

@@ -185,6 +185,12 @@ def limits(spec: LokiConfigSpec) -> dict[str, Any]:
     return {"limits_config": {"retention_period": spec.retention, "deletion_mode": DELETION_MODE}}
 
 
+def analytics() -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#analytics: no usage reports to Grafana Labs
+    (on by default), as Grafana's own are off."""
+    return {"analytics": {"reporting_enabled": False}}
+
+
 def grpc_clients(spec: LokiConfigSpec) -> dict[str, Any]:
     """Every internal gRPC client on TLS with our CA and the node's certificate."""
     if not spec.internal_tls:
@@ -215,7 +221,7 @@ def loki_config(spec: LokiConfigSpec, node_name: str) -> dict[str, Any]:
     node = spec.node(node_name)
     config: dict[str, Any] = {"target": "all", "auth_enabled": False}
     for section in (server(spec), common(spec, node), memberlist(spec, node), schema(spec), storage(spec),
-                    ingester(spec), compactor(spec), limits(spec), grpc_clients(spec)):
+                    ingester(spec), compactor(spec), limits(spec), analytics(), grpc_clients(spec)):
         _merge(config, section)
     return config
 

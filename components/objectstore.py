@@ -128,6 +128,8 @@ class ObjectStore(pulumi.ComponentResource):
     """Generated root password (secret)."""
     ready: command.remote.Command
     """Exists once the server answered ``/minio/health/ready``; depend on it to use the API."""
+    setup: command.remote.Command
+    """The step that installs packages on the host (the host's next package step waits for it)."""
     host_files: list[HostFile]
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None):
@@ -140,7 +142,7 @@ class ObjectStore(pulumi.ComponentResource):
             "DATA_DEVICE": args.data_device, "DATA_DIR": DATA_DIR, "SERVICE_USER": SERVICE_USER,
             "CONFIG_DIR": CONFIG_DIR, "CERTS_DIR": CERTS_DIR, "PACKAGE_URL": args.package_url,
             "PACKAGE_SHA256": args.package_sha256, "BINARY": BINARY, "UNIT": UNIT,
-        }, libraries=["lib-data-disk.sh"])
+        }, libraries=["lib-apt.sh", "lib-data-disk.sh"])
         owned = {"owner": SERVICE_USER, "group": SERVICE_USER, "mode": "0600"}
         host = args.hostname
         files = [
@@ -158,6 +160,7 @@ class ObjectStore(pulumi.ComponentResource):
         steps = setup_deliver_wait(name, host=host, connection=args.connection, setup_script=setup_script,
                                    files=files, restart=RESTART, wait_script=wait_script, parent=self)
         self.ready = steps.ready
+        self.setup = steps.setup
 
         self.endpoint = pulumi.Output.from_input(f"https://{args.fqdn}:{API_PORT}")
         self.root_user = pulumi.Output.from_input(args.root_user)

@@ -12,6 +12,7 @@ keepalived docs: https://keepalived.readthedocs.io/en/latest/configuration_synop
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ class VirtualIp(pulumi.ComponentResource):
     auth_pass: pulumi.Output[str]
     """The generated VRRP password (secret)."""
     host_files: list[HostFile]
+    setups: dict[str, command.remote.Command]
+    """Node name -> the step that installs keepalived there (the host's next package step waits for it)."""
 
     @staticmethod
     def _render(settings: KeepalivedSettings, pairs: list[tuple[str, str]], node: str, auth_pass: str) -> str:
@@ -142,14 +145,16 @@ class VirtualIp(pulumi.ComponentResource):
         self.auth_pass = pulumi.Output.secret(password.result)
         pairs = [(n.name, n.address) for n in args.nodes]
         setup_script = render_script("keepalived-setup.sh", {
-            "SCRIPT_USER": SCRIPT_USER, "CHECK_DIR": CHECK_DIR, "STAGE_DIR": STAGE_DIR})
+            "SCRIPT_USER": SCRIPT_USER, "CHECK_DIR": CHECK_DIR, "STAGE_DIR": STAGE_DIR}, libraries=["lib-apt.sh"])
         apply_script = render_script("keepalived-apply.sh", {
             "STAGED": f"{STAGE_DIR}/keepalived.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT})
         self.host_files = []
+        self.setups = {}
         for node in args.nodes:
             setup = command.remote.Command(f"{name}-{node.name}-setup", connection=node.connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
                                            opts=child)
+            self.setups[node.name] = setup
             conf = self.auth_pass.apply(functools.partial(self._render, args.settings, pairs, node.name))
             checker: dict[str, Any] = {"owner": SCRIPT_USER, "group": SCRIPT_USER}
             files = [
@@ -165,7 +170,10 @@ class VirtualIp(pulumi.ComponentResource):
                 host=node.name, connection=after(node.connection, setup), files=files), opts=child)
             command.remote.Command(f"{name}-{node.name}-apply", connection=after(node.connection, staged.command),
                                    create="sudo bash -s", stdin=apply_script,
-                                   triggers=[staged.digest, apply_script], opts=child)
+                                   # keepalived.conf alone: the check's certificate files are read by
+                                   # every check run, and a renewal needs no reload.
+                                   triggers=[conf.apply(lambda text: hashlib.sha256(text.encode()).hexdigest()),
+                                             apply_script], opts=child)
             self.host_files += staged.host_files
         self.address = pulumi.Output.from_input(args.settings.vip)
         self.register_outputs({"address": self.address, "auth_pass": self.auth_pass})

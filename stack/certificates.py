@@ -20,9 +20,12 @@ TLS_DIR = "/etc/lokistack/tls"
 CA_FILE = f"{TLS_DIR}/ca.pem"
 SERVER_CERT_FILE, SERVER_KEY_FILE = f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server.key"
 AGENT_CERT_FILE, AGENT_KEY_FILE = f"{TLS_DIR}/agent.pem", f"{TLS_DIR}/agent.key"
-SYSTEM_CA_FILE = "/usr/local/share/ca-certificates/loki-stack-ca.crt"
-"""The CA in the system trust store too, so curl and other tools on the hosts trust the stack."""
+RETIRED_FILES = ("/usr/local/share/ca-certificates/loki-stack-ca.crt",)
+"""Earlier versions put the CA into every host's system trust store; nothing needs it there (every
+client of the stack names the CA itself), and whoever holds the CA's key could then intercept any
+TLS on the host, apt included. The TLS delivery removes it."""
 TRUST_UPDATE = "update-ca-certificates"
+"""Run after the TLS delivery changed anything: the system bundle drops the removed CA."""
 LOCALHOST_NAMES, LOCALHOST_ADDRESSES = ["localhost"], ["127.0.0.1"]
 
 
@@ -68,12 +71,11 @@ class StackCertificates:
     """``grafana-datasource``, ``prometheus``, ``operator``."""
 
     def host_files(self, host: str) -> list[HostFile]:
-        """The TLS files ``host`` receives: the CA (also into the system trust store), its server
-        certificate (stack VMs only) and its agent certificate; keys 0600, root only."""
+        """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only) and its
+        agent certificate; keys 0600, root only."""
         ca, agent = self.ca.cert_pem, self.agents[host]
         files = [
             HostFile(host=host, path=CA_FILE, content=ca),
-            HostFile(host=host, path=SYSTEM_CA_FILE, content=ca),
             HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
             HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
         ]

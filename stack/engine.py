@@ -178,7 +178,8 @@ def _sign(builder: Any, key: Any) -> Any:
 
 
 def fake_certificate(name: str, inputs: dict[str, Any], *, subject: x509.Name, sans: list[x509.GeneralName],
-                     public_key: Any, issuer: x509.Certificate | None, signing_key: Any) -> dict[str, Any]:
+                     public_key: Any, issuer: x509.Certificate | None, signing_key: Any,
+                     renewed: bool = False) -> dict[str, Any]:
     """A certificate as terraform-provider-tls makes it with Go's x509.CreateCertificate: critical
     basic constraints and key usage, a subject key id for CAs (and when asked), the issuer's
     subject key id as authority key id, SANs as given (critical when the subject is empty)."""
@@ -187,7 +188,7 @@ def fake_certificate(name: str, inputs: dict[str, Any], *, subject: x509.Name, s
     if unknown:
         raise ValueError(f"tls certificate {name}: unknown allowed_uses {unknown}")
     is_ca = bool(inputs.get("isCaCertificate"))
-    start = _validity_start()
+    start = _validity_start() + datetime.timedelta(days=1 if renewed else 0)
     end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
     builder = (
         x509.CertificateBuilder()
@@ -248,7 +249,7 @@ def fake_cert_request(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "certRequestPem": csr.public_bytes(ser.Encoding.PEM).decode(), "keyAlgorithm": "ECDSA"}
 
 
-def fake_locally_signed_cert(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+def fake_locally_signed_cert(name: str, inputs: dict[str, Any], *, renewed: bool = False) -> dict[str, Any]:
     csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
     if not csr.is_signature_valid:
         raise ValueError(f"tls.LocallySignedCert {name}: the certificate request's signature is invalid")
@@ -258,7 +259,7 @@ def fake_locally_signed_cert(name: str, inputs: dict[str, Any]) -> dict[str, Any
     except x509.ExtensionNotFound:
         sans = []
     state = fake_certificate(name, inputs, subject=csr.subject, sans=sans, public_key=csr.public_key(),
-                             issuer=issuer, signing_key=_load_key(inputs["caPrivateKeyPem"]))
+                             issuer=issuer, signing_key=_load_key(inputs["caPrivateKeyPem"]), renewed=renewed)
     state["caKeyAlgorithm"] = state.pop("keyAlgorithm")
     return state
 
@@ -266,7 +267,6 @@ def fake_locally_signed_cert(name: str, inputs: dict[str, Any]) -> dict[str, Any
 _FAKES: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
     "tls:index/selfSignedCert:SelfSignedCert": fake_self_signed_cert,
     "tls:index/certRequest:CertRequest": fake_cert_request,
-    "tls:index/locallySignedCert:LocallySignedCert": fake_locally_signed_cert,
 }
 
 
@@ -281,8 +281,11 @@ class FakeCloud(pulumi.runtime.Mocks):
     computed output is unknown.
     """
 
-    def __init__(self, *, preview: bool = False):
+    def __init__(self, *, preview: bool = False, renewed: frozenset[str] = frozenset()):
         self.preview = preview
+        self.renewed = renewed
+        """Names of ``tls.LocallySignedCert`` resources to issue as renewed (a day later): what a
+        ``pulumi up`` within ``early_renewal_hours`` of their end does."""
         self.secret_values: dict[str, str] = {}
         """Every secret string handed out (or given as secret config) -> a label for it."""
 
@@ -300,6 +303,10 @@ class FakeCloud(pulumi.runtime.Mocks):
         if typ == "tls:index/privateKey:PrivateKey":
             state = fake_private_key(name, unwrap(inputs))
             rid = hashlib.sha1(state["publicKeyPem"].encode()).hexdigest()  # noqa: S324 (the tls provider's id)
+        elif typ == "tls:index/locallySignedCert:LocallySignedCert":
+            plain = fake_locally_signed_cert(name, unwrap(inputs), renewed=name in self.renewed)
+            state = {**plain, **inputs}
+            rid = str(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
         elif typ in _FAKES:
             plain = _FAKES[typ](name, unwrap(inputs))
             # Inputs keep their secret wrappers (the engine echoes them as given); outputs are new.
@@ -445,9 +452,10 @@ class Engine:
 
 
 def install(*, project: str, stack: str, preview: bool = False,
-            config: dict[str, str] | None = None, secret_keys: list[str] | None = None) -> Engine:
+            config: dict[str, str] | None = None, secret_keys: list[str] | None = None,
+            renewed: frozenset[str] = frozenset()) -> Engine:
     """Point the Pulumi runtime at a fresh fake cloud and recording monitor, with this config."""
-    cloud = FakeCloud(preview=preview)
+    cloud = FakeCloud(preview=preview, renewed=renewed)
     monitor = RecordingMonitor(cloud)
     pulumi.runtime.set_mocks(cloud, project=project, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(dict(config or {}), secret_keys=list(secret_keys or []))
@@ -488,13 +496,14 @@ class RunResult:
 
 def run(program: Callable[[], Any], collect: Callable[[Any], dict[str, Any]], *, project: str, stack: str,
         preview: bool = False, config: dict[str, str] | None = None,
-        secret_keys: list[str] | None = None) -> RunResult:
+        secret_keys: list[str] | None = None, renewed: frozenset[str] = frozenset()) -> RunResult:
     """Run ``program`` against a fresh fake engine and wait for every registration.
 
     ``collect(returned)`` names the values to resolve once the program has been built (files,
     outputs); they come back in ``RunResult.resolved``. Exceptions from the program propagate.
     """
-    engine = install(project=project, stack=stack, preview=preview, config=config, secret_keys=secret_keys)
+    engine = install(project=project, stack=stack, preview=preview, config=config, secret_keys=secret_keys,
+                     renewed=renewed)
     result = RunResult(engine=engine, returned=None)
 
     async def main() -> None:

@@ -143,7 +143,7 @@ def read_stack_config(stack: str, schema: ProjectSchema | None = None, *, path: 
 
 
 def run_program(stack: str, stack_config: StackConfig, *, preview: bool = False,
-                schema: ProjectSchema | None = None) -> engine.RunResult:
+                schema: ProjectSchema | None = None, renewed: frozenset[str] = frozenset()) -> engine.RunResult:
     """Run the real program (settings, then build) and resolve its outputs and host files."""
     schema = schema or load_schema()
 
@@ -153,7 +153,8 @@ def run_program(stack: str, stack_config: StackConfig, *, preview: bool = False,
         return values
 
     return engine.run(lambda: build(load_settings(schema)), collect, project=schema.project, stack=stack,
-                      preview=preview, config=stack_config.config, secret_keys=stack_config.secret_keys)
+                      preview=preview, config=stack_config.config, secret_keys=stack_config.secret_keys,
+                      renewed=renewed)
 
 
 # --- Writing --------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
     CA_FILE,
+    RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
     TRUST_UPDATE,
@@ -158,7 +159,7 @@ def build(settings: Settings) -> Deployment:
         f"{name}-tls": FileDelivery(
             f"{name}-tls",
             FileDeliveryArgs(host=name, connection=connection, files=certificates.host_files(name),
-                             then=TRUST_UPDATE),
+                             remove=RETIRED_FILES, then=TRUST_UPDATE),
         )
         for name, connection in connections.items()
     }
@@ -175,18 +176,24 @@ def build(settings: Settings) -> Deployment:
         s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
         tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
     ))
-    vip = build_vip(settings, vms, certificates, deliveries)
+    # One package step at a time on each host (apt and dpkg refuse to run beside each other):
+    # each host's next step that installs packages waits for the one before.
+    package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
+                                                       **loki.setups}
+    vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
+    package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
+    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url)
+    package_steps[settings.grafana.name] = grafana_server.setup
     # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
     push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
-    agents = {
-        name: LogAgent(f"agent-{name}", LogAgentArgs(
-            host=name, connection=after(connection, deliveries[f"{name}-tls"].command),
+    agents = {}
+    for name, connection in connections.items():
+        ready = after(connection, deliveries[f"{name}-tls"].command)
+        agents[name] = LogAgent(f"agent-{name}", LogAgentArgs(
+            host=name, connection=after(ready, package_steps[name]) if name in package_steps else ready,
             version=settings.agents.alloy_version, push_url=push_url, cert_file=AGENT_CERT_FILE,
-            key_file=AGENT_KEY_FILE, ca_file=CA_FILE))
-        for name, connection in connections.items()
-    }
-    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url)
+            key_file=AGENT_KEY_FILE, ca_file=CA_FILE, tls_digest=deliveries[f"{name}-tls"].digest))
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
@@ -252,9 +259,15 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
     return server
 
 
+def object_store_host(settings: Settings) -> str:
+    return settings.object_store.vm.name
+
+
 def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-              deliveries: dict[str, FileDelivery]) -> VirtualIp:
-    """keepalived on the Loki nodes; the /ready check uses each node's agent (client) certificate."""
+              deliveries: dict[str, FileDelivery], *,
+              after_steps: dict[str, pulumi.CustomResource]) -> VirtualIp:
+    """keepalived on the Loki nodes, each node's setup after ``after_steps[node]`` (the node's
+    previous package step); the /ready check uses each node's agent (client) certificate."""
     vip = settings.vip
     return VirtualIp("vip", VirtualIpArgs(
         settings=KeepalivedSettings(
@@ -263,7 +276,8 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
             nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
             check_rise=vip.check_rise),
         nodes=[VipNode(name=n.name, address=str(n.address),
-                       connection=after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
+                       connection=after(after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
+                                        after_steps[n.name]),
                        client_cert_pem=certificates.agents[n.name].cert_pem,
                        client_key_pem=certificates.agents[n.name].private_key_pem)
                for n in settings.loki.nodes],

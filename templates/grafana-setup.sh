@@ -3,9 +3,9 @@
 # script): Grafana's package repository (key fingerprint checked) and the pinned Grafana OSS
 # package, held; the directory for its TLS files.
 set -euo pipefail
-: "${GRAFANA_VERSION:?}" "${TLS_DIR:?}" "${REPO_URL:?}" "${KEY_URL:?}" "${KEY_FINGERPRINT:?}"
+: "${GRAFANA_VERSION:?}" "${TLS_DIR:?}" "${REPO_URL:?}" "${KEY_URL:?}" "${KEY_FINGERPRINTS:?}"
 
 export DEBIAN_FRONTEND=noninteractive
-grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINT"
+grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
 install_pinned grafana "$GRAFANA_VERSION"
 install -d -m 0750 -o grafana -g grafana "$TLS_DIR"

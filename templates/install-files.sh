@@ -28,3 +28,13 @@ install_file() {
   fi
 }
 
+# remove_file PATH
+# Removes PATH (a file loki-stack delivered before and no longer does) when it is there.
+remove_file() {
+  local path=$1
+  if [ -e "$path" ] || [ -L "$path" ]; then
+    rm -f "$path"
+    changed=$((changed + 1))
+    echo "removed ${path}"
+  fi
+}

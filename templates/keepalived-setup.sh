@@ -6,10 +6,7 @@ set -euo pipefail
 : "${SCRIPT_USER:?}" "${CHECK_DIR:?}" "${STAGE_DIR:?}"
 
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v keepalived >/dev/null || ! command -v curl >/dev/null; then
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends keepalived curl
-fi
+ensure_packages keepalived curl
 if ! id -u "$SCRIPT_USER" >/dev/null 2>&1; then
   useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$SCRIPT_USER"
 fi

@@ -3,9 +3,7 @@
 # /etc/fstab by UUID once, and mounts it at MOUNTPOINT. A disk that holds data is never formatted.
 prepare_data_disk() {
   local device=$1 mountpoint=$2 label=$3 uuid
-  if ! command -v mkfs.xfs >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends xfsprogs
-  fi
+  ensure_packages xfsprogs  # lib-apt.sh
   if [ ! -b "$device" ]; then
     echo "data disk ${device} not found" >&2
     return 1

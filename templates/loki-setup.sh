@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Prepares a Loki node (runs as root, on stdin; loki-stack sets the parameters above this
-# script): the data disk at the data directory, Grafana's package repository (its signing key
-# checked against a pinned fingerprint), and the pinned Loki package, held. Service starts are
-# blocked during the install: Loki is (re)started by the rolling apply step, one node at a time.
+# script): Grafana's package repository (trusting only the pinned keys), the data disk at the data
+# directory, the loki user in its own group, and the pinned Loki package, held.
+#
+# Grafana's loki package makes its user without a group (adduser --system: nogroup on Debian 12)
+# and restarts loki.service from its post-install script, with its example config, whatever
+# policy-rc.d says. So the user and group are made first, and a unit condition keeps Loki from
+# starting until the apply step has put the stack's config in place.
 set -euo pipefail
-: "${DATA_DEVICE:?}" "${DATA_DIR:?}" "${LOKI_VERSION:?}" "${STAGE_DIR:?}" "${DROPIN_FILE:?}"
-: "${REPO_URL:?}" "${KEY_URL:?}" "${KEY_FINGERPRINT:?}"
+: "${DATA_DEVICE:?}" "${DATA_DIR:?}" "${LOKI_VERSION:?}" "${STAGE_DIR:?}" "${GUARD_FILE:?}" "${GUARD:?}"
+: "${REPO_URL:?}" "${KEY_URL:?}" "${KEY_FINGERPRINTS:?}"
 
 export DEBIAN_FRONTEND=noninteractive
-grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINT"
+grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
 prepare_data_disk "$DATA_DEVICE" "$DATA_DIR" loki
+system_user loki "$DATA_DIR"
+install -d -m 0755 "$(dirname "$GUARD_FILE")"
+printf '%s' "$GUARD" >"${GUARD_FILE}.new"
+mv -f "${GUARD_FILE}.new" "$GUARD_FILE"
+systemctl daemon-reload
 install_pinned loki "$LOKI_VERSION"
-if [ ! -f "$DROPIN_FILE" ]; then
-  # First install: the package's default config must not run; the apply step starts ours.
-  systemctl stop loki.service 2>/dev/null || true
-fi
 chown loki:loki "$DATA_DIR"
 chmod 0750 "$DATA_DIR"
 install -d -m 0750 -o root -g loki /etc/loki

@@ -8,10 +8,7 @@ set -euo pipefail
 : "${PACKAGE_URL:?}" "${PACKAGE_SHA256:?}" "${BINARY:?}" "${UNIT:?}"
 
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v curl >/dev/null; then
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends curl
-fi
+ensure_packages curl
 prepare_data_disk "$DATA_DEVICE" "$DATA_DIR" objectstore
 
 # The service user and its directories.
@@ -27,7 +24,7 @@ release_dir="/opt/lokistack/objectstore/${PACKAGE_SHA256}"
 if [ ! -x "${release_dir}/server" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  curl -fsSL --retry 3 -o "${work}/release.tar.gz" "$PACKAGE_URL"
+  curl --proto '=https' --tlsv1.2 -fsSL --retry 3 --retry-delay 2 -o "${work}/release.tar.gz" "$PACKAGE_URL"
   if ! echo "${PACKAGE_SHA256}  ${work}/release.tar.gz" | sha256sum --check --quiet -; then
     echo "${PACKAGE_URL} does not match its pinned SHA-256 ${PACKAGE_SHA256}; not installing it" >&2
     exit 1

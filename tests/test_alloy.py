@@ -89,9 +89,11 @@ def test_setup_and_apply(example, tmp_path):
         setup.plain_inputs["stdin"])
     assert "for group in adm systemd-journal" in setup.plain_inputs["stdin"]
     stdin = apply.plain_inputs["stdin"]
-    assert stdin.index("alloy fmt") < stdin.index('place "${STAGE_DIR}/config.alloy"') < stdin.index(
+    assert stdin.index("alloy validate") < stdin.index('place "${STAGE_DIR}/config.alloy"') < stdin.index(
         'systemctl restart "$UNIT"'), "the config must be checked before it replaces the running one"
+    assert "is-active --quiet" in stdin.split('systemctl restart "$UNIT"')[1], "the apply must check Alloy came back"
     assert monitor.find(CMD, "s3-tls-install").urn in setup.dependencies
+    assert monitor.find(CMD, "objectstore-setup").urn in setup.dependencies, "two package steps at once on s3"
     for name, text in (("setup", setup.plain_inputs["stdin"]), ("apply", stdin)):
         script = tmp_path / f"{name}.sh"
         script.write_text(text)
@@ -115,3 +117,10 @@ def test_an_extra_host_gets_an_agent_over_a_pinned_connection():
     assert client_verification_error(ca, files[AGENT_CERT_FILE][1].value) is None
     assert 'host     = "backup-01"' in files[f"{STAGE_DIR}/config.alloy"][1].value
     assert tls.urn in monitor.find(CMD, "agent-backup-01-setup").dependencies
+
+
+def test_alloy_reports_nothing_to_grafana_labs(example):
+    defaults = files_of(example, "s3")[f"{STAGE_DIR}/alloy.defaults"][1].value
+    assert 'CUSTOM_ARGS="--disable-reporting"' in defaults and 'CONFIG_FILE="/etc/alloy/config.alloy"' in defaults
+    apply = example.engine.monitor.find(CMD, "agent-s3-apply").plain_inputs["stdin"]
+    assert "DEFAULTS_FILE=/etc/default/alloy" in apply

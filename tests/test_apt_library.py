@@ -1,5 +1,6 @@
-"""templates/lib-grafana-apt.sh: install_pinned picks the repository build of exactly the pinned
-upstream version, with apt stubbed (nothing is installed) in a private mount namespace."""
+"""templates/lib-apt.sh: install_pinned picks the repository build of exactly the pinned upstream
+version and holds it, with apt stubbed (nothing is installed) in a private mount namespace; and
+grafana_repository trusts exactly the pinned keys, with the real gpg."""
 
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ MADISON = """   alloy | 1.21.2-1 | https://apt.grafana.com stable/main amd64 Pac
 """
 
 
-def install_pinned(package: str, version: str, installed: str = "",
-                   existing_guard: bool = False) -> subprocess.CompletedProcess[str]:
+def install_pinned(package: str, version: str, *, installed: str = "", existing_guard: bool = False,
+                   madison_padding: int = 0, fail_install: bool = False) -> subprocess.CompletedProcess[str]:
+    """``installed``: dpkg's state and version (``installed 1.21.2-1``, ``deinstall 1.21.2-1``)."""
     require_root()
     require_tool("unshare")
     stubs = f"""
 apt-cache() {{ grep " {package} " <<'MADISON'
 {MADISON}MADISON
+for ((i = 0; i < {madison_padding}; i++)); do echo "   {package} | 0.0.$i-1 | https://apt.grafana.com stable/main"; done
 }}
-apt-get() {{ echo "apt-get $*"; }}
+apt-get() {{ echo "apt-get $*"; if [ {int(fail_install)} = 1 ] && [[ " $* " == *" install "* ]]; then return 100; fi; }}
 apt-mark() {{ echo "apt-mark $*" >&2; }}
 dpkg-query() {{ [ -n "{installed}" ] && echo -n "{installed}"; }}
 """
-    script = (f"set -euo pipefail\n{(TEMPLATES / 'lib-grafana-apt.sh').read_text()}\n{stubs}\n"
+    script = (f"set -euo pipefail\nstatus=0\n{(TEMPLATES / 'lib-apt.sh').read_text()}\n{stubs}\n"
               "mount -t tmpfs tmpfs /usr/sbin\n"  # policy-rc.d goes into a throwaway /usr/sbin
               + ("printf 'admin' > /usr/sbin/policy-rc.d\n" if existing_guard else "")
-              + f"install_pinned {package} {version}\n"
-              + 'echo "guard: $(cat /usr/sbin/policy-rc.d 2>/dev/null || echo none)"\n')
+              # errexit must hold inside the function, as in the real scripts (not under `||`)
+              + f"set +e\n(set -e; install_pinned {package} {version})\nstatus=$?\nset -e\n"
+              + 'echo "guard: $(cat /usr/sbin/policy-rc.d 2>/dev/null || echo none)"\n'
+              + 'exit "${status:-0}"\n')
     return subprocess.run(["unshare", "-m", "bash", "-c", script], capture_output=True, text=True, timeout=60,
                           check=False)
 
@@ -55,9 +60,27 @@ def test_a_version_the_repository_lacks_fails_clearly():
     assert "install -y" not in proc.stdout
 
 
-def test_an_installed_pinned_version_is_left_alone():
-    proc = install_pinned("alloy", "1.21.2", installed="1.21.2-1")
+def test_an_installed_pinned_version_is_left_alone_and_held():
+    proc = install_pinned("alloy", "1.21.2", installed="installed 1.21.2-1")
     assert proc.returncode == 0 and "apt-get" not in proc.stdout, f"re-ran apt for an installed version: {proc.stdout}"
+    assert "apt-mark hold alloy" in proc.stderr, "the hold must be (re)applied on the installed path too"
+
+
+def test_a_removed_package_is_installed_again():
+    """dpkg-query still reports the version of a removed package (state deinstall/config-files)."""
+    proc = install_pinned("alloy", "1.21.2", installed="deinstall 1.21.2-1")
+    assert proc.returncode == 0 and "alloy=1.21.2-1" in proc.stdout, proc.stdout
+
+
+def test_a_long_madison_list_does_not_end_the_script_silently():
+    """With pipefail, `apt-cache madison | awk '...exit'` died of SIGPIPE (exit 141, no message)."""
+    proc = install_pinned("alloy", "1.21.2", madison_padding=20000)
+    assert proc.returncode == 0 and "alloy=1.21.2-1" in proc.stdout, f"rc={proc.returncode} {proc.stderr[-300:]}"
+
+
+def test_the_guard_is_removed_when_the_install_fails():
+    proc = install_pinned("alloy", "1.21.2", fail_install=True)
+    assert proc.returncode != 0 and "guard: none" in proc.stdout, "a failed install left policy-rc.d behind"
 
 
 def test_an_administrators_policy_rc_d_is_kept():

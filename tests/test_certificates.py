@@ -13,9 +13,9 @@ from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
     CA_FILE,
+    RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
-    SYSTEM_CA_FILE,
 )
 from stack.plan import read_stack_config, run_program
 from tests.x509_checks import client_verification_error, extended_usages, server_verification_error
@@ -60,7 +60,8 @@ def test_every_host_receives_the_ca_its_server_and_agent_certificates(stack):
     ca = stack["outputs"]["caCertificate"].value
     for host in HOSTS:
         assert text(stack, host, CA_FILE) == ca, f"{host}: {CA_FILE} is not the stack's CA"
-        assert text(stack, host, SYSTEM_CA_FILE) == ca, f"{host}: the CA is not in the system trust store"
+        assert not any(h == host and p in RETIRED_FILES for h, p in stack["files"]), (
+            f"{host}: the CA must not go into the system trust store")
         for path in (SERVER_KEY_FILE, AGENT_KEY_FILE):
             hf, resolved = stack["files"][(host, path)]
             assert (hf.mode, hf.owner) == ("0600", "root"), f"{host}:{path} must be 0600 root"
@@ -139,3 +140,12 @@ def test_changing_a_node_address_changes_only_that_nodes_certificate(stack):
     assert before.keys() == after.keys()
     differ = sorted(name for key, name in ((k, k[1]) for k in before) if before[key] != after[key])
     assert differ == ["loki-02-server-cert", "loki-02-server-csr"], f"certificate resources changed: {differ}"
+
+
+def test_the_tls_delivery_removes_the_ca_from_the_system_trust_store(example):
+    """Earlier versions put it there; the delivery removes it (and rebuilds the bundle) on every host."""
+    for host in HOSTS:
+        stdin = example.engine.monitor.find("command:remote:Command", f"{host}-tls-install").plain_inputs["stdin"]
+        assert "remove_file /usr/local/share/ca-certificates/loki-stack-ca.crt" in stdin, host
+        assert stdin.rstrip().splitlines()[-4:-1] == ['if [ "$changed" -gt 0 ]; then', "  update-ca-certificates",
+                                                      "fi"], f"{host}: the bundle is not rebuilt after the removal"

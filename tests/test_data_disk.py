@@ -14,7 +14,7 @@ import pytest
 from components.scripts import TEMPLATES
 from tests.conftest import require_root, require_tool
 
-LIBRARY = (TEMPLATES / "lib-data-disk.sh").read_text()
+LIBRARY = (TEMPLATES / "lib-apt.sh").read_text() + (TEMPLATES / "lib-data-disk.sh").read_text()
 
 
 @pytest.fixture

@@ -129,3 +129,17 @@ async def test_the_component_sends_the_script_on_stdin_as_a_secret(fake_engine):
     assert engine.is_secret(reg.inputs["stdin"]), "h-tls-install: stdin carries a key and must be secret"
     assert reg.plain_inputs["triggers"] == [digest], "the trigger must be the digest of what is delivered"
     assert delivery.host_files == files
+
+
+def test_a_retired_file_is_removed_once_and_runs_the_follow_up(tmp_path):
+    require_root()
+    files = files_in(tmp_path)
+    retired = tmp_path / "retired.crt"
+    retired.write_text("old CA")
+    marker = tmp_path / "follow-up"
+    script = render_install_script(files, then=f"echo x >> {marker}", remove=[str(retired)])
+    assert run_script(script).returncode == 0
+    assert not retired.exists() and marker.read_text() == "x\n"
+    rerun = run_script(script)
+    assert rerun.returncode == 0 and "0 file(s) changed" in rerun.stdout and marker.read_text() == "x\n"
+    assert delivery_digest(files, remove=[str(retired)]) != delivery_digest(files), "a removal must change the digest"

@@ -12,7 +12,8 @@ import pulumi
 import pytest
 import yaml
 
-from components.loki import GRAFANA_KEY_FINGERPRINT, STAGE_DIR, LokiCluster, LokiClusterArgs, LokiHost, render_dropin
+from components.grafana_repository import GRAFANA_KEY_FINGERPRINTS
+from components.loki import STAGE_DIR, LokiCluster, LokiClusterArgs, LokiHost, render_dropin
 from components.loki_config import (
     CA_FILE,
     CERT_FILE,
@@ -171,7 +172,7 @@ def test_no_secret_in_the_config_and_the_keys_in_a_root_only_env_file(example, h
 
 def test_the_setup_pins_the_package_and_the_repository_key(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-01-setup").plain_inputs["stdin"]
-    assert f"KEY_FINGERPRINT={GRAFANA_KEY_FINGERPRINT}" in stdin and "LOKI_VERSION=3.7.6" in stdin
+    assert f"KEY_FINGERPRINTS={GRAFANA_KEY_FINGERPRINTS[0]}" in stdin and "LOKI_VERSION=3.7.6" in stdin
     assert 'install_pinned loki "$LOKI_VERSION"' in stdin and 'apt-mark hold "$package"' in stdin
     assert "policy-rc.d" in stdin, "the package install must not restart Loki on every node at once"
     assert "DATA_DEVICE=/dev/disk/by-id/virtio-lokistack-data" in stdin and "prepare_data_disk" in stdin

@@ -114,6 +114,8 @@ def test_no_private_key_reaches_a_non_secret_input():
                 continue
             text = json.dumps(value)
             for secret, label in secrets.items():
+                if label.endswith(".stdin"):
+                    continue  # a script that carries secrets (the engine echoes secret inputs), not a secret itself
                 line = secret.strip().splitlines()[len(secret.strip().splitlines()) // 2]
                 assert line not in text, f"{reg.type} {reg.name}.{prop} holds {label} without being secret"
 

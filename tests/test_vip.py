@@ -60,6 +60,7 @@ def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host
     assert value(conf, "unicast_src_ip") == NODES[host]
     assert sorted(peers(conf)) == sorted(a for n, a in NODES.items() if n != host), f"{host}: unicast peers"
     assert NODES[host] not in peers(conf), f"{host} lists itself as a peer: endless equal-priority warnings"
+    assert re.search(r"^\s*check_unicast_src$", conf, re.MULTILINE), f"{host}: adverts from any sender would count"
     assert value(conf, "state") == "BACKUP" and "nopreempt" not in conf
     assert value(conf, "virtual_router_id") == "51" and value(conf, "advert_int") == "1"
     assert re.search(r"^\s*192\.168\.50\.20/24 dev eth0$", conf, re.MULTILINE), f"{host}: VIP line"

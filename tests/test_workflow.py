@@ -93,3 +93,13 @@ def test_every_run_step_passes_shellcheck(tmp_path):
         proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
                               timeout=60, check=False)
         assert proc.returncode == 0, f"{job} / {name}:\n{proc.stdout}"
+
+
+def test_the_preview_runs_only_for_this_repositorys_branches_after_a_reviewer_approved():
+    """Pull-request code on a homelab runner with the state's secrets: never from a fork, and
+    only through an environment whose required reviewers approve each run."""
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["preview"]
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    assert job["environment"] == "preview"
+    assert "pull_request_target" not in yaml.safe_load(WORKFLOW.read_text())[True], (
+        "pull_request_target would run fork code with the repository's secrets")

@@ -1,0 +1,145 @@
+# Package work on the stack's hosts: apt that waits for another apt instead of failing, Grafana's
+# repository trusting exactly the pinned keys, and pinned, held packages.
+
+APT_LOCK_TIMEOUT_S=600
+
+# apt_get ARGS...: apt-get that waits (bounded) for the dpkg and apt locks instead of failing at once.
+apt_get() {
+  apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT_S" "$@"
+}
+
+# ensure_packages PACKAGE...: installs the packages that are not installed yet.
+ensure_packages() {
+  local missing=() package
+  for package in "$@"; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)" = installed ] || missing+=("$package")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_get update -q
+    DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# grafana_repository REPO_URL KEY_URL FINGERPRINTS
+# Adds Grafana's package repository. apt trusts exactly the primary keys FINGERPRINTS (separated
+# by spaces) from the key file at KEY_URL, with their subkeys: nothing else that file holds. The
+# keyring is made again when KEY_URL or the pinned set changed (a stamp beside it records both),
+# and when a pinned key in it has expired, been revoked or ends within 30 days (a key whose expiry
+# the publisher extended is fetched again).
+grafana_repository() {
+  local repo=$1 key_url=$2 fingerprints=$3 keyring=/etc/apt/keyrings/grafana.gpg
+  local stamp=/etc/apt/keyrings/grafana.pinned sources=/etc/apt/sources.list.d/grafana.list line
+  ensure_packages gnupg curl
+  if [ ! -s "$keyring" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "${key_url} ${fingerprints}" ] \
+    || pinned_keys_ending "$keyring" "$fingerprints"; then
+    pinned_keyring "$key_url" "$fingerprints" "$keyring"
+    printf '%s %s\n' "$key_url" "$fingerprints" >"$stamp"
+  fi
+  line="deb [signed-by=${keyring}] ${repo} stable main"
+  if [ "$(cat "$sources" 2>/dev/null || true)" != "$line" ]; then
+    echo "$line" >"$sources"
+    apt_get update -q
+  fi
+}
+
+# pinned_keyring KEY_URL FINGERPRINTS KEYRING: KEYRING made of exactly the pinned primary keys.
+pinned_keyring() (
+  set -euo pipefail
+  local url=$1 fingerprints=$2 keyring=$3 work present fpr exported
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  export GNUPGHOME="${work}/gnupg"
+  install -d -m 0700 "$GNUPGHOME"
+  curl --proto '=https' --tlsv1.2 -fsSL --retry 3 --retry-delay 2 -o "${work}/keys.asc" "$url"
+  gpg --batch --quiet --import "${work}/keys.asc" 2>/dev/null  # a throwaway keyring: whatever the file holds
+  present=$(gpg --batch --with-colons --list-keys | awk -F: '$1 == "pub" {want = 1; next} want && $1 == "fpr" {print $10; want = 0}')
+  for fpr in $fingerprints; do
+    if ! grep -qx "$fpr" <<<"$present"; then
+      echo "${url} does not hold the pinned key ${fpr}; refusing it (a key rotation is for a human to check)" >&2
+      return 1
+    fi
+  done
+  for fpr in $present; do
+    case " ${fingerprints} " in
+      *" ${fpr} "*) ;;
+      *) echo "${url} also holds key ${fpr}, which is not pinned: not trusted" ;;
+    esac
+  done
+  # shellcheck disable=SC2086  # one argument per pinned fingerprint
+  gpg --batch --export $fingerprints >"${work}/pinned.gpg"
+  exported=$(gpg --batch --with-colons --show-keys "${work}/pinned.gpg" \
+    | awk -F: '$1 == "pub" {want = 1; next} want && $1 == "fpr" {print $10; want = 0}' | sort | tr '\n' ' ')
+  if [ "$exported" != "$(tr ' ' '\n' <<<"$fingerprints" | grep . | sort | tr '\n' ' ')" ]; then
+    echo "the keyring made from ${url} holds ${exported}, not exactly the pinned keys" >&2
+    return 1
+  fi
+  install -d -m 0755 /etc/apt/keyrings
+  install -m 0644 "${work}/pinned.gpg" "$keyring"
+  echo "trusting ${fingerprints} from ${url}"
+)
+
+# pinned_keys_ending KEYRING FINGERPRINTS: true when a pinned primary key in KEYRING has expired,
+# is revoked, or ends within 30 days.
+pinned_keys_ending() {
+  local keyring=$1 fingerprints=$2 soon
+  soon=$(($(date +%s) + 30 * 86400))
+  gpg --batch --with-colons --show-keys "$keyring" 2>/dev/null | awk -F: -v pins=" ${fingerprints} " -v soon="$soon" '
+    $1 == "pub" { validity = $2; ends = $7; want = 1; next }
+    want && $1 == "fpr" {
+      want = 0
+      if (index(pins, " " $10 " ") && (validity == "e" || validity == "r" || (ends != "" && ends + 0 < soon))) found = 1
+    }
+    END { exit found ? 0 : 1 }'
+}
+
+# install_pinned PACKAGE VERSION
+# Installs the repository's build of PACKAGE whose upstream version is VERSION (X.Y.Z matches
+# X.Y.Z and X.Y.Z-N) and holds it (also when it was installed already). Services are not started
+# meanwhile where the package honours policy-rc.d (the stack restarts them itself, in order); a
+# package that calls systemctl itself needs a unit condition (see loki-setup.sh). Prints
+# "installed ..." when it changed anything.
+install_pinned() {
+  local package=$1 version=$2 state installed candidates exact status=0
+  state=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$package" 2>/dev/null || true)
+  installed=${state#installed }
+  if [ "${state%% *}" = installed ] && { [ "$installed" = "$version" ] || [ "${installed%-*}" = "$version" ]; }; then
+    apt-mark hold "$package" >/dev/null
+    return 0
+  fi
+  apt_get update -q
+  candidates=$(apt-cache madison "$package")  # whole, before awk: awk's early exit must not fail a pipe
+  exact=$(awk -v v="$version" '{ u = $3; sub(/-[^-]*$/, "", u) } $3 == v || u == v { print $3; exit }' <<<"$candidates")
+  if [ -z "$exact" ]; then
+    echo "${package} ${version} is not in the package repository" >&2
+    return 1
+  fi
+  block_service_starts
+  # The stack replaces the packages' config files: on upgrades dpkg keeps ours instead of asking.
+  DEBIAN_FRONTEND=noninteractive apt_get install -y -q --allow-change-held-packages --allow-downgrades \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${package}=${exact}" || status=$?
+  unblock_service_starts
+  [ "$status" -eq 0 ] || return "$status"
+  apt-mark hold "$package" >/dev/null
+  echo "installed ${package} ${exact}"
+}
+
+POLICY_RC_D=/usr/sbin/policy-rc.d
+POLICY_RC_D_OURS=0
+
+# block_service_starts / unblock_service_starts: a policy-rc.d that denies starts, removed again
+# also when the script fails (an administrator's own policy-rc.d stays as it is).
+block_service_starts() {
+  if [ ! -e "$POLICY_RC_D" ]; then
+    printf '#!/bin/sh\n# loki-stack: no service starts during a package install\nexit 101\n' >"$POLICY_RC_D"
+    chmod 0755 "$POLICY_RC_D"
+    POLICY_RC_D_OURS=1
+    trap unblock_service_starts EXIT
+  fi
+}
+
+unblock_service_starts() {
+  if [ "$POLICY_RC_D_OURS" -eq 1 ]; then
+    rm -f "$POLICY_RC_D"
+    POLICY_RC_D_OURS=0
+  fi
+}
