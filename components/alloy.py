@@ -29,7 +29,8 @@ CONFIG_FILE = "/etc/alloy/config.alloy"
 DROPIN_FILE = "/etc/systemd/system/alloy.service.d/10-lokistack.conf"
 DEFAULTS_FILE = "/etc/default/alloy"
 """The packaged unit's EnvironmentFile (a conffile): the config path and Alloy's flags."""
-STAGE_DIR = "/etc/alloy/lokistack-staged"
+STAGE_DIR = "/etc/lokistack/staged/alloy"
+"""Root-only, and not in /etc/alloy, which Alloy's package makes writable by the alloy group."""
 DATA_DIR = "/var/lib/alloy"
 CREDENTIALS_DIR = "/run/credentials/alloy.service"
 
@@ -110,7 +111,7 @@ class LogAgent(pulumi.ComponentResource):
         apply_script = render_script("alloy-apply.sh", {
             "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "DROPIN_FILE": DROPIN_FILE,
             "DEFAULTS_FILE": DEFAULTS_FILE, "UNIT": UNIT,
-        }, libraries=["lib-place.sh"])
+        }, libraries=["lib-safe-write.sh", "lib-place.sh"])
         self.apply = command.remote.Command(f"{name}-apply", connection=after(args.connection, staged.command),
                                             create="sudo bash -s", stdin=apply_script,
                                             triggers=[staged.digest, setup_script, args.tls_digest], opts=child)

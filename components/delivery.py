@@ -22,7 +22,8 @@ import pulumi_command as command
 from components.hostfile import HostFile
 
 RESOURCE_TYPE = "lokistack:delivery:FileDelivery"
-INSTALL_SCRIPT = (Path(__file__).resolve().parent.parent / "templates" / "install-files.sh").read_text()
+_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+INSTALL_SCRIPT = (_TEMPLATES / "install-files.sh").read_text() + "\n" + (_TEMPLATES / "lib-safe-write.sh").read_text()
 
 
 def render_install_script(files: Sequence[tuple[HostFile, str]], then: str = "", remove: Sequence[str] = ()) -> str:

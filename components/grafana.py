@@ -107,7 +107,7 @@ class GrafanaServer(pulumi.ComponentResource):
         setup_script = render_script("grafana-setup.sh", {
             "GRAFANA_VERSION": args.version, "TLS_DIR": TLS_DIR, **repository_parameters(),
         }, libraries=["lib-apt.sh"])
-        owned = {"owner": "grafana", "group": "grafana", "mode": "0600"}
+        owned = {"owner": "root", "group": "grafana", "mode": "0640"}  # readable by Grafana, written by root only
         files = [
             HostFile(host=args.hostname, path=CONFIG_FILE, content=pulumi.Output.secret(ini), owner="root",
                      group="grafana", mode="0640"),

@@ -152,7 +152,7 @@ class LokiCluster(pulumi.ComponentResource):
                 "BUILDINFO_URL": f"https://127.0.0.1:{HTTP_PORT}/loki/api/v1/status/buildinfo",
                 "CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file,
                 "TIMEOUT_S": READY_TIMEOUT_S,
-            }, libraries=["lib-place.sh", "lib-wait-ready.sh"])
+            }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh"])
             connection: pulumi.Output[Any] = after(host.connection, staged.command)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)

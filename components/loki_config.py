@@ -52,6 +52,8 @@ class LokiConfigSpec:
     bucket: str
     data_dir: str
     """``common.path_prefix``: on the node's data disk."""
+    memory_mib: int
+    """Memory of each Loki VM: bounds what a WAL replay may hold before it flushes."""
     internal_tls: bool
     """TLS (with client certificates) on gRPC between nodes and on memberlist."""
     require_client_certs: bool
@@ -144,7 +146,9 @@ def ingester(spec: LokiConfigSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/configure/#ingester: the WAL on the data disk,
     flushed on shutdown; a node leaving cleanly leaves the ring."""
     return {"ingester": {
-        "wal": {"enabled": True, "dir": f"{spec.data_dir}/wal", "flush_on_shutdown": True},
+        # Loki's default replay ceiling is 4GB, all of a 4 GiB VM: half of the VM's memory instead.
+        "wal": {"enabled": True, "dir": f"{spec.data_dir}/wal", "flush_on_shutdown": True,
+                "replay_memory_ceiling": f"{spec.memory_mib // 2}MB"},
         "lifecycler": {"unregister_on_shutdown": True},
     }}
 

@@ -143,7 +143,7 @@ class ObjectStore(pulumi.ComponentResource):
             "CONFIG_DIR": CONFIG_DIR, "CERTS_DIR": CERTS_DIR, "PACKAGE_URL": args.package_url,
             "PACKAGE_SHA256": args.package_sha256, "BINARY": BINARY, "UNIT": UNIT,
         }, libraries=["lib-apt.sh", "lib-data-disk.sh"])
-        owned = {"owner": SERVICE_USER, "group": SERVICE_USER, "mode": "0600"}
+        owned = {"owner": "root", "group": SERVICE_USER, "mode": "0640"}  # readable by the server, written by root only
         host = args.hostname
         files = [
             HostFile(host=host, path=ENV_FILE, mode="0600", content=self.root_password.apply(

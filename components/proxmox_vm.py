@@ -29,6 +29,8 @@ USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
 DATA_DISK_SERIAL = "lokistack-data"
 DATA_DISK_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
 """Stable device path of the data disk inside the VM, whatever the kernel names it."""
+DATA_ROLES = ("loki", "objectstore")
+"""Roles whose VMs keep data that no other host has in full."""
 NIC = "net0"
 """The VM's one network device (Proxmox numbers them net0, net1, ...)."""
 GUEST_INTERFACE = "eth0"
@@ -273,7 +275,13 @@ class ProxmoxVm(pulumi.ComponentResource):
             network_devices=[network_device],
             initialization=initialization,
             # A new cloud image is for new VMs: an existing VM keeps its disk and is updated with apt.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["disks[0].importFrom"]),
+            # The user-data is for the first boot only (cloud-init runs once), so a changed snippet
+            # must not replace a running VM (in a preview its new id is unknown, which reads as one).
+            # A VM that keeps data (Loki's WAL, the object store's buckets) is protected: Pulumi
+            # refuses to delete or replace it until someone unprotects it on purpose.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["disks[0].importFrom",
+                                                                     "initialization.userDataFileId"],
+                                        protect=args.role in DATA_ROLES),
         )
 
         bootstrap = ssh_connection(host=args.address, user=args.admin_user, private_key=args.deploy_private_key,

@@ -370,6 +370,7 @@ class Registration:
     dependencies: tuple[str, ...]
     ignore_changes: tuple[str, ...]
     delete_before_replace: bool
+    protect: bool = False
 
     @property
     def plain_inputs(self) -> dict[str, Any]:
@@ -425,7 +426,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 custom=bool(request.custom), provider=request.provider, id=response.id,
                 inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
                 dependencies=tuple(request.dependencies), ignore_changes=tuple(request.ignoreChanges),
-                delete_before_replace=bool(request.deleteBeforeReplace),
+                delete_before_replace=bool(request.deleteBeforeReplace), protect=bool(request.protect),
             ))
         return response
 

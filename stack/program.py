@@ -299,6 +299,7 @@ def loki_config_spec(settings: Settings) -> LokiConfigSpec:
         s3_endpoint=f"{settings.object_store.vm.fqdn}:{API_PORT}",
         bucket=settings.object_store.bucket,
         data_dir=LOKI_DATA_DIR,
+        memory_mib=loki.nodes[0].memory_mib,
         internal_tls=loki.internal_tls,
         require_client_certs=loki.require_client_certs,
     )

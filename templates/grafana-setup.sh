@@ -8,4 +8,4 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
 install_pinned grafana "$GRAFANA_VERSION"
-install -d -m 0750 -o grafana -g grafana "$TLS_DIR"
+install -d -m 0750 -o root -g grafana "$TLS_DIR"  # root's: Grafana reads, never writes, its TLS files

@@ -17,7 +17,7 @@ if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
 fi
 install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "${DATA_DIR}/data"
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
-install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$CERTS_DIR" "${CERTS_DIR}/CAs"
+install -d -m 0750 -o root -g "$SERVICE_USER" "$CERTS_DIR" "${CERTS_DIR}/CAs"  # read by the server, written by root
 
 # The server binary: one directory per verified archive, the binary path a link to it.
 release_dir="/opt/lokistack/objectstore/${PACKAGE_SHA256}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pulumi
@@ -27,8 +29,12 @@ def files_in(root: Path) -> list[tuple[HostFile, str]]:
     ]
 
 
-def run_script(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, timeout=60, check=False)
+def run_script(script: str, staging: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The script as the host runs it, with its staging directory in the test's temp tree (the
+    host's is /etc/lokistack/staging)."""
+    staging = staging or Path(tempfile.mkdtemp()) / "staging"
+    return subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "SAFE_WRITE_STAGING": str(staging)})
 
 
 def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_path):

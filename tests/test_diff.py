@@ -117,3 +117,23 @@ def test_the_diff_is_the_same_whatever_the_old_stack_file_is_called(tmp_path):
     assert "0 to create, 0 to update, 6 to replace, 0 to delete" in reports["Pulumi.homelab.yaml"]
     assert reports["old-homelab.yaml"] == reports["Pulumi.homelab.yaml"] == reports["Pulumi.staging.yaml"], (
         "the diff depends on the old file's name")
+
+
+def test_a_user_data_change_replaces_no_vm_and_data_vms_are_protected(example):
+    """The user-data is for the first boot; a new admin key (user-data) must not rebuild a VM."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7 bob@laptop"
+    result = diff(example, sshAdminKeys=[key])
+    snippets = {c.name for c in result.changes if c.type == "proxmoxve:index/fileLegacy:FileLegacy"}
+    assert snippets, "the change did not reach the user-data at all"
+    vms = [c for c in result.changes if c.type == "proxmoxve:index/vmLegacy:VmLegacy"]
+    assert not vms, f"a user-data change touches VMs: {[(c.name, c.action, c.keys) for c in vms]}"
+
+
+def test_vms_that_keep_data_are_protected():
+    program = run_program("homelab", read_stack_config("homelab"))
+    protected = {r.name for r in program.engine.registrations
+                 if r.type == "proxmoxve:index/vmLegacy:VmLegacy" and r.protect}
+    assert protected == {"loki-01-vm", "loki-02-vm", "loki-03-vm", "s3-vm"}, protected
+    for reg in program.engine.monitor.of_type("proxmoxve:index/vmLegacy:VmLegacy"):
+        assert "initialization.userDataFileId" in reg.ignore_changes, (
+            f"{reg.name}: a new snippet (its id unknown in a preview) would read as a replacement")

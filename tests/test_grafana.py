@@ -41,12 +41,12 @@ def test_grafana_ini_serves_https_with_generated_secrets_and_no_phoning_home(exa
     assert (hf.owner, hf.group, hf.mode) == ("root", "grafana", "0640") and resolved.secret
 
 
-def test_grafanas_certificate_files_belong_to_grafana_and_verify(example):
+def test_grafana_reads_its_certificate_files_and_cannot_change_them(example):
     files = files_of(example, "grafana")
     ca = example.resolved["output:caCertificate"].value
     for name in ("grafana.pem", "grafana.key"):
         hf, _ = files[f"{TLS_DIR}/{name}"]
-        assert (hf.owner, hf.group, hf.mode) == ("grafana", "grafana", "0600"), name
+        assert (hf.owner, hf.group, hf.mode) == ("root", "grafana", "0640"), name
     cert = files[f"{TLS_DIR}/grafana.pem"][1].value
     for name in ("grafana.home.arpa", "grafana", "192.168.50.40"):
         assert server_verification_error(ca, cert, name) is None, f"grafana.pem does not verify for {name}"

@@ -114,7 +114,9 @@ def test_schema_storage_and_wal(example, host):
     assert s3["s3forcepathstyle"] is True and s3["insecure"] is False and s3["http_config"] == {"ca_file": CA_FILE}
     expected = {"access_key_id": "${LOKI_S3_ACCESS_KEY}", "secret_access_key": "${LOKI_S3_SECRET_KEY}"}
     assert {k: s3[k] for k in expected} == expected, "the S3 keys must come from the environment"
-    assert config["ingester"]["wal"] == {"enabled": True, "dir": "/var/lib/loki/wal", "flush_on_shutdown": True}
+    assert config["ingester"]["wal"] == {"enabled": True, "dir": "/var/lib/loki/wal", "flush_on_shutdown": True,
+                                         "replay_memory_ceiling": "2048MB"}, (
+        f"{host}: a WAL replay may use half of the 4096 MiB VM, not Loki's default 4GB")
     assert config["ingester"]["lifecycler"]["unregister_on_shutdown"] is True
 
 
@@ -137,7 +139,7 @@ def spec(**changes: Any) -> LokiConfigSpec:
     base = LokiConfigSpec(
         nodes=[LokiNodeSpec(name=n, address=a) for n, a in NODES.items()], cluster_label="c", retention="744h",
         schema_from="2025-01-01", s3_endpoint="s3:9000", bucket="loki",
-        data_dir="/var/lib/loki", internal_tls=True, require_client_certs=True)
+        data_dir="/var/lib/loki", memory_mib=4096, internal_tls=True, require_client_certs=True)
     return replace(base, **changes)
 
 

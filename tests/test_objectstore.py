@@ -56,7 +56,7 @@ def test_the_certificates_are_installed_for_the_service_user_and_verify(example)
     ca = example.resolved["output:caCertificate"].value
     for name in ("public.crt", "private.key", "CAs/lokistack-ca.crt"):
         hf, _ = files[f"{CERTS_DIR}/{name}"]
-        assert (hf.owner, hf.group, hf.mode) == ("objectstore", "objectstore", "0600"), f"{name}: owner/mode"
+        assert (hf.owner, hf.group, hf.mode) == ("root", "objectstore", "0640"), f"{name}: owner/mode"
     cert = files[f"{CERTS_DIR}/public.crt"][1].value
     assert files[f"{CERTS_DIR}/CAs/lokistack-ca.crt"][1].value == ca
     assert files[f"{CERTS_DIR}/private.key"][1].secret

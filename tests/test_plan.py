@@ -139,7 +139,7 @@ def test_no_secret_reaches_any_file_of_a_redacted_plan(tmp_path):
 def test_plan_writes_every_hosts_service_files(example_plan):
     proc, out = example_plan
     assert proc.returncode == 0, proc.stderr
-    expected = {host: ["etc/alloy/lokistack-staged/config.alloy", "etc/lokistack/tls/agent.pem"] for host in HOSTS}
+    expected = {host: ["etc/lokistack/staged/alloy/config.alloy", "etc/lokistack/tls/agent.pem"] for host in HOSTS}
     for node in ("loki-01", "loki-02", "loki-03"):
         expected[node] += ["etc/loki/lokistack-staged/config.yml", "etc/keepalived/lokistack-staged/keepalived.conf"]
     expected["s3"] += ["etc/objectstore/objectstore.env", "etc/systemd/system/objectstore.service"]

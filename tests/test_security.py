@@ -18,9 +18,9 @@ from stack.plan import read_stack_config, run_program, secret_fragments, write_p
 
 SECRET_LABELS = ("privateKey", ".result", "secretKey", "config loki-stack:proxmoxApiToken")
 KEY_OWNERS = {  # where a private key may live, and who must own it
-    "/etc/lokistack/tls/": {"root"}, "/etc/objectstore/certs/": {"objectstore"}, "/etc/grafana/": {"grafana"},
+    "/etc/lokistack/tls/": {"root"}, "/etc/objectstore/certs/": {"root"}, "/etc/grafana/": {"root"},
     "/etc/keepalived/check/": {"keepalived_script"}, "/etc/loki/lokistack-staged/": {"root"},
-    "/etc/keepalived/lokistack-staged/": {"root"}, "/etc/alloy/lokistack-staged/": {"root"},
+    "/etc/keepalived/lokistack-staged/": {"root"}, "/etc/lokistack/staged/": {"root"},
     "/var/lib/cloud/instance/": {"root"},
 }
 
