@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
+from components import firewall as firewall_rules
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
@@ -124,6 +125,7 @@ class LokiCluster(pulumi.ComponentResource):
         env_file: pulumi.Output[str] = pulumi.Output.secret(rendered)
         dropin = render_dropin(data_dir=args.config.data_dir, cert_file=args.tls_cert_file,
                                key_file=args.tls_key_file, ca_file=args.tls_ca_file)
+        rules = firewall_rules.render_rules([n.address for n in args.config.nodes])
         self.applies = []
         self.setups = {}
         self.host_files = []
@@ -144,8 +146,14 @@ class LokiCluster(pulumi.ComponentResource):
                 HostFile(host=host.name, path=f"{STAGE_DIR}/lokistack.env", mode="0600", content=env_file),
                 HostFile(host=host.name, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600", content=dropin),
             ]
+            # The cluster ports closed to all but the Loki nodes before Loki first starts.
+            firewall = FileDelivery(f"{name}-{host.name}-firewall", FileDeliveryArgs(
+                host=host.name, connection=after(host.connection, setup), files=[
+                    HostFile(host=host.name, path=firewall_rules.RULES_FILE, content=rules),
+                    HostFile(host=host.name, path=firewall_rules.UNIT_FILE, content=firewall_rules.render_unit()),
+                ], then=firewall_rules.APPLY), opts=child)
             staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
-                host=host.name, connection=after(host.connection, setup), files=files), opts=child)
+                host=host.name, connection=after(host.connection, firewall.command), files=files), opts=child)
             apply_script = render_script("loki-apply.sh", {
                 "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE,
                 "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{HTTP_PORT}/ready",
@@ -160,7 +168,7 @@ class LokiCluster(pulumi.ComponentResource):
                                            create="sudo bash -s", stdin=apply_script,
                                            triggers=[staged.digest, setup_script, host.tls_digest], opts=child)
             self.applies.append(apply)
-            self.host_files += staged.host_files
+            self.host_files += firewall.host_files + staged.host_files
             previous = apply
 
         self.node_urls = pulumi.Output.from_input({h.name: f"https://{h.fqdn}:{HTTP_PORT}" for h in args.hosts})

@@ -10,7 +10,8 @@ host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-i
 - the object store is a stand-in: moto's S3 server (``moto[server]``, Python), serving the
   plan's object-store certificate on the object store's address; the bucket is created with
   the S3 API, as the MinIO provider would;
-- keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``).
+- keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``);
+- the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit).
 
 Every process is stopped by its pid and every namespace removed when the lab closes, also when a
 test fails (``PrivateNetwork``).
@@ -28,6 +29,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components import firewall
 from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
 from components.objectstore import API_PORT
@@ -183,6 +185,20 @@ class LokiLab:
         self.started[node] = time.monotonic()
         self.network.start(f"loki-{node}", node, ["unshare", "-m", "-u", "sh", "-c", NODE_START, "sh", node, str(d),
                                                   CREDENTIALS_DIR, *argv])
+
+    def load_firewall(self, node: str) -> None:
+        """The node's rendered nftables rules, loaded in its namespace as its firewall unit does."""
+        rules = self.run / node / "firewall.nft"
+        rules.parent.mkdir(parents=True, exist_ok=True)
+        rules.write_text(self.plan.files[node][firewall.RULES_FILE])
+        proc = self.network.run(node, ["nft", "-f", str(rules)])
+        assert proc.returncode == 0, f"{node}: nft -f rejected the rendered rules: {proc.stderr}"
+
+    def reachable(self, host: str, address: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether a TCP connection from ``host`` to ``address:port`` is accepted."""
+        probe = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                 f"timeout={timeout}).close()\nexcept OSError:\n    sys.exit(1)\n")
+        return self.network.run(host, [sys.executable, "-c", probe, address, str(port)], timeout=30).returncode == 0
 
     def stop_node(self, node: str, sig: signal.Signals = signal.SIGTERM) -> float:
         return self.network.stop(f"loki-{node}", sig)

@@ -197,7 +197,9 @@ def test_the_restart_chain_is_one_node_after_another(example):
     for host in NODES:
         apply, install = monitor.find(CMD, f"loki-{host}-apply"), monitor.find(CMD, f"loki-{host}-staged-install")
         setup, tls = monitor.find(CMD, f"loki-{host}-setup"), monitor.find(CMD, f"{host}-tls-install")
-        assert install.urn in apply.dependencies and setup.urn in install.dependencies
+        firewall = monitor.find(CMD, f"loki-{host}-firewall-install")
+        assert install.urn in apply.dependencies and firewall.urn in install.dependencies
+        assert setup.urn in firewall.dependencies, f"{host}: the firewall needs nftables from the setup"
         assert tls.urn in setup.dependencies, f"{host}: Loki needs the TLS files before it starts"
 
 

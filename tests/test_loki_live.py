@@ -21,9 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT
 from tests.conftest import figure, missing, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan, vip_holders
-from tests.loki_lab import LokiLab
+from tests.loki_lab import CLIENT, LokiLab
 from tests.netns import private_network
 from tests.real_loki import LokiTools
 
@@ -38,7 +39,7 @@ VIP_TIMEOUT_S = 30
 
 def require_lab_tools() -> None:
     require_root()
-    for tool in ("ip", "curl", "unshare", "keepalived"):
+    for tool in ("ip", "curl", "unshare", "keepalived", "nft"):
         require_tool(tool)
     try:
         import moto.server  # noqa: F401, PLC0415 (the S3 stand-in; only these tests need it)
@@ -51,6 +52,8 @@ def start_cluster(lab: LokiLab) -> dict[str, float]:
     lab.add_hosts()
     lab.prepare_client()
     lab.start_object_store()
+    for node in NODES:  # as deployed: the firewall is in place before Loki first starts
+        lab.load_firewall(node)
     for node in NODES:
         lab.start_node(node)
     return lab.wait_ready(NODES)
@@ -93,6 +96,17 @@ def test_every_node_is_ready_and_refuses_clients_without_a_certificate(live):
         assert (ready.status, ready.body.strip()) == (200, "ready"), f"{node}: /ready answered {ready}"
         anonymous = live.request(node, "/ready", client_cert=False)
         assert anonymous.status != 200, f"{node}: answered a client without a certificate: {anonymous}"
+
+
+def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
+    """Memberlist asks no client certificate: a host outside the cluster must not reach it."""
+    for node, address in LOKI_ADDRESSES.items():
+        for port in (MEMBERLIST_PORT, GRPC_PORT):
+            assert not live.reachable(CLIENT, address, port), f"{node}:{port} answers a host outside the cluster"
+        assert live.reachable(CLIENT, address, HTTP_PORT), f"{node}: the HTTP API must stay open to clients"
+        peer = next(n for n in NODES if n != node)
+        for port in (MEMBERLIST_PORT, GRPC_PORT):
+            assert live.reachable(peer, address, port), f"{node}:{port} refuses its peer {peer}"
 
 
 def test_a_push_to_one_node_is_read_back_from_every_other_node(live):

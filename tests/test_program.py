@@ -33,8 +33,8 @@ def test_update_builds_every_vm_of_the_example_stack():
     assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
     commands = {r.name for r in monitor.of_type("command:remote:Command")}
     per_vm = {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
-    loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
-                                                                                         "apply")}
+    loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
+            for step in ("setup", "firewall-install", "staged-install", "apply")}
     vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
                                                                                        "apply")}
     agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}
