@@ -64,6 +64,11 @@ exec "$@"
 would provide (host name, credentials, data directory, /etc/hosts, environment), then Loki."""
 
 
+def env_values(text: str) -> dict[str, str]:
+    """The ``NAME="value"`` lines of a rendered env file (``EnvironmentFile=``)."""
+    return dict(re.findall(r'^(\w+)="([^"]*)"$', text, re.MULTILINE))
+
+
 @dataclass(frozen=True)
 class Dropin:
     exec_start: list[str]
@@ -130,7 +135,7 @@ class LokiLab:
 
     def s3_keys(self) -> tuple[str, str]:
         env = self.plan.files[next(iter(LOKI_ADDRESSES))][f"{STAGE_DIR}/lokistack.env"]
-        values = dict(re.findall(r'^(\w+)="([^"]*)"$', env, re.MULTILINE))
+        values = env_values(env)
         return values["LOKI_S3_ACCESS_KEY"], values["LOKI_S3_SECRET_KEY"]
 
     def start_object_store(self) -> None:

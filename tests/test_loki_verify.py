@@ -10,7 +10,6 @@ there for.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from components.loki import CONFIG_FILE, STAGE_DIR
 from stack.plan import read_stack_config, run_program
 from tests.conftest import EXAMPLE_STACK, SCHEMA
-from tests.loki_lab import parse_dropin
+from tests.loki_lab import env_values, parse_dropin
 from tests.real_loki import LOKI_VERSION, LokiTools
 
 CLEAN = "No deprecated or deleted configs found."
@@ -63,7 +62,7 @@ def verify(tools: LokiTools, directory: Path, config: str, env_file: str,
     (directory / "config.yml").write_text(config)
     args = parse_dropin(dropin).exec_start[1:]
     args = [f"-config.file={directory / 'config.yml'}" if a == f"-config.file={CONFIG_FILE}" else a for a in args]
-    env = dict(re.findall(r'^(\w+)="([^"]*)"$', env_file, re.MULTILINE))
+    env = env_values(env_file)
     assert set(env) == {"LOKI_S3_ACCESS_KEY", "LOKI_S3_SECRET_KEY"}, f"unexpected env file: {sorted(env)}"
     return subprocess.run([str(tools.loki), *args, "-verify-config"], capture_output=True, text=True, timeout=60,
                           check=False, env={"PATH": "/usr/bin:/bin", **env})
