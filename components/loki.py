@@ -23,6 +23,7 @@ from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
 from components.loki_config import (
     HTTP_PORT,
+    LOKI_LOCAL_PORT,
     LokiConfigSpec,
     render_env_file,
     render_loki_config,
@@ -156,8 +157,9 @@ class LokiCluster(pulumi.ComponentResource):
                 host=host.name, connection=after(host.connection, firewall.command), files=files), opts=child)
             apply_script = render_script("loki-apply.sh", {
                 "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE,
-                "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{HTTP_PORT}/ready",
-                "BUILDINFO_URL": f"https://127.0.0.1:{HTTP_PORT}/loki/api/v1/status/buildinfo",
+                # Loki itself, on loopback (not through the gateway, which may not be there yet).
+                "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
+                "BUILDINFO_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/loki/api/v1/status/buildinfo",
                 "CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file,
                 "TIMEOUT_S": READY_TIMEOUT_S,
             }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh"])

@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 HTTP_PORT, GRPC_PORT, MEMBERLIST_PORT = 3100, 9095, 7946
+"""Loki's public HTTP port is served by the node's gateway (``components.loki_gateway``)."""
+LOKI_LOCAL_ADDRESS, LOKI_LOCAL_PORT = "127.0.0.1", 3101
+"""Where Loki itself listens for HTTP: loopback only, behind the gateway."""
 CREDENTIALS_DIR = "/run/credentials/loki.service"
 """Where systemd hands the service its TLS files (``LoadCredential=``)."""
 CERT_FILE, KEY_FILE, CA_FILE = (f"{CREDENTIALS_DIR}/server.pem", f"{CREDENTIALS_DIR}/server.key",
@@ -56,8 +59,6 @@ class LokiConfigSpec:
     """Memory of each Loki VM: bounds what a WAL replay may hold before it flushes."""
     internal_tls: bool
     """TLS (with client certificates) on gRPC between nodes and on memberlist."""
-    require_client_certs: bool
-    """HTTP clients (push, query) must present a certificate signed by the stack's CA."""
 
     @property
     def replication_factor(self) -> int:
@@ -77,14 +78,14 @@ def _grpc_client() -> dict[str, Any]:
 
 
 def server(spec: LokiConfigSpec) -> dict[str, Any]:
-    """https://grafana.com/docs/loki/latest/configure/#server"""
-    http_tls = {
-        "cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
-        # A client CA needs a verifying mode: NoClientCert with a CA file makes Loki refuse to start.
-        "client_auth_type": "RequireAndVerifyClientCert" if spec.require_client_certs else "VerifyClientCertIfGiven",
-    }
-    section: dict[str, Any] = {"http_listen_port": HTTP_PORT, "grpc_listen_port": GRPC_PORT, "log_level": "info",
-                               "http_tls_config": http_tls}
+    """https://grafana.com/docs/loki/latest/configure/#server
+
+    HTTP on loopback only, behind the node's gateway, which presents the node's own certificate:
+    a client certificate is always required here (the gateway decides who may do what)."""
+    http_tls = {"cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
+                "client_auth_type": "RequireAndVerifyClientCert"}
+    section: dict[str, Any] = {"http_listen_address": LOKI_LOCAL_ADDRESS, "http_listen_port": LOKI_LOCAL_PORT,
+                               "grpc_listen_port": GRPC_PORT, "log_level": "info", "http_tls_config": http_tls}
     if spec.internal_tls:
         section["grpc_tls_config"] = {"cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
                                       "client_auth_type": "RequireAndVerifyClientCert"}

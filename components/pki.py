@@ -10,6 +10,7 @@ Provider docs: https://www.pulumi.com/registry/packages/tls/api-docs/locallysign
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class CertificateSpec:
     """What a certificate says and may be used for."""
 
     common_name: str
+    role: str
+    """What the holder is (the subject's OU): the Loki gateway grants each role its own paths."""
     dns_names: Sequence[str] = ()
     """DNS names (a ``*.`` wildcard covers one label)."""
     ip_addresses: Sequence[str] = ()
@@ -42,6 +45,8 @@ class CertificateSpec:
             raise ValueError(f"certificate {self.common_name}: must be for server or client use, or both")
         if not (self.dns_names or self.ip_addresses):
             raise ValueError(f"certificate {self.common_name}: needs at least one DNS name or IP address")
+        if not re.fullmatch(r"[a-z]+", self.role):
+            raise ValueError(f"certificate {self.common_name}: role must be lower-case letters, got {self.role!r}")
 
     @property
     def allowed_uses(self) -> list[str]:
@@ -95,7 +100,8 @@ class Certificate(pulumi.ComponentResource):
         request = tls.CertRequest(
             f"{name}-csr",
             private_key_pem=key.private_key_pem,
-            subject={"common_name": spec.common_name, "organization": ORGANIZATION},
+            subject={"common_name": spec.common_name, "organization": ORGANIZATION,
+                     "organizational_unit": spec.role},
             dns_names=list(spec.dns_names),
             ip_addresses=list(spec.ip_addresses),
             opts=child,

@@ -1,8 +1,12 @@
 """ProxmoxVm: one Debian VM on Proxmox VE, configured by cloud-init and ready for SSH work.
 
-It creates an SSH host key for the VM (so every later SSH step verifies the host instead of
-trusting the first answer), a cloud-init user-data snippet, the VM itself, and a command that
-waits until cloud-init has finished. Depend on the component to start on a ready host.
+It creates a bootstrap SSH host key for the VM (in its cloud-init user-data snippet, so that the
+first SSH step verifies the host instead of trusting the first answer), the snippet, the VM
+itself, a command that waits until cloud-init has finished, and one that replaces the bootstrap
+key with the VM's own host key over that verified connection: the snippet is a file on the
+Proxmox node that the provider cannot upload with a file mode (only ``root@pam`` may set one),
+so its key is good only until then. Every later SSH step pins the VM's own key. Depend on the
+component to start on a ready host.
 
 Provider docs: https://www.pulumi.com/registry/packages/proxmoxve/api-docs/vmlegacy/
 """
@@ -26,6 +30,10 @@ from components.scripts import render_script
 RESOURCE_TYPE = "lokistack:proxmox:ProxmoxVm"
 USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
 """Where cloud-init keeps the user-data on the VM (and where the plan shows it)."""
+HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key"
+CLOUD_CFG_FILE = "/etc/cloud/cloud.cfg.d/99-lokistack.cfg"
+"""Tells cloud-init to trust its cache (``manual_cache_clean``): a VM is set up by cloud-init once."""
+SSH_UNIT = "ssh.service"
 DATA_DISK_SERIAL = "lokistack-data"
 DATA_DISK_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
 """Stable device path of the data disk inside the VM, whatever the kernel names it."""
@@ -207,8 +215,13 @@ class ProxmoxVm(pulumi.ComponentResource):
     vm_id: pulumi.Output[int]
     """Proxmox VM id."""
     connection: pulumi.Output[command.remote.ConnectionArgsDict]
-    """SSH connection for ``command.remote`` (secret: holds the private key; pins the host key).
-    It resolves only once cloud-init has finished, so whatever uses it runs on a ready host."""
+    """SSH connection for ``command.remote`` (secret: holds the private key; pins the VM's own host
+    key). It resolves only once cloud-init has finished and that key is in place, so whatever uses
+    it runs on a ready host."""
+    host_public_key: pulumi.Output[str]
+    """The VM's own SSH host key (OpenSSH public key): for your ``known_hosts``."""
+    host_key_step: command.remote.Command
+    """Replaces the bootstrap host key with the VM's own."""
     data_disk_path: pulumi.Output[str]
     """Device path of the data disk inside the VM; empty when the VM has none."""
     host_files: list[HostFile]
@@ -295,8 +308,28 @@ class ProxmoxVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[vm]),
         )
 
-        # The same connection, carrying a dependency on the wait: users of it start after cloud-init.
-        self.connection = pulumi.Output.all(bootstrap, self.cloud_init.id).apply(lambda pair: pair[0])
+        # The VM's own host key replaces the bootstrap key (which sits in the snippet on the
+        # Proxmox node) over the connection that pins the bootstrap key; every later step pins it.
+        own_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=child)
+        install: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
+            own_key.private_key_openssh, own_key.public_key_openssh).apply(
+            lambda keys: render_script("install-host-key.sh", {
+                "HOST_PRIVATE_KEY": keys[0].strip(), "HOST_PUBLIC_KEY": keys[1].strip(), "KEY_FILE": HOST_KEY_FILE,
+                "CLOUD_CFG": CLOUD_CFG_FILE, "SSH_UNIT": SSH_UNIT})))
+        self.host_key_step = command.remote.Command(
+            f"{name}-host-key",
+            connection=pulumi.Output.all(bootstrap, self.cloud_init.id).apply(lambda pair: pair[0]),
+            create="sudo bash -s",
+            stdin=install,
+            triggers=[vm.id, own_key.public_key_openssh],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cloud_init]),
+        )
+        self.host_public_key = own_key.public_key_openssh.apply(str.strip)
+
+        # Users of the connection start after the new host key is in place, and pin it.
+        own = ssh_connection(host=args.address, user=args.admin_user, private_key=args.deploy_private_key,
+                             host_key=own_key.public_key_openssh)
+        self.connection = pulumi.Output.all(own, self.host_key_step.id).apply(lambda pair: pair[0])
         self.address = pulumi.Output.from_input(args.address)
         self.hostname = pulumi.Output.from_input(args.hostname)
         self.fqdn = pulumi.Output.from_input(args.fqdn)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.hostfile import HostFile
+from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_OPERATOR, ROLE_READER, ROLE_SERVER
 from components.pki import Certificate, CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
 from stack.config import Settings, VmSettings
 
@@ -39,24 +40,31 @@ def server_spec(settings: Settings, vm: VmSettings) -> CertificateSpec:
         ips += [str(settings.vip.address)]
     if vm.role == "objectstore":
         dns.append(f"*.{vm.fqdn}")  # bucket-as-subdomain requests: <bucket>.<object store FQDN>
-    return CertificateSpec(common_name=vm.fqdn, dns_names=[*dns, *LOCALHOST_NAMES],
+    return CertificateSpec(common_name=vm.fqdn, role=ROLE_SERVER, dns_names=[*dns, *LOCALHOST_NAMES],
                            ip_addresses=[*ips, *LOCALHOST_ADDRESSES], server=True, client=vm.role == "loki")
 
 
 def agent_spec(name: str) -> CertificateSpec:
-    """The log agent's client certificate on a host (a VM's FQDN, or an extra host's name)."""
-    return CertificateSpec(common_name=f"agent {name}", dns_names=[name], client=True)
+    """The log agent's client certificate on a host (a VM's FQDN, or an extra host's name): it may push."""
+    return CertificateSpec(common_name=f"agent {name}", role=ROLE_AGENT, dns_names=[name], client=True)
+
+
+def health_spec(vm: VmSettings) -> CertificateSpec:
+    """The VIP's health check on a Loki node: it may ask ``/ready``, nothing else."""
+    return CertificateSpec(common_name=f"health {vm.fqdn}", role=ROLE_HEALTH, dns_names=[vm.fqdn], client=True)
 
 
 def client_specs(settings: Settings) -> dict[str, CertificateSpec]:
-    """Client certificates that live off the VMs' agents: Grafana's data source, a Prometheus
-    scraper, and the operator (logcli, curl)."""
+    """Client certificates that live off the VMs' agents: Grafana's data source (reads), a
+    Prometheus scraper (metrics), and the operator (everything: logcli, curl, the delete API)."""
     domain = settings.network.domain
     return {
-        "grafana-datasource": CertificateSpec(common_name="grafana-datasource",
+        "grafana-datasource": CertificateSpec(common_name="grafana-datasource", role=ROLE_READER,
                                               dns_names=[settings.grafana.fqdn], client=True),
-        "prometheus": CertificateSpec(common_name="prometheus", dns_names=[f"prometheus.{domain}"], client=True),
-        "operator": CertificateSpec(common_name="operator", dns_names=[f"operator.{domain}"], client=True),
+        "prometheus": CertificateSpec(common_name="prometheus", role=ROLE_METRICS,
+                                      dns_names=[f"prometheus.{domain}"], client=True),
+        "operator": CertificateSpec(common_name="operator", role=ROLE_OPERATOR,
+                                    dns_names=[f"operator.{domain}"], client=True),
     }
 
 
@@ -69,6 +77,8 @@ class StackCertificates:
     """Host name -> its log agent's client certificate."""
     clients: dict[str, Certificate]
     """``grafana-datasource``, ``prometheus``, ``operator``."""
+    health: dict[str, Certificate]
+    """Loki node -> the client certificate of its VIP health check."""
 
     def host_files(self, host: str) -> list[HostFile]:
         """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only) and its
@@ -105,4 +115,5 @@ def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None =
             **{h.name: ca.issue(f"{h.name}-agent", agent_spec(h.name)) for h in settings.agents.extra_hosts},
         },
         clients={name: ca.issue(f"{name}-client", spec) for name, spec in client_specs(settings).items()},
+        health={vm.name: ca.issue(f"{vm.name}-health", health_spec(vm)) for vm in settings.vms if vm.role == "loki"},
     )

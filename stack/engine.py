@@ -140,10 +140,13 @@ _EXTENDED_USAGES = {
     "any_extended": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
 }
 _SUBJECT_FIELDS = {
-    "commonName": NameOID.COMMON_NAME, "organization": NameOID.ORGANIZATION_NAME,
-    "organizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME, "country": NameOID.COUNTRY_NAME,
-    "province": NameOID.STATE_OR_PROVINCE_NAME, "locality": NameOID.LOCALITY_NAME,
-    "postalCode": NameOID.POSTAL_CODE, "serialNumber": NameOID.SERIAL_NUMBER,
+    # In the order the TLS provider's subjects have: it builds a Go pkix.Name, whose
+    # ToRDNSequence writes C, ST, L, street, postal code, O, OU, CN, serial number. Servers that
+    # read a client's subject as one string (the Loki gateway) see exactly this order.
+    "country": NameOID.COUNTRY_NAME, "province": NameOID.STATE_OR_PROVINCE_NAME, "locality": NameOID.LOCALITY_NAME,
+    "postalCode": NameOID.POSTAL_CODE, "organization": NameOID.ORGANIZATION_NAME,
+    "organizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME, "commonName": NameOID.COMMON_NAME,
+    "serialNumber": NameOID.SERIAL_NUMBER,
 }
 
 

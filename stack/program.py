@@ -38,6 +38,7 @@ from components.loki_config import (
     render_logcli_environment,
     render_prometheus_scrape_config,
 )
+from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
 from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
 from components.proxmox_vm import DATA_DISK_PATH, GUEST_INTERFACE, HostEntry, ProxmoxVm, ProxmoxVmArgs
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
@@ -71,6 +72,7 @@ class Deployment:
     object_store: ObjectStore
     loki_bucket: LokiBucket
     loki: LokiCluster
+    gateway: LokiGateway
     vip: VirtualIp
     grafana: GrafanaServer
     agents: dict[str, LogAgent]
@@ -180,6 +182,15 @@ def build(settings: Settings) -> Deployment:
     # each host's next step that installs packages waits for the one before.
     package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
                                                        **loki.setups}
+    gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
+        hosts=[GatewayHost(name=node.name,
+                           connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+                           tls_digest=deliveries[f"{node.name}-tls"].digest)
+               for node in settings.loki.nodes],
+        require_client_certs=settings.loki.require_client_certs,
+        cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
+    ))
+    package_steps |= gateway.setups
     vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
@@ -205,6 +216,7 @@ def build(settings: Settings) -> Deployment:
         "vipAddress": vip.address,
         "sshAdminUser": settings.ssh.admin_user,
         "deploySshPublicKey": deploy_key.public_key_openssh.apply(str.strip),
+        "sshHostKeys": {name: vm.host_public_key for name, vm in vms.items()},
         "caCertificate": certificates.ca.cert_pem,
         "operatorCertificate": pulumi.Output.secret(operator.cert_pem),
         "operatorPrivateKey": operator.private_key_pem,
@@ -226,12 +238,13 @@ def build(settings: Settings) -> Deployment:
     host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
     host_files += object_store.host_files
     host_files += loki.host_files
+    host_files += gateway.host_files
     host_files += vip.host_files
     host_files += grafana_server.host_files
     host_files += [f for agent in agents.values() for f in agent.host_files]
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
-                      loki_bucket=loki_bucket, loki=loki, vip=vip, grafana=grafana_server, agents=agents,
-                      outputs=outputs, host_files=host_files)
+                      loki_bucket=loki_bucket, loki=loki, gateway=gateway, vip=vip, grafana=grafana_server,
+                      agents=agents, outputs=outputs, host_files=host_files)
 
 
 def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
@@ -267,7 +280,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
               deliveries: dict[str, FileDelivery], *,
               after_steps: dict[str, pulumi.CustomResource]) -> VirtualIp:
     """keepalived on the Loki nodes, each node's setup after ``after_steps[node]`` (the node's
-    previous package step); the /ready check uses each node's agent (client) certificate."""
+    previous package step); the /ready check has a certificate of its own (role ``health``)."""
     vip = settings.vip
     return VirtualIp("vip", VirtualIpArgs(
         settings=KeepalivedSettings(
@@ -278,8 +291,8 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
         nodes=[VipNode(name=n.name, address=str(n.address),
                        connection=after(after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
                                         after_steps[n.name]),
-                       client_cert_pem=certificates.agents[n.name].cert_pem,
-                       client_key_pem=certificates.agents[n.name].private_key_pem)
+                       client_cert_pem=certificates.health[n.name].cert_pem,
+                       client_key_pem=certificates.health[n.name].private_key_pem)
                for n in settings.loki.nodes],
         ca_cert_pem=certificates.ca.cert_pem,
     ))
@@ -301,7 +314,6 @@ def loki_config_spec(settings: Settings) -> LokiConfigSpec:
         data_dir=LOKI_DATA_DIR,
         memory_mib=loki.nodes[0].memory_mib,
         internal_tls=loki.internal_tls,
-        require_client_certs=loki.require_client_certs,
     )
 
 

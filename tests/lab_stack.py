@@ -8,15 +8,18 @@ run the rendered ``keepalived.conf`` the way the VMs do, in a host of a ``Privat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components import loki_gateway
 from components.proxmox_vm import USER_DATA_PATH
 from components.vip import CHECK_DIR, SCRIPT_USER
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
+from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TLS_DIR
 from stack.plan import read_stack_config, run_program
 from tests.netns import INTERFACE, PrivateNetwork
 
@@ -39,6 +42,10 @@ class LabPlan:
     """Host -> path -> content, secrets shown."""
     outputs: dict[str, Any]
     """Stack output -> value, secrets shown."""
+    identities: dict[str, tuple[str, str]]
+    """Role -> a certificate of the stack with that role and its key, as the stack hands them out
+    (the operator's and Prometheus' from the outputs, Grafana's from its data source, the others
+    from loki-01's files)."""
 
     def etc_hosts(self, host: str) -> str:
         """The /etc/hosts that cloud-init writes on ``host`` (from its user-data)."""
@@ -55,7 +62,50 @@ def lab_plan(**overrides: Any) -> LabPlan:
         assert resolved.known, f"{hf.host}:{hf.path} is unknown after an update-mode run"
         files.setdefault(hf.host, {})[hf.path] = resolved.value
     outputs = {k.split(":", 1)[1]: v.value for k, v in result.resolved.items() if k.startswith("output:")}
-    return LabPlan(files=files, outputs=outputs)
+    datasource = result.engine.monitor.of_type("grafana:oss/dataSource:DataSource")[0].plain_inputs
+    reader = json.loads(datasource["secureJsonDataEncoded"])
+    node = files[next(iter(LOKI_ADDRESSES))]
+    identities = {
+        loki_gateway.ROLE_OPERATOR: (outputs["operatorCertificate"], outputs["operatorPrivateKey"]),
+        loki_gateway.ROLE_METRICS: (outputs["prometheusCertificate"], outputs["prometheusPrivateKey"]),
+        loki_gateway.ROLE_READER: (reader["tlsClientCert"], reader["tlsClientKey"]),
+        loki_gateway.ROLE_AGENT: (node[AGENT_CERT_FILE], node[AGENT_KEY_FILE]),
+        loki_gateway.ROLE_HEALTH: (node[f"{CHECK_DIR}/client.pem"], node[f"{CHECK_DIR}/client.key"]),
+        loki_gateway.ROLE_SERVER: (node[SERVER_CERT_FILE], node[SERVER_KEY_FILE]),
+    }
+    return LabPlan(files=files, outputs=outputs, identities=identities)
+
+
+# --- the Loki gateway (nginx), as a Loki node runs it ---------------------------------------------
+
+GATEWAY_MAIN = """user {user};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{
+    worker_connections 512;
+}}
+http {{
+    include {d}/gateway.conf;
+}}
+"""
+"""What Debian's nginx.conf gives the gateway's file (``user www-data;``, an ``http`` block that
+includes conf.d), with the pid file and logs in the lab."""
+
+
+def gateway_command(directory: Path, files: dict[str, str]) -> list[str]:
+    """nginx in the foreground with a node's rendered gateway config and TLS files in ``directory``.
+
+    Only paths differ from the node: the TLS directory and the access log are the lab's."""
+    conf = files[f"{loki_gateway.STAGE_DIR}/gateway.conf"]
+    (directory / "tls").mkdir(parents=True, exist_ok=True)
+    for name in ("ca.pem", "server.pem", "server.key"):
+        (directory / "tls" / name).write_text(files[f"{TLS_DIR}/{name}"])
+    assert f"{TLS_DIR}/" in conf and loki_gateway.ACCESS_LOG in conf, "the gateway config names other files"
+    (directory / "gateway.conf").write_text(conf.replace(f"{TLS_DIR}/", f"{directory}/tls/")
+                                            .replace(loki_gateway.ACCESS_LOG, f"{directory}/access.log"))
+    (directory / "nginx.conf").write_text(GATEWAY_MAIN.format(user=loki_gateway.NGINX_USER, d=directory))
+    return ["nginx", "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(directory / "nginx.conf")]
 
 
 # --- keepalived, as a Loki node runs it ---------------------------------------------------------

@@ -11,6 +11,8 @@ host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-i
   plan's object-store certificate on the object store's address; the bucket is created with
   the S3 API, as the MinIO provider would;
 - keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``);
+- nginx (the gateway) runs with its rendered config in a main config like Debian's, its pid file,
+  logs and TLS files in the lab (see ``lab_stack.gateway_command``);
 - the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit).
 
 Every process is stopped by its pid and every namespace removed when the lab closes, also when a
@@ -32,8 +34,16 @@ from pathlib import Path
 from components import firewall
 from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
+from components.loki_gateway import ROLE_OPERATOR
 from components.objectstore import API_PORT
-from tests.lab_stack import CLIENT_ADDRESS, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, LabPlan, keepalived_command
+from tests.lab_stack import (
+    CLIENT_ADDRESS,
+    LOKI_ADDRESSES,
+    OBJECT_STORE_ADDRESS,
+    LabPlan,
+    gateway_command,
+    keepalived_command,
+)
 from tests.lab_stack import prepare_keepalived as prepare_keepalived_files
 from tests.netns import PrivateNetwork
 from tests.real_loki import LokiTools
@@ -191,6 +201,10 @@ class LokiLab:
         self.network.start(f"loki-{node}", node, ["unshare", "-m", "-u", "sh", "-c", NODE_START, "sh", node, str(d),
                                                   CREDENTIALS_DIR, *argv])
 
+    def start_gateway(self, node: str) -> None:
+        """nginx with the node's rendered gateway config, in front of the node's Loki."""
+        self.network.start(f"gateway-{node}", node, gateway_command(self.run / node / "gateway", self.plan.files[node]))
+
     def load_firewall(self, node: str) -> None:
         """The node's rendered nftables rules, loaded in its namespace as its firewall unit does."""
         rules = self.run / node / "firewall.nft"
@@ -213,15 +227,31 @@ class LokiLab:
 
     # --- talking to it ---------------------------------------------------------------------
 
+    def identity(self, role: str) -> tuple[Path, Path]:
+        """Files of a certificate of the stack with ``role`` (and its key) on the client host."""
+        d = self.run / CLIENT / "identities"
+        cert, key = d / f"{role}.pem", d / f"{role}.key"
+        if not cert.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            cert.write_text(self.plan.identities[role][0])
+            key.write_text(self.plan.identities[role][1])
+            key.chmod(0o600)
+        return cert, key
+
     def request(self, node: str, path: str, *, method: str = "GET", data: str | None = None,
-                content_type: str = "application/json", client_cert: bool = True) -> Response:
-        """An HTTPS request from the client host to ``node``'s Loki, with the operator's certificate
-        (or none). A failed connection has status 0 and curl's message as its body."""
+                content_type: str = "application/json", client_cert: bool = True,
+                role: str = ROLE_OPERATOR) -> Response:
+        """An HTTPS request from the client host to ``node``'s gateway, with a certificate of ``role``
+        (the operator's by default) or none. A failed connection has status 0 and curl's message
+        as its body."""
         operator = self.client_home / OPERATOR_DIR
         argv = ["curl", "-sS", "-m", "30", "-w", "\n%{http_code} %{time_total}", "--cacert", str(operator / "ca.pem"),
                 "-X", method]
-        if client_cert:
+        if client_cert and role == ROLE_OPERATOR:
             argv += ["--cert", str(operator / "operator.pem"), "--key", str(operator / "operator.key")]
+        elif client_cert:
+            cert, key = self.identity(role)
+            argv += ["--cert", str(cert), "--key", str(key)]
         if data is not None:
             argv += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
         proc = self.network.run(CLIENT, [*argv, f"https://{LOKI_ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60,
@@ -230,17 +260,18 @@ class LokiLab:
         status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
         return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
 
-    def push(self, node: str, labels: dict[str, str], lines: list[str]) -> Response:
+    def push(self, node: str, labels: dict[str, str], lines: list[str], role: str = ROLE_OPERATOR) -> Response:
         now = time.time_ns()
         values = [[str(now + i), line] for i, line in enumerate(lines)]
-        return self.request(node, "/loki/api/v1/push", method="POST",
+        return self.request(node, "/loki/api/v1/push", method="POST", role=role,
                             data=json.dumps({"streams": [{"stream": labels, "values": values}]}))
 
-    def query_lines(self, node: str, query: str, since_s: int = 3600) -> tuple[list[str], Response]:
+    def query_lines(self, node: str, query: str, since_s: int = 3600,
+                    role: str = ROLE_OPERATOR) -> tuple[list[str], Response]:
         end = time.time_ns()
         params = urllib.parse.urlencode({"query": query, "start": end - since_s * 10**9, "end": end + 10**9,
                                          "limit": 5000, "direction": "forward"})
-        response = self.request(node, f"/loki/api/v1/query_range?{params}")
+        response = self.request(node, f"/loki/api/v1/query_range?{params}", role=role)
         if response.status != 200:
             return [], response
         result = response.json()

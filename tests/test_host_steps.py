@@ -58,12 +58,13 @@ def changed_commands(renewed: frozenset[str]) -> set[str]:
 
 
 def test_renewing_a_loki_nodes_certificates_restarts_exactly_what_reads_them():
-    changed = changed_commands(frozenset({"loki-02-server-cert", "loki-02-agent-cert"}))
+    changed = changed_commands(frozenset({"loki-02-server-cert", "loki-02-agent-cert", "loki-02-health-cert"}))
     assert changed == {
         "loki-02-tls-install",        # the files themselves
         "loki-loki-02-apply",         # Loki: server certificate, as credentials -> restart
+        "loki-gateway-loki-02-apply",  # nginx: server certificate, read when it loads -> reload
         "agent-loki-02-apply",        # Alloy: agent certificate, as credentials -> restart
-        "vip-loki-02-staged-install",  # the health check's copy of the agent certificate (read per check)
+        "vip-loki-02-staged-install",  # the health check's own certificate (read per check)
     }, f"renewal re-runs {sorted(changed)}"
 
 

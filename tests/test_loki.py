@@ -139,15 +139,13 @@ def spec(**changes: Any) -> LokiConfigSpec:
     base = LokiConfigSpec(
         nodes=[LokiNodeSpec(name=n, address=a) for n, a in NODES.items()], cluster_label="c", retention="744h",
         schema_from="2025-01-01", s3_endpoint="s3:9000", bucket="loki",
-        data_dir="/var/lib/loki", memory_mib=4096, internal_tls=True, require_client_certs=True)
+        data_dir="/var/lib/loki", memory_mib=4096, internal_tls=True)
     return replace(base, **changes)
 
 
 def test_with_internal_tls_off_no_client_block_claims_tls():
-    config = loki_config(spec(internal_tls=False, require_client_certs=False), "loki-02")
+    config = loki_config(spec(internal_tls=False), "loki-02")
     assert "grpc_tls_config" not in config["server"]
-    assert config["server"]["http_tls_config"]["client_auth_type"] == "VerifyClientCertIfGiven", (
-        "a client CA with NoClientCert makes Loki refuse to start")
     assert "tls_enabled" not in config["memberlist"]
     assert not any(k in config for k in ("ingester_client", "compactor_grpc_client", "frontend_worker"))
 
@@ -184,7 +182,7 @@ def test_the_apply_verifies_before_it_touches_anything(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
     verify = stdin.index("-verify-config")
     assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('systemctl restart "$UNIT"')
-    assert "READY_URL=https://127.0.0.1:3100/ready" in stdin and "--cert" in stdin
+    assert "READY_URL=https://127.0.0.1:3101/ready" in stdin and "--cert" in stdin
     assert "exit 1" in stdin[verify:stdin.index("changed=0")], "a rejected config must end the step"
 
 

@@ -4,8 +4,9 @@ The example stack, moved into 198.18.0.0/24 through its settings, runs in networ
 each Loki node with its own rendered config, env file and TLS files (``tests/loki_lab.py`` says
 exactly how, and what differs from a VM), keepalived with the rendered configs holding the VIP,
 the object store stood in for by moto's S3 server (Python, ``moto[server]``) with the plan's
-object-store certificate, and a client host with the operator's certificate. Every request is
-HTTPS with a client certificate. The figures (time to ready, push and query latency, compactor
+object-store certificate, each node's gateway (nginx) in front of its Loki, and a client host with
+the stack's client certificates. Every request is HTTPS with a client certificate, through a
+node's gateway. The figures (time to ready, push and query latency, compactor
 takeover) are printed at the end of the test run.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT
+from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_READER
 from tests.conftest import figure, missing, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan, vip_holders
 from tests.loki_lab import CLIENT, LokiLab
@@ -39,7 +41,7 @@ VIP_TIMEOUT_S = 30
 
 def require_lab_tools() -> None:
     require_root()
-    for tool in ("ip", "curl", "unshare", "keepalived", "nft"):
+    for tool in ("ip", "curl", "unshare", "keepalived", "nft", "nginx"):
         require_tool(tool)
     try:
         import moto.server  # noqa: F401, PLC0415 (the S3 stand-in; only these tests need it)
@@ -55,6 +57,7 @@ def start_cluster(lab: LokiLab) -> dict[str, float]:
     for node in NODES:  # as deployed: the firewall is in place before Loki first starts
         lab.load_firewall(node)
     for node in NODES:
+        lab.start_gateway(node)
         lab.start_node(node)
     return lab.wait_ready(NODES)
 
@@ -107,6 +110,42 @@ def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
         peer = next(n for n in NODES if n != node)
         for port in (MEMBERLIST_PORT, GRPC_PORT):
             assert live.reachable(peer, address, port), f"{node}:{port} refuses its peer {peer}"
+
+
+def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
+    """Least privilege: an agent pushes and cannot read or delete; Grafana's data source reads and
+    cannot write or delete; Prometheus reads metrics; the VIP's check asks /ready; the operator
+    does everything."""
+    node = NODES[0]
+    marker = uuid.uuid4().hex[:8]
+    line = f"agent line {marker}"
+    query = f'{{job="live-roles", marker="{marker}"}}'
+    now = int(time.time())
+    delete = f"/loki/api/v1/delete?query={urllib.parse.quote(query)}&start={now - 600}&end={now + 60}"
+    refused = {
+        ROLE_AGENT: [("GET", f"/loki/api/v1/query_range?query={urllib.parse.quote(query)}"),
+                     ("GET", "/loki/api/v1/labels"), ("POST", delete), ("GET", "/loki/api/v1/delete"),
+                     ("GET", "/metrics"), ("GET", "/config"), ("POST", "/flush")],
+        ROLE_READER: [("POST", "/loki/api/v1/push"), ("POST", delete), ("GET", "/loki/api/v1/delete"),
+                      ("GET", "/config"), ("GET", "/metrics")],
+        ROLE_METRICS: [("GET", "/loki/api/v1/labels"), ("POST", "/loki/api/v1/push"), ("POST", delete)],
+        ROLE_HEALTH: [("GET", "/loki/api/v1/labels"), ("POST", "/loki/api/v1/push"), ("GET", "/metrics")],
+    }
+    pushed = live.push(node, {"job": "live-roles", "marker": marker}, [line], role=ROLE_AGENT)
+    assert pushed.status == 204, f"the agent's push was refused: {pushed}"
+    got, response = live.query_lines(NODES[1], query, role=ROLE_READER)
+    assert (response.status, got) == (200, [line]), f"Grafana's certificate cannot read the agent's line: {response}"
+    for role, requests in refused.items():
+        for method, path in requests:
+            response = live.request(node, path, method=method, role=role,
+                                    data="{}" if method == "POST" else None)
+            assert response.status == 403, f"{role}: {method} {path} -> {response.status} {response.body[:200]}"
+    assert "loki_build_info" in live.request(node, "/metrics", role=ROLE_METRICS).body, "Prometheus cannot scrape"
+    assert live.request(node, "/ready", role=ROLE_HEALTH).status == 200, "the VIP's check cannot ask /ready"
+    listed = live.request(node, "/loki/api/v1/delete")
+    assert listed.status == 200 and marker not in listed.body, f"a refused delete reached Loki: {listed.body[:300]}"
+    assert live.request(node, "/config").status == 200, "the operator reaches the admin endpoints"
+    assert live.query_lines(node, query)[0] == [line], "the line is still there after the refused deletes"
 
 
 def test_a_push_to_one_node_is_read_back_from_every_other_node(live):

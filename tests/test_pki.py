@@ -16,9 +16,9 @@ from tests.x509_checks import client_verification_error, extended_usages, load, 
 
 ARGS = CertificateAuthorityArgs(common_name="test CA", validity_hours=87600, early_renewal_hours=8760,
                                 leaf_validity_hours=8760, leaf_early_renewal_hours=720)
-SERVER = CertificateSpec(common_name="web.home.arpa", dns_names=["web.home.arpa", "web"],
+SERVER = CertificateSpec(common_name="web.home.arpa", role="server", dns_names=["web.home.arpa", "web"],
                          ip_addresses=["192.168.50.9"], server=True)
-CLIENT = CertificateSpec(common_name="operator", dns_names=["operator.home.arpa"], client=True)
+CLIENT = CertificateSpec(common_name="operator", role="operator", dns_names=["operator.home.arpa"], client=True)
 
 
 async def known(out: pulumi.Output[str]) -> str:
@@ -95,6 +95,6 @@ async def test_lifetimes_renewal_and_secret_keys(fake_engine):
 
 def test_a_certificate_must_have_a_use_and_a_name():
     with pytest.raises(ValueError, match="must be for server or client use"):
-        CertificateSpec(common_name="x", dns_names=["x"])
+        CertificateSpec(common_name="x", role="x", dns_names=["x"])
     with pytest.raises(ValueError, match="needs at least one DNS name or IP address"):
-        CertificateSpec(common_name="x", server=True)
+        CertificateSpec(common_name="x", role="x", server=True)

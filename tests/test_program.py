@@ -32,28 +32,34 @@ def test_update_builds_every_vm_of_the_example_stack():
     assert len(vms["grafana"].plain_inputs["disks"]) == 1, "grafana has no data disk in the example"
     assert len(vms["s3"].plain_inputs["disks"]) == 2, "the object store needs its data disk"
     commands = {r.name for r in monitor.of_type("command:remote:Command")}
-    per_vm = {f"{n}-cloud-init" for n in EXAMPLE_VMS} | {f"{n}-tls-install" for n in EXAMPLE_VMS}
+    per_vm = {f"{n}-{step}" for n in EXAMPLE_VMS for step in ("cloud-init", "host-key", "tls-install")}
     loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
             for step in ("setup", "firewall-install", "staged-install", "apply")}
     vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
                                                                                        "apply")}
+    gateway = {f"loki-gateway-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
+               for step in ("setup", "staged-install", "apply")}
     agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}
     grafana = {"grafana-setup", "grafana-config-install", "grafana-ready"}
-    assert commands == per_vm | loki | vip | agents | grafana | {
+    assert commands == per_vm | loki | gateway | vip | agents | grafana | {
         "objectstore-setup", "objectstore-config-install", "objectstore-ready"}
 
 
-def test_files_are_delivered_only_after_cloud_init_finished():
-    monitor = run().engine.monitor
+def test_files_are_delivered_only_after_cloud_init_finished_and_the_vms_own_host_key_is_in_place():
+    result = run()
+    monitor = result.engine.monitor
     for name in EXAMPLE_VMS:
         wait = monitor.find("command:remote:Command", f"{name}-cloud-init")
+        key = monitor.find("command:remote:Command", f"{name}-host-key")
         install = monitor.find("command:remote:Command", f"{name}-tls-install")
         delivery = monitor.find("lokistack:delivery:FileDelivery", f"{name}-tls")
         vm = monitor.find("lokistack:proxmox:ProxmoxVm", name)
-        assert wait.urn in install.dependencies, f"{name}-tls-install must wait for {name}-cloud-init"
+        assert wait.urn in key.dependencies and key.urn in install.dependencies, (
+            f"{name}-tls-install must wait for {name}-cloud-init and {name}-host-key")
         assert install.parent == delivery.urn and wait.parent == vm.urn
-        assert install.plain_inputs["connection"] == wait.plain_inputs["connection"], (
-            f"{name}-tls-install must use the VM's pinned connection")
+        own_key = result.resolved["output:sshHostKeys"].value[name]
+        assert install.plain_inputs["connection"]["hostKey"] == own_key != wait.plain_inputs["connection"]["hostKey"], (
+            f"{name}-tls-install must pin the VM's own host key, not the snippet's bootstrap key")
 
 
 def test_one_cloud_image_per_proxmox_node_shared_by_its_vms():
@@ -150,7 +156,8 @@ def test_main_program_exports_the_outputs(fake_engine):
         exported.update(get_root_resource().outputs)  # type: ignore[union-attr]
 
     pulumi.runtime.test(program)()
-    assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "caCertificate",
+    assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "sshHostKeys",
+                             "caCertificate",
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
                              "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
                              "lokiS3SecretKey", "lokiNodeUrls", "lokiUrl", "prometheusScrapeConfig",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import replace
 from typing import Any
 
@@ -104,16 +106,37 @@ async def test_user_data_writes_etc_hosts_for_every_host_and_the_vip(fake_engine
 
 
 @pulumi.runtime.test
-async def test_the_host_key_in_user_data_is_the_one_the_connection_pins(fake_engine):
-    vm, _ = build()
-    connection, = await settle(vm.connection)
-    await registered(vm)
+async def test_the_snippets_bootstrap_key_is_pinned_only_until_the_vms_own_key_replaces_it(fake_engine):
+    vm, deploy_key = build()
+    connection, own_public, deploy_private = await settle(vm.connection, vm.host_public_key,
+                                                          deploy_key.private_key_openssh)
+    await vm.host_key_step.id.future()
     _, doc = user_data_of(fake_engine)
     private = ser.load_ssh_private_key(doc["ssh_keys"]["ed25519_private"].encode(), password=None)
-    derived = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
-    assert derived == doc["ssh_keys"]["ed25519_public"], "loki-01: host private and public key differ"
-    assert connection["host_key"] == derived, "loki-01: the connection must pin the VM's host key"
+    bootstrap = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    assert bootstrap == doc["ssh_keys"]["ed25519_public"], "loki-01: bootstrap private and public key differ"
     assert doc["ssh_genkeytypes"] == ["ed25519"] and doc["ssh_deletekeys"] is True
+    wait = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init")
+    step = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-host-key")
+    assert wait.plain_inputs["connection"]["hostKey"] == bootstrap, "the cloud-init wait must pin the bootstrap key"
+    assert step.plain_inputs["connection"]["hostKey"] == bootstrap, "the key step must pin the bootstrap key"
+    assert wait.urn in step.dependencies, "loki-01-host-key must wait for cloud-init"
+    assert connection["host_key"] == own_public != bootstrap, (
+        "loki-01: every later step must pin the VM's own key, not the snippet's")
+    stdin = step.plain_inputs["stdin"]
+    assert engine.is_secret(step.inputs["stdin"]), "loki-01-host-key carries a private key: its stdin must be secret"
+    quoted = re.search(r"^HOST_PRIVATE_KEY=('[^']*')$", stdin, re.MULTILINE)
+    assert quoted, "loki-01-host-key: no HOST_PRIVATE_KEY parameter"
+    given = ser.load_ssh_private_key(shlex.split(quoted.group(1))[0].encode(), password=None)
+    assert given.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode() == own_public, (
+        "loki-01-host-key must install the private half of the key later steps pin")
+    snippet = fake_engine.monitor.find(SNIPPET_TYPE, "loki-01-user-data")
+    snippet_text = engine.unwrap(snippet.inputs["sourceRaw"])["data"]
+    assert "HOST_PRIVATE_KEY" not in snippet_text and own_public.split()[1] not in snippet_text, (
+        "the VM's own key must not be in the snippet")
+    assert deploy_private not in stdin + step.plain_inputs["create"]
+    assert step.plain_inputs["triggers"][0] == fake_engine.monitor.find(VM_TYPE, "loki-01-vm").id, (
+        "a replaced VM (bootstrap key again) must re-run the key step")
 
 
 @pulumi.runtime.test
@@ -175,17 +198,20 @@ async def test_the_cloud_init_wait_runs_after_the_vm_over_a_pinned_secret_connec
     assert engine.is_secret(wait.inputs["connection"]), "loki-01-cloud-init: connection input not secret"
     conn = wait.plain_inputs["connection"]
     assert conn["host"] == "192.168.50.21" and conn["user"] == "ops"
-    assert conn["privateKey"] == deploy_private and conn["hostKey"] == connection["host_key"]
+    assert conn["privateKey"] == deploy_private and conn["hostKey"] != connection["host_key"], (
+        "the wait pins the bootstrap key; later steps pin the VM's own")
     assert deploy_private not in wait.plain_inputs["create"] + wait.plain_inputs["stdin"]
 
 
 @pulumi.runtime.test
-async def test_whatever_uses_the_connection_waits_for_cloud_init(fake_engine):
+async def test_whatever_uses_the_connection_waits_for_cloud_init_and_the_vms_own_key(fake_engine):
     vm, _ = build()
     probe = command.remote.Command("probe", connection=vm.connection, create="true")
     await probe.id.future()
-    wait = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init")
-    assert wait.urn in fake_engine.monitor.find(COMMAND_TYPE, "probe").dependencies, (
+    probe_deps = fake_engine.monitor.find(COMMAND_TYPE, "probe").dependencies
+    key_step = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-host-key")
+    assert key_step.urn in probe_deps, "a command on loki-01 could start before its own host key is in place"
+    assert fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init").urn in key_step.dependencies, (
         "a command on loki-01 could start before cloud-init finished")
 
 

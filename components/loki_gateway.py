@@ -1,0 +1,246 @@
+"""LokiGateway: nginx in front of Loki's HTTP API on every Loki node, granting each client its role.
+
+Loki has no authorisation of its own: any certificate its HTTP listener accepts may push, query,
+delete and reach the admin endpoints. So Loki listens on loopback only (``LOKI_LOCAL_PORT``), and
+nginx (Debian's package) takes the public port (``HTTP_PORT``) on the node's addresses and the VIP.
+nginx asks for a certificate of the stack's CA, reads the holder's role from the certificate's
+subject (the OU the stack sets in every certificate it issues) and lets each role reach only its
+paths (``GRANTS``); everything else is 403. The request goes on to Loki over TLS with the node's
+own certificate.
+
+- ``agent``: pushes (``POST /loki/api/v1/push``) and nothing else;
+- ``reader`` (Grafana's data source): the query API, read only;
+- ``metrics`` (Prometheus): ``GET /metrics``;
+- ``operator`` (logcli, curl): everything, the delete API and the admin endpoints included;
+- every certificate of the stack (also ``health``, the VIP's check, and ``server``): ``/ready``.
+
+A path that nginx would read differently from Loki (percent-encoded, ``..``, ``//``) is refused
+with 400 before any role is looked at, so that what is authorised is exactly what Loki serves.
+On a Loki node, only root and nginx's workers reach Loki's loopback listener: the node's firewall
+refuses every other local user (``components.firewall``).
+
+nginx: https://nginx.org/en/docs/http/ngx_http_ssl_module.html#variables
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+
+from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.hostfile import HostFile
+from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
+from components.pki import ORGANIZATION
+from components.scripts import render_script
+
+RESOURCE_TYPE = "lokistack:gateway:LokiGateway"
+UNIT = "nginx.service"
+NGINX_USER = "www-data"
+"""What Debian's nginx.conf runs the workers as (``user www-data;``): the firewall lets it reach Loki."""
+CONFIG_FILE = "/etc/nginx/conf.d/lokistack-gateway.conf"
+"""Debian's nginx.conf includes ``conf.d/*.conf`` inside its ``http`` block."""
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+"""Debian's nginx-common post-install links the default site (port 80) here on a first install,
+unless something is there already: the setup puts a placeholder first."""
+STAGE_DIR = "/etc/lokistack/staged/gateway"
+ACCESS_LOG = "/var/log/nginx/lokistack-gateway.log"
+MAX_BODY = "64m"
+"""Largest request body (a push batch; Alloy sends about 1 MiB)."""
+BODY_BUFFER = "2m"
+"""Request bodies up to this size stay in memory (a push batch), larger ones go to a temporary file."""
+UPSTREAM_TIMEOUT_S = 600
+"""Longest a query or a tail may take through the gateway."""
+PROBE_TIMEOUT_S = 60
+
+ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_OPERATOR = "agent", "reader", "metrics", "operator"
+ROLE_HEALTH, ROLE_SERVER = "health", "server"
+ROLES = (ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_OPERATOR, ROLE_HEALTH, ROLE_SERVER)
+ANONYMOUS = "anonymous"
+"""A client without a certificate, when ``lokiRequireClientCerts`` is false: it may push and read."""
+
+READ_PATHS = (
+    "/loki/api/v1/query", "/loki/api/v1/query_range", "/loki/api/v1/labels", "/loki/api/v1/label",
+    "/loki/api/v1/label/[^/]+/values", "/loki/api/v1/series", "/loki/api/v1/index/stats",
+    "/loki/api/v1/index/volume", "/loki/api/v1/index/volume_range", "/loki/api/v1/patterns",
+    "/loki/api/v1/detected_labels", "/loki/api/v1/detected_fields", "/loki/api/v1/detected_field/[^/]+/values",
+    "/loki/api/v1/drilldown-limits", "/loki/api/v1/format_query", "/loki/api/v1/status/buildinfo",
+    "/loki/api/v1/tail",
+)
+"""Loki 3.7's query API (the routes its querier registers), as regular expressions: what Grafana
+and logcli read with. Not the delete API, not the admin endpoints."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    roles: tuple[str, ...]
+    methods: str
+    """A regular expression of HTTP methods."""
+    paths: tuple[str, ...]
+    """Regular expressions of paths (whole path)."""
+
+
+GRANTS = (
+    Grant((ROLE_AGENT, ANONYMOUS), "POST", ("/loki/api/v1/push",)),
+    Grant((ROLE_READER, ANONYMOUS), "GET|POST", READ_PATHS),
+    Grant((ROLE_METRICS,), "GET", ("/metrics",)),
+    Grant((ROLE_OPERATOR,), "[A-Z]+", ("/.*",)),
+    Grant((*ROLES, ANONYMOUS), "GET|HEAD", ("/ready",)),
+)
+
+
+def _map_entries(grant: Grant) -> list[str]:
+    roles = "|".join(grant.roles)
+    return [f'    "~^({roles}) ({grant.methods}) {path}$" 1;' for path in grant.paths]
+
+
+def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file: str, ca_file: str) -> str:
+    """The nginx config (an ``http``-level file for ``conf.d``)."""
+    verify = "on" if require_client_certs else "optional"
+    anonymous = f'    "NONE|" {ANONYMOUS};\n' if not require_client_certs else ""
+    grants = "\n".join(line for g in GRANTS for line in _map_entries(g))
+    # A subject exactly "CN=<name>,OU=<role>,O=loki-stack" (RFC 2253: the certificate's order
+    # reversed); the name may hold no comma and no escaped character (\x5c is the backslash).
+    subject = f"CN=[^,\\x5c]+,OU=(?<lokistack_ou>[a-z]+),O={ORGANIZATION}"
+    return f"""# loki-stack: the Loki gateway. Loki itself listens on 127.0.0.1:{LOKI_LOCAL_PORT}; this server takes
+# port {HTTP_PORT} on every address of the node (the VIP too) and lets each certificate's role reach
+# only its paths.
+log_format lokistack_gateway '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                             '$request_time role=$lokistack_role subject="$ssl_client_s_dn"';
+
+map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_role {{
+    default "";
+    "~^SUCCESS[|]{subject}$" $lokistack_ou;
+{anonymous}}}
+
+# The path as the client sent it must be the path nginx authorises (and passes on): nothing
+# percent-encoded, no "..", no "//".
+map $request_uri $lokistack_raw_path {{
+    "~^(?<lokistack_path>[^?]*)" $lokistack_path;
+}}
+map "$lokistack_raw_path|$uri" $lokistack_clean_path {{
+    default 0;
+    "~^([^|]*)[|]\\1$" 1;
+}}
+
+map "$lokistack_role $request_method $uri" $lokistack_allowed {{
+    default 0;
+{grants}
+}}
+
+map $http_upgrade $lokistack_connection {{
+    default upgrade;
+    "" "";
+}}
+
+upstream lokistack_loki {{
+    server 127.0.0.1:{LOKI_LOCAL_PORT};
+    keepalive 16;
+}}
+
+server {{
+    listen {HTTP_PORT} ssl;
+    server_name _;
+    access_log {ACCESS_LOG} lokistack_gateway;
+
+    ssl_certificate {cert_file};
+    ssl_certificate_key {key_file};
+    ssl_client_certificate {ca_file};
+    ssl_verify_client {verify};
+    ssl_verify_depth 1;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size {MAX_BODY};
+    client_body_buffer_size {BODY_BUFFER};
+
+    if ($lokistack_clean_path = 0) {{
+        return 400;
+    }}
+    if ($lokistack_allowed = 0) {{
+        return 403;
+    }}
+
+    location / {{
+        proxy_pass https://lokistack_loki;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $lokistack_connection;
+        proxy_buffering off;
+        proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
+        proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
+        proxy_ssl_certificate {cert_file};
+        proxy_ssl_certificate_key {key_file};
+        proxy_ssl_trusted_certificate {ca_file};
+        proxy_ssl_verify on;
+        proxy_ssl_verify_depth 1;
+        proxy_ssl_name localhost;
+        proxy_ssl_session_reuse on;
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayHost:
+    name: str
+    connection: pulumi.Input[command.remote.ConnectionArgsDict]
+    """SSH connection to the ready host, after its TLS files are in place (secret)."""
+    tls_digest: pulumi.Input[str]
+    """Digest of the host's TLS files: nginx reads its certificates when it (re)loads."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiGatewayArgs:
+    hosts: Sequence[GatewayHost]
+    """Every Loki node."""
+    require_client_certs: bool
+    cert_file: str
+    key_file: str
+    ca_file: str
+    """Host paths of the node's server certificate (also its client certificate towards Loki), key, CA."""
+    after_steps: Mapping[str, pulumi.CustomResource]
+    """Host name -> the step its setup waits for (one package step at a time on a host)."""
+
+
+class LokiGateway(pulumi.ComponentResource):
+    """nginx on every Loki node, in front of Loki's HTTP API."""
+
+    setups: dict[str, command.remote.Command]
+    """Host name -> the step that installs nginx there (the host's next package step waits for it)."""
+    applies: dict[str, command.remote.Command]
+    host_files: list[HostFile]
+
+    def __init__(self, name: str, args: LokiGatewayArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RESOURCE_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
+                                   key_file=args.key_file, ca_file=args.ca_file)
+        setup_script = render_script("loki-gateway-setup.sh", {"DEFAULT_SITE": DEFAULT_SITE, "STAGE_DIR": STAGE_DIR},
+                                     libraries=["lib-apt.sh"])
+        apply_script = render_script("loki-gateway-apply.sh", {
+            "STAGED": f"{STAGE_DIR}/gateway.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT, "NGINX_USER": NGINX_USER,
+            "PROBE_URL": f"https://127.0.0.1:{HTTP_PORT}/ready", "CA_FILE": args.ca_file,
+            "CERT_FILE": args.cert_file, "KEY_FILE": args.key_file, "TIMEOUT_S": PROBE_TIMEOUT_S,
+        }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh"])
+        self.setups, self.applies, self.host_files = {}, {}, []
+        for host in args.hosts:
+            connection = host.connection
+            if host.name in args.after_steps:
+                connection = after(connection, args.after_steps[host.name])
+            setup = command.remote.Command(f"{name}-{host.name}-setup", connection=connection,
+                                           create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
+                                           opts=child)
+            self.setups[host.name] = setup
+            staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
+                host=host.name, connection=after(host.connection, setup),
+                files=[HostFile(host=host.name, path=f"{STAGE_DIR}/gateway.conf", content=conf, mode="0600")]),
+                opts=child)
+            self.applies[host.name] = command.remote.Command(
+                f"{name}-{host.name}-apply", connection=after(host.connection, staged.command),
+                create="sudo bash -s", stdin=apply_script,
+                # nginx reads the certificates when it loads: a renewal reloads it (no connection drops).
+                triggers=[hashlib.sha256(conf.encode()).hexdigest(), apply_script, host.tls_digest], opts=child)
+            self.host_files += staged.host_files
+        self.register_outputs({})

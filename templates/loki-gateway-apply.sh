@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Applies a Loki node's staged gateway config (runs as root, on stdin; loki-stack sets the
+# parameters above this script). `nginx -t` checks the staged file first, alone in a main config
+# of its own (certificates and keys included): if nginx rejects it, nothing changes. Then it is
+# put in place and nginx reloads: the step also runs when the host's TLS files changed, and nginx
+# reads certificates only when it (re)loads. A reload keeps every open connection. The step ends
+# once the gateway answers on its port with the node's certificate.
+set -euo pipefail
+: "${STAGED:?}" "${TARGET:?}" "${UNIT:?}" "${NGINX_USER:?}" "${PROBE_URL:?}" "${CA_FILE:?}" "${CERT_FILE:?}"
+: "${KEY_FILE:?}" "${TIMEOUT_S:?}"
+
+host=$(hostname -f 2>/dev/null || hostname)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat >"${work}/nginx.conf" <<CONF
+user ${NGINX_USER};
+pid ${work}/nginx.pid;
+error_log stderr;
+events {}
+http {
+    include ${STAGED};
+}
+CONF
+if ! nginx -q -t -c "${work}/nginx.conf"; then
+  echo "nginx -t rejected the new gateway config on ${host}; nothing changed" >&2
+  exit 1
+fi
+
+changed=0
+place "$STAGED" "$TARGET" 0644 root root
+if ! nginx -q -t; then
+  echo "nginx -t rejected the whole config on ${host} with the gateway in place" >&2
+  exit 1
+fi
+systemctl enable --quiet "$UNIT"
+if systemctl is-active --quiet "$UNIT"; then
+  systemctl reload "$UNIT"
+else
+  systemctl restart "$UNIT"
+fi
+
+# 200 once Loki is ready, 502-504 before (Loki's own apply waits for it); 400 or 403 would mean
+# the gateway refuses the node's own certificate.
+wait_https_status "$PROBE_URL" "$TIMEOUT_S" "$UNIT" "200 502 503 504" "400 403" \
+  --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE"
+echo "gateway on ${host} in place (files changed: ${changed})"

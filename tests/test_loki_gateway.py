@@ -1,0 +1,262 @@
+"""The Loki gateway: the real nginx with the rendered config, every role against every kind of path.
+
+A Loki node of the example stack (moved into 198.18.0.0/24) runs Debian's nginx with its rendered
+gateway config and TLS files, and its rendered firewall; behind it, on Loki's loopback port, a
+stand-in that requires the node's certificate, like Loki, and answers every request with what it
+received. A client host sends each request with each certificate the stack hands out. So these
+tests show exactly which requests get through, and unchanged; ``tests/test_loki_live.py`` shows
+the same gateway in front of the real Loki.
+
+A second node renders the stack with ``lokiRequireClientCerts: false``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from components import firewall
+from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
+from components.loki_gateway import (
+    ANONYMOUS,
+    GRANTS,
+    READ_PATHS,
+    ROLE_AGENT,
+    ROLE_HEALTH,
+    ROLE_METRICS,
+    ROLE_OPERATOR,
+    ROLE_READER,
+    ROLE_SERVER,
+    ROLES,
+    render_gateway_conf,
+)
+from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+from tests.conftest import require_root, require_tool
+from tests.lab_stack import LabPlan, gateway_command, lab_plan
+from tests.netns import PrivateNetwork, private_network
+
+STRICT, OPEN, CLIENT = "loki-01", "loki-02", "client"
+ADDRESSES = {STRICT: "198.18.0.11", OPEN: "198.18.0.12", CLIENT: "198.18.0.50"}
+
+UPSTREAM = r"""
+import http.server, json, ssl, sys
+tls = sys.argv[1]
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        subject = dict(item[0] for item in self.connection.getpeercert()["subject"])
+        out = json.dumps({"method": self.command, "path": self.path, "client": subject["commonName"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(tls + "/server.pem", tls + "/server.key")
+context.load_verify_locations(tls + "/ca.pem")
+context.verify_mode = ssl.CERT_REQUIRED
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Echo)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+"""Loki's loopback listener, stood in: TLS with the node's certificate, a client certificate of the
+stack's CA required; answers with the method, the path (as received) and the client's name."""
+
+PUSH = ("POST", "/loki/api/v1/push")
+READS = [("GET", "/loki/api/v1/query_range?query=%7Bjob%3D%22x%22%7D&limit=5"), ("POST", "/loki/api/v1/query"),
+         ("GET", "/loki/api/v1/labels"), ("GET", "/loki/api/v1/label/job/values"),
+         ("GET", "/loki/api/v1/series?match%5B%5D=%7Bjob%3D%22x%22%7D"), ("GET", "/loki/api/v1/index/volume"),
+         ("GET", "/loki/api/v1/detected_field/level/values"), ("GET", "/loki/api/v1/status/buildinfo"),
+         ("GET", "/loki/api/v1/tail")]
+READY, METRICS = ("GET", "/ready"), ("GET", "/metrics")
+ADMIN = [("POST", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D&start=1"), ("GET", "/loki/api/v1/delete"),
+         ("DELETE", "/loki/api/v1/delete?request_id=1"), ("GET", "/config"), ("GET", "/services"),
+         ("POST", "/flush"), ("GET", "/ring"), ("POST", "/ingester/shutdown"), ("GET", "/loki/api/v1/push"),
+         ("PUT", "/loki/api/v1/push"), ("GET", "/compactor/ring")]
+EVERY = [PUSH, *READS, READY, METRICS, *ADMIN]
+ALLOWED = {
+    ROLE_AGENT: {PUSH, READY},
+    ROLE_READER: {*READS, READY},
+    ROLE_METRICS: {METRICS, READY},
+    ROLE_OPERATOR: set(EVERY),
+    ROLE_HEALTH: {READY},
+    ROLE_SERVER: {READY},
+}
+"""What each role may do: the issue's least privilege, written out by hand (not from GRANTS)."""
+
+
+@dataclass
+class Gateways:
+    plans: dict[str, LabPlan]
+    run: Path
+    network: PrivateNetwork
+
+    def request(self, node: str, role: str | None, method: str, path: str) -> tuple[int, str]:
+        argv = ["curl", "-sS", "--path-as-is", "-m", "20", "-o", "-", "-w", "\n%{http_code}",
+                "--cacert", str(self.run / CLIENT / node / "ca.pem"), "-X", method]
+        if role is not None:
+            argv += ["--cert", str(self.run / CLIENT / node / f"{role}.pem"),
+                     "--key", str(self.run / CLIENT / node / f"{role}.key")]
+        if method in ("POST", "PUT"):
+            argv += ["--data-binary", "{}", "-H", "Content-Type: application/json"]
+        proc = self.network.run(CLIENT, [*argv, f"https://{ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60)
+        body, _, status = proc.stdout.rpartition("\n")
+        return int(status or 0), body if proc.returncode == 0 else proc.stderr
+
+
+def foreign_identity() -> tuple[str, str]:
+    """A client certificate with a stack-like subject (OU operator) from a CA that is not the stack's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "loki-stack"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_OPERATOR),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "operator")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return (cert.public_bytes(ser.Encoding.PEM).decode(),
+            key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode())
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    require_root()
+    for tool in ("ip", "curl", "nginx", "nft", "setpriv"):
+        require_tool(tool)
+    plans = {STRICT: lab_plan(), OPEN: lab_plan(lokiRequireClientCerts=False)}
+    run = tmp_path_factory.mktemp("gateway")
+    with private_network("gw", run) as network:
+        for host, address in ADDRESSES.items():
+            network.add_host(host, address)
+        for node, plan in plans.items():
+            files = plan.files[node]
+            command = gateway_command(run / node, files)
+            rules = run / node / "firewall.nft"
+            rules.write_text(files[firewall.RULES_FILE])
+            loaded = network.run(node, ["nft", "-f", str(rules)])
+            assert loaded.returncode == 0, f"{node}: nft -f rejected the rendered rules: {loaded.stderr}"
+            network.start(f"loki-{node}", node, [sys.executable, "-c", UPSTREAM, str(run / node / "tls"),
+                                                 str(LOKI_LOCAL_PORT)])
+            network.start(f"gateway-{node}", node, command)
+            client = run / CLIENT / node
+            client.mkdir(parents=True)
+            (client / "ca.pem").write_text(plan.outputs["caCertificate"])
+            for role, (cert, key) in [*plan.identities.items(), ("foreign", foreign_identity())]:
+                (client / f"{role}.pem").write_text(cert)
+                (client / f"{role}.key").write_text(key)
+        gw = Gateways(plans=plans, run=run, network=network)
+        for node in plans:  # both up: the operator reaches the stand-in through the gateway
+            for _ in range(100):
+                if gw.request(node, ROLE_OPERATOR, *READY)[0] == 200:
+                    break
+                network.run(node, ["sleep", "0.2"])
+            else:
+                logs = (run / node / "error.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{node}: the gateway never answered /ready for the operator\n{logs}")
+        yield gw
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
+    wrong = []
+    for method, path in EVERY:
+        status, body = gateways.request(STRICT, role, method, path)
+        if (method, path) in ALLOWED[role]:
+            seen = json.loads(body) if status == 200 else {}
+            if (status, seen.get("method"), seen.get("path")) != (200, method, path):
+                wrong.append(f"{method} {path}: {status} {body[:200]} (should pass unchanged)")
+            elif seen.get("client") != "loki-01.home.arpa":
+                wrong.append(f"{method} {path}: Loki saw client {seen.get('client')}, not the node's own certificate")
+        elif status != 403:
+            wrong.append(f"{method} {path}: {status} {body[:200]} (should be 403)")
+    assert not wrong, f"role {role} on the gateway of {STRICT}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize(("role", "path"), [
+    (ROLE_AGENT, "/loki/api/v1/push/../delete"),
+    (ROLE_AGENT, "/loki/api/v1/%70ush"),
+    (ROLE_AGENT, "/loki/api/v1//push"),
+    (ROLE_AGENT, "/loki/api/v1/push/."),
+    (ROLE_READER, "/loki/api/v1/query/../../../config"),
+    (ROLE_READER, "/loki/api/v1/label/%2e%2e/%2e%2e/delete"),
+])
+def test_a_path_that_nginx_and_loki_could_read_differently_is_refused(gateways, role, path):
+    method = "POST" if role == ROLE_AGENT else "GET"
+    status, body = gateways.request(STRICT, role, method, path)
+    assert status == 400, f"{role} {method} {path}: {status} {body[:200]} (must be refused before any role check)"
+
+
+def test_no_certificate_or_a_foreign_one_reaches_nothing(gateways):
+    for role in (None, "foreign"):
+        for method, path in [PUSH, READY, *READS[:2], ADMIN[0]]:
+            status, body = gateways.request(STRICT, role, method, path)
+            assert status != 200 and '"client"' not in body, (
+                f"{role or 'no certificate'}: {method} {path} got through ({status} {body[:200]})")
+
+
+def test_without_required_client_certificates_anonymous_clients_push_and_read_only(gateways):
+    for method, path in EVERY:
+        status, body = gateways.request(OPEN, None, method, path)
+        allowed = (method, path) in {PUSH, *READS, READY}
+        assert status == (200 if allowed else 403), f"no certificate: {method} {path} -> {status} {body[:200]}"
+    status, _ = gateways.request(OPEN, ROLE_AGENT, *ADMIN[0])
+    assert status == 403, "a certificate keeps its role when certificates are optional"
+    status, _ = gateways.request(OPEN, "foreign", *READY)
+    assert status == 400, "a certificate of another CA is refused also when certificates are optional"
+
+
+def test_only_root_and_the_gateway_reach_lokis_loopback_listener(gateways):
+    """The node's firewall: another local user holding a certificate cannot go around the gateway."""
+    with tempfile.TemporaryDirectory(prefix="gw-certs-") as shared:
+        tls = Path(shared)
+        tls.chmod(0o755)
+        for name in ("server.pem", "server.key", "ca.pem"):  # the certificate, readable by anyone here
+            shutil.copy(gateways.run / STRICT / "tls" / name, tls / name)
+            (tls / name).chmod(0o644)
+
+        def curl(port: int, path: str, *user: str) -> tuple[str, int]:
+            as_user = ["setpriv", f"--reuid={user[0]}", "--regid=nogroup", "--clear-groups"] if user else []
+            proc = gateways.network.run(STRICT, [
+                *as_user, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                str(tls / "ca.pem"), "--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"),
+                f"https://localhost:{port}{path}"], timeout=30)
+            return proc.stdout, proc.returncode
+
+        assert curl(LOKI_LOCAL_PORT, "/config")[0] == "200", "root must reach Loki on loopback (the apply's checks)"
+        for user in ("nobody", "_apt"):
+            assert curl(HTTP_PORT, "/ready", user)[0] == "200", f"{user} must reach the gateway with the certificate"
+            status, code = curl(LOKI_LOCAL_PORT, "/config", user)
+            assert (status, code != 0) == ("000", True), (
+                f"{user} reached Loki's loopback listener ({status}): the firewall must refuse it")
+
+
+def test_grants_name_only_known_roles_and_the_reader_paths_are_loki_query_routes():
+    for grant in GRANTS:
+        assert set(grant.roles) <= {*ROLES, ANONYMOUS}, f"grant {grant} names an unknown role"
+    assert not any("delete" in p or "push" in p for p in READ_PATHS), "the read paths must not write"
+
+
+def test_certificates_are_required_unless_the_setting_says_otherwise():
+    files = {"cert_file": SERVER_CERT_FILE, "key_file": SERVER_KEY_FILE, "ca_file": CA_FILE}
+    strict = render_gateway_conf(require_client_certs=True, **files)
+    loose = render_gateway_conf(require_client_certs=False, **files)
+    assert "ssl_verify_client on;" in strict and ANONYMOUS not in strict.split("map $request_uri")[0], strict
+    assert "ssl_verify_client optional;" in loose and f'"NONE|" {ANONYMOUS};' in loose, loose
