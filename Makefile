@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan test lint bench clean
+.PHONY: plan test lint bench rehearse clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $@
 
 plan: $(STAMP)  ## offline plan of the example stack: resource tree, build/plan/<host>/..., manifest
-	$(PY) -m stack plan --stack homelab --out build/plan
+	$(PY) -m offline plan --stack homelab --out build/plan
 
 test: $(STAMP)  ## the whole test suite (REQUIRE_REAL_TOOLS=1 turns a missing tool into a failure)
 	$(PY) -m pytest
@@ -20,6 +20,9 @@ test: $(STAMP)  ## the whole test suite (REQUIRE_REAL_TOOLS=1 turns a missing to
 lint: $(STAMP)  ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+rehearse: $(STAMP)  ## the stack onto booted Debian 12 systems on this machine (root; ARGS=--keep to inspect)
+	$(PY) -m offline.rehearsal $(ARGS)
 
 bench: $(STAMP)  ## plan time for the example stack and 3/10/30 Loki nodes, next to the import floor
 	$(PY) bench/plan_benchmark.py

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/plan_benchmark.py [--runs 3]
 
-Every case runs `python -m stack plan` in a fresh interpreter (best of --runs), so each number
+Every case runs `python -m offline plan` in a fresh interpreter (best of --runs), so each number
 includes interpreter start and imports, like the import floor it is compared with. Prints a table
 (the README's) and the two goals of issue 8. Not a test: the numbers depend on the machine.
 """
@@ -44,7 +44,7 @@ def stack_file(directory: Path, nodes: int) -> Path:
 
 
 def plan(runs: int, path: Path, out: Path) -> tuple[float, int]:
-    command = [sys.executable, "-m", "stack", "plan", "--stack-file", str(path), "--out", str(out)]
+    command = [sys.executable, "-m", "offline", "plan", "--stack-file", str(path), "--out", str(out)]
     seconds = best_of(runs, command)
     resources = len(json.loads((out / "manifest.json").read_text())["resources"])
     return seconds, resources

@@ -1,21 +1,6 @@
-"""``python -m stack plan ...``: see stack/plan.py."""
+"""``python -m stack ...``, the command the design names, is ``python -m offline ...``: running the
+program without Pulumi lives in ``offline/``, apart from the program's wiring here."""
 
-import sys
+import runpy
 
-from stack import plan
-from stack.schema import load_schema, markdown_table
-
-
-def keys(argv: list[str]) -> int:
-    """Print the table of every setting (the README's), from Pulumi.yaml."""
-    print(markdown_table(load_schema()), end="")
-    return 0
-
-
-COMMANDS = {"plan": plan.main, "keys": keys}
-
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: python -m stack {{{','.join(COMMANDS)}}} [options]  (--help for each)", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(COMMANDS[sys.argv[1]](sys.argv[2:]))
+runpy.run_module("offline", run_name="__main__", alter_sys=True)

@@ -1,4 +1,4 @@
-"""Every test runs against a fresh fake engine (stack/engine.py) loaded with the example stack."""
+"""Every test runs against a fresh fake engine (offline/engine.py) loaded with the example stack."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any, NoReturn
 import pulumi
 import pytest
 
-from stack import engine
-from stack.plan import read_stack_config, run_program
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from stack.schema import load_schema
 from tests.real_loki import LokiTools, MissingBinaryError, find_tools
 

@@ -19,21 +19,18 @@ from components import loki_gateway
 from components.proxmox_vm import USER_DATA_PATH
 from components.vip import CHECK_DIR, SCRIPT_USER
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
+from offline.plan import read_stack_config, run_program
+from offline.rehearsal.settings import (
+    CLIENT_ADDRESS,
+    LOKI_ADDRESSES,
+    OBJECT_STORE_ADDRESS,
+    TEST_RANGE,
+    VIP,
+)
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TLS_DIR
-from stack.plan import read_stack_config, run_program
 from tests.netns import INTERFACE, PrivateNetwork
 
-LOKI_ADDRESSES = {"loki-01": "198.18.0.11", "loki-02": "198.18.0.12", "loki-03": "198.18.0.13"}
-VIP = "198.18.0.100"
-OBJECT_STORE_ADDRESS = "198.18.0.30"
-CLIENT_ADDRESS = "198.18.0.50"
-"""A host outside the stack (the operator's machine)."""
-TEST_RANGE: dict[str, Any] = {
-    "networkCidr": "198.18.0.0/24", "networkGateway": "198.18.0.1", "dnsServers": ["198.18.0.1"],
-    "lokiAddresses": list(LOKI_ADDRESSES.values()), "vipAddress": VIP, "objectStoreAddress": OBJECT_STORE_ADDRESS,
-    "grafanaAddress": "198.18.0.40",
-}
-"""The example stack's settings moved into the test range."""
+__all__ = ["CLIENT_ADDRESS", "LOKI_ADDRESSES", "OBJECT_STORE_ADDRESS", "TEST_RANGE", "VIP"]
 
 
 @dataclass(frozen=True)

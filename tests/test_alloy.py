@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 from components.alloy import CREDENTIALS_DIR, STAGE_DIR, render_dropin
-from stack import engine
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from stack.certificates import AGENT_CERT_FILE, CA_FILE, SERVER_KEY_FILE
-from stack.plan import read_stack_config, run_program
 from tests.conftest import files_of, require_tool
 from tests.systemd_checks import verify_dropin
 from tests.x509_checks import client_verification_error, load

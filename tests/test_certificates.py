@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stack import engine
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
@@ -17,7 +18,6 @@ from stack.certificates import (
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
 )
-from stack.plan import read_stack_config, run_program
 from tests.x509_checks import client_verification_error, extended_usages, server_verification_error
 
 LOKI = ["loki-01", "loki-02", "loki-03"]

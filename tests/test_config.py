@@ -10,8 +10,8 @@ from typing import Any
 import pulumi
 import pytest
 
+from offline.plan import read_stack_config
 from stack.config import SettingsError, duration_seconds, load_settings
-from stack.plan import read_stack_config
 
 
 def test_example_stack_loads_with_three_replicated_loki_nodes(use_config):

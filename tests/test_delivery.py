@@ -13,7 +13,7 @@ import pytest
 
 from components.delivery import FileDelivery, FileDeliveryArgs, delivery_digest, render_install_script
 from components.hostfile import HostFile
-from stack import engine
+from offline import engine
 from tests.conftest import require_root, require_tool
 
 CONNECTION: command.remote.ConnectionArgsDict = {"host": "192.168.50.21", "user": "ops", "private_key": "not-a-key"}

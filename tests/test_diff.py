@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from stack.diff import Diff, diff_manifests
-from stack.plan import build_manifest, read_stack_config, run_program
+from offline.diff import Diff, diff_manifests
+from offline.plan import build_manifest, read_stack_config, run_program
 from stack.schema import PROJECT_DIR
 
 LOKI = ["loki-01", "loki-02", "loki-03"]

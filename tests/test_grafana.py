@@ -9,7 +9,7 @@ from typing import Any
 
 from components.dashboards import PROMETHEUS
 from components.grafana import CONFIG_FILE, LOKI_DATASOURCE_UID, TLS_DIR
-from stack import engine
+from offline import engine
 from tests.conftest import files_of, shellcheck_commands
 from tests.x509_checks import client_verification_error, server_verification_error
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import itertools
 from functools import cache
 
-from stack import engine
-from stack.plan import read_stack_config, run_program
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from tests.conftest import EXAMPLE_STACK
 
 CMD = "command:remote:Command"

@@ -22,7 +22,7 @@ from components.loki_config import (
     LokiNodeSpec,
     loki_config,
 )
-from stack import engine
+from offline import engine
 from tests.conftest import require_tool, shellcheck_commands
 from tests.systemd_checks import verify_dropin
 

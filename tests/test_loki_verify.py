@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from components.loki import CONFIG_FILE, STAGE_DIR
-from stack.plan import read_stack_config, run_program
+from offline.plan import read_stack_config, run_program
 from tests.conftest import EXAMPLE_STACK, SCHEMA
 from tests.loki_lab import env_values, parse_dropin
 from tests.real_loki import LOKI_VERSION, LokiTools

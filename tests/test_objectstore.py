@@ -16,8 +16,8 @@ from components.objectstore import (
     loki_policy,
     render_unit,
 )
-from stack import engine
-from stack.plan import read_stack_config, run_program
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from tests.conftest import files_of, require_tool, shellcheck_commands
 from tests.x509_checks import server_verification_error
 

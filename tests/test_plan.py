@@ -1,4 +1,4 @@
-"""`python -m stack plan`, run end to end as a user runs it."""
+"""`python -m offline plan`, run end to end as a user runs it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from components.proxmox_vm import USER_DATA_PATH
+from offline.plan import read_stack_config, redact, run_program, secret_fragments, write_plan
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
-from stack.plan import read_stack_config, redact, run_program, secret_fragments, write_plan
 from stack.schema import PROJECT_DIR
 from tests.x509_checks import server_verification_error
 
@@ -19,7 +19,7 @@ HOSTS = ["grafana", "loki-01", "loki-02", "loki-03", "s3"]
 
 
 def plan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stack", "plan", *args], cwd=PROJECT_DIR, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "offline", "plan", *args], cwd=PROJECT_DIR, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

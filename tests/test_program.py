@@ -10,8 +10,8 @@ import pulumi
 import pytest
 from pulumi.runtime.settings import SETTINGS, get_root_resource
 
-from stack import engine
-from stack.plan import read_stack_config, run_program
+from offline import engine
+from offline.plan import read_stack_config, run_program
 from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"

@@ -34,7 +34,7 @@ def test_every_declared_key_is_read_by_the_settings():
 def test_readme_documents_every_key_with_its_default():
     readme = (PROJECT_DIR / "README.md").read_text()
     table = markdown_table(SCHEMA)
-    assert table in readme, "README's settings table differs from Pulumi.yaml: paste `python -m stack keys`"
+    assert table in readme, "README's settings table differs from Pulumi.yaml: paste `python -m offline keys`"
     for name, spec in SCHEMA.keys.items():
         assert f"| `{name}` | {spec.type_name()} |" in table
 

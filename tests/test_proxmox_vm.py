@@ -22,7 +22,7 @@ from components.proxmox_vm import (
     ProxmoxVm,
     ProxmoxVmArgs,
 )
-from stack import engine
+from offline import engine
 
 HOSTS = [
     HostEntry(address="192.168.50.21", fqdn="loki-01.home.arpa", name="loki-01"),

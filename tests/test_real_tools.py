@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from components.proxmox_vm import USER_DATA_PATH
-from stack.plan import main as plan_main
+from offline.plan import main as plan_main
 from stack.schema import PROJECT_DIR
 from tests.conftest import require_tool
 

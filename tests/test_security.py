@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stack import engine
-from stack.plan import read_stack_config, run_program, secret_fragments, write_plan
+from offline import engine
+from offline.plan import read_stack_config, run_program, secret_fragments, write_plan
 
 SECRET_LABELS = ("privateKey", ".result", "secretKey", "config loki-stack:proxmoxApiToken")
 KEY_OWNERS = {  # where a private key may live, and who must own it

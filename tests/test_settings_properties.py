@@ -25,7 +25,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stack.plan import main as plan_main
+from offline.plan import main as plan_main
 from stack.schema import PROJECT_DIR
 from tests.conftest import SCHEMA
 

@@ -18,7 +18,7 @@ from components.vip import (
     priorities,
     render_keepalived_conf,
 )
-from stack import engine
+from offline import engine
 from tests.conftest import files_of, require_root, require_tool, shellcheck_commands
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}

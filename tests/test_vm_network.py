@@ -1,7 +1,7 @@
 """The NIC name inside the VMs: what Proxmox's network config says, and everything that names it.
 
 Proxmox writes each VM's NoCloud network config itself (the VMs get their address from
-``ipconfig0``); ``tests/proxmox_network.py`` renders it as Proxmox does, and cloud-init's own
+``ipconfig0``); ``offline/proxmox_cloudinit.py`` renders it as Proxmox does, and cloud-init's own
 parser (Debian's cloud-init, the version the VMs run) reads it back. Every file the stack gives a
 VM that names the NIC must name that one.
 """
@@ -16,8 +16,8 @@ import pytest
 
 from components.proxmox_vm import GUEST_INTERFACE
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
+from offline.proxmox_cloudinit import nocloud_network
 from tests.conftest import files_of, require_tool
-from tests.proxmox_network import nocloud_network
 
 VM = "proxmoxve:index/vmLegacy:VmLegacy"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system interpreter

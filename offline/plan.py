@@ -1,6 +1,6 @@
 """The offline plan: run the real program against the local fake engine, without the Pulumi CLI.
 
-``python -m stack plan [--stack homelab] [--out build/plan] [--show-secrets] [--preview]``
+``python -m offline plan [--stack homelab] [--out build/plan] [--show-secrets] [--preview]``
 
 It reads ``Pulumi.<stack>.yaml`` as the CLI would, prints the resource tree, writes every file
 each host will receive under ``<out>/<host>/<absolute path>``, and writes ``<out>/manifest.json``
@@ -25,9 +25,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from stack import engine
+from offline import engine
+from offline.diff import diff_manifests, render
 from stack.config import Problem, SettingsError, load_settings
-from stack.diff import diff_manifests, render
 from stack.program import Deployment, build
 from stack.schema import PROJECT_DIR, ProjectSchema, load_schema
 
@@ -275,7 +275,7 @@ def write_plan(result: engine.RunResult, out_dir: Path, *, stack: str, show_secr
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack plan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m offline plan", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="homelab", help="stack name: reads Pulumi.<stack>.yaml (default homelab)")
     parser.add_argument("--stack-file", type=Path, help="read this file instead of Pulumi.<stack>.yaml")
     parser.add_argument("--out", default="build/plan", type=Path, help="output directory (default build/plan)")

@@ -1,0 +1,9 @@
+"""The rehearsal: the whole stack deployed onto booted Debian 12 systems on this one machine, the
+way ``pulumi up`` would deploy it (``make rehearse``, ``python -m offline.rehearsal``).
+
+- ``template.py``: the Debian 12 system every machine boots (debootstrap, cached);
+- ``network.py``: the private network (198.18.0.0/24) and the narrow path to the Debian mirrors;
+- ``machines.py``: one systemd-nspawn container per VM of the program, with its cloud-init seed;
+- ``steps.py``: the program's commands run over SSH as pulumi-command runs them;
+- ``run.py``: all of it together, with the checks and the figures.
+"""

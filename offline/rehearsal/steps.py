@@ -1,0 +1,200 @@
+"""The program's steps, run the way pulumi-command runs them: over SSH to each step's host, as its
+user, with its private key and the host key pinned, ``create`` with ``stdin``; in the order the
+program's dependencies give, independent steps at the same time. A failed step stops every step
+that depends on it. Steps that need what this machine cannot reach are reported as not
+rehearsed, with the reason, and their dependents skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from offline.engine import Registration
+
+REMOTE = "command:remote:Command"
+LOCAL = "command:local:Command"
+DIAL_DELAY_S = 2.0
+DIAL_FAILURES = ("Connection refused", "Connection timed out", "No route to host", "Connection reset",
+                 "kex_exchange_identification", "Connection closed by")
+UNREACHABLE_TYPES = {"minio:": "the object store's API resources (MinIO provider)",
+                     "grafana:": "Grafana's API resources (Grafana provider)"}
+
+
+@dataclass
+class Step:
+    registration: Registration
+    needs: set[str]
+    """URNs of the steps this one waits for."""
+    not_rehearsed: str = ""
+    """Why this machine cannot run it (empty: it can)."""
+    status: str = "waiting"
+    """waiting, ok, failed, not rehearsed, skipped."""
+    exit_code: int | None = None
+    output: str = ""
+    seconds: float = 0.0
+    started: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.registration.name
+
+    @property
+    def host(self) -> str:
+        if self.registration.type == REMOTE:
+            return str(self.registration.plain_inputs["connection"]["host"])
+        return "(local)" if self.registration.type == LOCAL else "(API)"
+
+
+def step_graph(registrations: list[Registration],
+               not_rehearsed: Callable[[Registration], str]) -> dict[str, Step]:
+    """Every command of the program with the commands it waits for. Depending on a component means
+    depending on all its children; depending on another resource, on whatever that resource waits for.
+    A resource this machine cannot make (``UNREACHABLE_TYPES``) is a step of its own, not rehearsed."""
+    by_urn = {r.urn: r for r in registrations}
+    children: dict[str, list[str]] = {}
+    for r in registrations:
+        children.setdefault(r.parent, []).append(r.urn)
+
+    def is_step(r: Registration) -> bool:
+        return r.type in (REMOTE, LOCAL) or (r.custom and any(r.type.startswith(p) for p in UNREACHABLE_TYPES))
+
+    memo: dict[str, frozenset[str]] = {}
+
+    def expand(urn: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        if urn in memo:
+            return memo[urn]
+        r = by_urn.get(urn)
+        if r is None or urn in seen:
+            return frozenset()
+        if is_step(r):
+            found = frozenset({urn})
+        elif not r.custom:
+            found = frozenset().union(*(expand(c, seen | {urn}) for c in children.get(urn, [])))
+        else:
+            found = frozenset().union(*(expand(d, seen | {urn}) for d in r.dependencies))
+        memo[urn] = found
+        return found
+
+    steps = {}
+    for r in registrations:
+        if not is_step(r):
+            continue
+        reason = next((why for prefix, why in UNREACHABLE_TYPES.items() if r.type.startswith(prefix)), "")
+        needs = set().union(*(expand(d) for d in r.dependencies)) - {r.urn}
+        steps[r.urn] = Step(registration=r, needs=needs, not_rehearsed=reason or not_rehearsed(r))
+    return steps
+
+
+@dataclass
+class StepRunner:
+    runner_netns: str
+    work: Path
+    max_parallel: int = 8
+    timeout_s: float = 1800
+    log: Callable[[str], None] = print
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _ssh(self, step: Step) -> list[str]:
+        connection = step.registration.plain_inputs["connection"]
+        keys = self.work / "ssh"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        key = keys / f"{step.name}.key"
+        key.write_text(connection["privateKey"].strip() + "\n")
+        key.chmod(0o600)
+        known = keys / f"{step.name}.known_hosts"
+        known.write_text(f"{connection['host']} {connection['hostKey'].strip()}\n")
+        return ["ip", "netns", "exec", self.runner_netns, "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"{connection['user']}@{connection['host']}",
+                step.registration.plain_inputs["create"]]
+
+    def run_one(self, step: Step) -> None:
+        inputs = step.registration.plain_inputs
+        stdin = inputs.get("stdin") or ""
+        attempts = int(inputs["connection"].get("dialErrorLimit") or 10) if step.registration.type == REMOTE else 1
+        step.started = time.monotonic()
+        for attempt in range(attempts):
+            argv = self._ssh(step) if step.registration.type == REMOTE else ["bash", "-c", inputs["create"]]
+            # A local step runs in the rehearsal's directory, not in the project (where Pulumi runs it).
+            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=self.timeout_s,
+                                  check=False, cwd=self.work)
+            dial_failed = proc.returncode == 255 and any(s in proc.stderr for s in DIAL_FAILURES)
+            if not dial_failed or attempt == attempts - 1:
+                break
+            time.sleep(DIAL_DELAY_S)
+        step.seconds = time.monotonic() - step.started
+        step.exit_code = proc.returncode
+        step.output = proc.stdout + proc.stderr
+        step.status = "ok" if proc.returncode == 0 else "failed"
+
+    def run(self, steps: dict[str, Step]) -> float:
+        """Run every step; returns the wall time."""
+        start = time.monotonic()
+        running: dict[Future[None], Step] = {}
+        with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
+            while True:
+                self._settle(steps)
+                for step in steps.values():
+                    if step.status == "waiting" and not any(f for f, s in running.items() if s is step) and all(
+                            steps[n].status == "ok" for n in step.needs if n in steps):
+                        self.log(f"start  {step.name} on {step.host}")
+                        step.status = "running"
+                        running[pool.submit(self.run_one, step)] = step
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    step = running.pop(future)
+                    future.result()
+                    self.log(f"{step.status:6} {step.name} on {step.host} ({step.seconds:.1f} s)")
+        return time.monotonic() - start
+
+    @staticmethod
+    def _settle(steps: dict[str, Step]) -> None:
+        """Marks what cannot run: not rehearsable steps, and the dependents of failed or skipped ones."""
+        changed = True
+        while changed:
+            changed = False
+            for step in steps.values():
+                if step.status != "waiting":
+                    continue
+                if step.not_rehearsed:
+                    step.status, changed = "not rehearsed", True
+                    continue
+                blocked = [steps[n] for n in step.needs if n in steps
+                           and steps[n].status in ("failed", "not rehearsed", "skipped")]
+                if blocked:
+                    step.status, changed = "skipped", True
+                    step.output = f"waits for {blocked[0].name} ({blocked[0].status})"
+
+
+def longest_chain(steps: dict[str, Step]) -> tuple[float, list[str]]:
+    """The chain of dependent steps that took longest, and its length in seconds."""
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def chain(urn: str) -> tuple[float, list[str]]:
+        if urn not in best:
+            step = steps[urn]
+            before = max((chain(n) for n in step.needs if n in steps and steps[n].status == "ok"),
+                         default=(0.0, []), key=lambda c: c[0])
+            best[urn] = (before[0] + step.seconds, [*before[1], step.name])
+        return best[urn]
+
+    ran = [u for u, s in steps.items() if s.status == "ok"]
+    return max((chain(u) for u in ran), default=(0.0, []), key=lambda c: c[0])
+
+
+def needs_grafana_repository(registration: Registration) -> str:
+    stdin = registration.plain_inputs.get("stdin") or ""
+    if re.search(r"^\s*grafana_repository ", stdin, re.MULTILINE):
+        return "needs Grafana's package repository, which this machine cannot reach"
+    if re.search(r"^PACKAGE_URL=", stdin, re.MULTILINE):
+        return "downloads the object store's server from its publisher, which this machine cannot reach"
+    return ""

@@ -1,0 +1,75 @@
+"""The Debian 12 system every rehearsal machine boots: built once with debootstrap, cached outside
+the repository, and used read-only (each machine is an overlay on it).
+
+What a Proxmox VM from Debian's cloud image has that matters to the stack: systemd, cloud-init,
+OpenSSH, sudo, curl, gnupg, CA certificates, ifupdown. What differs, on purpose and only here, is
+``DIFFERENCES`` (printed with every rehearsal, and in the README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from offline.rehearsal.network import PROXY_PORT, apt_mirror_hosts
+
+CACHE = Path("/var/cache/lokistack-rehearsal")
+SUITE = "bookworm"
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "curl", "ca-certificates", "openssh-server",
+            "sudo", "gnupg", "cloud-init", "python3-cffi-backend")
+"""As Debian's cloud images (ifupdown renders cloud-init's network config); ``python3-cffi-backend``
+by name: debootstrap does not resolve the virtual package cloud-init's ``python3-cryptography`` needs."""
+DIFFERENCES = (
+    "the NoCloud seed is a directory in the machine (/var/lib/cloud/seed/nocloud), not a cloud-init drive",
+    "qemu-guest-agent is a stand-in unit: a container has no virtio port for the real agent",
+    "the data disk is a loop device bound in at its by-id path; it is not mounted again after a reboot",
+    "DNS goes to 127.0.0.1 (nothing answers): the stack's /etc/hosts names every host",
+    "apt reaches only the Debian mirrors, through the rehearsal's proxy on the stack's gateway address",
+)
+GUEST_AGENT_STANDIN = """# loki-stack rehearsal: stand-in for qemu-guest-agent (no virtio port in a container).
+[Unit]
+Description=QEMU guest agent (rehearsal stand-in)
+
+[Service]
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def template_key(gateway: str) -> str:
+    return hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)} {gateway} 2".encode()).hexdigest()[:12]
+
+
+def build_template(gateway: str, cache: Path = CACHE, log: Path | None = None) -> Path:
+    """The template's root directory: made with debootstrap unless the cache has it."""
+    root = cache / f"rootfs-{template_key(gateway)}"
+    if (root / ".lokistack-ready").exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    mirror = f"http://{apt_mirror_hosts()[0]}/debian"
+    with open(log or cache / "debootstrap.log", "ab") as out:
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root),
+                        mirror], stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
+    (root / "etc/default/locale").write_text("LANG=C.UTF-8\n")
+    (root / "etc/machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text("nameserver 127.0.0.1\n")
+    (root / "etc/apt/apt.conf.d/99-rehearsal-proxy").write_text(
+        f'Acquire::http::Proxy "http://{gateway}:{PROXY_PORT}/";\n')
+    (root / "etc/cloud/cloud.cfg.d/90-rehearsal.cfg").write_text("datasource_list: [ NoCloud ]\n")
+    (root / "etc/systemd/system/qemu-guest-agent.service").write_text(GUEST_AGENT_STANDIN)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/hostname").write_text("localhost\n")
+    (root / ".lokistack-ready").write_text("\n".join(DIFFERENCES) + "\n")
+    return root
