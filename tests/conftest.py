@@ -14,8 +14,8 @@ import pytest
 
 from offline import engine
 from offline.plan import read_stack_config, run_program
+from offline.real_loki import LokiTools, MissingBinaryError, find_tools
 from stack.schema import load_schema
-from tests.real_loki import LokiTools, MissingBinaryError, find_tools
 
 SCHEMA = load_schema()
 EXAMPLE_STACK = "homelab"
@@ -96,7 +96,7 @@ def require_root() -> None:
 
 @pytest.fixture(scope="session")
 def loki_tools(tmp_path_factory: pytest.TempPathFactory) -> LokiTools:
-    """The real Loki, logcli and deprecated-config checker (tests/real_loki.py says from where)."""
+    """The real Loki, logcli and deprecated-config checker (offline/real_loki.py says from where)."""
     try:
         return find_tools(Path(tmp_path_factory.mktemp("real-loki")))
     except MissingBinaryError as error:

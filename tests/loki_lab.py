@@ -36,6 +36,7 @@ from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
 from components.loki_gateway import ROLE_OPERATOR
 from components.objectstore import API_PORT
+from offline.real_loki import LokiTools
 from tests.lab_stack import (
     CLIENT_ADDRESS,
     LOKI_ADDRESSES,
@@ -46,7 +47,6 @@ from tests.lab_stack import (
 )
 from tests.lab_stack import prepare_keepalived as prepare_keepalived_files
 from tests.netns import PrivateNetwork
-from tests.real_loki import LokiTools
 
 OBJECT_STORE_CERT_DIR = "/etc/objectstore/certs"
 CLIENT = "client"

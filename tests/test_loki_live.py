@@ -24,11 +24,11 @@ import pytest
 
 from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT
 from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_READER
+from offline.real_loki import LokiTools
 from tests.conftest import figure, missing, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan, vip_holders
 from tests.loki_lab import CLIENT, LokiLab
 from tests.netns import private_network
-from tests.real_loki import LokiTools
 
 NODES = list(LOKI_ADDRESSES)
 SECTION = "Live Loki 3.7.6 cluster from the rendered configs (measured)"

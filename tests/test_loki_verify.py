@@ -19,9 +19,9 @@ import pytest
 
 from components.loki import CONFIG_FILE, STAGE_DIR
 from offline.plan import read_stack_config, run_program
+from offline.real_loki import LOKI_VERSION, LokiTools
 from tests.conftest import EXAMPLE_STACK, SCHEMA
 from tests.loki_lab import env_values, parse_dropin
-from tests.real_loki import LOKI_VERSION, LokiTools
 
 CLEAN = "No deprecated or deleted configs found."
 

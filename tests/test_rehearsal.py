@@ -4,8 +4,10 @@ debootstrap, and takes about two minutes (plus about 90 s the first time, for th
 
 What it shows now: every VM's cloud-init finishes on a booted system from the VM's own user-data
 and the network config Proxmox would write; each VM's own SSH host key replaces the snippet's
-bootstrap key and every later step pins it; the TLS files arrive; a second run changes nothing;
-nothing is left behind. Steps that need Grafana's repository or the object store's download are
+bootstrap key and every later step pins it; the TLS files arrive; on the Loki nodes, Loki's setup
+with a package that behaves as Grafana's (its post-install script makes a user without a group and
+restarts Loki), the firewall, the gateway (nginx) and keepalived, under systemd; a second run
+changes nothing; nothing is left behind. Steps that need what this machine cannot reach are
 reported as not rehearsed, with the reason, and their dependents skipped.
 """
 
@@ -79,8 +81,33 @@ def test_every_step_not_rehearsed_says_why_and_its_dependents_are_skipped(rehear
             assert step.not_rehearsed, f"{step.name} is not rehearsed without a reason"
         if step.status == "skipped":
             assert "waits for" in step.output, f"{step.name} is skipped without saying for what"
-    loki_setup = next(s for s in rehearsal.steps.values() if s.name == "loki-loki-01-setup")
-    assert loki_setup.status == "not rehearsed" and "Grafana's package repository" in loki_setup.not_rehearsed
+    alloy = next(s for s in rehearsal.steps.values() if s.name == "agent-loki-01-setup")
+    assert alloy.status == "not rehearsed" and "installs alloy" in alloy.not_rehearsed, alloy.not_rehearsed
+
+
+LOKI_NODE_STEPS = ("loki-{n}-setup", "loki-{n}-firewall-install", "loki-gateway-{n}-setup",
+                   "loki-gateway-{n}-staged-install", "loki-gateway-{n}-apply", "vip-{n}-setup",
+                   "vip-{n}-staged-install", "vip-{n}-apply")
+
+
+def test_each_loki_node_is_set_up_under_systemd_as_the_steps_say(rehearsal):
+    by_name = {s.name: s for s in rehearsal.steps.values()}
+    for node in (n for n in rehearsal.machines if n.startswith("loki-")):
+        for pattern in LOKI_NODE_STEPS:
+            step = by_name[pattern.format(n=node)]
+            assert step.status == "ok", f"{step.name}: {step.status} {step.output[-800:]}"
+        machine = rehearsal.machines[node]
+        group = machine.exec(["id", "-gn", "loki"]).stdout.strip()
+        assert group == "loki", f"{node}: the loki user is in {group!r}: the package's postinst made it"
+        for unit in ("nginx.service", "keepalived.service", "lokistack-firewall.service"):
+            state = machine.exec(["systemctl", "is-active", unit]).stdout.strip()
+            assert state == "active", f"{node}: {unit} is {state}"
+        loki = machine.exec(["systemctl", "show", "loki.service", "-p", "ActiveState", "-p", "ConditionResult"])
+        assert "ActiveState=inactive" in loki.stdout and "ConditionResult=no" in loki.stdout, (
+            f"{node}: the package's restart must be held by the start guard until the stack's config is there: "
+            f"{loki.stdout}")
+        held = machine.exec(["apt-mark", "showhold"]).stdout.split()
+        assert "loki" in held, f"{node}: the loki package must be held: {held}"
 
 
 def test_a_second_run_of_every_step_changes_nothing(rehearsal):

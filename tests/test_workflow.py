@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from offline.real_loki import LOKI_SOURCE_COMMIT
 from stack.schema import PROJECT_DIR
 from tests.conftest import missing, require_tool
-from tests.real_loki import LOKI_SOURCE_COMMIT
 
 WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "pull-request.yml"
 

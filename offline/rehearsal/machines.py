@@ -161,6 +161,14 @@ class Machine:
     def pid1(self) -> int | None:
         return _pid1_of(self.process.pid) if self.process and self.process.poll() is None else None
 
+    def exec(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the machine (all its namespaces), as root: for the checks."""
+        pid = self.pid1()
+        if pid is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return subprocess.run(["nsenter", "-t", str(pid), "-a", *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
     def poweroff(self, timeout: float = STOP_TIMEOUT_S) -> float:
         """Power the machine off as a host would (SIGRTMIN+3 to its init); returns the seconds it took."""
         start = time.monotonic()

@@ -54,7 +54,8 @@ class RehearsalNetwork:
     """The stack's gateway address: the bridge namespace's address, where the proxy listens."""
     run_dir: Path
     namespaces: list[str] = field(default_factory=list)
-    proxy: subprocess.Popen[bytes] | None = None
+    services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """The proxy and the package repository, by label."""
 
     @property
     def bridge(self) -> str:
@@ -99,16 +100,22 @@ class RehearsalNetwork:
         ip("-n", ns, "link", "set", "eth0", "up")
         return ns
 
-    def start_proxy(self, hosts: Sequence[str]) -> None:
-        with open(self.run_dir / "proxy.log", "ab") as log:  # the proxy keeps its own descriptor
-            self.proxy = subprocess.Popen([sys.executable, "-m", "offline.rehearsal.proxy",
-                                           f"/run/netns/{self.bridge}", self.gateway, str(PROXY_PORT), *hosts],
-                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while b"proxy on" not in (self.run_dir / "proxy.log").read_bytes():
-            if self.proxy.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the proxy did not start: {(self.run_dir / 'proxy.log').read_text()}")
+    def start_service(self, label: str, module: str, args: Sequence[str], ready: bytes) -> None:
+        """A helper of the rehearsal (``python -m <module> <bridge netns> ...``) that binds inside the
+        bridge namespace; returns once its log says ``ready``."""
+        log_path = self.run_dir / f"{label}.log"
+        with open(log_path, "ab") as log:  # the service keeps its own descriptor
+            process = subprocess.Popen([sys.executable, "-m", module, f"/run/netns/{self.bridge}", *args],
+                                       stdout=log, stderr=subprocess.STDOUT)
+        self.services[label] = process
+        deadline = time.monotonic() + 30
+        while ready not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{label} did not start: {log_path.read_text()}")
             time.sleep(0.05)
+
+    def start_proxy(self, hosts: Sequence[str]) -> None:
+        self.start_service("proxy", "offline.rehearsal.proxy", [self.gateway, str(PROXY_PORT), *hosts], b"proxy on")
 
     def run(self, host: str, argv: Sequence[str], *, timeout: float = 60, stdin: str | None = None,
             ) -> subprocess.CompletedProcess[str]:
@@ -116,9 +123,11 @@ class RehearsalNetwork:
                               timeout=timeout, check=False, input=stdin)
 
     def close(self) -> None:
-        if self.proxy is not None and self.proxy.poll() is None:
-            self.proxy.terminate()
-            self.proxy.wait(timeout=15)
+        for process in self.services.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+        self.services.clear()
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
         self.namespaces.clear()

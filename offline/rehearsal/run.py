@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -21,15 +23,21 @@ from pathlib import Path
 from offline.engine import Registration, RunResult
 from offline.plan import read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
+from offline.real_loki import LOKI_VERSION, find_tools
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
+from offline.rehearsal.repository import KEY_FILE_NAME, build_loki_deb, build_repository, server_certificate
 from offline.rehearsal.settings import GATEWAY, RUNNER_ADDRESS, TEST_RANGE
-from offline.rehearsal.steps import REMOTE, Step, StepRunner, longest_chain, needs_grafana_repository, step_graph
-from offline.rehearsal.template import DIFFERENCES, build_template
+from offline.rehearsal.steps import REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
+from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
 SNIPPET_TYPE = "proxmoxve:index/fileLegacy:FileLegacy"
 RUNNER = "runner"
+REPOSITORY_PORT = 8443
+REPOSITORY_CA = "usr/local/share/ca-certificates/lokistack-rehearsal-repository.crt"
+SYSTEM_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+AVAILABLE_PACKAGES = frozenset({"loki"})
 CHANGE = re.compile(r"^(installed|removed|placed|restarting) .*$|^.* replaced$", re.MULTILINE)
 """What the host scripts print when they change something (install-files.sh, lib-place.sh, the applies)."""
 STATE_FILE = "rehearsal.json"
@@ -74,6 +82,8 @@ class Rehearsal:
     result: RunResult | None = None
     steps: dict[str, Step] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    repository: dict[str, str] = field(default_factory=dict)
+    """The setup scripts' repository parameters, as the rehearsal passes them."""
 
     def log(self, line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
@@ -89,25 +99,68 @@ class Rehearsal:
         self.figures.append(f"template (debootstrap, cached): {time.monotonic() - t0:.1f} s")
         self.network = RehearsalNetwork(prefix=self.prefix, gateway=GATEWAY, run_dir=self.run_dir)
         self.save_state()
-        self.network.create()
-        self.network.start_proxy(apt_mirror_hosts())
-        self.network.add_runner(RUNNER, RUNNER_ADDRESS)
+        try:
+            self.network.create()
+            self.network.start_proxy(apt_mirror_hosts())
+            self.network.add_runner(RUNNER, RUNNER_ADDRESS)
+            repository_ca = self.start_repository()
+        finally:
+            self.save_state()
         for plan in vm_plans(self.result):
             ns = self.network.add_machine(plan.name, plan.mac)
+            self.save_state()
             machine = Machine(name=plan.name, netns=ns, run_dir=self.run_dir, template=template,
                               user_data=plan.user_data, network_config=plan.network_config, data_disk=plan.data_disk)
             self.machines[plan.name] = machine
             machine.prepare()
+            # The rehearsal's repository server is trusted like a public CA (Grafana's is), and
+            # reached directly (apt would send HTTPS through the mirror proxy too).
+            (machine.root / REPOSITORY_CA).write_bytes(repository_ca)
+            (machine.root / "etc/apt/apt.conf.d/99-rehearsal-repository").write_text(
+                f'Acquire::https::Proxy::{GATEWAY} "DIRECT";\n')
+            with open(machine.root / SYSTEM_BUNDLE, "ab") as bundle:
+                bundle.write(repository_ca)
             self.save_state()
         for machine in self.machines.values():
             machine.start()
         self.save_state()
 
+    def start_repository(self) -> bytes:
+        """Builds the package repository (the loki package cached by version and binary) and
+        serves it; returns the repository server's CA certificate."""
+        assert self.network is not None
+        t0 = time.monotonic()
+        (self.run_dir / "loki-tools").mkdir(exist_ok=True)
+        tools = find_tools(self.run_dir / "loki-tools")
+        digest = hashlib.sha256(tools.loki.read_bytes()).hexdigest()[:12]
+        cached = CACHE / f"loki_{LOKI_VERSION}_{digest}.deb"
+        if not cached.exists():
+            built = build_loki_deb(tools.loki, LOKI_VERSION, self.run_dir)
+            shutil.move(built, cached)
+        deb = self.run_dir / f"loki_{LOKI_VERSION}_amd64.deb"
+        shutil.copy(cached, deb)
+        root = self.run_dir / "repository"
+        fingerprint = build_repository([deb], root, self.run_dir / "repository-gnupg")
+        ca, cert, key = server_certificate(GATEWAY, self.run_dir / "repository-tls")
+        self.network.start_service("repository", "offline.rehearsal.repository",
+                                   [GATEWAY, str(REPOSITORY_PORT), str(root), str(cert), str(key)], b"repository on")
+        url = f"https://{GATEWAY}:{REPOSITORY_PORT}"
+        self.repository = {"REPO_URL": url, "KEY_URL": f"{url}/{KEY_FILE_NAME}", "KEY_FINGERPRINTS": fingerprint}
+        self.figures.append(f"package repository (loki {LOKI_VERSION}): {time.monotonic() - t0:.1f} s")
+        return ca.read_bytes()
+
+    def rewrite(self, stdin: str) -> str:
+        """A step's script with the rehearsal's repository in place of Grafana's."""
+        for name, value in self.repository.items():
+            stdin = re.sub(rf"^{name}=.*$", f"{name}={shlex.quote(value)}", stdin, flags=re.MULTILINE)
+        return stdin
+
     def run_steps(self) -> float:
         assert self.result is not None and self.network is not None
         registrations: list[Registration] = self.result.engine.monitor.registrations
-        self.steps = step_graph(registrations, needs_grafana_repository)
-        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, log=self.log)
+        self.steps = step_graph(registrations, unreachable(AVAILABLE_PACKAGES))
+        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+                            log=self.log)
         wall = runner.run(self.steps)
         chain_s, chain = longest_chain(self.steps)
         self.figures.append(f"steps: wall {wall:.1f} s, longest chain {chain_s:.1f} s ({' > '.join(chain)})")
@@ -121,7 +174,8 @@ class Rehearsal:
         VM (their trigger is the VM's id), which has the bootstrap key again."""
         assert self.result is not None and self.network is not None
         own_keys = {k.strip() for k in self.result.resolved["output:sshHostKeys"].value.values()}
-        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, log=self.log)
+        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+                            log=self.log)
         changed: dict[str, str] = {}
         again = [s for s in self.steps.values() if s.status == "ok" and (
             s.registration.type != REMOTE or s.registration.plain_inputs["connection"]["hostKey"].strip() in own_keys)]
@@ -149,7 +203,7 @@ class Rehearsal:
 
     def save_state(self) -> None:
         state = {"prefix": self.prefix, "namespaces": self.network.namespaces if self.network else [],
-                 "proxy": self.network.proxy.pid if self.network and self.network.proxy else None,
+                 "services": {k: v.pid for k, v in self.network.services.items()} if self.network else {},
                  "machines": {n: {"nspawn": m.process.pid if m.process else None, "root": str(m.root),
                                   "loop": m.loop_device, "cgroups": [str(c) for c in m.cgroups]}
                               for n, m in self.machines.items()}}
@@ -177,9 +231,9 @@ def teardown(run_dir: Path) -> None:
         rehearsal.machines[name] = machine
     network = RehearsalNetwork(prefix=state["prefix"], gateway=GATEWAY, run_dir=run_dir,
                                namespaces=list(state["namespaces"]))
-    if state["proxy"]:
+    for pid in state["services"].values():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(state["proxy"], 15)
+            os.kill(pid, 15)
     rehearsal.network = network
     rehearsal.close()
 

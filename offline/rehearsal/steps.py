@@ -96,6 +96,8 @@ def step_graph(registrations: list[Registration],
 class StepRunner:
     runner_netns: str
     work: Path
+    rewrite: Callable[[str], str] = lambda stdin: stdin
+    """What the rehearsal changes in a step's stdin (the package repository's parameters)."""
     max_parallel: int = 8
     timeout_s: float = 1800
     log: Callable[[str], None] = print
@@ -117,7 +119,7 @@ class StepRunner:
 
     def run_one(self, step: Step) -> None:
         inputs = step.registration.plain_inputs
-        stdin = inputs.get("stdin") or ""
+        stdin = self.rewrite(inputs.get("stdin") or "")
         attempts = int(inputs["connection"].get("dialErrorLimit") or 10) if step.registration.type == REMOTE else 1
         step.started = time.monotonic()
         for attempt in range(attempts):
@@ -191,10 +193,16 @@ def longest_chain(steps: dict[str, Step]) -> tuple[float, list[str]]:
     return max((chain(u) for u in ran), default=(0.0, []), key=lambda c: c[0])
 
 
-def needs_grafana_repository(registration: Registration) -> str:
-    stdin = registration.plain_inputs.get("stdin") or ""
-    if re.search(r"^\s*grafana_repository ", stdin, re.MULTILINE):
-        return "needs Grafana's package repository, which this machine cannot reach"
-    if re.search(r"^PACKAGE_URL=", stdin, re.MULTILINE):
-        return "downloads the object store's server from its publisher, which this machine cannot reach"
-    return ""
+def unreachable(available_packages: frozenset[str]) -> Callable[[Registration], str]:
+    """Why a step cannot run here: a package from Grafana's repository that the rehearsal's own
+    repository does not hold, or the object store's server download."""
+    def why(registration: Registration) -> str:
+        stdin = registration.plain_inputs.get("stdin") or ""
+        for package in re.findall(r"^\s*install_pinned (\S+) ", stdin, re.MULTILINE):
+            if package not in available_packages:
+                return (f"installs {package} from Grafana's package repository, which this machine cannot reach "
+                        f"(the rehearsal's repository holds {', '.join(sorted(available_packages)) or 'nothing'})")
+        if re.search(r"^PACKAGE_URL=", stdin, re.MULTILINE):
+            return "downloads the object store's server from its publisher, which this machine cannot reach"
+        return ""
+    return why

@@ -7,7 +7,7 @@ Where they come from, first match wins:
    from a local repository, beside that repository), decompressed into a temporary directory
    and checked against their published SHA-256.
 
-``python -m tests.real_loki DIR`` decompresses them into DIR and prints ``export`` lines: that is
+``python -m offline.real_loki DIR`` decompresses them into DIR and prints ``export`` lines: that is
 how ``.ci/run`` hands them to the tests (and fails when they are missing).
 """
 
@@ -106,7 +106,7 @@ def find_tools(cache: Path) -> LokiTools:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m tests.real_loki DIR   (prints export lines)", file=sys.stderr)
+        print("usage: python -m offline.real_loki DIR   (prints export lines)", file=sys.stderr)
         return 2
     try:
         tools = find_tools(Path(argv[0]))
