@@ -25,6 +25,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tarfile
 from functools import partial
 from pathlib import Path
 
@@ -130,6 +131,22 @@ def build_loki_deb(binary: Path, version: str, out: Path) -> Path:
                    capture_output=True, timeout=600)
     shutil.rmtree(root)
     return deb
+
+
+STANDIN = Path(__file__).with_name("s3_standin.py")
+
+
+def build_standin_archive(directory: Path) -> Path:
+    """The object store's server archive, as the setup downloads it: ``minio`` inside, here the
+    rehearsal's S3 stand-in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "minio-standin.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tar.gettarinfo(str(STANDIN), arcname="minio")
+        info.mode, info.uid, info.gid, info.uname, info.gname, info.mtime = 0o755, 0, 0, "root", "root", 0
+        with open(STANDIN, "rb") as f:
+            tar.addfile(info, f)
+    return archive
 
 
 def _control(deb: Path) -> str:

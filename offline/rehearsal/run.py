@@ -17,18 +17,30 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from components.objectstore import API_PORT
 from offline.engine import Registration, RunResult
 from offline.plan import read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
 from offline.real_loki import LOKI_VERSION, find_tools
+from offline.rehearsal.checks import Operator, marker, unit_problems, wait_for_one_holder
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
-from offline.rehearsal.repository import KEY_FILE_NAME, build_loki_deb, build_repository, server_certificate
-from offline.rehearsal.settings import GATEWAY, RUNNER_ADDRESS, TEST_RANGE
-from offline.rehearsal.steps import REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
+from offline.rehearsal.repository import (
+    KEY_FILE_NAME,
+    build_loki_deb,
+    build_repository,
+    build_standin_archive,
+    server_certificate,
+)
+from offline.rehearsal.settings import GATEWAY, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, RUNNER_ADDRESS, TEST_RANGE, VIP
+from offline.rehearsal.steps import DONE, REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
 from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -38,6 +50,10 @@ REPOSITORY_PORT = 8443
 REPOSITORY_CA = "usr/local/share/ca-certificates/lokistack-rehearsal-repository.crt"
 SYSTEM_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 AVAILABLE_PACKAGES = frozenset({"loki"})
+BUCKET_TYPE = "minio:index/s3Bucket:S3Bucket"
+KEY_TYPES = ("minio:index/iamUser:IamUser", "minio:index/iamPolicy:IamPolicy",
+             "minio:index/iamUserPolicyAttachment:IamUserPolicyAttachment",
+             "minio:index/iamServiceAccount:IamServiceAccount", "minio:index/s3BucketPolicy:S3BucketPolicy")
 CHANGE = re.compile(r"^(installed|removed|placed|restarting) .*$|^.* replaced$", re.MULTILINE)
 """What the host scripts print when they change something (install-files.sh, lib-place.sh, the applies)."""
 STATE_FILE = "rehearsal.json"
@@ -82,8 +98,9 @@ class Rehearsal:
     result: RunResult | None = None
     steps: dict[str, Step] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
-    repository: dict[str, str] = field(default_factory=dict)
-    """The setup scripts' repository parameters, as the rehearsal passes them."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """The setup scripts' parameters the rehearsal passes instead of the program's: Grafana's
+    repository (URL, key URL, fingerprints) and the object store's server archive (URL, SHA-256)."""
 
     def log(self, line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
@@ -144,23 +161,44 @@ class Rehearsal:
         ca, cert, key = server_certificate(GATEWAY, self.run_dir / "repository-tls")
         self.network.start_service("repository", "offline.rehearsal.repository",
                                    [GATEWAY, str(REPOSITORY_PORT), str(root), str(cert), str(key)], b"repository on")
+        archive = build_standin_archive(root / "objectstore")
         url = f"https://{GATEWAY}:{REPOSITORY_PORT}"
-        self.repository = {"REPO_URL": url, "KEY_URL": f"{url}/{KEY_FILE_NAME}", "KEY_FINGERPRINTS": fingerprint}
+        self.parameters = {"REPO_URL": url, "KEY_URL": f"{url}/{KEY_FILE_NAME}", "KEY_FINGERPRINTS": fingerprint,
+                           "PACKAGE_URL": f"{url}/objectstore/{archive.name}",
+                           "PACKAGE_SHA256": hashlib.sha256(archive.read_bytes()).hexdigest()}
         self.figures.append(f"package repository (loki {LOKI_VERSION}): {time.monotonic() - t0:.1f} s")
         return ca.read_bytes()
 
     def rewrite(self, stdin: str) -> str:
-        """A step's script with the rehearsal's repository in place of Grafana's."""
-        for name, value in self.repository.items():
+        """A step's script with the rehearsal's repository and archive in place of the real ones."""
+        for name, value in self.parameters.items():
             stdin = re.sub(rf"^{name}=.*$", f"{name}={shlex.quote(value)}", stdin, flags=re.MULTILINE)
         return stdin
+
+    def make_bucket(self, registration: Registration) -> tuple[str, str]:
+        """What the MinIO provider's bucket resource does, against the S3 stand-in."""
+        assert self.network is not None and self.result is not None
+        bucket = registration.plain_inputs["bucket"]
+        ca = self.run_dir / "stack-ca.pem"
+        ca.write_text(self.result.resolved["output:caCertificate"].value)
+        proc = self.network.run(RUNNER, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca),
+                                         "-X", "PUT", f"https://{OBJECT_STORE_ADDRESS}:{API_PORT}/{bucket}"])
+        if proc.stdout != "200":
+            return "failed", f"PUT /{bucket}: {proc.stdout} {proc.stderr}"
+        return "ok", f"bucket {bucket} made on the S3 stand-in"
+
+    def stood_in(self, registration: Registration) -> tuple[str, str]:
+        return "stood in", "not rehearsed: the S3 stand-in accepts any key, so users, policies and keys mean nothing"
+
+    def actions(self) -> dict[str, Callable[[Registration], tuple[str, str]]]:
+        return {BUCKET_TYPE: self.make_bucket, **{t: self.stood_in for t in KEY_TYPES}}
 
     def run_steps(self) -> float:
         assert self.result is not None and self.network is not None
         registrations: list[Registration] = self.result.engine.monitor.registrations
         self.steps = step_graph(registrations, unreachable(AVAILABLE_PACKAGES))
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
-                            log=self.log)
+                            actions=self.actions(), log=self.log)
         wall = runner.run(self.steps)
         chain_s, chain = longest_chain(self.steps)
         self.figures.append(f"steps: wall {wall:.1f} s, longest chain {chain_s:.1f} s ({' > '.join(chain)})")
@@ -175,18 +213,79 @@ class Rehearsal:
         assert self.result is not None and self.network is not None
         own_keys = {k.strip() for k in self.result.resolved["output:sshHostKeys"].value.values()}
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
-                            log=self.log)
+                            actions=self.actions(), log=self.log)
         changed: dict[str, str] = {}
-        again = [s for s in self.steps.values() if s.status == "ok" and (
+        again = [s for s in self.steps.values() if s.status in DONE and (
             s.registration.type != REMOTE or s.registration.plain_inputs["connection"]["hostKey"].strip() in own_keys)]
         for step in again:
             rerun = Step(registration=step.registration, needs=set())
             runner.run_one(rerun)
             marker = CHANGE.search(rerun.output)
-            if rerun.status != "ok" or marker:
+            if rerun.status not in DONE or marker:
                 changed[step.name] = marker.group(0) if marker else f"exit {rerun.exit_code}: {rerun.output[-300:]}"
         self.figures.append(f"second run: {len(again)} steps again, {len(changed)} changed something")
         return changed
+
+    # --- checks after the steps ---------------------------------------------------------------
+
+    def outputs(self) -> dict[str, Any]:
+        assert self.result is not None
+        return {k.split(":", 1)[1]: v.value for k, v in self.result.resolved.items() if k.startswith("output:")}
+
+    def unit_problems(self) -> list[str]:
+        """Every unit the stack installs on a machine, active with its hardening in force."""
+        roles = {name: host["role"] for name, host in self.outputs()["hosts"].items()}
+        return [p for name, m in self.machines.items() if m.pid1() for p in unit_problems(m, roles[name])]
+
+    def operator(self) -> Operator:
+        assert self.network is not None and self.result is not None
+        plan = next(p for p in vm_plans(self.result) if p.name not in LOKI_ADDRESSES)
+        user_data = yaml.safe_load(plan.user_data)
+        hosts = next(f["content"] for f in user_data["write_files"] if f["path"] == "/etc/hosts")
+        (self.run_dir / "loki-tools").mkdir(exist_ok=True)
+        return Operator.prepare(network=self.network, runner=RUNNER, work=self.run_dir, outputs=self.outputs(),
+                                etc_hosts=hosts, logcli=find_tools(self.run_dir / "loki-tools").logcli, vip_address=VIP)
+
+    def read_back(self, operator: Operator, line: str, timeout: float = 60) -> str:
+        """logcli's output once it shows ``line`` (or the last output after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = operator.logcli_query('{job="rehearsal"}')
+            if line in proc.stdout or time.monotonic() > deadline:
+                return proc.stdout + proc.stderr
+            time.sleep(1)
+
+    def push_and_read(self) -> list[str]:
+        """A line pushed through the VIP with the operator's certificate, read back with logcli."""
+        operator = self.operator()
+        line = marker()
+        status = operator.push(line)
+        if status != "204":
+            return [f"push through the VIP answered {status}"]
+        output = self.read_back(operator, line)
+        return [] if line in output else [f"logcli did not read back the pushed line: {output[-1000:]}"]
+
+    def failover(self) -> list[str]:
+        """Powers off the machine that holds the VIP: another takes it, and no pushed line is lost."""
+        operator = self.operator()
+        loki_machines = {n: m for n, m in self.machines.items() if n in LOKI_ADDRESSES}
+        holder = wait_for_one_holder(loki_machines, VIP)
+        line = marker()
+        if (status := operator.push(line)) != "204":
+            return [f"push through the VIP (on {holder}) answered {status}"]
+        t0 = time.monotonic()
+        stopped = self.machines[holder].poweroff()
+        rest = {n: m for n, m in loki_machines.items() if n != holder}
+        successor = wait_for_one_holder(rest, VIP)
+        moved = time.monotonic() - t0
+        output = self.read_back(operator, line)
+        self.figures.append(f"VIP holder {holder} powered off ({stopped:.1f} s): VIP on {successor} "
+                            f"{moved:.1f} s after the poweroff began")
+        problems = [] if line in output else [f"the line pushed before {holder} went is lost: {output[-1000:]}"]
+        after = marker()
+        if (status := operator.push(after)) != "204":
+            problems.append(f"push after the failover answered {status}")
+        return problems
 
     def report(self) -> str:
         lines = ["", "steps:"]
@@ -267,10 +366,11 @@ def main(argv: list[str]) -> int:
         rehearsal.run_steps()
         rehearsal.figures.append(f"nothing to the end of the steps: {time.monotonic() - t0:.1f} s")
         changed = rehearsal.second_run()
-        failed = any(s.status == "failed" for s in rehearsal.steps.values()) or bool(changed)
+        problems = [f"second run changed {name}: {line}" for name, line in changed.items()]
+        problems += rehearsal.unit_problems() + rehearsal.push_and_read() + rehearsal.failover()
+        failed = any(s.status == "failed" for s in rehearsal.steps.values()) or bool(problems)
         print(rehearsal.report())
-        for name, line in changed.items():
-            print(f"SECOND RUN CHANGED {name}: {line}")
+        print("\nchecks: " + ("all passed" if not problems else "\n  ".join(["FAILED", *problems])))
     finally:
         if args.keep:
             print(f"\nkept running; take it down with: python -m offline.rehearsal teardown --run-dir {run_dir}")

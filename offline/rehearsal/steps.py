@@ -11,7 +11,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,11 @@ LOCAL = "command:local:Command"
 DIAL_DELAY_S = 2.0
 DIAL_FAILURES = ("Connection refused", "Connection timed out", "No route to host", "Connection reset",
                  "kex_exchange_identification", "Connection closed by")
-UNREACHABLE_TYPES = {"minio:": "the object store's API resources (MinIO provider)",
-                     "grafana:": "Grafana's API resources (Grafana provider)"}
+UNREACHABLE_TYPES = {"grafana:": "Grafana's API resources (Grafana provider)"}
+STOOD_IN_TYPES = ("minio:",)
+"""Provider resources the rehearsal makes itself, against its stand-in (``StepRunner.actions``)."""
+DONE = ("ok", "stood in")
+"""What lets a step's dependents run."""
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Step:
     not_rehearsed: str = ""
     """Why this machine cannot run it (empty: it can)."""
     status: str = "waiting"
-    """waiting, ok, failed, not rehearsed, skipped."""
+    """waiting, running, ok, stood in (done against a stand-in, with a note), failed, not rehearsed, skipped."""
     exit_code: int | None = None
     output: str = ""
     seconds: float = 0.0
@@ -63,7 +66,12 @@ def step_graph(registrations: list[Registration],
         children.setdefault(r.parent, []).append(r.urn)
 
     def is_step(r: Registration) -> bool:
-        return r.type in (REMOTE, LOCAL) or (r.custom and any(r.type.startswith(p) for p in UNREACHABLE_TYPES))
+        return r.type in (REMOTE, LOCAL) or (r.custom and r.type.startswith((*UNREACHABLE_TYPES, *STOOD_IN_TYPES)))
+
+    def waits_for(r: Registration) -> tuple[str, ...]:
+        """Its dependencies, and its provider (a resource waits for what its provider waits for)."""
+        return (*r.dependencies, r.provider.rsplit("::", 1)[0]) \
+            if r.provider else r.dependencies
 
     memo: dict[str, frozenset[str]] = {}
 
@@ -78,7 +86,7 @@ def step_graph(registrations: list[Registration],
         elif not r.custom:
             found = frozenset().union(*(expand(c, seen | {urn}) for c in children.get(urn, [])))
         else:
-            found = frozenset().union(*(expand(d, seen | {urn}) for d in r.dependencies))
+            found = frozenset().union(*(expand(d, seen | {urn}) for d in waits_for(r)))
         memo[urn] = found
         return found
 
@@ -87,7 +95,7 @@ def step_graph(registrations: list[Registration],
         if not is_step(r):
             continue
         reason = next((why for prefix, why in UNREACHABLE_TYPES.items() if r.type.startswith(prefix)), "")
-        needs = set().union(*(expand(d) for d in r.dependencies)) - {r.urn}
+        needs = set().union(*(expand(d) for d in waits_for(r))) - {r.urn}
         steps[r.urn] = Step(registration=r, needs=needs, not_rehearsed=reason or not_rehearsed(r))
     return steps
 
@@ -98,6 +106,8 @@ class StepRunner:
     work: Path
     rewrite: Callable[[str], str] = lambda stdin: stdin
     """What the rehearsal changes in a step's stdin (the package repository's parameters)."""
+    actions: Mapping[str, Callable[[Registration], tuple[str, str]]] = field(default_factory=dict)
+    """Resource type -> what the rehearsal does for it: (status, output)."""
     max_parallel: int = 8
     timeout_s: float = 1800
     log: Callable[[str], None] = print
@@ -118,6 +128,14 @@ class StepRunner:
                 step.registration.plain_inputs["create"]]
 
     def run_one(self, step: Step) -> None:
+        action = self.actions.get(step.registration.type)
+        if action is not None or step.registration.type.startswith(STOOD_IN_TYPES):
+            step.started = time.monotonic()
+            step.status, step.output = action(step.registration) if action else (
+                "stood in", "made by no one: the stand-in does not need it")
+            step.exit_code = 0 if step.status in DONE else 1
+            step.seconds = time.monotonic() - step.started
+            return
         inputs = step.registration.plain_inputs
         stdin = self.rewrite(inputs.get("stdin") or "")
         attempts = int(inputs["connection"].get("dialErrorLimit") or 10) if step.registration.type == REMOTE else 1
@@ -144,8 +162,7 @@ class StepRunner:
             while True:
                 self._settle(steps)
                 for step in steps.values():
-                    if step.status == "waiting" and not any(f for f, s in running.items() if s is step) and all(
-                            steps[n].status == "ok" for n in step.needs if n in steps):
+                    if step.status == "waiting" and all(steps[n].status in DONE for n in step.needs if n in steps):
                         self.log(f"start  {step.name} on {step.host}")
                         step.status = "running"
                         running[pool.submit(self.run_one, step)] = step
@@ -184,25 +201,23 @@ def longest_chain(steps: dict[str, Step]) -> tuple[float, list[str]]:
     def chain(urn: str) -> tuple[float, list[str]]:
         if urn not in best:
             step = steps[urn]
-            before = max((chain(n) for n in step.needs if n in steps and steps[n].status == "ok"),
+            before = max((chain(n) for n in step.needs if n in steps and steps[n].status in DONE),
                          default=(0.0, []), key=lambda c: c[0])
             best[urn] = (before[0] + step.seconds, [*before[1], step.name])
         return best[urn]
 
-    ran = [u for u, s in steps.items() if s.status == "ok"]
+    ran = [u for u, s in steps.items() if s.status in DONE]
     return max((chain(u) for u in ran), default=(0.0, []), key=lambda c: c[0])
 
 
 def unreachable(available_packages: frozenset[str]) -> Callable[[Registration], str]:
     """Why a step cannot run here: a package from Grafana's repository that the rehearsal's own
-    repository does not hold, or the object store's server download."""
+    repository does not hold."""
     def why(registration: Registration) -> str:
         stdin = registration.plain_inputs.get("stdin") or ""
         for package in re.findall(r"^\s*install_pinned (\S+) ", stdin, re.MULTILINE):
             if package not in available_packages:
                 return (f"installs {package} from Grafana's package repository, which this machine cannot reach "
                         f"(the rehearsal's repository holds {', '.join(sorted(available_packages)) or 'nothing'})")
-        if re.search(r"^PACKAGE_URL=", stdin, re.MULTILINE):
-            return "downloads the object store's server from its publisher, which this machine cannot reach"
         return ""
     return why

@@ -1,0 +1,112 @@
+"""What the rehearsal checks once the steps ran: the services the stack installs are running with
+their hardening in force, the Loki cluster answers through the VIP, a line pushed with the
+operator's certificate is read back with logcli set up only from the stack's ``logcliEnvironment``,
+and powering off the machine that holds the VIP moves the VIP and loses nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from components import firewall, loki, loki_gateway, objectstore, vip
+from components.loki_config import HTTP_PORT
+from offline.rehearsal.machines import Machine
+from offline.rehearsal.network import RehearsalNetwork
+
+HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}
+UNITS = {
+    "loki": {loki.UNIT: {**HARDENING, "User": "loki", "Group": "loki"}, loki_gateway.UNIT: {},
+             vip.UNIT: {}, firewall.UNIT: {}},
+    "objectstore": {objectstore.UNIT: {**HARDENING, "User": objectstore.SERVICE_USER}},
+}
+"""Per role: each unit the stack installs that this machine runs, and the properties it must have."""
+VIP_TIMEOUT_S = 60
+OPERATOR_DIR = ".config/loki-stack"
+
+
+def unit_problems(machine: Machine, role: str) -> list[str]:
+    problems = []
+    for unit, expected in UNITS.get(role, {}).items():
+        show = machine.exec(["systemctl", "show", unit, "-p", "ActiveState", *(f"-p{p}" for p in expected)])
+        props = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        if props.get("ActiveState") != "active":
+            problems.append(f"{machine.name}: {unit} is {props.get('ActiveState')}")
+        problems += [f"{machine.name}: {unit} has {key}={props.get(key)!r}, not {value!r}"
+                     for key, value in expected.items() if props.get(key) != value]
+    return problems
+
+
+@dataclass
+class Operator:
+    """The operator's machine (the rehearsal's runner): the stack's CA and operator certificate
+    where the README puts them, and the stack's names as every VM has them in /etc/hosts."""
+    network: RehearsalNetwork
+    runner: str
+    home: Path
+    hosts: Path
+    logcli: Path
+    environment: str
+    vip: str
+
+    @classmethod
+    def prepare(cls, *, network: RehearsalNetwork, runner: str, work: Path, outputs: dict[str, str], etc_hosts: str,
+                logcli: Path, vip_address: str) -> Operator:
+        home = work / "operator-home"
+        files = home / OPERATOR_DIR
+        files.mkdir(parents=True, exist_ok=True)
+        (files / "ca.pem").write_text(outputs["caCertificate"])
+        (files / "operator.pem").write_text(outputs["operatorCertificate"])
+        (files / "operator.key").write_text(outputs["operatorPrivateKey"])
+        (files / "operator.key").chmod(0o600)
+        (work / "operator-hosts").write_text(etc_hosts)
+        return cls(network=network, runner=runner, home=home, hosts=work / "operator-hosts", logcli=logcli,
+                   environment=outputs["logcliEnvironment"], vip=vip_address)
+
+    def curl(self, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        files = self.home / OPERATOR_DIR
+        return self.network.run(self.runner, ["curl", "-sS", "-m", "10", "--cacert", str(files / "ca.pem"), "--cert",
+                                              str(files / "operator.pem"), "--key", str(files / "operator.key"), *args,
+                                              url], timeout=30)
+
+    def push(self, line: str) -> str:
+        body = json.dumps({"streams": [{"stream": {"job": "rehearsal"}, "values": [[str(time.time_ns()), line]]}]})
+        proc = self.curl(f"https://{self.vip}:{HTTP_PORT}/loki/api/v1/push", "-o", "/dev/null", "-w", "%{http_code}",
+                         "-H", "Content-Type: application/json", "--data-binary", body)
+        return proc.stdout or proc.stderr
+
+    def logcli_query(self, query: str) -> subprocess.CompletedProcess[str]:
+        script = 'mount --bind "$1" /etc/hosts && eval "$2" && shift 2 && exec "$@"'
+        return subprocess.run(["ip", "netns", "exec", self.network.ns(self.runner), "unshare", "-m", "sh", "-c", script,
+                               "sh", str(self.hosts), self.environment, str(self.logcli), "query", "--quiet",
+                               "--since=1h", query], capture_output=True, text=True, timeout=60, check=False,
+                              env={"HOME": str(self.home), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def vip_holders(machines: dict[str, Machine], vip_address: str) -> list[str]:
+    found = []
+    for name, machine in machines.items():
+        if machine.pid1() is None:
+            continue
+        out = machine.exec(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
+        if f"inet {vip_address}/" in out:
+            found.append(name)
+    return found
+
+
+def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = vip_holders(machines, vip_address)
+        if len(holders) == 1:
+            return holders[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the VIP is held by {holders} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def marker() -> str:
+    return f"rehearsal line {uuid.uuid4()}"
