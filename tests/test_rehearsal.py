@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +54,11 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     lab = Rehearsal(run_dir=run_dir, prefix=prefix)
     loops_before = set(subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout.split())
     try:
+        t0 = time.monotonic()
         lab.program()
         lab.boot()
         lab.run_steps()
+        figure(SECTION, f"from nothing (cached template) to a ready stack: {time.monotonic() - t0:.1f} s")
         yield lab
     finally:
         print(lab.report())
@@ -130,6 +133,19 @@ def test_every_unit_the_stack_installs_runs_with_its_hardening(rehearsal):
 def test_a_line_pushed_through_the_vip_is_read_back_with_logcli_from_the_stack_output(rehearsal):
     problems = rehearsal.push_and_read()
     assert not problems, "\n".join(problems)
+
+
+def test_a_retention_change_reruns_exactly_the_steps_the_diff_names_one_node_at_a_time(rehearsal):
+    for name, machine in rehearsal.machines.items():
+        figure(SECTION, f"{name}: {machine.memory_mib():.0f} MiB (PSS of the machine's processes)")
+    rerun, problems = rehearsal.change_setting(lokiRetention="720h")
+    assert not problems, "\n".join(problems)
+    nodes = sorted(n for n in rehearsal.machines if n.startswith("loki-"))
+    assert rerun == sorted(f"loki-{n}-{step}" for n in nodes for step in ("apply", "staged-install")), (
+        f"a retention change re-ran {rerun}")
+    for node in nodes:
+        config = rehearsal.machines[node].exec(["cat", "/etc/loki/config.yml"]).stdout
+        assert "retention_period: 720h" in config, f"{node}: the new retention is not in place"
 
 
 def test_powering_off_the_vip_holder_moves_the_vip_and_loses_nothing(rehearsal):

@@ -161,6 +161,15 @@ class Machine:
     def pid1(self) -> int | None:
         return _pid1_of(self.process.pid) if self.process and self.process.poll() is None else None
 
+    def memory_mib(self) -> float:
+        """The proportional set size of every process of the machine (its cgroup tree), in MiB."""
+        total = 0
+        for pid in {p for path in self.cgroups[:1] for p in cgroup_pids(path)}:
+            with contextlib.suppress(OSError):
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                total += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        return total / 1024
+
     def exec(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the machine (all its namespaces), as root: for the checks."""
         pid = self.pid1()

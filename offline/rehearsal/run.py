@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -18,15 +19,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from components.objectstore import API_PORT
+from offline.diff import diff_manifests
 from offline.engine import Registration, RunResult
-from offline.plan import read_stack_config, run_program
+from offline.plan import build_manifest, read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
 from offline.real_loki import LOKI_VERSION, find_tools
 from offline.rehearsal.checks import Operator, marker, unit_problems, wait_for_one_holder
@@ -40,7 +42,7 @@ from offline.rehearsal.repository import (
     server_certificate,
 )
 from offline.rehearsal.settings import GATEWAY, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, RUNNER_ADDRESS, TEST_RANGE, VIP
-from offline.rehearsal.steps import DONE, REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
+from offline.rehearsal.steps import DONE, LOCAL, REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
 from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -287,6 +289,33 @@ class Rehearsal:
             problems.append(f"push after the failover answered {status}")
         return problems
 
+    def change_setting(self, **settings: object) -> tuple[list[str], list[str]]:
+        """Runs the program again with ``settings`` changed, and then exactly the steps the plan's
+        diff names as changed, in their order. Returns (the steps re-run, problems): a step not
+        ok, or Loki nodes restarted at the same time (each node's apply must end before the next
+        one's begins)."""
+        assert self.network is not None and self.result is not None
+        before = build_manifest(self.result, stack="homelab")
+        after_result = self.program(**settings)
+        diff = diff_manifests(before, build_manifest(after_result, stack="homelab"))
+        named = {c.name for c in diff.changes if c.type in (REMOTE, LOCAL)}
+        graph = step_graph(after_result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
+        steps = {urn: replace(s, needs={n for n in s.needs if graph[n].name in named})
+                 for urn, s in graph.items() if s.name in named}
+        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+                            actions=self.actions(), log=self.log)
+        wall = runner.run(steps)
+        problems = [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values() if s.status not in DONE]
+        applies = sorted((s for s in steps.values() if s.name.startswith("loki-loki-") and s.name.endswith("-apply")),
+                         key=lambda s: s.started)
+        for first, second in itertools.pairwise(applies):
+            if second.started < first.started + first.seconds:
+                problems.append(f"{second.name} began before {first.name} ended: two Loki nodes restarted at once")
+        restarted = [s.name for s in applies if "restarting loki.service" in s.output]
+        self.figures.append(f"setting change {settings}: {len(steps)} steps re-run in {wall:.1f} s, "
+                            f"Loki restarted one node at a time on {restarted}")
+        return sorted(s.name for s in steps.values()), problems
+
     def report(self) -> str:
         lines = ["", "steps:"]
         for step in sorted(self.steps.values(), key=lambda s: (s.status != "ok", s.started or 1e12, s.name)):
@@ -367,7 +396,9 @@ def main(argv: list[str]) -> int:
         rehearsal.figures.append(f"nothing to the end of the steps: {time.monotonic() - t0:.1f} s")
         changed = rehearsal.second_run()
         problems = [f"second run changed {name}: {line}" for name, line in changed.items()]
-        problems += rehearsal.unit_problems() + rehearsal.push_and_read() + rehearsal.failover()
+        problems += rehearsal.unit_problems() + rehearsal.push_and_read()
+        problems += rehearsal.change_setting(lokiRetention="720h")[1]
+        problems += rehearsal.failover()
         failed = any(s.status == "failed" for s in rehearsal.steps.values()) or bool(problems)
         print(rehearsal.report())
         print("\nchecks: " + ("all passed" if not problems else "\n  ".join(["FAILED", *problems])))
