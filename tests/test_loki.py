@@ -23,6 +23,7 @@ from components.loki_config import (
     loki_config,
 )
 from offline import engine
+from offline.rehearsal.repository import LOKI_UNIT
 from tests.conftest import require_tool, shellcheck_commands
 from tests.systemd_checks import verify_dropin
 
@@ -231,22 +232,8 @@ def test_the_scrape_job_passes_promtool(example, tmp_path):
     assert proc.returncode == 1, "promtool accepted a missing client certificate: the check proves nothing"
 
 
-PACKAGED_UNIT = """[Unit]
-Description=Loki service
-After=network.target
-
-[Service]
-Type=simple
-User=loki
-ExecStart=/usr/bin/loki -config.file /etc/loki/config.yml
-TimeoutSec=120
-Restart=on-failure
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target
-"""
-"""A stand-in for the unit Grafana's loki package installs; the drop-in is verified on top of it."""
+PACKAGED_UNIT = LOKI_UNIT
+"""The unit Grafana's loki package installs (the rehearsal's package has the same); drop-ins are verified on it."""
 
 
 def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
