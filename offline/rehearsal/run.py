@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -394,12 +395,19 @@ def main(argv: list[str]) -> int:
         rehearsal.boot()
         rehearsal.run_steps()
         rehearsal.figures.append(f"nothing to the end of the steps: {time.monotonic() - t0:.1f} s")
-        changed = rehearsal.second_run()
-        problems = [f"second run changed {name}: {line}" for name, line in changed.items()]
-        problems += rehearsal.unit_problems() + rehearsal.push_and_read()
-        problems += rehearsal.change_setting(lokiRetention="720h")[1]
-        problems += rehearsal.failover()
-        failed = any(s.status == "failed" for s in rehearsal.steps.values()) or bool(problems)
+        failed_steps = [s.name for s in rehearsal.steps.values() if s.status == "failed"]
+        # The checks mean something only on a stack whose steps all went through.
+        problems = [f"steps failed: {', '.join(failed_steps)}; no check run"] if failed_steps else []
+        checks: list[Callable[[], list[str]]] = [
+            lambda: [f"second run changed {name}: {line}" for name, line in rehearsal.second_run().items()],
+            rehearsal.unit_problems, rehearsal.push_and_read,
+            lambda: rehearsal.change_setting(lokiRetention="720h")[1], rehearsal.failover]
+        for check in checks if not failed_steps else []:
+            try:
+                problems += check()
+            except (AssertionError, RuntimeError, subprocess.TimeoutExpired) as error:
+                problems.append(f"{error}")
+        failed = bool(problems)
         print(rehearsal.report())
         print("\nchecks: " + ("all passed" if not problems else "\n  ".join(["FAILED", *problems])))
     finally:
