@@ -145,13 +145,17 @@ class StepRunner:
             # A local step runs in the rehearsal's directory, not in the project (where Pulumi runs it).
             proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=self.timeout_s,
                                   check=False, cwd=self.work)
-            dial_failed = proc.returncode == 255 and any(s in proc.stderr for s in DIAL_FAILURES)
+            # ssh's own failures exit 255: a refused or dropped connection while the machine boots
+            # (also one ssh reports nothing about at LogLevel=ERROR) is dialled again, as
+            # pulumi-command does; a host key that does not match is not.
+            dial_failed = proc.returncode == 255 and "Host key verification failed" not in proc.stderr and (
+                any(s in proc.stderr for s in DIAL_FAILURES) or not (proc.stdout + proc.stderr).strip())
             if not dial_failed or attempt == attempts - 1:
                 break
             time.sleep(DIAL_DELAY_S)
         step.seconds = time.monotonic() - step.started
         step.exit_code = proc.returncode
-        step.output = proc.stdout + proc.stderr
+        step.output = proc.stdout + proc.stderr or f"(no output; exit {proc.returncode})"
         step.status = "ok" if proc.returncode == 0 else "failed"
 
     def run(self, steps: dict[str, Step]) -> float:
