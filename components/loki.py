@@ -2,10 +2,13 @@
 
 Per node, over SSH: ``setup`` (data disk, Grafana's repository with a pinned key fingerprint,
 the pinned ``loki`` package, held), then ``FileDelivery`` of the config, the env file with the S3
-keys and the systemd drop-in into a root-only staging directory, then ``apply``: the staged config
-is checked with ``loki -verify-config``, put in place, Loki restarts if anything changed, and the
-step ends when the node answers ``/ready`` over HTTPS with a client certificate. Node i's apply
-starts only after node i-1's has finished: a rolling restart that keeps quorum.
+keys and the systemd drop-in into a root-only staging directory; ``runtime``: the limits Loki
+reloads without a restart (``components.loki_limits``), checked, placed and proved reloaded; then
+``apply``: the staged config is checked with ``loki -verify-config``, put in place, and if anything
+changed the node hands the VIP over (``components.vip_handover``), Loki restarts, and the step ends
+when the node answers ``/ready`` over HTTPS with a client certificate and a ready node holds the
+VIP. Each node's apply starts only after the previous node's has finished, from the lowest VRRP
+priority to the highest: a rolling restart that keeps quorum and moves the VIP once.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from components.loki_config import (
     render_env_file,
     render_loki_config,
 )
+from components.loki_limits import RELOAD_TIMEOUT_S, RUNTIME_FILE, TENANT, render_runtime_config
 from components.scripts import render_script
 from components.systemd import hardening
+from components.vip_handover import VipHandover, roll_order
 
 RESOURCE_TYPE = "lokistack:loki:LokiCluster"
 UNIT = "loki.service"
@@ -93,7 +98,7 @@ class LokiClusterArgs:
     config: LokiConfigSpec
     """What every node's config says."""
     hosts: Sequence[LokiHost]
-    """The nodes' hosts, in rollout order."""
+    """The nodes' hosts."""
     version: str
     """Pinned Loki package version."""
     data_device: str
@@ -105,6 +110,9 @@ class LokiClusterArgs:
     tls_key_file: str
     tls_ca_file: str
     """Host paths of the node's certificate, key and the CA (handed to Loki as credentials)."""
+    handover: VipHandover
+    """The VIP in front of the nodes: a node hands it over before its Loki restarts, and the nodes
+    roll from the lowest VRRP priority to the highest (``components.vip_handover``)."""
 
 
 class LokiCluster(pulumi.ComponentResource):
@@ -113,7 +121,7 @@ class LokiCluster(pulumi.ComponentResource):
     node_urls: pulumi.Output[dict[str, str]]
     """Host name -> ``https://<fqdn>:3100``."""
     applies: list[command.remote.Command]
-    """The per-node apply steps, in rollout order."""
+    """The per-node apply steps, in rollout order (each waits for the one before)."""
     setups: dict[str, command.remote.Command]
     """Host name -> the step that installs packages there (the host's next package step waits for it)."""
     host_files: list[HostFile]
@@ -126,12 +134,21 @@ class LokiCluster(pulumi.ComponentResource):
         env_file: pulumi.Output[str] = pulumi.Output.secret(rendered)
         dropin = render_dropin(data_dir=args.config.data_dir, cert_file=args.tls_cert_file,
                                key_file=args.tls_key_file, ca_file=args.tls_ca_file)
+        runtime = render_runtime_config(args.config.limits)
         rules = firewall_rules.render_rules([n.address for n in args.config.nodes])
+        tls = {"CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file}
+        runtime_script = render_script("loki-limits-apply.sh", {
+            "STAGED": f"{STAGE_DIR}/runtime.yml", "STAGED_CONFIG": f"{STAGE_DIR}/config.yml",
+            "STAGED_ENV": f"{STAGE_DIR}/lokistack.env", "RUNTIME_FILE": RUNTIME_FILE, "TENANT": TENANT, "UNIT": UNIT,
+            "LOKI_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}", "TIMEOUT_S": RELOAD_TIMEOUT_S, **tls,
+        }, libraries=["lib-safe-write.sh", "lib-place.sh"])
         self.applies = []
         self.setups = {}
         self.host_files = []
+        hosts = {h.name: h for h in args.hosts}
+        order = roll_order(list(hosts), args.handover.priorities)
         previous: command.remote.Command | None = None
-        for host in args.hosts:
+        for host in (hosts[n] for n in order):
             setup_script = render_script("loki-setup.sh", {
                 "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
                 "STAGE_DIR": STAGE_DIR, "GUARD_FILE": GUARD_FILE, "GUARD": render_start_guard(),
@@ -155,22 +172,32 @@ class LokiCluster(pulumi.ComponentResource):
                 ], then=firewall_rules.APPLY), opts=child)
             staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, firewall.command), files=files), opts=child)
+            # The limits Loki reloads: their own delivery and step, so that a change restarts nothing.
+            # Before the node's apply: Loki does not start without the file.
+            runtime_staged = FileDelivery(f"{name}-{host.name}-runtime", FileDeliveryArgs(
+                host=host.name, connection=after(host.connection, staged.command), files=[
+                    HostFile(host=host.name, path=f"{STAGE_DIR}/runtime.yml", mode="0600", content=runtime)]),
+                opts=child)
+            runtime_apply = command.remote.Command(
+                f"{name}-{host.name}-runtime-apply", connection=after(host.connection, runtime_staged.command),
+                create="sudo bash -s", stdin=runtime_script, triggers=[runtime_staged.digest, runtime_script],
+                opts=child)
             apply_script = render_script("loki-apply.sh", {
                 "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE,
                 # Loki itself, on loopback (not through the gateway, which may not be there yet).
                 "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
                 "BUILDINFO_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/loki/api/v1/status/buildinfo",
-                "CA_FILE": args.tls_ca_file, "CERT_FILE": args.tls_cert_file, "KEY_FILE": args.tls_key_file,
-                "TIMEOUT_S": READY_TIMEOUT_S,
-            }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh"])
-            connection: pulumi.Output[Any] = after(host.connection, staged.command)
+                "TIMEOUT_S": READY_TIMEOUT_S, **tls,
+                **args.handover.script_parameters(host.name),
+            }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-vip-handover.sh"])
+            connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)
             apply = command.remote.Command(f"{name}-{host.name}-apply", connection=connection,
                                            create="sudo bash -s", stdin=apply_script,
                                            triggers=[staged.digest, setup_script, host.tls_digest], opts=child)
             self.applies.append(apply)
-            self.host_files += firewall.host_files + staged.host_files
+            self.host_files += firewall.host_files + staged.host_files + runtime_staged.host_files
             previous = apply
 
         self.node_urls = pulumi.Output.from_input({h.name: f"https://{h.fqdn}:{HTTP_PORT}" for h in args.hosts})

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from components.loki_limits import LokiLimits, runtime_config_section
+
 HTTP_PORT, GRPC_PORT, MEMBERLIST_PORT = 3100, 9095, 7946
 """Loki's public HTTP port is served by the node's gateway (``components.loki_gateway``)."""
 LOKI_LOCAL_ADDRESS, LOKI_LOCAL_PORT = "127.0.0.1", 3101
@@ -46,8 +48,8 @@ class LokiConfigSpec:
     """Every node, in rollout order."""
     cluster_label: str
     """memberlist cluster label: nodes of another cluster are refused."""
-    retention: str
-    """``limits_config.retention_period``."""
+    limits: LokiLimits
+    """The limits Loki reloads at run time (``components.loki_limits``): not in this config."""
     schema_from: str
     """First day of the v13/tsdb schema period (YYYY-MM-DD); fixed once data exists."""
     s3_endpoint: str
@@ -185,9 +187,10 @@ so the README tells operators not to rely on deletes in a cluster; retention rem
 everywhere."""
 
 
-def limits(spec: LokiConfigSpec) -> dict[str, Any]:
-    """https://grafana.com/docs/loki/latest/configure/#limits_config"""
-    return {"limits_config": {"retention_period": spec.retention, "deletion_mode": DELETION_MODE}}
+def limits() -> dict[str, Any]:
+    """https://grafana.com/docs/loki/latest/configure/#limits_config: what Loki reads only at start.
+    Retention and ingestion rates are in the runtime configuration (``components.loki_limits``)."""
+    return _merge({"limits_config": {"deletion_mode": DELETION_MODE}}, runtime_config_section())
 
 
 def analytics() -> dict[str, Any]:
@@ -226,7 +229,7 @@ def loki_config(spec: LokiConfigSpec, node_name: str) -> dict[str, Any]:
     node = spec.node(node_name)
     config: dict[str, Any] = {"target": "all", "auth_enabled": False}
     for section in (server(spec), common(spec, node), memberlist(spec, node), schema(spec), storage(spec),
-                    ingester(spec), compactor(spec), limits(spec), analytics(), grpc_clients(spec)):
+                    ingester(spec), compactor(spec), limits(), analytics(), grpc_clients(spec)):
         _merge(config, section)
     return config
 

@@ -36,6 +36,7 @@ from components.hostfile import HostFile
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.pki import ORGANIZATION
 from components.scripts import render_script
+from components.vip_handover import NODE_HEADER
 
 RESOURCE_TYPE = "lokistack:gateway:LokiGateway"
 UNIT = "nginx.service"
@@ -153,6 +154,8 @@ server {{
     ssl_verify_depth 1;
     ssl_protocols TLSv1.2 TLSv1.3;
     client_max_body_size {MAX_BODY};
+    # Which node answered (its host name, as in its certificate): the VIP handover asks who holds the VIP.
+    add_header {NODE_HEADER} $hostname always;
     client_body_buffer_size {BODY_BUFFER};
 
     if ($lokistack_clean_path = 0) {{

@@ -3,7 +3,9 @@
 Every node starts in BACKUP; priorities follow the node order (first node highest), so the VIP's
 home is predictable. Nothing else depends on which node holds it: every node serves pushes,
 queries and the delete API, and the compactor is elected by Loki's own ring. A node whose
-``/ready`` check fails drops below every healthy node and gives the VIP away. Unicast VRRP, PASS
+``/ready`` check fails drops below every healthy node and gives the VIP away (with ``nopreempt``,
+where no backup takes the VIP from a live master, it enters FAULT instead). A planned restart hands
+the VIP over first (``components.vip_handover``, through two track files). Unicast VRRP, PASS
 authentication with a generated 8-character secret (all VRRPv2 uses), in a root-only file.
 
 keepalived docs: https://keepalived.readthedocs.io/en/latest/configuration_synopsis.html
@@ -26,6 +28,7 @@ import pulumi_random as random
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
 from components.scripts import render_script
+from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 
 RESOURCE_TYPE = "lokistack:vip:VirtualIp"
 UNIT = "keepalived.service"
@@ -106,11 +109,15 @@ def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[s
     address = dict(nodes)[node]
     return _TEMPLATES.get_template("keepalived.conf.j2").render(
         node=node, address=address, peers=[a for n, a in nodes if n != node], priority=prios[node],
-        check_weight=check_weight(prios), check_command=check_command(settings.check_interval),
+        # With nopreempt no backup takes the VIP from a live master whatever its priority (measured
+        # in tests/test_vip_failover.py): a failing check must put the node in FAULT (weight 0).
+        check_weight=0 if settings.nopreempt else check_weight(prios),
+        check_command=check_command(settings.check_interval),
         script_user=SCRIPT_USER, auth_pass=auth_pass, vip=settings.vip, vip_fqdn=settings.vip_fqdn,
         prefix_length=settings.prefix_length, interface=settings.interface, router_id=settings.router_id,
         advert_int=settings.advert_int, nopreempt=settings.nopreempt, check_interval=settings.check_interval,
-        check_fall=settings.check_fall, check_rise=settings.check_rise,
+        check_fall=settings.check_fall, check_rise=settings.check_rise, maintenance_file=MAINTENANCE_FILE,
+        yield_file=YIELD_FILE,
     )
 
 

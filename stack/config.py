@@ -130,6 +130,10 @@ class LokiSettings:
     """Pinned Loki release, X.Y.Z."""
     retention: str
     """Loki duration; ``0s`` keeps logs forever."""
+    ingestion_rate_mb: int
+    """MiB/s the cluster accepts through the VIP."""
+    ingestion_burst_mb: int
+    """MiB accepted at once above the rate (at least the rate)."""
     nodes: tuple[VmSettings, ...]
     """1 node (single-node mode) or 3 and more."""
     schema_from: str
@@ -256,6 +260,7 @@ MIN_MEMORY_MIB = 1024
 MIN_DISK_GIB = 8
 MIN_DATA_DISK_GIB = 10
 MIN_RETENTION_SECONDS = 24 * 3600
+MAX_INGESTION_MB = 1024
 MAX_LOKI_NODES = 50
 
 
@@ -669,6 +674,12 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
     elif 0 < seconds < MIN_RETENTION_SECONDS:
         check.fail("lokiRetention", "must be at least 24h (Loki's index period), or 0s to keep logs forever",
                    v["lokiRetention"], "744h")
+    rate = check.in_range("lokiIngestionRateMb", v["lokiIngestionRateMb"], 1, MAX_INGESTION_MB, example="16")
+    burst = v["lokiIngestionBurstMb"]
+    if rate is not None:
+        check.in_range("lokiIngestionBurstMb", burst, rate, MAX_INGESTION_MB, example=str(max(64, rate)),
+                       rule=f"must be at least lokiIngestionRateMb ({rate}) and at most {MAX_INGESTION_MB}: the "
+                            "burst is what Loki takes at once above the rate, and a push larger than it is refused")
     schema_from = v["lokiSchemaFrom"]
     try:
         day = datetime.date.fromisoformat(schema_from)
@@ -680,7 +691,8 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
         return None
     if not nodes:
         return None
-    return LokiSettings(version=version, retention=v["lokiRetention"], nodes=nodes, schema_from=schema_from,
+    return LokiSettings(version=version, retention=v["lokiRetention"], ingestion_rate_mb=v["lokiIngestionRateMb"],
+                        ingestion_burst_mb=burst, nodes=nodes, schema_from=schema_from,
                         internal_tls=v["lokiInternalTls"], require_client_certs=v["lokiRequireClientCerts"])
 
 

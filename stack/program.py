@@ -38,10 +38,16 @@ from components.loki_config import (
     render_logcli_environment,
     render_prometheus_scrape_config,
 )
+from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
+from components.loki_limits import LokiLimits
 from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
 from components.proxmox_vm import DATA_DISK_PATH, GUEST_INTERFACE, HostEntry, ProxmoxVm, ProxmoxVmArgs
+from components.vip import CONFIG_FILE as KEEPALIVED_CONFIG
+from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
+from components.vip import priorities as vip_priorities
+from components.vip_handover import VipHandover
 from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
@@ -177,6 +183,7 @@ def build(settings: Settings) -> Deployment:
         version=settings.loki.version, data_device=DATA_DISK_PATH,
         s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
         tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
+        handover=vip_handover(settings),
     ))
     # One package step at a time on each host (apt and dpkg refuse to run beside each other):
     # each host's next step that installs packages waits for the one before.
@@ -298,6 +305,14 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
     ))
 
 
+def vip_handover(settings: Settings) -> VipHandover:
+    """What a Loki node's apply step needs to hand the VIP over before its Loki restarts."""
+    return VipHandover(address=str(settings.vip.address), interface=GUEST_INTERFACE, port=HTTP_PORT,
+                       priorities=vip_priorities([n.name for n in settings.loki.nodes]),
+                       preempt=not settings.vip.nopreempt, keepalived_unit=KEEPALIVED_UNIT,
+                       keepalived_config=KEEPALIVED_CONFIG, gateway_unit=GATEWAY_UNIT)
+
+
 LOKI_DATA_DIR = "/var/lib/loki"
 
 
@@ -307,7 +322,8 @@ def loki_config_spec(settings: Settings) -> LokiConfigSpec:
     return LokiConfigSpec(
         nodes=[LokiNodeSpec(name=n.name, address=str(n.address)) for n in loki.nodes],
         cluster_label=f"loki-stack.{settings.network.domain}",
-        retention=loki.retention,
+        limits=LokiLimits(retention=loki.retention, ingestion_rate_mb=loki.ingestion_rate_mb,
+                          ingestion_burst_mb=loki.ingestion_burst_mb),
         schema_from=loki.schema_from,
         s3_endpoint=f"{settings.object_store.vm.fqdn}:{API_PORT}",
         bucket=settings.object_store.bucket,

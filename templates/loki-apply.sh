@@ -2,8 +2,9 @@
 # Applies a Loki node's staged files (runs as root, on stdin; loki-stack sets the parameters
 # above this script). The staged config is checked with `loki -verify-config` first: if Loki
 # rejects it, nothing is changed and the running service keeps its old config. Otherwise the
-# files that differ are put in place, Loki restarts when one did (or its version changed), and
-# the step ends once the node answers /ready over HTTPS with a client certificate, so that the
+# files that differ are put in place; when one did (or the version changed), the node hands the
+# VIP over if it holds it (lib-vip-handover.sh) and Loki restarts; the step ends once the node
+# answers /ready over HTTPS with a client certificate and a ready node holds the VIP, so that the
 # next node only restarts after this one is ready again.
 set -euo pipefail
 : "${STAGE_DIR:?}" "${CONFIG_FILE:?}" "${ENV_FILE:?}" "${DROPIN_FILE:?}" "${UNIT:?}" "${READY_URL:?}"
@@ -35,7 +36,21 @@ if [ "$changed" -eq 1 ] || [ "$running" != "$installed" ] || ! systemctl is-acti
   systemctl daemon-reload
   systemctl enable --quiet "$UNIT"
   echo "restarting ${UNIT} on ${host} (files changed: ${changed}, running: ${running:-none}, installed: ${installed})"
-  systemctl restart "$UNIT"
+  if systemctl is-active --quiet "$UNIT"; then
+    # A running node first hands the VIP over (lib-vip-handover.sh): no client sees the restart.
+    vip_leave
+    t0=$EPOCHREALTIME
+    systemctl stop "$UNIT"
+    echo "${UNIT} stopped on ${host} in $(vip_seconds_since "$t0") s"
+  fi
+  t0=$EPOCHREALTIME
+  systemctl start "$UNIT"
+  wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"
+  echo "${UNIT} ready on ${host} $(vip_seconds_since "$t0") s after its start"
+else
+  wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"
 fi
-
-wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"
+# Back in VRRP once Loki is ready (also after an earlier run that failed between the two).
+if vip_marked; then
+  vip_rejoin
+fi

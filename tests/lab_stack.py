@@ -19,6 +19,7 @@ from components import loki_gateway
 from components.proxmox_vm import USER_DATA_PATH
 from components.vip import CHECK_DIR, SCRIPT_USER
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
+from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from offline.plan import read_stack_config, run_program
 from offline.rehearsal.settings import (
     CLIENT_ADDRESS,
@@ -39,6 +40,8 @@ class LabPlan:
     """Host -> path -> content, secrets shown."""
     outputs: dict[str, Any]
     """Stack output -> value, secrets shown."""
+    scripts: dict[str, str]
+    """Name of each remote step -> the script it runs (its stdin), secrets shown."""
     identities: dict[str, tuple[str, str]]
     """Role -> a certificate of the stack with that role and its key, as the stack hands them out
     (the operator's and Prometheus' from the outputs, Grafana's from its data source, the others
@@ -70,7 +73,8 @@ def lab_plan(**overrides: Any) -> LabPlan:
         loki_gateway.ROLE_HEALTH: (node[f"{CHECK_DIR}/client.pem"], node[f"{CHECK_DIR}/client.key"]),
         loki_gateway.ROLE_SERVER: (node[SERVER_CERT_FILE], node[SERVER_KEY_FILE]),
     }
-    return LabPlan(files=files, outputs=outputs, identities=identities)
+    scripts = {r.name: r.plain_inputs["stdin"] for r in result.engine.monitor.of_type("command:remote:Command")}
+    return LabPlan(files=files, outputs=outputs, scripts=scripts, identities=identities)
 
 
 # --- the Loki gateway (nginx), as a Loki node runs it ---------------------------------------------
@@ -108,15 +112,28 @@ def gateway_command(directory: Path, files: dict[str, str]) -> list[str]:
 # --- keepalived, as a Loki node runs it ---------------------------------------------------------
 
 
+def handover_files(directory: Path) -> dict[str, Path]:
+    """Where a lab node's keepalived and its handover keep the VIP handover's track files (the
+    nodes share the test machine's /run)."""
+    return {MAINTENANCE_FILE: directory / "run" / Path(MAINTENANCE_FILE).name,
+            YIELD_FILE: directory / "run" / Path(YIELD_FILE).name}
+
+
 def prepare_keepalived(directory: Path, files: dict[str, str]) -> None:
     """Put a node's rendered keepalived.conf and its check's TLS files in ``directory``.
 
-    Only ``script_user`` differs from the rendered file: root instead of keepalived_script,
-    which the test machine lacks (and keepalived 2.2.7's ``-t`` cannot check as another user)."""
+    What differs from the rendered file: ``script_user`` is root instead of keepalived_script,
+    which the test machine lacks (and keepalived 2.2.7's ``-t`` cannot check as another user);
+    the handover's track files are in ``directory`` (``handover_files``)."""
     (directory / "check").mkdir(parents=True, exist_ok=True)
+    (directory / "run").mkdir(exist_ok=True)
     conf = files[f"{VIP_STAGE_DIR}/keepalived.conf"]
     assert f"script_user {SCRIPT_USER}" in conf, "the rendered keepalived.conf names no dedicated script user"
-    (directory / "keepalived.conf").write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
+    conf = conf.replace(f"script_user {SCRIPT_USER}", "script_user root")
+    for path, lab_path in handover_files(directory).items():
+        assert f'"{path}"' in conf, f"the rendered keepalived.conf does not track {path}"
+        conf = conf.replace(path, str(lab_path))
+    (directory / "keepalived.conf").write_text(conf)
     for name in ("ca.pem", "client.pem", "client.key"):
         (directory / "check" / name).write_text(files[f"{CHECK_DIR}/{name}"])
 

@@ -34,13 +34,21 @@ def test_changing_nothing_changes_nothing(example):
     assert result.changes == [] and result.files == {}, f"an unchanged stack would change: {result.changes}"
 
 
-def test_a_retention_change_touches_only_the_loki_config_steps(example):
-    result = diff(example, lokiRetention="1440h")
-    expected = {f"loki-{n}-{step}" for n in LOKI for step in ("staged-install", "apply")}
-    assert result.names() == expected, f"retention touched: {sorted(result.names() - expected)}"
-    assert set(result.files) == {(n, "/etc/loki/lokistack-staged/config.yml") for n in LOKI}
+@pytest.mark.parametrize("setting", [{"lokiRetention": "1440h"}, {"lokiIngestionRateMb": 32},
+                                     {"lokiIngestionBurstMb": 128}])
+def test_a_limits_change_touches_only_the_runtime_config_and_restarts_nothing(example, setting):
+    """Retention and ingestion limits are in Loki's runtime config: a change re-runs each node's
+    runtime delivery and its reload step, never the apply step that restarts Loki."""
+    result = diff(example, **setting)
+    expected = {f"loki-{n}-{step}" for n in LOKI for step in ("runtime-install", "runtime-apply")}
+    assert result.names() == expected, (
+        f"{setting} touched {sorted(result.names() - expected)}, missed {sorted(expected - result.names())}")
+    assert set(result.files) == {(n, "/etc/loki/lokistack-staged/runtime.yml") for n in LOKI}
+    key = next(iter(setting))
+    line = {"lokiRetention": "retention_period: 1440h", "lokiIngestionRateMb": "ingestion_rate_mb: 32",
+            "lokiIngestionBurstMb": "ingestion_burst_size_mb: 128"}[key]
     for text in result.files.values():
-        assert "-  retention_period: 744h\n+  retention_period: 1440h" in text
+        assert f"\n+    {line}\n" in text, f"{key}: the runtime config diff lacks {line}:\n{text}"
 
 
 def test_a_grafana_version_change_touches_nothing_of_loki_the_vip_or_the_object_store(example):
@@ -80,7 +88,7 @@ def test_diff_against_a_written_manifest_and_from_the_command_line(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "0 to create, 0 to update, 6 to replace, 0 to delete" in proc.stdout
-    assert "+  retention_period: 1440h" in proc.stdout
+    assert "+    retention_period: 1440h" in proc.stdout
     saved = json.loads((before / "manifest.json").read_text())
     assert all("<redacted" in f["content"] or "PRIVATE KEY" not in f["content"] for f in saved["files"]), (
         "the manifest keeps file contents for diffs; they must be redacted")

@@ -22,6 +22,8 @@ from components.loki_config import (
     LokiNodeSpec,
     loki_config,
 )
+from components.loki_limits import LokiLimits
+from components.vip_handover import VipHandover
 from offline import engine
 from offline.rehearsal.repository import LOKI_UNIT
 from tests.conftest import require_tool, shellcheck_commands
@@ -84,7 +86,8 @@ def test_every_node_runs_the_same_ring_elected_compactor(example):
         assert compactor["retention_enabled"] is True and compactor["delete_request_store"] == "s3"
         assert compactor["compactor_ring"] == {"heartbeat_period": "5s", "heartbeat_timeout": "15s"}, (
             f"{host}: a crashed compactor must be replaced within minutes, not Loki's default 10")
-        assert config["limits_config"]["retention_period"] == "744h"
+        assert "retention_period" not in config["limits_config"], (
+            f"{host}: retention belongs in the runtime config, where a change restarts nothing")
 
 
 def test_the_nodes_configs_differ_only_in_the_nodes_own_name_and_address(example):
@@ -136,9 +139,16 @@ def test_tls_everywhere_with_client_certificates(example, host):
                                                      "tls_ca_path": CA_FILE}
 
 
+LIMITS = LokiLimits(retention="744h", ingestion_rate_mb=16, ingestion_burst_mb=64)
+HANDOVER = VipHandover(address="192.168.50.20", interface="eth0", port=3100,
+                       priorities={"loki-01": 200, "loki-02": 190, "loki-03": 180}, preempt=True,
+                       keepalived_unit="keepalived.service", keepalived_config="/etc/keepalived/keepalived.conf",
+                       gateway_unit="nginx.service")
+
+
 def spec(**changes: Any) -> LokiConfigSpec:
     base = LokiConfigSpec(
-        nodes=[LokiNodeSpec(name=n, address=a) for n, a in NODES.items()], cluster_label="c", retention="744h",
+        nodes=[LokiNodeSpec(name=n, address=a) for n, a in NODES.items()], cluster_label="c", limits=LIMITS,
         schema_from="2025-01-01", s3_endpoint="s3:9000", bucket="loki",
         data_dir="/var/lib/loki", memory_mib=4096, internal_tls=True)
     return replace(base, **changes)
@@ -182,19 +192,26 @@ def test_the_setup_pins_the_package_and_the_repository_key(example):
 def test_the_apply_verifies_before_it_touches_anything(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
     verify = stdin.index("-verify-config")
-    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('systemctl restart "$UNIT"')
+    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('\n    vip_leave\n') < stdin.index(
+        'systemctl stop "$UNIT"'), "verify, place, hand the VIP over, and only then stop Loki"
+    assert stdin.index('systemctl start "$UNIT"') < stdin.index("\n  vip_rejoin\n"), "back in VRRP after the start"
     assert "READY_URL=https://127.0.0.1:3101/ready" in stdin and "--cert" in stdin
     assert "exit 1" in stdin[verify:stdin.index("changed=0")], "a rejected config must end the step"
 
 
-def test_the_restart_chain_is_one_node_after_another(example):
+def test_the_restart_chain_is_one_node_after_another_the_vips_home_last(example):
+    """From the lowest VRRP priority to the highest: the VIP's home (the first node, where the VIP
+    is after a cold start) restarts last, so that a roll moves the VIP once."""
     monitor = example.engine.monitor
-    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in NODES]
+    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in reversed(NODES)]
     for earlier, later in itertools.pairwise(applies):
         assert earlier.urn in later.dependencies, f"{later.name} must wait for {earlier.name} (and its /ready)"
-    assert not any(a.urn in applies[0].dependencies for a in applies[1:]), "the first node waits for no other"
+    assert not any(a.urn in applies[0].dependencies for a in applies[1:]), f"{applies[0].name} waits for no other"
     for host in NODES:
+        runtime = monitor.find(CMD, f"loki-{host}-runtime-apply")
         apply, install = monitor.find(CMD, f"loki-{host}-apply"), monitor.find(CMD, f"loki-{host}-staged-install")
+        assert runtime.urn in apply.dependencies, f"{host}: Loki does not start without its runtime config"
+        assert not any(a.urn in runtime.dependencies for a in applies), f"{host}: limits wait for no restart"
         setup, tls = monitor.find(CMD, f"loki-{host}-setup"), monitor.find(CMD, f"{host}-tls-install")
         firewall = monitor.find(CMD, f"loki-{host}-firewall-install")
         assert install.urn in apply.dependencies and firewall.urn in install.dependencies
@@ -263,7 +280,7 @@ def cluster_hashes(digests: dict[str, str]) -> dict[str, str]:
             config=spec(), hosts=[LokiHost(name=h, fqdn=f"{h}.x", connection=conn, tls_digest=digests[h])
                                   for h in NODES],
             version="3.7.6", data_device="/dev/vdb", s3_access_key="AK", s3_secret_key=pulumi.Output.secret("SK"),
-            tls_cert_file="/c", tls_key_file="/k", tls_ca_file="/ca"))
+            tls_cert_file="/c", tls_key_file="/k", tls_ca_file="/ca", handover=HANDOVER))
 
     result = engine.run(program, lambda c: {"urls": c.node_urls}, project="loki-stack", stack="t")
     return {r.name: r.inputs_hash for r in result.engine.registrations if r.type == CMD}

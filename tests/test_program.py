@@ -34,7 +34,7 @@ def test_update_builds_every_vm_of_the_example_stack():
     commands = {r.name for r in monitor.of_type("command:remote:Command")}
     per_vm = {f"{n}-{step}" for n in EXAMPLE_VMS for step in ("cloud-init", "host-key", "tls-install")}
     loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
-            for step in ("setup", "firewall-install", "staged-install", "apply")}
+            for step in ("setup", "firewall-install", "staged-install", "runtime-install", "runtime-apply", "apply")}
     vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
                                                                                        "apply")}
     gateway = {f"loki-gateway-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")

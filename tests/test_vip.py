@@ -61,7 +61,7 @@ def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host
     assert sorted(peers(conf)) == sorted(a for n, a in NODES.items() if n != host), f"{host}: unicast peers"
     assert NODES[host] not in peers(conf), f"{host} lists itself as a peer: endless equal-priority warnings"
     assert re.search(r"^\s*check_unicast_src$", conf, re.MULTILINE), f"{host}: adverts from any sender would count"
-    assert value(conf, "state") == "BACKUP" and "nopreempt" not in conf
+    assert value(conf, "state") == "BACKUP" and not re.search(r"^\s*nopreempt$", conf, re.MULTILINE)
     assert value(conf, "virtual_router_id") == "51" and value(conf, "advert_int") == "1"
     assert re.search(r"^\s*192\.168\.50\.20/24 dev eth0$", conf, re.MULTILINE), f"{host}: VIP line"
     assert "enable_script_security" in conf and value(conf, "script_user") == SCRIPT_USER

@@ -1,0 +1,83 @@
+"""VIP handover: a Loki node gives the virtual IP away, without cutting a request, before its Loki
+restarts, and takes part in VRRP again only once its Loki is ready.
+
+keepalived moves the VIP by itself when a node fails (``components.vip``), but a failure is a bad
+way to do a planned restart: on SIGTERM Loki stops its distributor at once and keeps its listener
+open, so requests to the VIP holder hang until the check has failed ``vipCheckFall`` times and the
+backups' master-down timer has run out (5-6 s of failed pushes per node, measured). So the apply
+step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoin`` after
+(``templates/lib-vip-handover.sh``):
+
+- **Drain** (the holder only): new connections to the VIP on this node are dropped, not refused,
+  so a client's TCP sends its SYN again about a second later, when the VIP is elsewhere; nginx
+  reloads, which closes idle keep-alive connections cleanly while requests in flight finish; once
+  no connection to the VIP is left (bounded), the node enters keepalived's FAULT state through a
+  track file (``MAINTENANCE_FILE``): it sends a priority-0 advert and the best backup takes the VIP
+  within about 0.3 s. The step waits, bounded, until a ready node other than itself answers
+  ``/ready`` on the VIP, and fails with the reason otherwise (Loki then is not restarted).
+- A node that does not hold the VIP enters FAULT as well, so that it takes none while it restarts.
+- **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
+  a node of higher priority than the holder would take the VIP straight back: a second move,
+  started by the taker, which cuts what the holder is serving. So it first writes a *yield*
+  (``YIELD_FILE``, added to its priority) that puts it just below the holder; keepalived clears
+  the yield when the node next becomes master (``notify_master``), so the node is the VIP's home
+  again after the next failover. The step ends when a ready node answers on the VIP: only then
+  does the next node's step begin.
+- **Order**: the nodes roll from the lowest VRRP priority to the highest, so that the VIP's home
+  (the first node, where the VIP is after a cold start and with preemption) rolls last and the VIP
+  moves once per roll. When the VIP is elsewhere (after a failover, or with ``vipNoPreempt``), it
+  may move twice; every move is a drain, never a cut.
+
+keepalived's track files: https://keepalived.readthedocs.io/en/latest/configuration_synopsis.html
+(``track_file``: weight 0 makes a non-zero value a FAULT; otherwise the value is added to the priority).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+MAINTENANCE_FILE = "/run/lokistack-vip-maintenance"
+"""1: the node is in FAULT (gives the VIP away, takes none); 0: normal. In /run: a reboot clears it."""
+YIELD_FILE = "/run/lokistack-vip-yield"
+"""Added to the node's VRRP priority (0 or negative); emptied when the node becomes master."""
+NODE_HEADER = "X-Lokistack-Node"
+"""The gateway names its node in every answer: the handover learns who holds the VIP."""
+DRAIN_TABLE = "lokistack_vip_handover"
+"""nftables table (inet) that drops new connections to the VIP while the holder drains (removed after)."""
+HANDOVER_TIMEOUT_S = 60
+"""Longest wait for another ready node to take the VIP (keepalived moves it in about a second)."""
+DRAIN_TIMEOUT_S = 30
+"""Longest wait for the requests in flight on the VIP to finish before it moves (a long query is then cut)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VipHandover:
+    """What a Loki node's apply step needs to hand the VIP over."""
+
+    address: str
+    interface: str
+    port: int
+    priorities: Mapping[str, int]
+    """Node name -> configured VRRP priority (``components.vip.priorities``)."""
+    preempt: bool
+    keepalived_unit: str
+    keepalived_config: str
+    gateway_unit: str
+
+    def script_parameters(self, node: str) -> dict[str, str | int]:
+        """The parameters of ``lib-vip-handover.sh`` for ``node``'s apply step."""
+        return {
+            "VIP_ADDRESS": self.address, "VIP_INTERFACE": self.interface, "VIP_PORT": self.port,
+            "VIP_SELF": node, "VIP_PRIORITIES": " ".join(f"{n}={p}" for n, p in self.priorities.items()),
+            "VIP_PREEMPT": int(self.preempt), "VIP_MAINTENANCE_FILE": MAINTENANCE_FILE,
+            "VIP_YIELD_FILE": YIELD_FILE, "VIP_NODE_HEADER": NODE_HEADER, "VIP_DRAIN_TABLE": DRAIN_TABLE,
+            "VIP_UNIT": self.keepalived_unit, "VIP_CONFIG": self.keepalived_config,
+            "VIP_GATEWAY_UNIT": self.gateway_unit,
+            "VIP_HANDOVER_TIMEOUT_S": HANDOVER_TIMEOUT_S, "VIP_DRAIN_TIMEOUT_S": DRAIN_TIMEOUT_S,
+        }
+
+
+def roll_order(nodes: Sequence[str], priorities: Mapping[str, int]) -> list[str]:
+    """The order in which the nodes restart: lowest VRRP priority first, the VIP's home last."""
+    return sorted(nodes, key=lambda n: (priorities[n], n))

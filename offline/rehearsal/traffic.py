@@ -1,0 +1,178 @@
+"""Clients that put traffic on the VIP and record what they see, run inside a network namespace.
+
+``python -m offline.rehearsal.traffic steady URL OUT --ca CA --cert CERT --key KEY [--interval 0.1]
+[--push JOB]``: one request every interval, each on a new TLS connection and without retries,
+as a client without retries sees a VIP (Grafana's queries, logcli, a script); with ``--push`` each
+request pushes one line ``<JOB> <seq>`` to Loki. One JSON line per request goes to OUT; it runs
+until SIGTERM or SIGINT.
+
+``python -m offline.rehearsal.traffic load URL OUT --ca ... --mib-per-s R --total-mib T``: pushes on
+one kept-open TLS connection in batches of 1000 lines over 10 streams, paced to R MiB/s of log
+line bytes (what Loki's rate limit counts) until T MiB are sent, and writes a summary to OUT.
+
+``summarize_steady`` reads a steady client's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import ssl
+import sys
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REQUEST_TIMEOUT_S = 10.0
+BATCH_LINES = 1000
+STREAMS = 10
+MIB = 1 << 20
+
+
+def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def push_body(lines: list[tuple[dict[str, str], str]]) -> bytes:
+    """A push request: ``lines`` of (stream labels, line), each stream once, timestamps now."""
+    now = time.time_ns()
+    streams: dict[str, dict[str, Any]] = {}
+    for i, (labels, line) in enumerate(lines):
+        stream = streams.setdefault(json.dumps(labels, sort_keys=True), {"stream": labels, "values": []})
+        stream["values"].append([str(now + i), line])
+    return json.dumps({"streams": list(streams.values())}).encode()
+
+
+def steady(url: str, out: Path, context: ssl.SSLContext, interval: float, job: str | None) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    stop = False
+
+    def finish(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    with out.open("a") as record:
+        seq = 0
+        next_at = time.monotonic()
+        while not stop:
+            seq += 1
+            started, wall = time.monotonic(), time.time()
+            status, error = 0, ""
+            body = push_body([({"job": job}, f"{job} {seq}")]) if job else None
+            connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port or 443, context=context,
+                                                     timeout=REQUEST_TIMEOUT_S)
+            try:
+                connection.request("POST" if body else "GET", parsed.path, body=body,
+                                   headers={"Content-Type": "application/json"} if body else {})
+                response = connection.getresponse()
+                status, text = response.status, response.read()
+                if not 200 <= status < 300:
+                    error = text[:200].decode(errors="replace")
+            except (OSError, http.client.HTTPException) as failure:
+                error = f"{type(failure).__name__}: {failure}"
+            finally:
+                connection.close()
+            record.write(json.dumps({"seq": seq, "at": wall, "start": started, "seconds": time.monotonic() - started,
+                                     "status": status, "error": error}) + "\n")
+            record.flush()
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+@dataclass(frozen=True)
+class SteadyRecord:
+    requests: int
+    failures: int
+    longest_failure_s: float
+    """From the start of the first request of a run of failures to the start of the next success."""
+    accepted: list[int]
+    """Sequence numbers the server accepted."""
+    errors: list[str]
+
+
+def summarize_steady(path: Path) -> SteadyRecord:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    failures, longest, since = 0, 0.0, None
+    errors = []
+    for row in rows:
+        ok = 200 <= row["status"] < 300
+        if not ok:
+            failures += 1
+            errors.append(f"#{row['seq']} at {time.strftime('%H:%M:%S', time.localtime(row['at']))}: "
+                          f"{row['status']} {row['error']}")
+            since = row["start"] if since is None else since
+        elif since is not None:
+            longest, since = max(longest, row["start"] - since), None
+    if since is not None and rows:
+        longest = max(longest, rows[-1]["start"] + rows[-1]["seconds"] - since)
+    return SteadyRecord(requests=len(rows), failures=failures, longest_failure_s=longest,
+                        accepted=[r["seq"] for r in rows if 200 <= r["status"] < 300], errors=errors)
+
+
+def load(url: str, out: Path, context: ssl.SSLContext, *, mib_per_s: float, total_mib: float,
+         line_bytes: int) -> None:
+    """Batches of BATCH_LINES lines over STREAMS streams on one connection, paced to ``mib_per_s``."""
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port or 443, context=context,
+                                             timeout=60)
+    statuses: Counter[int] = Counter()
+    first_refusal = ""
+    sent_bytes = sent_lines = batches = 0
+    started = time.monotonic()
+    filler = "x" * line_bytes
+    while sent_bytes < total_mib * MIB:
+        lines = [({"job": "load", "stream": str(i % STREAMS)}, f"{batches:06d} {i:04d} {filler}"[:line_bytes])
+                 for i in range(BATCH_LINES)]
+        connection.request("POST", parsed.path, body=push_body(lines), headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        text = response.read()
+        statuses[response.status] += 1
+        if response.status != 204 and not first_refusal:
+            first_refusal = f"{response.status} {text[:300].decode(errors='replace')}"
+        batches += 1
+        sent_lines += BATCH_LINES
+        sent_bytes += BATCH_LINES * line_bytes
+        ahead = started + sent_bytes / (mib_per_s * MIB) - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    seconds = time.monotonic() - started
+    connection.close()
+    out.write_text(json.dumps({"batches": batches, "lines": sent_lines, "mib": sent_bytes / MIB, "seconds": seconds,
+                               "lines_per_s": sent_lines / seconds, "mib_per_s": sent_bytes / MIB / seconds,
+                               "statuses": {str(k): v for k, v in statuses.items()}, "first_refusal": first_refusal}))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offline.rehearsal.traffic")
+    parser.add_argument("mode", choices=["steady", "load"])
+    parser.add_argument("url")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--interval", type=float, default=0.1)
+    parser.add_argument("--push", metavar="JOB", help="push one line per request as job JOB (steady)")
+    parser.add_argument("--mib-per-s", type=float, default=1.0)
+    parser.add_argument("--total-mib", type=float, default=10.0)
+    parser.add_argument("--line-bytes", type=int, default=256)
+    args = parser.parse_args(argv)
+    context = tls_context(args.ca, args.cert, args.key)
+    if args.mode == "steady":
+        steady(args.url, args.out, context, args.interval, args.push)
+    else:
+        load(args.url, args.out, context, mib_per_s=args.mib_per_s, total_mib=args.total_mib,
+             line_bytes=args.line_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
