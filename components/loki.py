@@ -25,6 +25,7 @@ from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
 from components.loki_config import (
+    CREDENTIALS_DIR,
     HTTP_PORT,
     LOKI_LOCAL_PORT,
     LokiConfigSpec,
@@ -187,7 +188,7 @@ class LokiCluster(pulumi.ComponentResource):
                 # Loki itself, on loopback (not through the gateway, which may not be there yet).
                 "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
                 "BUILDINFO_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/loki/api/v1/status/buildinfo",
-                "TIMEOUT_S": READY_TIMEOUT_S, **tls,
+                "TIMEOUT_S": READY_TIMEOUT_S, "CREDENTIALS_DIR": CREDENTIALS_DIR, **tls,
                 **args.handover.script_parameters(host.name),
             }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-vip-handover.sh"])
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)

@@ -61,6 +61,9 @@ class VipHandover:
     priorities: Mapping[str, int]
     """Node name -> configured VRRP priority (``components.vip.priorities``)."""
     preempt: bool
+    check_interval: int
+    check_rise: int
+    """keepalived's check: a node back from a restart counts fully once it has passed ``rise`` times."""
     keepalived_unit: str
     keepalived_config: str
     gateway_unit: str
@@ -75,6 +78,7 @@ class VipHandover:
             "VIP_UNIT": self.keepalived_unit, "VIP_CONFIG": self.keepalived_config,
             "VIP_GATEWAY_UNIT": self.gateway_unit,
             "VIP_HANDOVER_TIMEOUT_S": HANDOVER_TIMEOUT_S, "VIP_DRAIN_TIMEOUT_S": DRAIN_TIMEOUT_S,
+            "VIP_CHECK_INTERVAL": self.check_interval, "VIP_CHECK_RISE": self.check_rise,
         }
 
 

@@ -191,14 +191,16 @@ def fake_certificate(name: str, inputs: dict[str, Any], *, subject: x509.Name, s
     if unknown:
         raise ValueError(f"tls certificate {name}: unknown allowed_uses {unknown}")
     is_ca = bool(inputs.get("isCaCertificate"))
-    start = _validity_start() + datetime.timedelta(days=1 if renewed else 0)
+    # A renewed certificate differs (its start, its serial) and is valid now, as a real one is:
+    # it can be used at once (the rehearsal rolls the Loki nodes onto renewed certificates).
+    start = _validity_start() + datetime.timedelta(seconds=1 if renewed else 0)
     end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.subject if issuer else subject)
         .public_key(public_key)
-        .serial_number(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
+        .serial_number(int.from_bytes(_seed("serial", name + (" renewed" if renewed else ""))[:16], "big") >> 1 or 1)
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
@@ -287,7 +289,7 @@ class FakeCloud(pulumi.runtime.Mocks):
     def __init__(self, *, preview: bool = False, renewed: frozenset[str] = frozenset()):
         self.preview = preview
         self.renewed = renewed
-        """Names of ``tls.LocallySignedCert`` resources to issue as renewed (a day later): what a
+        """Names of ``tls.LocallySignedCert`` resources to issue as renewed (another serial and start): what a
         ``pulumi up`` within ``early_renewal_hours`` of their end does."""
         self.secret_values: dict[str, str] = {}
         """Every secret string handed out (or given as secret config) -> a label for it."""

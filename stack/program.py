@@ -309,7 +309,8 @@ def vip_handover(settings: Settings) -> VipHandover:
     """What a Loki node's apply step needs to hand the VIP over before its Loki restarts."""
     return VipHandover(address=str(settings.vip.address), interface=GUEST_INTERFACE, port=HTTP_PORT,
                        priorities=vip_priorities([n.name for n in settings.loki.nodes]),
-                       preempt=not settings.vip.nopreempt, keepalived_unit=KEEPALIVED_UNIT,
+                       preempt=not settings.vip.nopreempt, check_interval=settings.vip.check_interval,
+                       check_rise=settings.vip.check_rise, keepalived_unit=KEEPALIVED_UNIT,
                        keepalived_config=KEEPALIVED_CONFIG, gateway_unit=GATEWAY_UNIT)
 
 

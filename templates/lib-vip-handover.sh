@@ -149,6 +149,10 @@ vip_rejoin() {
   fi
   printf '%s\n' "$yield" >"$VIP_YIELD_FILE"
   vip_mark 0
+  # keepalived's check failed while Loki restarted: until it has passed VIP_CHECK_RISE times the
+  # node's priority is still lowered, so the next node's handover would pass it over and the node
+  # would take the VIP later with a move of its own.
+  sleep $(((VIP_CHECK_RISE + 1) * VIP_CHECK_INTERVAL))
   if [ "$yield" -ne 0 ]; then
     echo "${VIP_SELF} takes part in VRRP again below ${holder} (priority ${own} ${yield}): the VIP stays there"
   else

@@ -2,13 +2,14 @@
 # Applies a Loki node's staged files (runs as root, on stdin; loki-stack sets the parameters
 # above this script). The staged config is checked with `loki -verify-config` first: if Loki
 # rejects it, nothing is changed and the running service keeps its old config. Otherwise the
-# files that differ are put in place; when one did (or the version changed), the node hands the
-# VIP over if it holds it (lib-vip-handover.sh) and Loki restarts; the step ends once the node
-# answers /ready over HTTPS with a client certificate and a ready node holds the VIP, so that the
-# next node only restarts after this one is ready again.
+# files that differ are put in place; when one did (or the version changed, or the TLS files
+# differ from those the running Loki started with), the node hands the VIP over if it holds it
+# (lib-vip-handover.sh) and Loki restarts; the step ends once the node answers /ready over HTTPS
+# with a client certificate and a ready node holds the VIP, so that the next node only restarts
+# after this one is ready again.
 set -euo pipefail
 : "${STAGE_DIR:?}" "${CONFIG_FILE:?}" "${ENV_FILE:?}" "${DROPIN_FILE:?}" "${UNIT:?}" "${READY_URL:?}"
-: "${CA_FILE:?}" "${CERT_FILE:?}" "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${BUILDINFO_URL:?}"
+: "${CA_FILE:?}" "${CERT_FILE:?}" "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${BUILDINFO_URL:?}" "${CREDENTIALS_DIR:?}"
 
 host=$(hostname -f 2>/dev/null || hostname)
 (
@@ -32,10 +33,20 @@ installed=$(dpkg-query -W -f='${Version}' loki)
 installed=${installed%-*}  # the Debian revision (3.7.6-1) is not part of Loki's own version
 running=$(curl -fsS --max-time 5 "${curl_tls[@]}" "$BUILDINFO_URL" 2>/dev/null \
   | sed -n 's/.*"version":"\([^"]*\)".*/\1/p' || true)
-if [ "$changed" -eq 1 ] || [ "$running" != "$installed" ] || ! systemctl is-active --quiet "$UNIT"; then
+# Loki reads its TLS files once, at start (systemd credentials): a renewed certificate on disk
+# that differs from what the running Loki got needs a restart.
+renewed=0
+for credential in "server.pem:${CERT_FILE}" "server.key:${KEY_FILE}" "ca.pem:${CA_FILE}"; do
+  if ! cmp -s "${CREDENTIALS_DIR}/${credential%%:*}" "${credential#*:}"; then
+    renewed=1
+  fi
+done
+if [ "$changed" -eq 1 ] || [ "$renewed" -eq 1 ] || [ "$running" != "$installed" ] \
+  || ! systemctl is-active --quiet "$UNIT"; then
   systemctl daemon-reload
   systemctl enable --quiet "$UNIT"
-  echo "restarting ${UNIT} on ${host} (files changed: ${changed}, running: ${running:-none}, installed: ${installed})"
+  echo "restarting ${UNIT} on ${host} (files changed: ${changed}, TLS files renewed: ${renewed}," \
+    "running: ${running:-none}, installed: ${installed})"
   if systemctl is-active --quiet "$UNIT"; then
     # A running node first hands the VIP over (lib-vip-handover.sh): no client sees the restart.
     vip_leave

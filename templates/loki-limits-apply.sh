@@ -75,14 +75,16 @@ if [ "$changed" -eq 0 ] || [ "$reloads" -eq 0 ]; then
   exit 0
 fi
 
-t0=$SECONDS
+t0=$EPOCHREALTIME
+deadline=$((SECONDS + TIMEOUT_S))
 while :; do
   now=$(runtime_state || echo "unknown unknown")
   if [ "${now% *}" != "${before% *}" ] && [ "${now#* }" = "1" ]; then
-    echo "runtime config on ${host}: Loki reloaded it $((SECONDS - t0)) s after it was placed, without a restart"
+    took=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+    echo "runtime config on ${host}: Loki reloaded it ${took} s after it was placed, without a restart"
     exit 0
   fi
-  if [ "${now#* }" = "0" ] || [ $((SECONDS - t0)) -ge "$TIMEOUT_S" ]; then
+  if [ "${now#* }" = "0" ] || [ "$SECONDS" -ge "$deadline" ]; then
     if [ -f "${work}/previous" ]; then
       safe_replace "${work}/previous" "$RUNTIME_FILE" root loki 0640
     fi
@@ -91,5 +93,5 @@ while :; do
     journalctl -u "$UNIT" --since "-$((TIMEOUT_S + 5))s" --no-pager 2>/dev/null | grep -i "runtime" | tail -5 >&2 || true
     exit 1
   fi
-  sleep 1
+  sleep 0.5
 done

@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
 prepare_data_disk "$DATA_DEVICE" "$DATA_DIR" loki
 system_user loki "$DATA_DIR"
-ensure_packages nftables  # the node's firewall (components/firewall.py)
+ensure_packages nftables python3-yaml  # the firewall (components/firewall.py); the limits check (loki-limits-apply.sh)
 install -d -m 0755 "$(dirname "$GUARD_FILE")"
 printf '%s' "$GUARD" >"${GUARD_FILE}.new"
 mv -f "${GUARD_FILE}.new" "$GUARD_FILE"

@@ -13,7 +13,8 @@ host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-i
 - keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``);
 - nginx (the gateway) runs with its rendered config in a main config like Debian's, its pid file,
   logs and TLS files in the lab (see ``lab_stack.gateway_command``);
-- the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit).
+- the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit);
+- the node's config names the runtime config (the limits) in the lab's directory, not in /etc/loki.
 
 Every process is stopped by its pid and every namespace removed when the lab closes, also when a
 test fails (``PrivateNetwork``).
@@ -35,6 +36,7 @@ from components import firewall
 from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
 from components.loki_gateway import ROLE_OPERATOR
+from components.loki_limits import RUNTIME_FILE
 from components.objectstore import API_PORT
 from offline.real_loki import LokiTools
 from tests.lab_stack import (
@@ -184,7 +186,10 @@ class LokiLab:
         (d / "credentials").mkdir(parents=True, exist_ok=True)
         for credential, source in dropin.credentials.items():
             (d / "credentials" / credential).write_text(files[source])
-        (d / "config.yml").write_text(files[f"{STAGE_DIR}/config.yml"])
+        config = files[f"{STAGE_DIR}/config.yml"]
+        assert f"file: {RUNTIME_FILE}" in config, f"{node}: the config does not read the runtime config"
+        (d / "config.yml").write_text(config.replace(f"file: {RUNTIME_FILE}", f"file: {d / 'runtime.yml'}"))
+        (d / "runtime.yml").write_text(files[f"{STAGE_DIR}/runtime.yml"])
         (d / "env").write_text(files[f"{STAGE_DIR}/lokistack.env"])
         (d / "hosts").write_text(self.plan.etc_hosts(node))
         (d / "var-lib" / "loki").mkdir(parents=True, exist_ok=True)

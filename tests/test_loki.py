@@ -142,6 +142,7 @@ def test_tls_everywhere_with_client_certificates(example, host):
 LIMITS = LokiLimits(retention="744h", ingestion_rate_mb=16, ingestion_burst_mb=64)
 HANDOVER = VipHandover(address="192.168.50.20", interface="eth0", port=3100,
                        priorities={"loki-01": 200, "loki-02": 190, "loki-03": 180}, preempt=True,
+                       check_interval=2, check_rise=2,
                        keepalived_unit="keepalived.service", keepalived_config="/etc/keepalived/keepalived.conf",
                        gateway_unit="nginx.service")
 
@@ -196,6 +197,10 @@ def test_the_apply_verifies_before_it_touches_anything(example):
         'systemctl stop "$UNIT"'), "verify, place, hand the VIP over, and only then stop Loki"
     assert stdin.index('systemctl start "$UNIT"') < stdin.index("\n  vip_rejoin\n"), "back in VRRP after the start"
     assert "READY_URL=https://127.0.0.1:3101/ready" in stdin and "--cert" in stdin
+    # A renewed certificate re-runs the step (its trigger), and Loki reads its TLS files only at
+    # start: the step must compare them with the credentials the running Loki got (the rehearsal's
+    # roll shows the restart; before, the step re-ran and restarted nothing).
+    assert "CREDENTIALS_DIR=/run/credentials/loki.service" in stdin and 'cmp -s "${CREDENTIALS_DIR}/' in stdin
     assert "exit 1" in stdin[verify:stdin.index("changed=0")], "a rejected config must end the step"
 
 

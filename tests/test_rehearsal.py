@@ -25,12 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from offline.rehearsal.hitless import refused_limit
 from offline.rehearsal.machines import CGROUP_ROOTS
 from offline.rehearsal.run import Rehearsal
 from tests.conftest import figure, require_root, require_tool
 
 SECTION = "Rehearsal on booted Debian 12 systems (measured)"
 pytestmark = pytest.mark.rehearsal
+RATE_LIMITER_REFRESH_S = 12
+"""Loki's rate limiters take a reloaded rate within 10 s of the reload (LOKI-FACTS)."""
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -41,6 +44,13 @@ def leftovers(prefix: str) -> list[str]:
               for c in root.glob(f"lokistack-rehearsal-{prefix}*")]
     mounts = Path("/proc/mounts").read_text()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if f"/{prefix}-run/" in line]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if f"/{prefix}-run" in argv and cmdline.parent.name != str(os.getpid()):
+            found.append(f"process {cmdline.parent.name}: {argv[:200]}")
     return found
 
 
@@ -135,17 +145,52 @@ def test_a_line_pushed_through_the_vip_is_read_back_with_logcli_from_the_stack_o
     assert not problems, "\n".join(problems)
 
 
-def test_a_retention_change_reruns_exactly_the_steps_the_diff_names_one_node_at_a_time(rehearsal):
+def test_a_retention_change_reloads_on_every_node_and_restarts_none(rehearsal):
+    """Retention is in Loki's runtime config: exactly the runtime-config steps run (the plan's diff
+    names them), every node has reloaded it within one reload period, and no Loki restarted."""
     for name, machine in rehearsal.machines.items():
         figure(SECTION, f"{name}: {machine.memory_mib():.0f} MiB (PSS of the machine's processes)")
-    rerun, problems = rehearsal.change_setting(lokiRetention="720h")
+    problems = rehearsal.change_limits(lokiRetention="720h")
     assert not problems, "\n".join(problems)
+    for node in (n for n in rehearsal.machines if n.startswith("loki-")):
+        runtime = rehearsal.machines[node].exec(["cat", "/etc/loki/runtime.yml"]).stdout
+        assert "retention_period: 720h" in runtime, f"{node}: the new retention is not in place: {runtime}"
+
+
+LOAD_RATE_MB, LOAD_BURST_MB = 4, 8
+"""A rate this machine can push well above (three Loki nodes and the object store on two cores)."""
+
+
+def test_pushes_through_the_vip_below_the_configured_rate_are_never_refused(rehearsal):
+    """The rate set is the rate the cluster takes through the VIP (``ingestion_rate_strategy:
+    local``; with Loki's default each node would take a third of it), set on running nodes: below
+    it, well past the burst, no push is refused; above it, Loki refuses with exactly that rate."""
+    problems = rehearsal.change_limits(lokiIngestionRateMb=LOAD_RATE_MB, lokiIngestionBurstMb=LOAD_BURST_MB)
+    assert not problems, "\n".join(problems)
+    time.sleep(RATE_LIMITER_REFRESH_S)
+    below = rehearsal.load(mib_per_s=0.9 * LOAD_RATE_MB, total_mib=3 * LOAD_BURST_MB)
+    assert below["statuses"] == {"204": below["batches"]}, (
+        f"pushes at 90% of {LOAD_RATE_MB} MiB/s were refused: {below['statuses']} {below['first_refusal']}")
+    above = rehearsal.load(mib_per_s=4 * LOAD_RATE_MB, total_mib=6 * LOAD_BURST_MB)
+    limit = refused_limit(above["first_refusal"])
+    assert limit == LOAD_RATE_MB * 2**20, (
+        f"above the rate ({above['mib_per_s']:.1f} MiB/s) Loki must refuse at {LOAD_RATE_MB} MiB/s: "
+        f"{above['statuses']} {above['first_refusal']}")
+
+
+def test_a_roll_through_every_node_fails_no_push_through_the_vip_and_loses_no_line(rehearsal):
+    """Every node's certificate renewed: the nodes restart one by one, the VIP's home last, each
+    holder handing the VIP over first; a client pushing every 100 ms without retries sees no failure."""
+    report, seen, problems = rehearsal.roll()
     nodes = sorted(n for n in rehearsal.machines if n.startswith("loki-"))
-    assert rerun == sorted(f"loki-{n}-{step}" for n in nodes for step in ("apply", "staged-install")), (
-        f"a retention change re-ran {rerun}")
-    for node in nodes:
-        config = rehearsal.machines[node].exec(["cat", "/etc/loki/config.yml"]).stdout
-        assert "retention_period: 720h" in config, f"{node}: the new retention is not in place"
+    figure(SECTION, f"roll: {seen.requests} pushes, {seen.failures} failed, longest failure "
+                    f"{seen.longest_failure_s:.1f} s, {report.seconds:.1f} s in all")
+    assert not problems, "\n".join(problems)
+    assert report.order == [f"loki-{n}-apply" for n in reversed(nodes)], f"roll order {report.order}"
+    assert sorted(report.stopped) == sorted(report.ready) == nodes, f"not every node restarted: {report}"
+    assert [(a, b) for a, b, _ in report.handovers] == [(nodes[0], nodes[1])], (
+        f"the VIP must move once, from its home to the next node: {report.handovers}")
+    assert seen.failures == 0 and seen.requests >= 100, f"{seen.failures} of {seen.requests} pushes failed"
 
 
 def test_powering_off_the_vip_holder_moves_the_vip_and_loses_nothing(rehearsal):

@@ -188,15 +188,19 @@ def build_repository(debs: list[Path], root: Path, gnupg_home: Path) -> str:
     gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {**os.environ, "GNUPGHOME": str(gnupg_home)}
     gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "loki-stack rehearsal <rehearsal@invalid>", "ed25519", "sign", "1y"],
-                   env=env, check=True, capture_output=True, timeout=120)
-    listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys"], env=env, check=True,
-                             capture_output=True, text=True, timeout=60).stdout
-    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-    subprocess.run([*gpg, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release")], env=env,
-                   check=True, capture_output=True, timeout=60)
-    subprocess.run([*gpg, "--yes", "--armor", "--export", "-o", str(root / KEY_FILE_NAME), fingerprint], env=env,
-                   check=True, capture_output=True, timeout=60)
+    try:
+        subprocess.run([*gpg, "--quick-gen-key", "loki-stack rehearsal <rehearsal@invalid>", "ed25519", "sign", "1y"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys"], env=env, check=True,
+                                 capture_output=True, text=True, timeout=60).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        subprocess.run([*gpg, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release")],
+                       env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run([*gpg, "--yes", "--armor", "--export", "-o", str(root / KEY_FILE_NAME), fingerprint],
+                       env=env, check=True, capture_output=True, timeout=60)
+    finally:
+        # gpg starts an agent for this home directory; it would outlive the rehearsal for minutes.
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False, capture_output=True, timeout=60)
     return fingerprint
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,13 +27,16 @@ from typing import Any
 
 import yaml
 
+from components.loki_config import HTTP_PORT
+from components.loki_limits import RELOAD_PERIOD_S
 from components.objectstore import API_PORT
 from offline.diff import diff_manifests
 from offline.engine import Registration, RunResult
 from offline.plan import build_manifest, read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
 from offline.real_loki import LOKI_VERSION, find_tools
-from offline.rehearsal.checks import Operator, marker, unit_problems, wait_for_one_holder
+from offline.rehearsal.checks import OPERATOR_DIR, Operator, marker, unit_problems, wait_for_one_holder
+from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
 from offline.rehearsal.repository import (
@@ -45,6 +49,8 @@ from offline.rehearsal.repository import (
 from offline.rehearsal.settings import GATEWAY, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, RUNNER_ADDRESS, TEST_RANGE, VIP
 from offline.rehearsal.steps import DONE, LOCAL, REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
 from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
+from offline.rehearsal.traffic import SteadyRecord, summarize_steady
+from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
 SNIPPET_TYPE = "proxmoxve:index/fileLegacy:FileLegacy"
@@ -101,6 +107,10 @@ class Rehearsal:
     result: RunResult | None = None
     steps: dict[str, Step] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    renewed: frozenset[str] = frozenset()
+    """Certificates issued as renewed from now on (``tls.LocallySignedCert`` names)."""
+    settings: dict[str, object] = field(default_factory=dict)
+    """Settings changed so far (they stay changed for later runs of the program)."""
     parameters: dict[str, str] = field(default_factory=dict)
     """The setup scripts' parameters the rehearsal passes instead of the program's: Grafana's
     repository (URL, key URL, fingerprints) and the object store's server archive (URL, SHA-256)."""
@@ -109,7 +119,8 @@ class Rehearsal:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     def program(self, **overrides: object) -> RunResult:
-        self.result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}))
+        self.result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}),
+                                  renewed=self.renewed)
         return self.result
 
     def boot(self) -> None:
@@ -290,32 +301,153 @@ class Rehearsal:
             problems.append(f"push after the failover answered {status}")
         return problems
 
-    def change_setting(self, **settings: object) -> tuple[list[str], list[str]]:
-        """Runs the program again with ``settings`` changed, and then exactly the steps the plan's
-        diff names as changed, in their order. Returns (the steps re-run, problems): a step not
-        ok, or Loki nodes restarted at the same time (each node's apply must end before the next
-        one's begins)."""
+    def change(self, settings: dict[str, object],
+               renewed: frozenset[str] = frozenset()) -> tuple[list[Step], list[str]]:
+        """Runs the program again with ``settings`` changed and the certificates ``renewed`` issued
+        as renewed, and then exactly the steps the plan's diff names as changed, in their order.
+        Returns the steps run and the problems: a step not ok, or Loki nodes restarted at the same
+        time (each node's apply must end before the next one's begins)."""
         assert self.network is not None and self.result is not None
         before = build_manifest(self.result, stack="homelab")
-        after_result = self.program(**settings)
+        self.settings |= settings
+        self.renewed |= renewed
+        after_result = self.program(**self.settings)
         diff = diff_manifests(before, build_manifest(after_result, stack="homelab"))
         named = {c.name for c in diff.changes if c.type in (REMOTE, LOCAL)}
         graph = step_graph(after_result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
+        first_run = {s.name: s for s in self.steps.values()}
         steps = {urn: replace(s, needs={n for n in s.needs if graph[n].name in named})
                  for urn, s in graph.items() if s.name in named}
+        for step in steps.values():  # what never ran here does not run again (its setup was not rehearsed)
+            earlier = first_run.get(step.name)
+            if not step.not_rehearsed and earlier is not None and earlier.status not in DONE:
+                step.not_rehearsed = f"{earlier.status} in the first run: {earlier.not_rehearsed or earlier.output}"
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
-        wall = runner.run(steps)
-        problems = [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values() if s.status not in DONE]
-        applies = sorted((s for s in steps.values() if s.name.startswith("loki-loki-") and s.name.endswith("-apply")),
-                         key=lambda s: s.started)
-        for first, second in itertools.pairwise(applies):
-            if second.started < first.started + first.seconds:
-                problems.append(f"{second.name} began before {first.name} ended: two Loki nodes restarted at once")
-        restarted = [s.name for s in applies if "restarting loki.service" in s.output]
-        self.figures.append(f"setting change {settings}: {len(steps)} steps re-run in {wall:.1f} s, "
-                            f"Loki restarted one node at a time on {restarted}")
-        return sorted(s.name for s in steps.values()), problems
+        runner.run(steps)
+        problems = [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values()
+                    if s.status not in (*DONE, "not rehearsed", "skipped")]
+        problems += roll_report(list(steps.values()), list(LOKI_ADDRESSES)).overlaps
+        return list(steps.values()), problems
+
+    def change_setting(self, **settings: object) -> tuple[list[str], list[str]]:
+        """``change`` of settings; returns the names of the steps re-run and the problems."""
+        t0 = time.monotonic()
+        steps, problems = self.change(settings)
+        restarted = [s.name for s in sorted(steps, key=lambda s: s.started) if "restarting loki.service" in s.output]
+        self.figures.append(f"setting change {settings}: {len(steps)} steps re-run in {time.monotonic() - t0:.1f} s, "
+                            f"Loki restarted on {restarted or 'no node'}")
+        return sorted(s.name for s in steps), problems
+
+    def loki_starts(self) -> dict[str, str]:
+        """Loki node -> when its loki.service last started (a restart changes it)."""
+        return {n: self.machines[n].exec(["systemctl", "show", "-p", "ExecMainStartTimestampMonotonic",
+                                          "--value", "loki.service"]).stdout.strip() for n in LOKI_ADDRESSES}
+
+    def change_limits(self, **settings: object) -> list[str]:
+        """A change of the limits Loki reloads: exactly the runtime-config steps run, every node has
+        reloaded the file within one reload period of its placing, and no Loki restarts."""
+        starts = self.loki_starts()
+        t0 = time.monotonic()
+        steps, problems = self.change(settings)
+        rerun = sorted(s.name for s in steps)
+        expected = sorted(f"loki-{n}-{step}" for n in LOKI_ADDRESSES for step in ("runtime-apply", "runtime-install"))
+        if rerun != expected:
+            problems.append(f"the limits change {settings} re-ran {rerun}, not {expected}")
+        if (after := self.loki_starts()) != starts:
+            problems.append(f"the limits change {settings} restarted Loki: started {starts} -> {after}")
+        reloaded = reload_seconds(steps)
+        hosts = {s.host for s in steps}
+        if len(reloaded) != len(hosts) or max(reloaded.values(), default=0) > RELOAD_PERIOD_S + 1:
+            problems.append(f"every node must reload the limits within {RELOAD_PERIOD_S} s: {reloaded}")
+        self.figures.append(f"limits change {settings}: {len(steps)} steps in {time.monotonic() - t0:.1f} s, "
+                            f"no restart, reloaded after {reloaded} s")
+        return problems
+
+    def client_files(self) -> tuple[str, str, str]:
+        """The operator's CA, certificate and key on the runner (where the README puts them)."""
+        files = self.operator().home / OPERATOR_DIR
+        return str(files / "ca.pem"), str(files / "operator.pem"), str(files / "operator.key")
+
+    def roll(self) -> tuple[RollReport, SteadyRecord, list[str]]:
+        """Every Loki node's server certificate renewed, so that every node restarts, as its apply
+        steps order them, while a client pushes through the VIP every 100 ms without retries.
+        Returns what the apply steps said, what the client saw, and the problems: a failed push,
+        an accepted line that does not read back, a step not ok, two nodes restarting at once."""
+        assert self.network is not None
+        ca, cert, key = self.client_files()
+        record = self.run_dir / "roll-client.jsonl"
+        job = f"roll-{uuid.uuid4().hex[:8]}"
+        log = open(self.run_dir / "roll-client.log", "wb")  # noqa: SIM115 (closed below, also on failure)
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", self.network.ns(RUNNER), sys.executable, "-m", "offline.rehearsal.traffic",
+             "steady", f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push", str(record), "--ca", ca, "--cert", cert,
+             "--key", key, "--push", job], stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
+                                                                                      "PYTHONPATH": str(PROJECT_DIR)})
+        try:
+            deadline = time.monotonic() + 30
+            while not (record.exists() and record.read_text().count("\n") >= 20):
+                if time.monotonic() > deadline or client.poll() is not None:
+                    output = (self.run_dir / "roll-client.log").read_text()
+                    raise RuntimeError(f"the roll's client pushes nothing: {output}")
+                time.sleep(0.2)
+            began = int(time.time())
+            steps, problems = self.change({}, renewed=frozenset(f"{n}-server-cert" for n in LOKI_ADDRESSES))
+            time.sleep(2)
+            for node in LOKI_ADDRESSES:  # for a look at each stop: what Loki did between SIGTERM and exit
+                journal = self.machines[node].exec(["journalctl", "-u", "loki.service", "-o", "short-unix",
+                                                    "--no-pager", "-S", f"@{began}"]).stdout
+                (self.run_dir / f"{node}-roll-journal.log").write_text(journal)
+        finally:
+            client.terminate()
+            client.wait(timeout=15)
+            log.close()
+        seen = summarize_steady(record)
+        report = roll_report(steps, list(LOKI_ADDRESSES))
+        problems += [f"a push through the VIP failed during the roll: {e}" for e in seen.errors[:10]]
+        lines = self.read_job(job)
+        lost = sorted(set(seen.accepted) - {int(line.split()[-1]) for line in lines})
+        if lost:
+            problems.append(f"{len(lost)} accepted line(s) do not read back after the roll: seq {lost[:20]}")
+        self.figures.append(
+            f"roll (certificate renewal, {' > '.join(report.order)}): {report.seconds:.1f} s; "
+            f"{seen.requests} pushes through the VIP, {seen.failures} failed, longest failure "
+            f"{seen.longest_failure_s:.1f} s, {len(lost)} accepted lines lost")
+        for host in report.stopped.keys() | report.ready.keys():
+            self.figures.append(f"  {host}: stopped in {report.stopped.get(host, float('nan')):.1f} s, "
+                                f"ready {report.ready.get(host, float('nan')):.1f} s after its start")
+        self.figures += [f"  VIP {a} -> {b} in {s:.1f} s" for a, b, s in report.handovers]
+        return report, seen, problems
+
+    def read_job(self, job: str) -> list[str]:
+        """Every line of ``job`` in the last hour, read through the VIP with the operator's certificate."""
+        query = urllib.parse.urlencode({"query": f'{{job="{job}"}}', "limit": 5000, "direction": "forward",
+                                        "start": time.time_ns() - 3600 * 10**9, "end": time.time_ns() + 10**9})
+        proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query_range?{query}", "-f")
+        if proc.returncode != 0:
+            raise RuntimeError(f"reading {job} back through the VIP failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+        result = json.loads(proc.stdout)
+        return [v[1] for stream in result["data"]["result"] for v in stream["values"]]
+
+    def load(self, *, mib_per_s: float, total_mib: float) -> dict[str, Any]:
+        """Pushes through the VIP on one kept-open connection, batches of 1000 lines over 10 streams,
+        paced to ``mib_per_s`` until ``total_mib`` are sent; returns the client's summary."""
+        assert self.network is not None
+        ca, cert, key = self.client_files()
+        out = self.run_dir / f"load-{mib_per_s:g}.json"
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.network.ns(RUNNER), sys.executable, "-m", "offline.rehearsal.traffic", "load",
+             f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push", str(out), "--ca", ca, "--cert", cert, "--key", key,
+             "--mib-per-s", str(mib_per_s), "--total-mib", str(total_mib)],
+            capture_output=True, text=True, timeout=600, check=False,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)})
+        if proc.returncode != 0:
+            raise RuntimeError(f"the load client failed: {proc.stdout}{proc.stderr}")
+        summary: dict[str, Any] = json.loads(out.read_text())
+        self.figures.append(f"load through the VIP at {mib_per_s:g} MiB/s for {total_mib:g} MiB: "
+                            f"{summary['lines_per_s']:.0f} lines/s, {summary['mib_per_s']:.2f} MiB/s, "
+                            f"statuses {summary['statuses']}")
+        return summary
 
     def report(self) -> str:
         lines = ["", "steps:"]
@@ -401,7 +533,7 @@ def main(argv: list[str]) -> int:
         checks: list[Callable[[], list[str]]] = [
             lambda: [f"second run changed {name}: {line}" for name, line in rehearsal.second_run().items()],
             rehearsal.unit_problems, rehearsal.push_and_read,
-            lambda: rehearsal.change_setting(lokiRetention="720h")[1], rehearsal.failover]
+            lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2], rehearsal.failover]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()
