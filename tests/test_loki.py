@@ -268,7 +268,8 @@ def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
     assert "Failed to parse resource value" in broken.stderr, "systemd-analyze missed a bad value"
     assert "-config.expand-env=true" in dropin and "-target=all" in dropin
     for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/loki",
-                      "PrivateTmp=yes", "ProtectHome=yes", "LoadCredential=server.key:/etc/lokistack/tls/server.key"):
+                      "PrivateTmp=yes", "ProtectHome=yes", "LoadCredential=server.key:/etc/lokistack/tls/server.key",
+                      "TimeoutStopSec=120"):
         assert directive in dropin
 
 
