@@ -5,5 +5,7 @@ way ``pulumi up`` would deploy it (``make rehearse``, ``python -m offline.rehear
 - ``network.py``: the private network (198.18.0.0/24) and the narrow path to the Debian mirrors;
 - ``machines.py``: one systemd-nspawn container per VM of the program, with its cloud-init seed;
 - ``steps.py``: the program's commands run over SSH as pulumi-command runs them;
+- ``traffic.py``: clients of the VIP (a steady pusher without retries, a paced load on one
+  connection), run on the runner; ``hitless.py``: what they and the apply steps saw during a change;
 - ``run.py``: all of it together, with the checks and the figures.
 """

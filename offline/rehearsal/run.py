@@ -330,15 +330,6 @@ class Rehearsal:
         problems += roll_report(list(steps.values()), list(LOKI_ADDRESSES)).overlaps
         return list(steps.values()), problems
 
-    def change_setting(self, **settings: object) -> tuple[list[str], list[str]]:
-        """``change`` of settings; returns the names of the steps re-run and the problems."""
-        t0 = time.monotonic()
-        steps, problems = self.change(settings)
-        restarted = [s.name for s in sorted(steps, key=lambda s: s.started) if "restarting loki.service" in s.output]
-        self.figures.append(f"setting change {settings}: {len(steps)} steps re-run in {time.monotonic() - t0:.1f} s, "
-                            f"Loki restarted on {restarted or 'no node'}")
-        return sorted(s.name for s in steps), problems
-
     def loki_starts(self) -> dict[str, str]:
         """Loki node -> when its loki.service last started (a restart changes it)."""
         return {n: self.machines[n].exec(["systemctl", "show", "-p", "ExecMainStartTimestampMonotonic",
