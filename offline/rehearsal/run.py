@@ -66,6 +66,7 @@ KEY_TYPES = ("minio:index/iamUser:IamUser", "minio:index/iamPolicy:IamPolicy",
 CHANGE = re.compile(r"^(installed|removed|placed|restarting) .*$|^.* replaced$", re.MULTILINE)
 """What the host scripts print when they change something (install-files.sh, lib-place.sh, the applies)."""
 STATE_FILE = "rehearsal.json"
+RELOAD_SLACK_S = 2
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,9 @@ class Rehearsal:
             problems.append(f"the limits change {settings} restarted Loki: started {starts} -> {after}")
         reloaded = reload_seconds(steps)
         hosts = {s.host for s in steps}
-        if len(reloaded) != len(hosts) or max(reloaded.values(), default=0) > RELOAD_PERIOD_S + 1:
+        # Loki looks at the file once per period; the step sees the reload at its next look at the
+        # metrics (every 0.5 s, each fetch up to about a second on a busy machine).
+        if len(reloaded) != len(hosts) or max(reloaded.values(), default=0) > RELOAD_PERIOD_S + RELOAD_SLACK_S:
             problems.append(f"every node must reload the limits within {RELOAD_PERIOD_S} s: {reloaded}")
         self.figures.append(f"limits change {settings}: {len(steps)} steps in {time.monotonic() - t0:.1f} s, "
                             f"no restart, reloaded after {reloaded} s")
