@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,27 +21,31 @@ KEYRING = "/etc/apt/keyrings/grafana.gpg"
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Two signing keys (``pinned`` and ``other``) and one that expires tomorrow, as key files."""
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """Two signing keys (``pinned`` and ``other``) and one that expires tomorrow, as key files.
+    gpg starts an agent for its home directory to make them; it is stopped at the end."""
     gpg = require_tool("gpg")
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
-    fingerprints = {}
-    for name, expiry in (("pinned", "never"), ("other", "never"), ("ending", "1d")):
-        subprocess.run([gpg, "--batch", "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>",
-                        "ed25519", "sign", expiry], env=env, check=True, capture_output=True, timeout=60)
-        listing = subprocess.run([gpg, "--batch", "--with-colons", "--list-keys", f"{name}@example.org"], env=env,
-                                 check=True, capture_output=True, text=True, timeout=60).stdout
-        fingerprints[name] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-    files = {}
-    for label, names in (("pinned", ["pinned"]), ("both", ["pinned", "other"]), ("other", ["other"]),
-                         ("ending", ["ending"])):
-        path = home.parent / f"{label}.asc"
-        path.write_bytes(subprocess.run([gpg, "--batch", "--armor", "--export", *[fingerprints[n] for n in names]],
-                                        env=env, check=True, capture_output=True, timeout=60).stdout)
-        files[label] = path
-    return {"fpr": fingerprints, "file": files}
+    try:
+        fingerprints = {}
+        for name, expiry in (("pinned", "never"), ("other", "never"), ("ending", "1d")):
+            subprocess.run([gpg, "--batch", "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>",
+                            "ed25519", "sign", expiry], env=env, check=True, capture_output=True, timeout=60)
+            listing = subprocess.run([gpg, "--batch", "--with-colons", "--list-keys", f"{name}@example.org"],
+                                     env=env, check=True, capture_output=True, text=True, timeout=60).stdout
+            fingerprints[name] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        files = {}
+        for label, names in (("pinned", ["pinned"]), ("both", ["pinned", "other"]), ("other", ["other"]),
+                             ("ending", ["ending"])):
+            path = home.parent / f"{label}.asc"
+            path.write_bytes(subprocess.run([gpg, "--batch", "--armor", "--export", *[fingerprints[n] for n in names]],
+                                            env=env, check=True, capture_output=True, timeout=60).stdout)
+            files[label] = path
+        yield {"fpr": fingerprints, "file": files}
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False, capture_output=True, timeout=60)
 
 
 def run(body: str, key_file: Path) -> subprocess.CompletedProcess[str]:
