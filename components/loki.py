@@ -149,7 +149,7 @@ class LokiCluster(pulumi.ComponentResource):
             "STAGED": f"{STAGE_DIR}/runtime.yml", "STAGED_CONFIG": f"{STAGE_DIR}/config.yml",
             "STAGED_ENV": f"{STAGE_DIR}/lokistack.env", "RUNTIME_FILE": RUNTIME_FILE, "TENANT": TENANT, "UNIT": UNIT,
             "LOKI_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}", "TIMEOUT_S": RELOAD_TIMEOUT_S, **tls,
-        }, libraries=["lib-safe-write.sh", "lib-place.sh"])
+        }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-clock.sh"])
         self.applies = []
         self.setups = {}
         self.host_files = []
@@ -197,7 +197,8 @@ class LokiCluster(pulumi.ComponentResource):
                 "BUILDINFO_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/loki/api/v1/status/buildinfo",
                 "TIMEOUT_S": READY_TIMEOUT_S, "CREDENTIALS_DIR": CREDENTIALS_DIR, **tls,
                 **args.handover.script_parameters(host.name),
-            }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-vip-handover.sh"])
+            }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-clock.sh",
+                                  "lib-vip-handover.sh"])
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)

@@ -4,12 +4,7 @@
 #   vip_rejoin  once Loki is ready: leave FAULT (below the holder, with preemption), then wait
 #               until a ready node answers on the VIP.
 # Parameters: VIP_* (set by loki-stack); the caller's CA_FILE, CERT_FILE and KEY_FILE (a
-# certificate of the stack: every role may ask /ready).
-
-# vip_seconds_since T0: seconds (one decimal) since T0, an $EPOCHREALTIME value.
-vip_seconds_since() {
-  awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
-}
+# certificate of the stack: every role may ask /ready). Needs lib-clock.sh.
 
 # vip_priority NODE: the node's configured VRRP priority.
 vip_priority() {
@@ -131,7 +126,7 @@ vip_leave() {
     sleep 0.1
   done
   vip_accept_new_connections
-  echo "VIP handed over from ${VIP_SELF} to ${holder} in $(vip_seconds_since "$t0") s"
+  echo "VIP handed over from ${VIP_SELF} to ${holder} in $(seconds_since "$t0") s"
 }
 
 vip_rejoin() {

@@ -52,12 +52,12 @@ if [ "$changed" -eq 1 ] || [ "$renewed" -eq 1 ] || [ "$running" != "$installed" 
     vip_leave
     t0=$EPOCHREALTIME
     systemctl stop "$UNIT"
-    echo "${UNIT} stopped on ${host} in $(vip_seconds_since "$t0") s"
+    echo "${UNIT} stopped on ${host} in $(seconds_since "$t0") s"
   fi
   t0=$EPOCHREALTIME
   systemctl start "$UNIT"
   wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"
-  echo "${UNIT} ready on ${host} $(vip_seconds_since "$t0") s after its start"
+  echo "${UNIT} ready on ${host} $(seconds_since "$t0") s after its start"
 else
   wait_https_ready "$READY_URL" "$TIMEOUT_S" "$UNIT" "${curl_tls[@]}"
 fi

@@ -80,8 +80,7 @@ deadline=$((SECONDS + TIMEOUT_S))
 while :; do
   now=$(runtime_state || echo "unknown unknown")
   if [ "${now% *}" != "${before% *}" ] && [ "${now#* }" = "1" ]; then
-    took=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-    echo "runtime config on ${host}: Loki reloaded it ${took} s after it was placed, without a restart"
+    echo "runtime config on ${host}: Loki reloaded it $(seconds_since "$t0") s after it was placed, without a restart"
     exit 0
   fi
   if [ "${now#* }" = "0" ] || [ "$SECONDS" -ge "$deadline" ]; then

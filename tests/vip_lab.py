@@ -150,7 +150,8 @@ class VipLab:
             (bindir / "systemctl").write_text(SYSTEMCTL)
             (bindir / "systemctl").chmod(0o755)
         script = "\n".join(["set -euo pipefail", *(f"{k}={v}" for k, v in params.items()),
-                             (TEMPLATES / "lib-vip-handover.sh").read_text(), call, ""])
+                             (TEMPLATES / "lib-clock.sh").read_text(), (TEMPLATES / "lib-vip-handover.sh").read_text(),
+                             call, ""])
         return self.network.run(node, ["bash", "-c", script], timeout=120,
                                 env={"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
                                      "LAB_KEEPALIVED_PID": str(d / "k.pid")})

@@ -5,7 +5,6 @@ and powering off the machine that holds the VIP moves the VIP and loses nothing.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
@@ -16,6 +15,7 @@ from components import firewall, loki, loki_gateway, objectstore, vip
 from components.loki_config import HTTP_PORT
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork
+from offline.rehearsal.traffic import push_body
 
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}
 UNITS = {
@@ -73,7 +73,7 @@ class Operator:
                                               url], timeout=30)
 
     def push(self, line: str) -> str:
-        body = json.dumps({"streams": [{"stream": {"job": "rehearsal"}, "values": [[str(time.time_ns()), line]]}]})
+        body = push_body([({"job": "rehearsal"}, line)]).decode()
         proc = self.curl(f"https://{self.vip}:{HTTP_PORT}/loki/api/v1/push", "-o", "/dev/null", "-w", "%{http_code}",
                          "-H", "Content-Type: application/json", "--data-binary", body)
         return proc.stdout or proc.stderr
