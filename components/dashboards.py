@@ -1,15 +1,22 @@
 """The stack's two Grafana dashboards, built as dicts (our own, not copied).
 
-"Loki cluster" needs Loki's metrics from a Prometheus data source the user already has (chosen in
-the dashboard's ``prometheus`` variable; scrape job: the stack output ``prometheusScrapeConfig``).
+"Loki cluster" needs the stack's metrics from a Prometheus data source the user already has (chosen
+in the dashboard's ``prometheus`` variable; scrape jobs: the stack output ``prometheusScrapeConfig``).
+Below its overview it draws every signal the stack's alert rules watch, with the same expressions
+(``components.monitoring.signals``).
 "Logs overview" needs only the stack's Loki data source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from components.monitoring import Signal
+
 PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}
+HEALTH_ROW_TITLE = "Health: what the alerts watch"
+HEALTH_COLUMNS = 3
 
 
 def _panel(pid: int, title: str, datasource: dict[str, str], targets: list[dict[str, Any]], *,
@@ -24,7 +31,20 @@ def _panel(pid: int, title: str, datasource: dict[str, str], targets: list[dict[
     return panel
 
 
-def loki_cluster_dashboard() -> dict[str, Any]:
+def _health_panels(signals: Mapping[str, Signal], first_id: int, top: int) -> list[dict[str, Any]]:
+    """A row, then one panel per signal, three to a line."""
+    width = 24 // HEALTH_COLUMNS
+    panels: list[dict[str, Any]] = [{"id": first_id, "type": "row", "title": HEALTH_ROW_TITLE, "collapsed": False,
+                                     "gridPos": {"x": 0, "y": top, "w": 24, "h": 1}, "panels": []}]
+    for i, signal in enumerate(signals.values()):
+        panels.append(_panel(first_id + 1 + i, signal.title, PROMETHEUS,
+                             [{"expr": signal.expr, "legendFormat": signal.legend}],
+                             x=(i % HEALTH_COLUMNS) * width, y=top + 1 + (i // HEALTH_COLUMNS) * 7, w=width, h=7,
+                             unit=signal.unit))
+    return panels
+
+
+def loki_cluster_dashboard(signals: Mapping[str, Signal]) -> dict[str, Any]:
     def prom(expr: str, legend: str) -> dict[str, Any]:
         return {"expr": expr, "legendFormat": legend}
 
@@ -45,6 +65,7 @@ def loki_cluster_dashboard() -> dict[str, Any]:
             'max by (name, state) ({__name__=~"(loki|cortex)_ring_members", job="loki"})', "{{name}} {{state}}")],
             kind="stat", y=16, w=24),
     ]
+    panels += _health_panels(signals, first_id=len(panels) + 1, top=24)
     return {
         "uid": "lokistack-cluster", "title": "Loki cluster", "tags": ["loki-stack"], "schemaVersion": 39,
         "time": {"from": "now-6h", "to": "now"}, "refresh": "1m", "panels": panels,

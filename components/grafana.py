@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -23,6 +24,7 @@ from components.dashboards import logs_overview_dashboard, loki_cluster_dashboar
 from components.delivery import setup_deliver_wait
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
+from components.monitoring import Signal
 from components.scripts import render_script
 
 SERVER_TYPE = "lokistack:grafana:GrafanaServer"
@@ -37,7 +39,11 @@ READY_TIMEOUT_S = 180
 RESTART = f"systemctl daemon-reload && systemctl enable {UNIT} && systemctl restart {UNIT}"
 
 
-def grafana_ini(*, fqdn: str, admin_password: str, secret_key: str) -> dict[str, dict[str, str]]:
+METRICS_USER = "prometheus"
+
+
+def grafana_ini(*, fqdn: str, admin_password: str, secret_key: str,
+                metrics_password: str) -> dict[str, dict[str, str]]:
     """grafana.ini as sections (https://grafana.com/docs/grafana/latest/setup-grafana/configure-grafana/)."""
     return {
         "server": {
@@ -57,13 +63,16 @@ def grafana_ini(*, fqdn: str, admin_password: str, secret_key: str) -> dict[str,
             "feedback_links_enabled": "false",
         },
         "users": {"allow_sign_up": "false"},
+        # /metrics is public by default; with both set, it asks for this user and password.
+        "metrics": {"enabled": "true", "basic_auth_username": METRICS_USER, "basic_auth_password": metrics_password},
         "auth.anonymous": {"enabled": "false"},
     }
 
 
-def render_grafana_ini(*, fqdn: str, admin_password: str, secret_key: str) -> str:
+def render_grafana_ini(*, fqdn: str, admin_password: str, secret_key: str, metrics_password: str) -> str:
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read_dict(grafana_ini(fqdn=fqdn, admin_password=admin_password, secret_key=secret_key))
+    parser.read_dict(grafana_ini(fqdn=fqdn, admin_password=admin_password, secret_key=secret_key,
+                                 metrics_password=metrics_password))
     out = io.StringIO()
     out.write("; Written by loki-stack. admin_password applies when Grafana first starts.\n")
     parser.write(out)
@@ -90,6 +99,8 @@ class GrafanaServer(pulumi.ComponentResource):
     """``https://<fqdn>:3000/``."""
     admin_password: pulumi.Output[str]
     """Generated admin password (secret)."""
+    metrics_password: pulumi.Output[str]
+    """Generated password of ``/metrics`` for the user ``prometheus`` (secret)."""
     ready: command.remote.Command
     """Exists once ``/api/health`` answered; depend on it to use the API."""
     setup: command.remote.Command
@@ -101,9 +112,11 @@ class GrafanaServer(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
         secret_key = random.RandomPassword(f"{name}-secret-key", length=40, special=False, opts=child)
+        metrics_password = random.RandomPassword(f"{name}-metrics-password", length=32, special=False, opts=child)
         self.admin_password = pulumi.Output.secret(password.result)
-        ini: pulumi.Output[str] = pulumi.Output.all(password.result, secret_key.result).apply(
-            lambda s: render_grafana_ini(fqdn=args.fqdn, admin_password=s[0], secret_key=s[1]))
+        self.metrics_password = pulumi.Output.secret(metrics_password.result)
+        ini: pulumi.Output[str] = pulumi.Output.all(password.result, secret_key.result, metrics_password.result).apply(
+            lambda s: render_grafana_ini(fqdn=args.fqdn, admin_password=s[0], secret_key=s[1], metrics_password=s[2]))
         setup_script = render_script("grafana-setup.sh", {
             "GRAFANA_VERSION": args.version, "TLS_DIR": TLS_DIR, **repository_parameters(),
         }, libraries=["lib-apt.sh"])
@@ -123,7 +136,8 @@ class GrafanaServer(pulumi.ComponentResource):
         self.setup = steps.setup
         self.url = pulumi.Output.from_input(f"https://{args.fqdn}:{HTTPS_PORT}/")
         self.host_files = steps.delivery.host_files
-        self.register_outputs({"url": self.url, "admin_password": self.admin_password})
+        self.register_outputs({"url": self.url, "admin_password": self.admin_password,
+                               "metrics_password": self.metrics_password})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +148,8 @@ class GrafanaContentArgs:
     client_cert_pem: pulumi.Input[str]
     client_key_pem: pulumi.Input[str]
     """Grafana's client certificate for Loki (the key is secret)."""
+    signals: Mapping[str, Signal]
+    """What the stack's alert rules watch (``components.monitoring``): the cluster dashboard draws them."""
 
 
 class GrafanaContent(pulumi.ComponentResource):
@@ -154,7 +170,7 @@ class GrafanaContent(pulumi.ComponentResource):
             json_data_encoded=json.dumps({"tlsAuth": True, "tlsAuthWithCACert": True, "maxLines": 1000}),
             secure_json_data_encoded=secret_json, opts=child)
         folder = grafana.oss.Folder(f"{name}-folder", title="loki-stack", uid="lokistack", opts=child)
-        boards = {"cluster": loki_cluster_dashboard(), "logs": logs_overview_dashboard(LOKI_DATASOURCE_UID)}
+        boards = {"cluster": loki_cluster_dashboard(args.signals), "logs": logs_overview_dashboard(LOKI_DATASOURCE_UID)}
         for key, board in boards.items():
             grafana.oss.Dashboard(f"{name}-{key}-dashboard", config_json=json.dumps(board, sort_keys=True),
                                   folder=folder.uid, overwrite=True,

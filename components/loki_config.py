@@ -252,33 +252,6 @@ def render_env_file(access_key: str, secret_key: str) -> str:
     return f'{S3_ACCESS_KEY_VAR}="{access_key}"\n{S3_SECRET_KEY_VAR}="{secret_key}"\n'
 
 
-PROMETHEUS_TLS_DIR = "loki-stack"
-"""Relative to prometheus.yml: put the CA and the Prometheus client certificate there."""
-
-
-def prometheus_scrape_config(spec: LokiConfigSpec, cluster: str) -> dict[str, Any]:
-    """A scrape job for every node's /metrics over HTTPS with the stack's CA and Prometheus'
-    client certificate (https://prometheus.io/docs/prometheus/latest/configuration/configuration/)."""
-    return {"scrape_configs": [{
-        "job_name": "loki",
-        "scheme": "https",
-        "metrics_path": "/metrics",
-        "tls_config": {
-            "ca_file": f"{PROMETHEUS_TLS_DIR}/ca.pem",
-            "cert_file": f"{PROMETHEUS_TLS_DIR}/prometheus.pem",
-            "key_file": f"{PROMETHEUS_TLS_DIR}/prometheus.key",
-        },
-        "static_configs": [
-            {"targets": [f"{n.address}:{HTTP_PORT}"], "labels": {"cluster": cluster, "node": n.name}}
-            for n in spec.nodes
-        ],
-    }]}
-
-
-def render_prometheus_scrape_config(spec: LokiConfigSpec, cluster: str) -> str:
-    return yaml.safe_dump(prometheus_scrape_config(spec, cluster), sort_keys=False)
-
-
 def render_logcli_environment(url: str, directory: str = "$HOME/.config/loki-stack") -> str:
     """Shell lines that point logcli at the cluster with the operator's certificate."""
     return "".join(f'export {k}="{v}"\n' for k, v in {

@@ -12,6 +12,9 @@ Server docs: https://silo.pgsty.com (MinIO's env variables, /minio/health routes
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,7 @@ from components.systemd import hardening
 
 OBJECTSTORE_TYPE = "lokistack:objectstore:ObjectStore"
 BUCKET_TYPE = "lokistack:objectstore:LokiBucket"
+METRICS_READER_TYPE = "lokistack:objectstore:MetricsReader"
 API_PORT, CONSOLE_PORT = 9000, 9001
 SERVICE_USER = "objectstore"
 UNIT = "objectstore.service"
@@ -90,6 +94,32 @@ def loki_policy(bucket: str) -> dict[str, Any]:
              "Resource": [f"arn:aws:s3:::{bucket}/*"]},
         ],
     }
+
+
+METRICS_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["admin:Prometheus"]}]}
+"""Reading the metrics endpoints and nothing else. An admin statement needs no Resource (minio/pkg's
+policy validation returns before it looks at resources for admin actions)."""
+METRICS_TOKEN_ISSUER = "prometheus"  # noqa: S105 (a JWT issuer name, not a secret)
+"""The server refuses a metrics token whose issuer is not ``prometheus`` (cmd/metrics.go, AuthMiddleware)."""
+METRICS_TOKEN_EXPIRY = 4102444800
+"""2100-01-01: fixed, so that the token (an output) stays the same from run to run; ``mc admin
+prometheus generate`` gives 100 years. Revoke it by deleting the user."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def metrics_token(access_key: str, secret_key: str, expires: int = METRICS_TOKEN_EXPIRY) -> str:
+    """The bearer token the object store takes on its metrics endpoints: a JWT (HS512, signed with
+    the user's secret key) whose subject is the access key, as ``mc admin prometheus generate`` makes
+    it. The server looks the access key up, checks the signature with its secret key, the issuer and
+    then the user's policy for ``admin:Prometheus`` (cmd/jwt.go metricsRequestAuthenticate)."""
+    header = _b64(json.dumps({"alg": "HS512", "typ": "JWT"}, separators=(",", ":")).encode())
+    claims = _b64(json.dumps({"exp": expires, "iss": METRICS_TOKEN_ISSUER, "sub": access_key},
+                             separators=(",", ":")).encode())
+    signature = hmac.new(secret_key.encode(), f"{header}.{claims}".encode(), hashlib.sha512).digest()
+    return f"{header}.{claims}.{_b64(signature)}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,3 +234,30 @@ class LokiBucket(pulumi.ComponentResource):
         self.access_key = keys.access_key
         self.secret_key = pulumi.Output.secret(keys.secret_key)
         self.register_outputs({"bucket": self.bucket, "access_key": self.access_key, "secret_key": self.secret_key})
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsReaderArgs:
+    user: str
+    """MinIO user whose only permission is reading the metrics."""
+
+
+class MetricsReader(pulumi.ComponentResource):
+    """A user that may read the object store's metrics and nothing else, and Prometheus' bearer
+    token for it. Give it the MinIO provider with ``opts.providers``."""
+
+    token: pulumi.Output[str]
+    """The bearer token (secret)."""
+
+    def __init__(self, name: str, args: MetricsReaderArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(METRICS_READER_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        policy = minio.IamPolicy(f"{name}-policy", name=f"{args.user}-metrics",
+                                 policy=json.dumps(METRICS_POLICY, sort_keys=True), opts=child)
+        secret = random.RandomPassword(f"{name}-secret", length=40, special=False, opts=child)
+        user = minio.IamUser(f"{name}-user", name=args.user, secret=secret.result, opts=child)
+        minio.IamUserPolicyAttachment(f"{name}-policy-attachment", user_name=user.name, policy_name=policy.name,
+                                      opts=child)
+        self.token = pulumi.Output.secret(pulumi.Output.all(user.name, secret.result).apply(
+            lambda v: metrics_token(v[0], v[1])))
+        self.register_outputs({"token": self.token})

@@ -91,6 +91,10 @@ class Certificate(pulumi.ComponentResource):
     """Its private key (PEM, secret)."""
     ca_cert_pem: pulumi.Output[str]
     """The certificate of the CA that signed it (PEM)."""
+    not_after: pulumi.Output[str]
+    """When it ends (RFC 3339): the stack's certificate-expiry alert reads it."""
+    early_renewal_hours: int
+    """How long before ``not_after`` the next ``pulumi up`` renews it."""
 
     def __init__(self, name: str, args: CertificateArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(CERTIFICATE_TYPE, name, None, opts)
@@ -120,6 +124,8 @@ class Certificate(pulumi.ComponentResource):
         self.cert_pem = cert.cert_pem
         self.private_key_pem = pulumi.Output.secret(key.private_key_pem)
         self.ca_cert_pem = pulumi.Output.from_input(args.ca_cert_pem)
+        self.not_after = cert.validity_end_time
+        self.early_renewal_hours = args.early_renewal_hours
         self.register_outputs({
             "cert_pem": self.cert_pem, "private_key_pem": self.private_key_pem, "ca_cert_pem": self.ca_cert_pem,
         })
@@ -130,6 +136,9 @@ class CertificateAuthority(pulumi.ComponentResource):
 
     cert_pem: pulumi.Output[str]
     """The CA certificate (PEM): what every client and server trusts."""
+    not_after: pulumi.Output[str]
+    """When it ends (RFC 3339)."""
+    early_renewal_hours: int
 
     def __init__(self, name: str, args: CertificateAuthorityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(CA_TYPE, name, None, opts)
@@ -149,6 +158,8 @@ class CertificateAuthority(pulumi.ComponentResource):
         )
         self._private_key_pem: pulumi.Output[str] = pulumi.Output.secret(key.private_key_pem)
         self.cert_pem = cert.cert_pem
+        self.not_after = cert.validity_end_time
+        self.early_renewal_hours = args.early_renewal_hours
         self.register_outputs({"cert_pem": self.cert_pem})
 
     def issue(self, name: str, spec: CertificateSpec) -> Certificate:

@@ -21,6 +21,9 @@ TLS_DIR = "/etc/lokistack/tls"
 CA_FILE = f"{TLS_DIR}/ca.pem"
 SERVER_CERT_FILE, SERVER_KEY_FILE = f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server.key"
 AGENT_CERT_FILE, AGENT_KEY_FILE = f"{TLS_DIR}/agent.pem", f"{TLS_DIR}/agent.key"
+METRICS_CLIENT_FILE = f"{TLS_DIR}/metrics-client.pem"
+"""Prometheus' client certificate (public): the one certificate the log agent's metrics endpoint
+accepts (``components.alloy``)."""
 RETIRED_FILES = ("/usr/local/share/ca-certificates/loki-stack-ca.crt",)
 """Earlier versions put the CA into every host's system trust store; nothing needs it there (every
 client of the stack names the CA itself), and whoever holds the CA's key could then intercept any
@@ -44,9 +47,11 @@ def server_spec(settings: Settings, vm: VmSettings) -> CertificateSpec:
                            ip_addresses=[*ips, *LOCALHOST_ADDRESSES], server=True, client=vm.role == "loki")
 
 
-def agent_spec(name: str) -> CertificateSpec:
-    """The log agent's client certificate on a host (a VM's FQDN, or an extra host's name): it may push."""
-    return CertificateSpec(common_name=f"agent {name}", role=ROLE_AGENT, dns_names=[name], client=True)
+def agent_spec(name: str, address: str) -> CertificateSpec:
+    """The log agent's certificate on a host (a VM's FQDN, or an extra host's name): as a client it
+    may push; as a server it serves the agent's own metrics to Prometheus, on the host's address."""
+    return CertificateSpec(common_name=f"agent {name}", role=ROLE_AGENT, dns_names=[name],
+                           ip_addresses=[address], client=True, server=True)
 
 
 def health_spec(vm: VmSettings) -> CertificateSpec:
@@ -80,12 +85,22 @@ class StackCertificates:
     health: dict[str, Certificate]
     """Loki node -> the client certificate of its VIP health check."""
 
+    def expiries(self) -> list[tuple[str, str, pulumi.Output[str], int]]:
+        """Every certificate as (name, host it lives on or "", when it ends, early-renewal hours)."""
+        leaves = [(f"{h}-server", h, c) for h, c in self.servers.items()]
+        leaves += [(f"{h}-agent", h, c) for h, c in self.agents.items()]
+        leaves += [(f"{h}-health", h, c) for h, c in self.health.items()]
+        leaves += [(name, "", c) for name, c in self.clients.items()]
+        return [("ca", "", self.ca.not_after, self.ca.early_renewal_hours),
+                *((name, host, c.not_after, c.early_renewal_hours) for name, host, c in leaves)]
+
     def host_files(self, host: str) -> list[HostFile]:
-        """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only) and its
-        agent certificate; keys 0600, root only."""
+        """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only), its
+        agent certificate and Prometheus' client certificate; keys 0600, root only."""
         ca, agent = self.ca.cert_pem, self.agents[host]
         files = [
             HostFile(host=host, path=CA_FILE, content=ca),
+            HostFile(host=host, path=METRICS_CLIENT_FILE, content=self.clients["prometheus"].cert_pem),
             HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
             HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
         ]
@@ -111,8 +126,9 @@ def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None =
         ca=ca,
         servers={vm.name: ca.issue(f"{vm.name}-server", server_spec(settings, vm)) for vm in settings.vms},
         agents={
-            **{vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm.fqdn)) for vm in settings.vms},
-            **{h.name: ca.issue(f"{h.name}-agent", agent_spec(h.name)) for h in settings.agents.extra_hosts},
+            **{vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm.fqdn, str(vm.address))) for vm in settings.vms},
+            **{h.name: ca.issue(f"{h.name}-agent", agent_spec(h.name, str(h.address)))
+               for h in settings.agents.extra_hosts},
         },
         clients={name: ca.issue(f"{name}-client", spec) for name, spec in client_specs(settings).items()},
         health={vm.name: ca.issue(f"{vm.name}-health", health_spec(vm)) for vm in settings.vms if vm.role == "loki"},

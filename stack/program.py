@@ -17,6 +17,7 @@ import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
 import pulumiverse_grafana as grafana
 
+from components.alloy import METRICS_PORT as AGENT_METRICS_PORT
 from components.alloy import LogAgent, LogAgentArgs
 from components.delivery import FileDelivery, FileDeliveryArgs, after, ssh_connection
 from components.grafana import (
@@ -36,12 +37,21 @@ from components.loki_config import (
     LokiConfigSpec,
     LokiNodeSpec,
     render_logcli_environment,
-    render_prometheus_scrape_config,
 )
 from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
 from components.loki_limits import LokiLimits
-from components.objectstore import API_PORT, LokiBucket, LokiBucketArgs, ObjectStore, ObjectStoreArgs
+from components.monitoring import CertificateExpiry, MonitoringSpec, Target, render_rules, render_scrape_config
+from components.monitoring import signals as monitoring_signals
+from components.objectstore import (
+    API_PORT,
+    LokiBucket,
+    LokiBucketArgs,
+    MetricsReader,
+    MetricsReaderArgs,
+    ObjectStore,
+    ObjectStoreArgs,
+)
 from components.proxmox_vm import DATA_DISK_PATH, GUEST_INTERFACE, HostEntry, ProxmoxVm, ProxmoxVmArgs
 from components.vip import CONFIG_FILE as KEEPALIVED_CONFIG
 from components.vip import UNIT as KEEPALIVED_UNIT
@@ -52,6 +62,7 @@ from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
     CA_FILE,
+    METRICS_CLIENT_FILE,
     RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
@@ -65,6 +76,7 @@ IMAGE_UPLOAD_TIMEOUT_S = 1800
 LOCAL_CA_FILE = ".lokistack/ca.pem"
 """The stack's CA on the machine running Pulumi (the MinIO provider takes its CA as a file)."""
 LOKI_S3_USER = "loki"
+METRICS_S3_USER = "prometheus"
 
 
 @dataclass
@@ -82,6 +94,8 @@ class Deployment:
     vip: VirtualIp
     grafana: GrafanaServer
     agents: dict[str, LogAgent]
+    monitoring: MonitoringSpec
+    """What the scrape jobs reach and the alert rules derive their thresholds from."""
     outputs: dict[str, Any]
     """Stack outputs by name."""
     host_files: list[HostFile] = field(default_factory=list)
@@ -172,8 +186,9 @@ def build(settings: Settings) -> Deployment:
         for name, connection in connections.items()
     }
 
-    object_store, loki_bucket = build_object_store(settings, vms, certificates, deliveries)
+    object_store, loki_bucket, metrics_reader = build_object_store(settings, vms, certificates, deliveries)
     loki_spec = loki_config_spec(settings)
+    monitoring = monitoring_spec(settings, loki_spec)
     loki = LokiCluster("loki", LokiClusterArgs(
         config=loki_spec,
         hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
@@ -201,17 +216,19 @@ def build(settings: Settings) -> Deployment:
     vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
-    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url)
+    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url, monitoring=monitoring)
     package_steps[settings.grafana.name] = grafana_server.setup
     # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
     push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
+    addresses = {t.name: t.address for t in monitoring.agents}
     agents = {}
     for name, connection in connections.items():
         ready = after(connection, deliveries[f"{name}-tls"].command)
         agents[name] = LogAgent(f"agent-{name}", LogAgentArgs(
             host=name, connection=after(ready, package_steps[name]) if name in package_steps else ready,
             version=settings.agents.alloy_version, push_url=push_url, cert_file=AGENT_CERT_FILE,
-            key_file=AGENT_KEY_FILE, ca_file=CA_FILE, tls_digest=deliveries[f"{name}-tls"].digest))
+            key_file=AGENT_KEY_FILE, ca_file=CA_FILE, metrics_client_file=METRICS_CLIENT_FILE,
+            metrics_address=addresses[name], tls_digest=deliveries[f"{name}-tls"].digest))
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
@@ -235,7 +252,10 @@ def build(settings: Settings) -> Deployment:
         "lokiS3SecretKey": loki_bucket.secret_key,
         "lokiNodeUrls": loki.node_urls,
         "lokiUrl": vip_url,
-        "prometheusScrapeConfig": render_prometheus_scrape_config(loki_spec, loki_spec.cluster_label),
+        "prometheusScrapeConfig": render_scrape_config(monitoring),
+        "prometheusRules": prometheus_rules(monitoring, certificates),
+        "prometheusObjectStoreToken": metrics_reader.token,
+        "prometheusGrafanaPassword": grafana_server.metrics_password,
         "logcliEnvironment": render_logcli_environment(vip_url),
         "grafanaUrl": grafana_server.url,
         "grafanaAdminUser": ADMIN_USER,
@@ -251,11 +271,41 @@ def build(settings: Settings) -> Deployment:
     host_files += [f for agent in agents.values() for f in agent.host_files]
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
                       loki_bucket=loki_bucket, loki=loki, gateway=gateway, vip=vip, grafana=grafana_server,
-                      agents=agents, outputs=outputs, host_files=host_files)
+                      agents=agents, monitoring=monitoring, outputs=outputs, host_files=host_files)
+
+
+def monitoring_spec(settings: Settings, loki_spec: LokiConfigSpec) -> MonitoringSpec:
+    """What the scrape jobs reach and what the alert rules derive their thresholds from."""
+    def target(name: str, address: object) -> Target:
+        return Target(name=name, address=str(address))
+
+    store, grafana_vm = settings.object_store.vm, settings.grafana
+    return MonitoringSpec(
+        cluster=loki_spec.cluster_label,
+        loki_nodes=[target(n.name, n.address) for n in settings.loki.nodes], loki_port=HTTP_PORT,
+        object_store=target(store.name, store.address), object_store_port=API_PORT,
+        grafana=target(grafana_vm.name, grafana_vm.address), grafana_port=GRAFANA_PORT,
+        agents=[target(vm.name, vm.address) for vm in settings.vms]
+        + [target(h.name, h.address) for h in settings.agents.extra_hosts],
+        agent_port=AGENT_METRICS_PORT,
+        replication_factor=loki_spec.replication_factor, ingestion_rate_mb=settings.loki.ingestion_rate_mb,
+    )
+
+
+def prometheus_rules(spec: MonitoringSpec, certificates: StackCertificates) -> pulumi.Output[str]:
+    """The rules file: known once every certificate's end is known."""
+    expiries = certificates.expiries()
+
+    def render(ends: list[str]) -> str:
+        return render_rules(spec, [
+            CertificateExpiry(certificate=name, host=host, not_after=end, early_renewal_hours=hours)
+            for (name, host, _, hours), end in zip(expiries, ends, strict=True)])
+
+    return pulumi.Output.all(*(end for _, _, end, _ in expiries)).apply(render)
 
 
 def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-                  deliveries: dict[str, FileDelivery], *, loki_url: str) -> GrafanaServer:
+                  deliveries: dict[str, FileDelivery], *, loki_url: str, monitoring: MonitoringSpec) -> GrafanaServer:
     """Grafana on its VM, then (through its API, trusting only our CA) the data source and dashboards."""
     vm = settings.grafana
     server = GrafanaServer("grafana", GrafanaServerArgs(
@@ -275,7 +325,8 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
     datasource_client = certificates.clients["grafana-datasource"]
     GrafanaContent("grafana-content", GrafanaContentArgs(
         loki_url=loki_url, ca_cert_pem=certificates.ca.cert_pem, client_cert_pem=datasource_client.cert_pem,
-        client_key_pem=datasource_client.private_key_pem), opts=pulumi.ResourceOptions(providers=[provider]))
+        client_key_pem=datasource_client.private_key_pem, signals=monitoring_signals(monitoring)),
+        opts=pulumi.ResourceOptions(providers=[provider]))
     return server
 
 
@@ -335,8 +386,9 @@ def loki_config_spec(settings: Settings) -> LokiConfigSpec:
 
 
 def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-                       deliveries: dict[str, FileDelivery]) -> tuple[ObjectStore, LokiBucket]:
-    """The object store host, then (through the MinIO API, trusting only our CA) Loki's bucket and keys."""
+                       deliveries: dict[str, FileDelivery]) -> tuple[ObjectStore, LokiBucket, MetricsReader]:
+    """The object store host, then (through the MinIO API, trusting only our CA) Loki's bucket and
+    keys, and Prometheus' metrics-only user."""
     store = settings.object_store
     host = store.vm.name
     object_store = ObjectStore("objectstore", ObjectStoreArgs(
@@ -367,4 +419,6 @@ def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificat
     )
     bucket = LokiBucket("loki-bucket", LokiBucketArgs(bucket=store.bucket, user=LOKI_S3_USER),
                         opts=pulumi.ResourceOptions(providers=[provider]))
-    return object_store, bucket
+    metrics_reader = MetricsReader("objectstore-metrics", MetricsReaderArgs(user=METRICS_S3_USER),
+                                   opts=pulumi.ResourceOptions(providers=[provider]))
+    return object_store, bucket, metrics_reader

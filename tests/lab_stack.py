@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from components import loki_gateway
+from components.monitoring import MonitoringSpec
 from components.proxmox_vm import USER_DATA_PATH
 from components.vip import CHECK_DIR, SCRIPT_USER
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
@@ -46,6 +47,8 @@ class LabPlan:
     """Role -> a certificate of the stack with that role and its key, as the stack hands them out
     (the operator's and Prometheus' from the outputs, Grafana's from its data source, the others
     from loki-01's files)."""
+    monitoring: MonitoringSpec
+    """What the scrape jobs reach and the rules select (``components.monitoring``)."""
 
     def etc_hosts(self, host: str) -> str:
         """The /etc/hosts that cloud-init writes on ``host`` (from its user-data)."""
@@ -74,7 +77,8 @@ def lab_plan(**overrides: Any) -> LabPlan:
         loki_gateway.ROLE_SERVER: (node[SERVER_CERT_FILE], node[SERVER_KEY_FILE]),
     }
     scripts = {r.name: r.plain_inputs["stdin"] for r in result.engine.monitor.of_type("command:remote:Command")}
-    return LabPlan(files=files, outputs=outputs, scripts=scripts, identities=identities)
+    return LabPlan(files=files, outputs=outputs, scripts=scripts, identities=identities,
+                   monitoring=result.returned.monitoring)
 
 
 # --- the Loki gateway (nginx), as a Loki node runs it ---------------------------------------------

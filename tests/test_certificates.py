@@ -92,11 +92,15 @@ def test_loki_certificates_are_also_client_certificates_and_the_others_are_not(s
 
 
 @pytest.mark.parametrize("host", HOSTS)
-def test_agent_certificates_are_client_only(stack, host):
+def test_agent_certificates_push_and_serve_the_agents_metrics_on_the_hosts_address(stack, host):
+    """A client (it pushes); a server only for the host's own name and address (Alloy's metrics)."""
     ca, cert = stack["outputs"]["caCertificate"].value, text(stack, host, AGENT_CERT_FILE)
+    address = stack["outputs"]["hosts"].value[host]["address"]
     assert client_verification_error(ca, cert) is None, f"{host}-agent does not verify as a client"
-    assert extended_usages(cert) == {"clientAuth"}, f"{host}-agent must carry clientAuth and no serverAuth"
-    assert server_verification_error(ca, cert, f"{host}.home.arpa") is not None
+    assert extended_usages(cert) == {"clientAuth", "serverAuth"}, f"{host}-agent: {extended_usages(cert)}"
+    assert server_verification_error(ca, cert, address) is None, f"{host}-agent is no server for {address}"
+    assert server_verification_error(ca, cert, "loki.home.arpa") is not None, f"{host}-agent serves the VIP's name"
+    assert server_verification_error(ca, cert, "192.168.50.99") is not None, f"{host}-agent serves another address"
 
 
 def test_operator_and_prometheus_certificates_are_secret_client_certificates(stack):
@@ -139,7 +143,8 @@ def test_changing_a_node_address_changes_only_that_nodes_certificate(stack):
     after = {(r.type, r.name): r.inputs_hash for r in changed.engine.registrations if r.type.startswith("tls:")}
     assert before.keys() == after.keys()
     differ = sorted(name for key, name in ((k, k[1]) for k in before) if before[key] != after[key])
-    assert differ == ["loki-02-server-cert", "loki-02-server-csr"], f"certificate resources changed: {differ}"
+    assert differ == ["loki-02-agent-cert", "loki-02-agent-csr", "loki-02-server-cert", "loki-02-server-csr"], (
+        f"certificate resources changed: {differ}")
 
 
 def test_the_tls_delivery_removes_the_ca_from_the_system_trust_store(example):

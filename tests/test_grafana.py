@@ -7,7 +7,9 @@ import configparser
 import json
 from typing import Any
 
-from components.dashboards import PROMETHEUS
+import yaml
+
+from components.dashboards import HEALTH_ROW_TITLE, PROMETHEUS
 from components.grafana import CONFIG_FILE, LOKI_DATASOURCE_UID, TLS_DIR
 from offline import engine
 from tests.conftest import files_of, shellcheck_commands
@@ -39,6 +41,19 @@ def test_grafana_ini_serves_https_with_generated_secrets_and_no_phoning_home(exa
     assert config["users"]["allow_sign_up"] == "false" and config["auth.anonymous"]["enabled"] == "false"
     hf, resolved = files_of(example, "grafana")[CONFIG_FILE]
     assert (hf.owner, hf.group, hf.mode) == ("root", "grafana", "0640") and resolved.secret
+
+
+def test_grafana_metrics_ask_for_prometheus_password(example):
+    """Grafana's /metrics is public unless both basic-auth keys are set; the password is generated,
+    secret, and the same one Prometheus gets (output prometheusGrafanaPassword)."""
+    metrics = ini(example)["metrics"]
+    secrets = example.engine.cloud.secret_values
+    assert metrics["enabled"] == "true" and metrics["basic_auth_username"] == "prometheus", dict(metrics)
+    assert secrets.get(metrics["basic_auth_password"]) == "grafana-metrics-password.result", (
+        "grafana.ini [metrics]: the password is not the generated one")
+    output = example.resolved["output:prometheusGrafanaPassword"]
+    assert output.known and output.secret and output.value == metrics["basic_auth_password"], (
+        "output prometheusGrafanaPassword: not secret, or not grafana.ini's")
 
 
 def test_grafana_reads_its_certificate_files_and_cannot_change_them(example):
@@ -89,7 +104,9 @@ def test_the_loki_data_source_uses_the_vip_our_ca_and_grafanas_client_certificat
 
 
 def panels_and_targets(board: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*board["panels"], *(t for p in board["panels"] for t in p["targets"])]
+    """Every panel that draws something (not the rows that title a group) and its queries."""
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    return [*panels, *(t for p in panels for t in p["targets"])]
 
 
 def test_both_dashboards_are_valid_and_every_panel_uses_a_known_data_source(example):
@@ -100,9 +117,9 @@ def test_both_dashboards_are_valid_and_every_panel_uses_a_known_data_source(exam
     for reg in example.engine.monitor.of_type("grafana:oss/dashboard:Dashboard"):
         assert reg.plain_inputs["folder"] == folder.plain_inputs["uid"], f"{reg.name} is not in the folder"
     cluster, logs = boards["grafana-content-cluster-dashboard"], boards["grafana-content-logs-dashboard"]
-    assert {p["title"] for p in cluster["panels"]} == {
-        "Ingest rate per node", "Active streams per node", "Request latency p99 per node",
-        "Request errors (5xx) per node", "Ring members by state"}
+    overview = {"Ingest rate per node", "Active streams per node", "Request latency p99 per node",
+                "Request errors (5xx) per node", "Ring members by state"}
+    assert overview <= {p["title"] for p in cluster["panels"]}, "cluster dashboard: an overview panel is missing"
     assert {p["title"] for p in logs["panels"]} == {"Log volume by host", "Log volume by job", "Recent errors"}
     assert [v["name"] for v in cluster["templating"]["list"]] == ["prometheus"]
     for item in panels_and_targets(cluster):
@@ -111,7 +128,27 @@ def test_both_dashboards_are_valid_and_every_panel_uses_a_known_data_source(exam
         assert item["datasource"] == {"type": "loki", "uid": LOKI_DATASOURCE_UID}
     for board in boards.values():
         ids = [p["id"] for p in board["panels"]]
-        assert len(ids) == len(set(ids)) and all(t["expr"] for p in board["panels"] for t in p["targets"])
+        assert len(ids) == len(set(ids)) and all(t["expr"] for p in board["panels"] for t in p.get("targets", []))
+        places = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in board["panels"]]
+        assert len(places) == len(set(places)), f"{board['title']}: two panels at one place"
+
+
+def test_the_cluster_dashboard_draws_every_signal_an_alert_watches(example):
+    """Every expression an alert compares with its threshold is a panel's query, word for word."""
+    board = json.loads(example.engine.monitor.find("grafana:oss/dashboard:Dashboard",
+                                                   "grafana-content-cluster-dashboard").plain_inputs["configJson"])
+    drawn = {t["expr"] for p in board["panels"] if p["type"] != "row" for t in p["targets"]}
+    rules = yaml.safe_load(example.resolved["output:prometheusRules"].value)
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 20, f"only {len(alerts)} alerts"
+    for alert in alerts:
+        used = [expr for expr in drawn if expr in alert["expr"]]
+        assert used or alert["alert"] in UNDRAWN, f"{alert['alert']}: the dashboard draws nothing it watches"
+    assert any(p["title"] == HEALTH_ROW_TITLE and p["type"] == "row" for p in board["panels"])
+
+
+UNDRAWN = {"LokiStackCertificateRenewalDue"}
+"""It compares the clock with a recorded date; the "Certificates: time left" panel shows the same as time left."""
 
 
 def test_outputs(example):

@@ -161,5 +161,6 @@ def test_main_program_exports_the_outputs(fake_engine):
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
                              "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
                              "lokiS3SecretKey", "lokiNodeUrls", "lokiUrl", "prometheusScrapeConfig",
+                             "prometheusRules", "prometheusObjectStoreToken", "prometheusGrafanaPassword",
                              "logcliEnvironment", "grafanaUrl", "grafanaAdminUser", "grafanaAdminPassword"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]

@@ -1,0 +1,365 @@
+"""Watching the log platform itself: the Prometheus scrape jobs and alert rules the stack hands out.
+
+Two documents for an operator's existing Prometheus, both built as dicts and dumped once:
+
+- ``prometheusScrapeConfig``: a scrape job per component, every one over HTTPS with the stack's CA.
+  ``loki`` (every node's gateway, Prometheus' client certificate, role ``metrics``),
+  ``loki-objectstore`` (the object store's cluster metrics, a bearer token of a user that may do
+  nothing but read metrics), ``loki-grafana`` (Grafana's ``/metrics`` with a password of its own)
+  and ``loki-agents`` (every log agent's own metrics, which accept Prometheus' certificate and no
+  other). Every target carries ``cluster`` and ``node`` (the host name).
+- ``prometheusRules``: alert rules for this topology, thresholds derived from the settings (node
+  count, replication factor, ingestion rate, certificates' early-renewal windows), and one
+  recording rule per certificate the stack issued (when it ends), because no component exports
+  the expiry of the files it reads.
+
+``signals`` are the expressions the alerts compare with their thresholds; the cluster dashboard
+(``components.dashboards``) draws the same expressions, so what an alert watches is on screen.
+
+Metric names were read off Loki 3.7.6's ``/metrics`` in the live lab (``tests/test_loki_live.py``
+checks them on every run); the object store's and Alloy's come from their sources
+(``minio/minio`` ``cmd/metrics-v2.go``, ``grafana/alloy`` ``internal/component/loki/write``).
+Prometheus: https://prometheus.io/docs/prometheus/latest/configuration/configuration/ and
+https://prometheus.io/docs/prometheus/latest/configuration/alerting_rules/
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+PROMETHEUS_TLS_DIR = "loki-stack"
+"""Relative to prometheus.yml: the directory for the CA, Prometheus' client certificate and the two secrets."""
+CA_FILE = f"{PROMETHEUS_TLS_DIR}/ca.pem"
+CERT_FILE = f"{PROMETHEUS_TLS_DIR}/prometheus.pem"
+KEY_FILE = f"{PROMETHEUS_TLS_DIR}/prometheus.key"
+OBJECTSTORE_TOKEN_FILE = f"{PROMETHEUS_TLS_DIR}/objectstore.token"
+GRAFANA_PASSWORD_FILE = f"{PROMETHEUS_TLS_DIR}/grafana.password"
+
+JOB_LOKI, JOB_OBJECTSTORE, JOB_GRAFANA, JOB_AGENTS = "loki", "loki-objectstore", "loki-grafana", "loki-agents"
+OBJECTSTORE_METRICS_PATH = "/minio/v2/metrics/cluster"
+GRAFANA_METRICS_USER = "prometheus"
+CERTIFICATE_METRIC = "lokistack_certificate_not_after_timestamp_seconds"
+RENEWAL_METRIC = "lokistack_certificate_renew_after_timestamp_seconds"
+
+ERROR_RATIO = 0.05
+"""Share of failed requests (5xx) that is an incident rather than noise: push, query and object store."""
+INGEST_WARNING_SHARE = 0.8
+"""A node's ingest above this share of ``lokiIngestionRateMb`` for a while is close to 429s."""
+OBJECTSTORE_FREE_SHARE = 0.1
+COMPACTOR_START_WAIT_S = 600
+"""A newly elected compactor waits 10 minutes for the ring to settle before its first run (Loki
+3.7's tables manager, measured: "waiting 10m0s for ring to stay stable")."""
+COMPACTION_INTERVAL_S = 600
+"""Loki's ``compactor.compaction_interval`` default (the stack does not set it); retention is applied
+on every compaction (``apply_retention_interval`` 0)."""
+COMPACTION_MISSED_RUNS = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    name: str
+    """Host name: the target's ``node`` label."""
+    address: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateExpiry:
+    certificate: str
+    """The stack's name for it (``loki-01-server``, ``ca``, ``prometheus``...)."""
+    host: str
+    """The host it lives on; "" for the CA and the client certificates handed out as outputs."""
+    not_after: str
+    """RFC 3339, as the TLS provider reports it."""
+    early_renewal_hours: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoringSpec:
+    cluster: str
+    """Every target's ``cluster`` label, and the one every rule selects."""
+    loki_nodes: Sequence[Target]
+    loki_port: int
+    object_store: Target
+    object_store_port: int
+    grafana: Target
+    grafana_port: int
+    agents: Sequence[Target]
+    """Every host with a log agent (the stack's VMs and the extra hosts)."""
+    agent_port: int
+    replication_factor: int
+    ingestion_rate_mb: int
+    """Per node: the stack's Loki enforces ``ingestion_rate_strategy: local``."""
+
+    @property
+    def write_quorum(self) -> int:
+        """Healthy ingesters a push needs (Loki writes to a quorum of ``replication_factor``)."""
+        return self.replication_factor // 2 + 1
+
+    @property
+    def compaction_stale_s(self) -> int:
+        return COMPACTOR_START_WAIT_S + COMPACTION_MISSED_RUNS * COMPACTION_INTERVAL_S
+
+
+class _Dumper(yaml.SafeDumper):
+    """No anchors for repeated label maps, and multi-line expressions as literal blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _dump(document: dict[str, Any]) -> str:
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000)
+
+
+# --- scrape jobs ------------------------------------------------------------------------------
+
+
+def _job(spec: MonitoringSpec, name: str, targets: Sequence[Target], port: int, metrics_path: str,
+         *, client_cert: bool, **auth: Any) -> dict[str, Any]:
+    tls: dict[str, str] = {"ca_file": CA_FILE}
+    if client_cert:
+        tls |= {"cert_file": CERT_FILE, "key_file": KEY_FILE}
+    return {
+        "job_name": name, "scheme": "https", "metrics_path": metrics_path, **auth, "tls_config": tls,
+        "static_configs": [{"targets": [f"{t.address}:{port}"], "labels": {"cluster": spec.cluster, "node": t.name}}
+                           for t in targets],
+    }
+
+
+def scrape_config(spec: MonitoringSpec) -> dict[str, Any]:
+    """One scrape job per component. Targets by address: the servers' certificates carry it."""
+    return {"scrape_configs": [
+        # The gateway grants the role ``metrics`` exactly GET /metrics.
+        _job(spec, JOB_LOKI, spec.loki_nodes, spec.loki_port, "/metrics", client_cert=True),
+        # The object store wants a bearer token (a JWT signed with the key of a user whose only
+        # permission is admin:Prometheus); it asks for no client certificate.
+        _job(spec, JOB_OBJECTSTORE, [spec.object_store], spec.object_store_port, OBJECTSTORE_METRICS_PATH,
+             client_cert=False, authorization={"type": "Bearer", "credentials_file": OBJECTSTORE_TOKEN_FILE}),
+        # Grafana's /metrics behind basic auth (grafana.ini [metrics]); no client certificates.
+        _job(spec, JOB_GRAFANA, [spec.grafana], spec.grafana_port, "/metrics", client_cert=False,
+             basic_auth={"username": GRAFANA_METRICS_USER, "password_file": GRAFANA_PASSWORD_FILE}),
+        # Each agent's HTTP server accepts Prometheus' certificate and no other (components.alloy).
+        _job(spec, JOB_AGENTS, spec.agents, spec.agent_port, "/metrics", client_cert=True),
+    ]}
+
+
+def render_scrape_config(spec: MonitoringSpec) -> str:
+    return _dump(scrape_config(spec))
+
+
+# --- signals: what the alerts compare and the dashboard draws --------------------------------------
+
+
+@dataclass(frozen=True)
+class Signal:
+    title: str
+    expr: str
+    legend: str
+    unit: str = ""
+
+
+def signals(spec: MonitoringSpec) -> dict[str, Signal]:
+    cluster = f'cluster="{spec.cluster}"'
+    loki, store = f'job="{JOB_LOKI}", {cluster}', f'job="{JOB_OBJECTSTORE}", {cluster}'
+    agents = f'job="{JOB_AGENTS}", {cluster}'
+    push = f'{loki}, route="loki_api_v1_push"'
+    query = f'{loki}, route=~"loki_api_v1_.+", route!="loki_api_v1_push"'
+
+    def ratio(metric: str, selector: str, failed: str, *, failed_metric: str = "") -> str:
+        """Failed requests over all requests, both per second over 5 minutes."""
+        numerator = f"{failed_metric or metric}{{{selector}{', ' + failed if failed else ''}}}"
+        return (f"sum by (cluster) (rate({numerator}[5m]))\n"
+                f"  / sum by (cluster) (rate({metric}{{{selector}}}[5m]))")
+
+    return {
+        "loki_up": Signal("Loki nodes up (1) or down (0)", f"up{{{loki}}}", "{{node}}"),
+        "ingesters_active": Signal(
+            f"Healthy ingesters (best view; writes need {spec.write_quorum}, replicas {spec.replication_factor})",
+            f'max by (cluster) (loki_ring_members{{{loki}, name="ingester", state="ACTIVE"}})', "healthy"),
+        "loki_nodes_up": Signal("Loki nodes answering", f"sum by (cluster) (up{{{loki}}})", "up"),
+        "push_errors": Signal("Push error ratio (5xx)", ratio(
+            "loki_request_duration_seconds_count", push, 'status_code=~"5.."'), "push", "percentunit"),
+        "query_errors": Signal("Query error ratio (5xx)", ratio(
+            "loki_request_duration_seconds_count", query, 'status_code=~"5.."'), "query", "percentunit"),
+        "s3_errors": Signal("Loki's object-store request error ratio", ratio(
+            "loki_s3_request_duration_seconds_count", loki, 'status_code!~"2.."'), "errors", "percentunit"),
+        "flush_failures": Signal("Chunk flushes failed (10 min)", f"sum by (cluster) (increase(loki_ingester_chunks_"
+                                 f"flush_failures_total{{{loki}}}[10m]))", "failed"),
+        "compaction_age": Signal("Since the last compaction", "time() - max by (cluster) (loki_boltdb_shipper_"
+                                 "compact_tables_operation_last_successful_run_timestamp_seconds"
+                                 f"{{{loki}}})", "compaction", "s"),
+        "retention_age": Signal("Since retention was last applied", "time() - max by (cluster) (loki_compactor_apply_"
+                                f"retention_last_successful_run_timestamp_seconds{{{loki}}})", "retention", "s"),
+        "oldest_node": Signal("Longest-running Loki process", f"max by (cluster) (time() - process_start_time_seconds"
+                              f"{{{loki}}})", "age", "s"),
+        "compactors": Signal("Nodes running the compactor (should be 1)",
+                             f"sum by (cluster) (loki_boltdb_shipper_compactor_running{{{loki}}})", "compactors"),
+        "discarded": Signal("Discarded lines per second by reason", f"sum by (cluster, reason) (rate(loki_discarded_"
+                            f"samples_total{{{loki}}}[5m]))", "{{reason}}"),
+        "ingest_bytes": Signal("Ingest per node (each node's limit: lokiIngestionRateMb)",
+                               f"sum by (cluster, node) (rate(loki_distributor_bytes_received_total{{{loki}}}[5m]))",
+                               "{{node}}", "Bps"),
+        "objectstore_up": Signal("Object store up", f"up{{{store}}}", "{{node}}"),
+        "objectstore_errors": Signal("Object store 5xx ratio", ratio(
+            "minio_s3_requests_total", store, "", failed_metric="minio_s3_requests_5xx_errors_total"), "5xx",
+            "percentunit"),
+        "objectstore_free": Signal("Object store free space", f"sum by (cluster) (minio_cluster_capacity_usable_free_"
+                                   f"bytes{{{store}}})\n  / sum by (cluster) (minio_cluster_capacity_usable_total_bytes"
+                                   f"{{{store}}})", "free", "percentunit"),
+        "grafana_up": Signal("Grafana up", f'up{{job="{JOB_GRAFANA}", {cluster}}}', "{{node}}"),
+        "agents_up": Signal("Log agents up", f"up{{{agents}}}", "{{node}}"),
+        "agent_sent": Signal("Bytes each agent sent", f"sum by (cluster, node) (rate(loki_write_sent_bytes_total"
+                             f"{{{agents}}}[10m]))", "{{node}}", "Bps"),
+        "agent_retries": Signal("Push retries per agent (10 min)", f"sum by (cluster, node) (increase(loki_write_batch_"
+                                f"retries_total{{{agents}}}[10m]))", "{{node}}"),
+        "agent_dropped": Signal("Lines agents gave up on (15 min)", f"sum by (cluster, node, reason) (increase("
+                                f"loki_write_dropped_entries_total{{{agents}}}[15m]))", "{{node}} {{reason}}"),
+        "certificate_left": Signal("Certificates: time left", f"{CERTIFICATE_METRIC}{{{cluster}}} - time()",
+                                   "{{certificate}}", "s"),
+    }
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def _epoch(rfc3339: str) -> int:
+    return int(datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
+
+
+def certificate_rules(spec: MonitoringSpec, certificates: Sequence[CertificateExpiry]) -> list[dict[str, Any]]:
+    """Two recorded series per certificate: when it ends, and from when ``pulumi up`` renews it."""
+    rules: list[dict[str, Any]] = []
+    for c in certificates:
+        labels = {"cluster": spec.cluster, "certificate": c.certificate, **({"host": c.host} if c.host else {})}
+        end = _epoch(c.not_after)
+        rules.append({"record": CERTIFICATE_METRIC, "expr": f"vector({end})", "labels": labels})
+        rules.append({"record": RENEWAL_METRIC, "expr": f"vector({end - c.early_renewal_hours * 3600})",
+                      "labels": labels})
+    return rules
+
+
+def _alert(name: str, expr: str, duration: str, severity: str, summary: str,  # noqa: PLR0917 (read as a table)
+           action: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr}
+    if duration:
+        rule["for"] = duration
+    rule["labels"] = {"severity": severity}
+    rule["annotations"] = {"summary": summary, "action": action}
+    return rule
+
+
+def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
+    s = {k: v.expr for k, v in signals(spec).items()}
+    cluster = f'cluster="{spec.cluster}"'
+    rf, quorum = spec.replication_factor, spec.write_quorum
+    rate_limit = spec.ingestion_rate_mb * 1024 * 1024
+    stale = spec.compaction_stale_s
+    return [
+        _alert("LokiStackNotScraped", f'absent(up{{job="{JOB_LOKI}", {cluster}}})', "10m", "warning",
+               f"Prometheus scrapes no Loki node of {spec.cluster}",
+               "Add the stack output prometheusScrapeConfig to prometheus.yml (README: Watching the platform)."),
+        _alert("LokiNodeDown", f"{s['loki_up']} == 0", "2m", "warning",
+               "Loki node {{ $labels.node }} does not answer its scrape",
+               "ssh to the node: systemctl status loki nginx; journalctl -u loki. The others take its traffic."),
+        _alert("LokiRingShortOfReplicas", f"{s['ingesters_active']} < {rf}", "5m", "warning",
+               f"Fewer than {rf} healthy ingesters: new logs are written with fewer than {rf} copies",
+               "Bring the missing node back (LokiNodeDown says which); check `loki_ring_members` per node."),
+        _alert("LokiRingBelowWriteQuorum",
+               f"({s['ingesters_active']} < {quorum})\nor\n({s['loki_nodes_up']} < {quorum})", "1m", "critical",
+               f"Fewer than {quorum} healthy ingesters: pushes fail",
+               "Start the stopped Loki nodes first; agents keep their lines and resend for a while."),
+        _alert("LokiPushErrorsHigh", f"({s['push_errors']}) > {ERROR_RATIO}", "5m", "critical",
+               f"More than {ERROR_RATIO:.0%} of pushes fail with 5xx",
+               "journalctl -u loki on the nodes: ring, object store or disk errors name the cause."),
+        _alert("LokiQueryErrorsHigh", f"({s['query_errors']}) > {ERROR_RATIO}", "10m", "warning",
+               f"More than {ERROR_RATIO:.0%} of queries fail with 5xx",
+               "journalctl -u loki: look for object-store or timeout errors; LokiObjectStoreErrors may fire too."),
+        _alert("LokiObjectStoreErrors", f"({s['s3_errors']}) > {ERROR_RATIO}", "10m", "warning",
+               f"More than {ERROR_RATIO:.0%} of Loki's object-store requests fail",
+               "Check the object store (LokiStackObjectStoreDown, its disk) and Loki's S3 keys."),
+        _alert("LokiChunkFlushFailing", f"{s['flush_failures']} > 0", "10m", "critical",
+               "Loki cannot write chunks to the object store: new logs live only in the nodes' WALs",
+               "Fix the object store now; the WAL is replayed and flushed once it answers."),
+        _alert("LokiCompactionStale",
+               f"({s['compaction_age']} > {stale})\nand on (cluster)\n({s['oldest_node']} > {stale})", "5m",
+               "warning", f"No compaction for {stale // 60} minutes",
+               "Find the elected compactor (loki_boltdb_shipper_compactor_running 1) and read its journal."),
+        _alert("LokiRetentionStale",
+               f"({s['retention_age']} > {stale})\nand on (cluster)\n({s['oldest_node']} > {stale})", "5m",
+               "warning", f"Retention not applied for {stale // 60} minutes: old logs are not deleted",
+               "Read the elected compactor's journal (retention runs with compaction)."),
+        _alert("LokiCompactorNotElected", f"{s['compactors']} != 1", "15m", "warning",
+               "Not exactly one Loki node runs the compactor",
+               "Check the compactor ring on the nodes' /compactor/ring page (operator certificate)."),
+        _alert("LokiDiscardingLines", f"{s['discarded']} > 0", "10m", "warning",
+               "Loki discards lines: {{ $labels.reason }}",
+               "rate_limited: raise lokiIngestionRateMb or find the loud host; greater_than_max_sample_age: "
+               "a client sends old lines (clock or replay)."),
+        _alert("LokiIngestNearRateLimit", f"{s['ingest_bytes']} > {int(rate_limit * INGEST_WARNING_SHARE)}", "15m",
+               "warning", f"Loki node {{{{ $labels.node }}}} takes more than {INGEST_WARNING_SHARE:.0%} of its "
+               f"{spec.ingestion_rate_mb} MiB/s limit", "Raise lokiIngestionRateMb before pushes get 429."),
+        _alert("LokiStackObjectStoreDown", f"{s['objectstore_up']} == 0", "5m", "critical",
+               "The object store {{ $labels.node }} does not answer its scrape",
+               "ssh to it: systemctl status objectstore. Loki keeps new logs in its WAL meanwhile."),
+        _alert("LokiStackObjectStoreServerErrors", f"({s['objectstore_errors']}) > {ERROR_RATIO}", "10m", "warning",
+               f"More than {ERROR_RATIO:.0%} of the object store's requests fail with 5xx",
+               "journalctl -u objectstore; check its data disk."),
+        _alert("LokiStackObjectStoreFull", f"({s['objectstore_free']}) < {OBJECTSTORE_FREE_SHARE}", "30m", "warning",
+               f"The object store has less than {OBJECTSTORE_FREE_SHARE:.0%} of its space free",
+               "Grow its data disk (objectStoreDataDiskGib) or shorten lokiRetention."),
+        _alert("LokiStackGrafanaDown", f"{s['grafana_up']} == 0", "5m", "warning",
+               "Grafana {{ $labels.node }} does not answer its scrape", "ssh to it: systemctl status grafana-server."),
+        _alert("LokiStackAgentDown", f"{s['agents_up']} == 0", "5m", "warning",
+               "The log agent on {{ $labels.node }} does not answer: its logs are not collected",
+               "ssh to the host: systemctl status alloy; journalctl -u alloy."),
+        _alert("LokiStackAgentNotSending",
+               f"({s['agent_retries']} > 0)\nunless on (cluster, node)\n({s['agent_sent']} > 0)", "5m", "warning",
+               "The log agent on {{ $labels.node }} retries and sends nothing",
+               "journalctl -u alloy on the host: certificate, VIP or 429 errors name the cause."),
+        _alert("LokiStackAgentDroppedLines", f"{s['agent_dropped']} > 0", "", "warning",
+               "The log agent on {{ $labels.node }} gave up on lines ({{ $labels.reason }})",
+               "These lines are lost; fix what LokiStackAgentNotSending or Loki's alerts point at."),
+        _alert("LokiStackCertificateRenewalDue", f"time() >= {RENEWAL_METRIC}{{{cluster}}}", "", "warning",
+               "Certificate {{ $labels.certificate }} is in its early-renewal window",
+               "Run `pulumi up -s <stack>`, then write prometheusRules again (it carries the new dates)."),
+        _alert("LokiStackCertificateExpiresToday", f"{s['certificate_left']} < 86400", "", "critical",
+               "Certificate {{ $labels.certificate }} ends within a day: TLS to its holder will fail",
+               "Run `pulumi up -s <stack>` now, then write prometheusRules again."),
+    ]
+
+
+def rules(spec: MonitoringSpec, certificates: Sequence[CertificateExpiry]) -> dict[str, Any]:
+    return {"groups": [
+        {"name": "loki-stack-certificates", "rules": certificate_rules(spec, certificates)},
+        {"name": "loki-stack", "rules": alert_rules(spec)},
+    ]}
+
+
+def render_rules(spec: MonitoringSpec, certificates: Sequence[CertificateExpiry]) -> str:
+    header = (f"# Alert rules for the loki-stack cluster {spec.cluster}, written by loki-stack "
+              "(`pulumi stack output prometheusRules`).\n# Write it again after every `pulumi up`: "
+              "the certificate rules carry the dates of the certificates it issued.\n")
+    return header + _dump(rules(spec, certificates))
+
+
+def alert_names(spec: MonitoringSpec) -> list[str]:
+    return [r["alert"] for r in alert_rules(spec)]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads (for the check against a real Loki's /metrics)."""
+    words = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
+    return words - {"up"}

@@ -1,0 +1,116 @@
+"""A real Prometheus beside the live Loki lab: it scrapes with the stack's scrape config and
+evaluates the stack's rules, as an operator's Prometheus would with the README's files.
+
+- ``start_prometheus``: the Prometheus server (Debian's package) on the lab's client host, its
+  ``prometheus.yml`` the output ``prometheusScrapeConfig`` with a ``global`` block (1 s scrapes and
+  rule evaluations, so that a test sees them within seconds) and ``rule_files`` naming the output
+  ``prometheusRules``; ``loki-stack/`` beside it holds the files the README has written there.
+- ``start_agent_stand_in``: a Go TLS server where a log agent serves its metrics, with the files
+  the agent's config names: the host's agent certificate and key, and Prometheus' certificate
+  (``metrics-client.pem``) as the client pool. Alloy itself is not installable here (Grafana's
+  repository is unreachable); the stand-in is the Prometheus server's own HTTPS (exporter-toolkit),
+  which builds its client pool the way Alloy's ``http.tls`` block does (``x509.CertPool`` from the
+  file's PEM, ``RequireAndVerifyClientCert``): it shows what Go's TLS does with that pool.
+
+Both run as daemons of the lab's ``PrivateNetwork``: stopped by pid when the lab closes, also when
+a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.alloy import METRICS_PORT
+from components.monitoring import CA_FILE, CERT_FILE, GRAFANA_PASSWORD_FILE, KEY_FILE, OBJECTSTORE_TOKEN_FILE
+from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_FILE
+from tests.lab_stack import LOKI_ADDRESSES
+from tests.loki_lab import CLIENT, LokiLab
+
+PROMETHEUS = "prometheus"
+API = "http://127.0.0.1:9090"
+SCRAPE_INTERVAL = "1s"
+
+
+def prometheus_files(lab: LokiLab) -> dict[str, str]:
+    """Relative path -> content of the Prometheus directory, as the README has it written."""
+    out = lab.plan.outputs
+    config = yaml.safe_load(out["prometheusScrapeConfig"])
+    config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
+                         "evaluation_interval": SCRAPE_INTERVAL},
+              "rule_files": ["loki-stack/rules.yml"], **config}
+    return {
+        "prometheus.yml": yaml.safe_dump(config, sort_keys=False),
+        "loki-stack/rules.yml": out["prometheusRules"],
+        CA_FILE: out["caCertificate"], CERT_FILE: out["prometheusCertificate"], KEY_FILE: out["prometheusPrivateKey"],
+        OBJECTSTORE_TOKEN_FILE: out["prometheusObjectStoreToken"],
+        GRAFANA_PASSWORD_FILE: out["prometheusGrafanaPassword"],
+    }
+
+
+def start_prometheus(lab: LokiLab, binary: str) -> None:
+    d = lab.run / CLIENT / PROMETHEUS
+    for relative, text in prometheus_files(lab).items():
+        (d / relative).parent.mkdir(parents=True, exist_ok=True)
+        (d / relative).write_text(text)
+    lab.network.start(PROMETHEUS, CLIENT, [binary, f"--config.file={d / 'prometheus.yml'}",
+                                           f"--storage.tsdb.path={d / 'data'}", "--web.listen-address=127.0.0.1:9090"])
+
+
+def start_agent_stand_in(lab: LokiLab, node: str, binary: str) -> None:
+    """On ``node``'s address and the agent's port, with the files ``node``'s agent gets."""
+    files = lab.plan.files[node]
+    d = lab.run / node / "agent-stand-in"
+    d.mkdir(parents=True)
+    for name, path in (("agent.pem", AGENT_CERT_FILE), ("agent.key", AGENT_KEY_FILE),
+                       ("metrics-client.pem", METRICS_CLIENT_FILE)):
+        (d / name).write_text(files[path])
+    (d / "web.yml").write_text(yaml.safe_dump({"tls_server_config": {
+        "cert_file": str(d / "agent.pem"), "key_file": str(d / "agent.key"),
+        "client_ca_file": str(d / "metrics-client.pem"), "client_auth_type": "RequireAndVerifyClientCert"}}))
+    (d / "prometheus.yml").write_text("global: {}\n")
+    lab.network.start(f"agent-stand-in-{node}", node, [
+        binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
+        f"--web.config.file={d / 'web.yml'}", f"--web.listen-address={LOKI_ADDRESSES[node]}:{METRICS_PORT}"])
+
+
+def query(lab: LokiLab, expr: str) -> list[dict[str, Any]]:
+    """The instant vector ``expr`` evaluates to now, from the lab's Prometheus."""
+    url = f"{API}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    proc = lab.network.run(CLIENT, ["curl", "-sS", "-m", "10", url], timeout=30)
+    if proc.returncode != 0:
+        raise AssertionError(f"Prometheus did not answer {expr}: {proc.stderr}")
+    answer = json.loads(proc.stdout)
+    if answer.get("status") != "success":
+        raise AssertionError(f"Prometheus refused {expr}: {answer}")
+    return list(answer["data"]["result"])
+
+
+def values(lab: LokiLab, expr: str, by: str = "") -> dict[str, float]:
+    """``expr`` now, keyed by the label ``by`` (or "" for a single series)."""
+    return {r["metric"].get(by, ""): float(r["value"][1]) for r in query(lab, expr)}
+
+
+def wait_for(lab: LokiLab, what: str, check: Any, timeout: float = 60) -> float:
+    """Seconds until ``check()`` is true; fails with ``what`` and the Prometheus log after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            log = lab.network.daemons[PROMETHEUS].log_text()[-3000:]
+            raise AssertionError(f"after {timeout} s: {what}\n--- prometheus log\n{log}")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def active_alerts(lab: LokiLab, alert: str) -> list[dict[str, str]]:
+    """Labels of ``alert``'s pending or firing instances."""
+    return [r["metric"] for r in query(lab, f'ALERTS{{alertname="{alert}"}}')]
+
+
+def prometheus_dir(lab: LokiLab) -> Path:
+    return lab.run / CLIENT / PROMETHEUS

@@ -1,0 +1,129 @@
+"""The stack's scrape config and rules in a real Prometheus, against the live Loki lab.
+
+The three Loki nodes, their gateways and the S3 stand-in run as in ``tests/test_loki_live.py``;
+Prometheus (Debian's package) runs on the client host with the outputs written as the README says
+(``tests/prometheus_lab.py``). What this shows: the ``loki`` job reaches every node through its
+gateway with Prometheus' certificate; every Loki metric the rules read is one Loki 3.7.6 exposes,
+with the labels the rules select; the rules evaluate on real data and follow a node's stop; the
+agents' job reaches a Go TLS server that holds the agent's files and that server takes Prometheus'
+certificate and no other certificate of the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from components.alloy import METRICS_PORT
+from components.loki_gateway import ROLE_AGENT, ROLE_METRICS, ROLE_OPERATOR
+from components.monitoring import metric_names, signals
+from offline.real_loki import LokiTools
+from tests.conftest import figure, require_tool
+from tests.lab_stack import LOKI_ADDRESSES, lab_plan
+from tests.loki_lab import CLIENT, LokiLab
+from tests.netns import private_network
+from tests.prometheus_lab import active_alerts, start_agent_stand_in, start_prometheus, values, wait_for
+from tests.test_loki_live import NODES, require_lab_tools, start_cluster
+
+SECTION = "Prometheus with the stack's scrape config and rules, on the live cluster (measured)"
+AGENT_NODE = NODES[0]
+
+
+def push_old_line(lab: LokiLab, node: str) -> None:
+    old = str(time.time_ns() - 30 * 86400 * 10**9)
+    response = lab.request(node, "/loki/api/v1/push", method="POST", data=json.dumps(
+        {"streams": [{"stream": {"job": "monitoring"}, "values": [[old, "a month old"]]}]}))
+    assert response.status == 400, f"{node}: a month-old line was not refused: {response.status}"
+
+
+@pytest.fixture(scope="module")
+def watched(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokiLab]:
+    require_lab_tools()
+    binary = require_tool("prometheus")
+    with private_network(f"lkm{os.getpid() % 100000}-", tmp_path_factory.mktemp("watched")) as network:
+        lab = LokiLab(network, lab_plan(), loki_tools)
+        start_cluster(lab)
+        start_agent_stand_in(lab, AGENT_NODE, binary)
+        start_prometheus(lab, binary)
+        # Traffic every rule reads: pushes, one line too old to take, a flush to the object store.
+        node = NODES[0]
+        for i in range(3):
+            assert lab.push(node, {"job": "monitoring"}, [f"line {i}"]).status == 204
+        push_old_line(lab, node)
+        for n in NODES:
+            assert lab.request(n, "/flush", method="POST").status == 204, f"{n}: /flush"
+        yield lab
+
+
+def test_prometheus_scrapes_every_loki_node_through_its_gateway(watched):
+    seconds = wait_for(watched, "every Loki node up in job loki",
+                       lambda: values(watched, 'up{job="loki"}', by="node") == dict.fromkeys(NODES, 1.0))
+    figure(SECTION, f"every Loki node scraped through its gateway {seconds:.1f} s after Prometheus started")
+
+
+def test_every_loki_metric_the_rules_read_is_exposed_by_loki(watched):
+    """By name and with the job and cluster labels the rules select, after the fixture's traffic."""
+    loki_signals = [s for s in signals(watched.plan.monitoring).values() if 'job="loki"' in s.expr]
+    names = sorted(set().union(*(metric_names(s.expr) for s in loki_signals)))
+    assert len(names) >= 10, names
+    cluster = watched.plan.monitoring.cluster
+
+    def missing() -> list[str]:
+        return [n for n in names if not values(watched, f'count({n}{{job="loki", cluster="{cluster}"}})')]
+
+    wait_for(watched, f"Loki metrics the rules read: {missing()}", lambda: not missing(), timeout=60)
+
+
+def test_the_signals_read_a_healthy_cluster(watched):
+    s = {k: v.expr for k, v in signals(watched.plan.monitoring).items()}
+    wait_for(watched, "3 healthy ingesters, 3 nodes up, one compactor",
+             lambda: (values(watched, s["ingesters_active"]), values(watched, s["loki_nodes_up"]),
+                      values(watched, s["compactors"])) == ({"": 3.0}, {"": 3.0}, {"": 1.0}))
+    # A counter that Prometheus first sees at 1 has no rate yet: the discard that counts comes now.
+    wait_for(watched, "the discard counter scraped", lambda: bool(values(watched, "loki_discarded_samples_total")))
+    push_old_line(watched, NODES[0])
+    wait_for(watched, "the refused old line counted as discarded",
+             lambda: values(watched, s["discarded"], by="reason").get("greater_than_max_sample_age", 0) > 0)
+    push = values(watched, s["push_errors"])
+    assert push in ({"": 0.0}, {}), f"push error ratio on a healthy cluster: {push}"
+    assert not active_alerts(watched, "LokiNodeDown") and not active_alerts(watched, "LokiRingShortOfReplicas")
+
+
+def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(watched):
+    wait_for(watched, f"{AGENT_NODE}'s agent endpoint up in job loki-agents",
+             lambda: values(watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 1.0)
+    url = f"https://{LOKI_ADDRESSES[AGENT_NODE]}:{METRICS_PORT}/metrics"
+    ca = watched.client_home / ".config/loki-stack/ca.pem"
+    for role, accepted in ((ROLE_METRICS, True), (ROLE_OPERATOR, False), (ROLE_AGENT, False)):
+        cert, key = watched.identity(role)
+        proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+                                            "--cacert", str(ca), "--cert", str(cert), "--key", str(key), url])
+        assert (proc.stdout == "200") == accepted, (
+            f"{AGENT_NODE}'s agent endpoint with a {role} certificate: {proc.stdout} {proc.stderr}")
+    proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-m", "10", "--cacert", str(ca), url])
+    assert proc.returncode != 0, f"{AGENT_NODE}'s agent endpoint answered without a certificate"
+
+
+def test_alerts_follow_a_node_stop(watched):
+    """Unreachable agents (no Alloy here) are pending LokiStackAgentDown; the stand-in is not.
+    Then a node stops: LokiNodeDown and LokiRingShortOfReplicas go pending, the quorum alert does not."""
+    wait_for(watched, "LokiStackAgentDown pending for the hosts without an agent",
+             lambda: {a["node"] for a in active_alerts(watched, "LokiStackAgentDown")}
+             == set(watched.plan.outputs["hosts"]) - {AGENT_NODE})
+    stopped = NODES[2]
+    start = time.monotonic()
+    watched.stop_node(stopped, signal.SIGTERM)
+    wait_for(watched, f"LokiNodeDown pending for {stopped}",
+             lambda: [a["node"] for a in active_alerts(watched, "LokiNodeDown")] == [stopped])
+    down = time.monotonic() - start
+    wait_for(watched, "LokiRingShortOfReplicas pending",
+             lambda: bool(active_alerts(watched, "LokiRingShortOfReplicas")))
+    short = time.monotonic() - start
+    assert not active_alerts(watched, "LokiRingBelowWriteQuorum"), "two of three nodes are a write quorum"
+    figure(SECTION, f"{stopped} stopped: LokiNodeDown pending after {down:.1f} s, "
+                    f"LokiRingShortOfReplicas after {short:.1f} s (1 s scrapes and evaluations)")
