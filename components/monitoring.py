@@ -223,6 +223,8 @@ def signals(spec: MonitoringSpec) -> dict[str, Signal]:
         "agents_up": Signal("Log agents up", f"up{{{agents}}}", "{{node}}"),
         "agent_sent": Signal("Bytes each agent sent", f"sum by (cluster, node) (rate(loki_write_sent_bytes_total"
                              f"{{{agents}}}[10m]))", "{{node}}", "Bps"),
+        "agent_lines": Signal("Lines each agent sent (15 min)", f"sum by (cluster, node) (increase(loki_write_sent_"
+                              f"entries_total{{{agents}}}[15m]))", "{{node}}"),
         "agent_retries": Signal("Push retries per agent (10 min)", f"sum by (cluster, node) (increase(loki_write_batch_"
                                 f"retries_total{{{agents}}}[10m]))", "{{node}}"),
         "agent_dropped": Signal("Lines agents gave up on (15 min)", f"sum by (cluster, node, reason) (increase("
@@ -267,6 +269,13 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
     rf, quorum = spec.replication_factor, spec.write_quorum
     rate_limit = spec.ingestion_rate_mb * 1024 * 1024
     stale = spec.compaction_stale_s
+
+    def stale_alert(name: str, age: str, summary: str, action: str) -> dict[str, Any]:
+        """``age`` past the limit while a Loki process has run that long: a roll restarts every
+        node, and with it the gauges (0 until the new compactor's first run)."""
+        return _alert(name, f"({s[age]} > {stale})\nand on (cluster)\n({s['oldest_node']} > {stale})", "5m",
+                      "warning", summary, action)
+
     return [
         _alert("LokiStackNotScraped", f'absent(up{{job="{JOB_LOKI}", {cluster}}})', "10m", "warning",
                f"Prometheus scrapes no Loki node of {spec.cluster}",
@@ -293,14 +302,11 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
         _alert("LokiChunkFlushFailing", f"{s['flush_failures']} > 0", "10m", "critical",
                "Loki cannot write chunks to the object store: new logs live only in the nodes' WALs",
                "Fix the object store now; the WAL is replayed and flushed once it answers."),
-        _alert("LokiCompactionStale",
-               f"({s['compaction_age']} > {stale})\nand on (cluster)\n({s['oldest_node']} > {stale})", "5m",
-               "warning", f"No compaction for {stale // 60} minutes",
-               "Find the elected compactor (loki_boltdb_shipper_compactor_running 1) and read its journal."),
-        _alert("LokiRetentionStale",
-               f"({s['retention_age']} > {stale})\nand on (cluster)\n({s['oldest_node']} > {stale})", "5m",
-               "warning", f"Retention not applied for {stale // 60} minutes: old logs are not deleted",
-               "Read the elected compactor's journal (retention runs with compaction)."),
+        stale_alert("LokiCompactionStale", "compaction_age", f"No compaction for {stale // 60} minutes",
+                    "Find the elected compactor (loki_boltdb_shipper_compactor_running 1) and read its journal."),
+        stale_alert("LokiRetentionStale", "retention_age",
+                    f"Retention not applied for {stale // 60} minutes: old logs are not deleted",
+                    "Read the elected compactor's journal (retention runs with compaction)."),
         _alert("LokiCompactorNotElected", f"{s['compactors']} != 1", "15m", "warning",
                "Not exactly one Loki node runs the compactor",
                "Check the compactor ring on the nodes' /compactor/ring page (operator certificate)."),
@@ -319,7 +325,7 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
                "journalctl -u objectstore; check its data disk."),
         _alert("LokiStackObjectStoreFull", f"({s['objectstore_free']}) < {OBJECTSTORE_FREE_SHARE}", "30m", "warning",
                f"The object store has less than {OBJECTSTORE_FREE_SHARE:.0%} of its space free",
-               "Grow its data disk (objectStoreDataDiskGib) or shorten lokiRetention."),
+               "Grow its data disk (objectStoreDataDiskGiB) or shorten lokiRetention."),
         _alert("LokiStackGrafanaDown", f"{s['grafana_up']} == 0", "5m", "warning",
                "Grafana {{ $labels.node }} does not answer its scrape", "ssh to it: systemctl status grafana-server."),
         _alert("LokiStackAgentDown", f"{s['agents_up']} == 0", "5m", "warning",
@@ -329,6 +335,10 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
                f"({s['agent_retries']} > 0)\nunless on (cluster, node)\n({s['agent_sent']} > 0)", "5m", "warning",
                "The log agent on {{ $labels.node }} retries and sends nothing",
                "journalctl -u alloy on the host: certificate, VIP or 429 errors name the cause."),
+        _alert("LokiStackAgentSilent",
+               f"({s['agents_up']} == 1)\nunless on (cluster, node)\n({s['agent_lines']} > 0)", "2h", "warning",
+               "The log agent on {{ $labels.node }} runs and has sent no line for 2 hours",
+               "A Debian host's journal has lines every hour (cron): check the agent's config and its journal."),
         _alert("LokiStackAgentDroppedLines", f"{s['agent_dropped']} > 0", "", "warning",
                "The log agent on {{ $labels.node }} gave up on lines ({{ $labels.reason }})",
                "These lines are lost; fix what LokiStackAgentNotSending or Loki's alerts point at."),

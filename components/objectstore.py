@@ -32,6 +32,8 @@ from components.systemd import hardening
 OBJECTSTORE_TYPE = "lokistack:objectstore:ObjectStore"
 BUCKET_TYPE = "lokistack:objectstore:LokiBucket"
 METRICS_READER_TYPE = "lokistack:objectstore:MetricsReader"
+LOKI_USER, METRICS_USER = "loki", "prometheus"
+"""The users the stack makes in the object store: Loki's, and Prometheus' (metrics only)."""
 API_PORT, CONSOLE_PORT = 9000, 9001
 SERVICE_USER = "objectstore"
 UNIT = "objectstore.service"

@@ -24,6 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pulumi.runtime import config as runtime_config
 
+from components.objectstore import LOKI_USER, METRICS_USER
 from stack.schema import ProjectSchema, load_schema
 
 # --- Settings ---------------------------------------------------------------------------
@@ -723,6 +724,10 @@ def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> 
         ok = False
     if not _ROOT_USER.match(user):
         check.fail("objectStoreRootUser", "must be 3-64 letters, digits, '_', '.' or '-'", user, "lokistack-admin")
+        ok = False
+    elif user in (LOKI_USER, METRICS_USER):
+        check.fail("objectStoreRootUser", f"must not be a user the stack makes ({LOKI_USER}, {METRICS_USER})", user,
+                   "lokistack-admin")
         ok = False
     problem = url_problem(url, path_suffixes=(".tar.gz", ".tgz"))
     if problem or "latest" in urlsplit(url).path:

@@ -45,6 +45,8 @@ from components.monitoring import CertificateExpiry, MonitoringSpec, Target, ren
 from components.monitoring import signals as monitoring_signals
 from components.objectstore import (
     API_PORT,
+    LOKI_USER,
+    METRICS_USER,
     LokiBucket,
     LokiBucketArgs,
     MetricsReader,
@@ -75,8 +77,6 @@ from stack.config import ProxmoxSettings, Settings, VmSettings
 IMAGE_UPLOAD_TIMEOUT_S = 1800
 LOCAL_CA_FILE = ".lokistack/ca.pem"
 """The stack's CA on the machine running Pulumi (the MinIO provider takes its CA as a file)."""
-LOKI_S3_USER = "loki"
-METRICS_S3_USER = "prometheus"
 
 
 @dataclass
@@ -417,8 +417,8 @@ def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificat
         minio_password=object_store.root_password,
         opts=pulumi.ResourceOptions(depends_on=[object_store.ready, ca_file]),
     )
-    bucket = LokiBucket("loki-bucket", LokiBucketArgs(bucket=store.bucket, user=LOKI_S3_USER),
+    bucket = LokiBucket("loki-bucket", LokiBucketArgs(bucket=store.bucket, user=LOKI_USER),
                         opts=pulumi.ResourceOptions(providers=[provider]))
-    metrics_reader = MetricsReader("objectstore-metrics", MetricsReaderArgs(user=METRICS_S3_USER),
+    metrics_reader = MetricsReader("objectstore-metrics", MetricsReaderArgs(user=METRICS_USER),
                                    opts=pulumi.ResourceOptions(providers=[provider]))
     return object_store, bucket, metrics_reader

@@ -138,6 +138,8 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
     ("bucket with capitals", {"objectStoreBucket": "Loki"}, (), "objectStoreBucket", "S3 bucket name"),
     ("bucket like an IP", {"objectStoreBucket": "192.168.50.1"}, (), "objectStoreBucket", "not an IP address"),
     ("short root user", {"objectStoreRootUser": "ab"}, (), "objectStoreRootUser", "3-64 letters"),
+    ("root user is Prometheus'", {"objectStoreRootUser": "prometheus"}, (), "objectStoreRootUser",
+     "must not be a user the stack makes"),
     ("package over http", {"objectStorePackageUrl": "http://example.org/silo.tar.gz"}, (), "objectStorePackageUrl",
      "must be an https:// URL (a pinned release archive)"),
     ("endpoint port out of range", {"proxmoxEndpoint": "https://pve:99999/"}, (), "proxmoxEndpoint",

@@ -325,6 +325,12 @@ CASES: dict[str, list[Case]] = {
         Case({agent("loki_write_batch_retries_total"): "0+1x30", agent("loki_write_sent_bytes_total"): "0+1000x30"},
              "20m"),  # retries, but lines get through
     ],
+    "LokiStackAgentSilent": [
+        Case({up("loki-agents", "backup-01"): "1x150", agent("loki_write_sent_entries_total"): "100x150"}, "140m",
+             [{"job": "loki-agents", "node": "backup-01", **C}]),
+        Case({up("loki-agents", "backup-01"): "1x150", agent("loki_write_sent_entries_total"): "100+1x150"}, "140m"),
+        Case({up("loki-agents", "backup-01"): "1x60", agent("loki_write_sent_entries_total"): "0x60"}, "60m"),
+    ],
     "LokiStackAgentDroppedLines": [
         Case({agent("loki_write_dropped_entries_total", reason="ingester_error"): "0 0 5x20"}, "5m",
              [{"node": "backup-01", "reason": "ingester_error", **C}]),
