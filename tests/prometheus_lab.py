@@ -27,7 +27,6 @@ from typing import Any
 import yaml
 
 from components.alloy import METRICS_PORT
-from components.monitoring import CA_FILE, CERT_FILE, GRAFANA_PASSWORD_FILE, KEY_FILE, OBJECTSTORE_TOKEN_FILE
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_FILE
 from tests.lab_stack import LOKI_ADDRESSES
 from tests.loki_lab import CLIENT, LokiLab
@@ -37,27 +36,39 @@ API = "http://127.0.0.1:9090"
 SCRAPE_INTERVAL = "1s"
 
 
+def readme_files(outputs: dict[str, Any]) -> dict[str, str]:
+    """Relative path -> content of what the README's commands write next to prometheus.yml (its
+    paths, written out here rather than taken from the code, so that a scrape config naming other
+    files fails its checks)."""
+    return {
+        "loki-stack/ca.pem": outputs["caCertificate"],
+        "loki-stack/prometheus.pem": outputs["prometheusCertificate"],
+        "loki-stack/prometheus.key": outputs["prometheusPrivateKey"],
+        "loki-stack/objectstore.token": outputs["prometheusObjectStoreToken"],
+        "loki-stack/grafana.password": outputs["prometheusGrafanaPassword"],
+        "loki-stack/rules.yml": outputs["prometheusRules"],
+    }
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    for relative, text in files.items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_text(text)
+
+
 def prometheus_files(lab: LokiLab) -> dict[str, str]:
-    """Relative path -> content of the Prometheus directory, as the README has it written."""
-    out = lab.plan.outputs
-    config = yaml.safe_load(out["prometheusScrapeConfig"])
+    """The README's files, and prometheus.yml: the scrape config with 1 s scrapes and evaluations
+    and the rules file."""
+    config = yaml.safe_load(lab.plan.outputs["prometheusScrapeConfig"])
     config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
                          "evaluation_interval": SCRAPE_INTERVAL},
               "rule_files": ["loki-stack/rules.yml"], **config}
-    return {
-        "prometheus.yml": yaml.safe_dump(config, sort_keys=False),
-        "loki-stack/rules.yml": out["prometheusRules"],
-        CA_FILE: out["caCertificate"], CERT_FILE: out["prometheusCertificate"], KEY_FILE: out["prometheusPrivateKey"],
-        OBJECTSTORE_TOKEN_FILE: out["prometheusObjectStoreToken"],
-        GRAFANA_PASSWORD_FILE: out["prometheusGrafanaPassword"],
-    }
+    return {"prometheus.yml": yaml.safe_dump(config, sort_keys=False), **readme_files(lab.plan.outputs)}
 
 
 def start_prometheus(lab: LokiLab, binary: str) -> None:
     d = lab.run / CLIENT / PROMETHEUS
-    for relative, text in prometheus_files(lab).items():
-        (d / relative).parent.mkdir(parents=True, exist_ok=True)
-        (d / relative).write_text(text)
+    write_files(d, prometheus_files(lab))
     lab.network.start(PROMETHEUS, CLIENT, [binary, f"--config.file={d / 'prometheus.yml'}",
                                            f"--storage.tsdb.path={d / 'data'}", "--web.listen-address=127.0.0.1:9090"])
 
@@ -111,6 +122,3 @@ def active_alerts(lab: LokiLab, alert: str) -> list[dict[str, str]]:
     """Labels of ``alert``'s pending or firing instances."""
     return [r["metric"] for r in query(lab, f'ALERTS{{alertname="{alert}"}}')]
 
-
-def prometheus_dir(lab: LokiLab) -> Path:
-    return lab.run / CLIENT / PROMETHEUS

@@ -22,6 +22,7 @@ from components.objectstore import METRICS_POLICY, METRICS_TOKEN_ISSUER
 from offline import engine
 from offline.plan import read_stack_config, run_program
 from tests.conftest import require_tool
+from tests.prometheus_lab import readme_files, write_files
 
 CLUSTER = "loki-stack.home.arpa"
 LOKI = f'job="loki", cluster="{CLUSTER}"'
@@ -43,16 +44,9 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def write_prometheus_dir(directory: Path, out: dict[str, Any]) -> Path:
-    """prometheus.yml and the loki-stack/ files beside it, as the README has them written."""
-    (directory / "loki-stack").mkdir()
-    files = {"ca.pem": out["caCertificate"], "prometheus.pem": out["prometheusCertificate"],
-             "prometheus.key": out["prometheusPrivateKey"], "objectstore.token": out["prometheusObjectStoreToken"],
-             "grafana.password": out["prometheusGrafanaPassword"]}
-    for name, text in files.items():
-        (directory / "loki-stack" / name).write_text(text)
-    config = directory / "prometheus.yml"
-    config.write_text(out["prometheusScrapeConfig"])
-    return config
+    """prometheus.yml (the scrape config) and the loki-stack/ files beside it, as the README has them written."""
+    write_files(directory, {"prometheus.yml": out["prometheusScrapeConfig"], **readme_files(out)})
+    return directory / "prometheus.yml"
 
 
 def test_the_scrape_config_has_a_job_per_component_and_passes_promtool(example, tmp_path):
