@@ -77,9 +77,11 @@ vip_accept_new_connections() {
   fi
 }
 
-# vip_open_connections: connections to the VIP's port on this node.
+# vip_open_connections: connections to the VIP's port on this node, those still in their TCP
+# handshake included: a SYN that arrived just before the drop rule is answered here, and its
+# client's request would be cut if the VIP moved before it finished.
 vip_open_connections() {
-  ss -Htn state established src "${VIP_ADDRESS}:${VIP_PORT}" | wc -l
+  ss -Htn state established state syn-recv src "${VIP_ADDRESS}:${VIP_PORT}" | wc -l
 }
 
 vip_leave() {
