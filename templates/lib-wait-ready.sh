@@ -6,7 +6,9 @@ wait_https_status() {
   local url=$1 timeout=$2 unit=$3 accepted=" $4 " refused=" $5 " deadline status host
   shift 5
   host=$(hostname -f 2>/dev/null || hostname)
-  deadline=$((SECONDS + timeout))
+  # SECONDS counts whole seconds from the shell's start, which falls inside a second: one more
+  # makes the wait last at least TIMEOUT_S (a clean-clone CI run gave up after 2.05 s of 3).
+  deadline=$((SECONDS + timeout + 1))
   while :; do
     status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null || true)
     if [ -n "$status" ] && [[ "$accepted" == *" ${status} "* ]]; then
