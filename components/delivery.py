@@ -26,17 +26,33 @@ _TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 INSTALL_SCRIPT = (_TEMPLATES / "install-files.sh").read_text() + "\n" + (_TEMPLATES / "lib-safe-write.sh").read_text()
 
 
+FOLLOW_UP_DIR = "/var/lib/lokistack/follow-up"
+"""Where a delivery marks a follow-up it owes (``install-files.sh``, which has the same default): on
+disk, so that a reboot in between does not forget it."""
+
+
+def follow_up_marker(files: Sequence[tuple[HostFile, str]], then: str) -> str:
+    """The name of the marker of the follow-up ``then`` of a delivery of these paths (in
+    ``FOLLOW_UP_DIR``): the same for every run of that delivery, whatever the contents."""
+    return hashlib.sha256("\0".join([then, *sorted(hf.path for hf, _ in files)]).encode()).hexdigest()[:16]
+
+
 def render_install_script(files: Sequence[tuple[HostFile, str]], then: str = "", remove: Sequence[str] = ()) -> str:
     """The script that installs ``files`` (each with its resolved content) and removes the paths
-    in ``remove``, then runs ``then`` (as root) if anything changed."""
+    in ``remove``, then runs ``then`` (as root) if anything changed, or if an earlier run changed
+    something and did not finish ``then`` (killed, or ``then`` failed)."""
     lines = [INSTALL_SCRIPT.rstrip("\n"), ""]
+    if then:
+        lines.append(f'FOLLOW_UP_PENDING="${{FOLLOW_UP_DIR}}/{follow_up_marker(files, then)}"')
     for hf, content in files:
         encoded = base64.b64encode(content.encode()).decode()
         args = (hf.path, hf.owner, hf.group, hf.mode, encoded)
         lines.append("install_file " + " ".join(shlex.quote(a) for a in args))
     lines += [f"remove_file {shlex.quote(path)}" for path in remove]
     if then:
-        lines += ["", 'if [ "$changed" -gt 0 ]; then', f"  {then}", "fi"]
+        lines += ["", 'if [ "$changed" -gt 0 ] || [ -e "$FOLLOW_UP_PENDING" ]; then',
+                  '  [ "$changed" -gt 0 ] || echo "finishing the follow-up an earlier run owes"',
+                  f"  {then}", '  rm -f "$FOLLOW_UP_PENDING"', "fi"]
     lines += ['echo "${changed} file(s) changed"', ""]
     return "\n".join(lines)
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from posixpath import dirname
 from typing import Any
 
 import pulumi
 import pulumi_command as command
 
 from components import firewall as firewall_rules
+from components import loki_gateway as gateway
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
@@ -33,6 +35,7 @@ from components.loki_config import (
     render_loki_config,
 )
 from components.loki_limits import RELOAD_TIMEOUT_S, RUNTIME_FILE, TENANT, render_runtime_config
+from components.loki_ring import ring_parameters
 from components.scripts import render_script
 from components.systemd import hardening
 from components.vip_handover import VipHandover, roll_order
@@ -47,6 +50,15 @@ GUARD_FILE = "/etc/systemd/system/loki.service.d/00-lokistack-guard.conf"
 """Made by the setup before the package: no Loki start until the stack's env file exists."""
 STAGE_DIR = "/etc/loki/lokistack-staged"
 """Delivered files wait here (root only) until ``loki -verify-config`` accepted them."""
+GATEWAY_WAIT_S = 300
+"""How long the Loki apply waits for the gateway before it stops an earlier version's Loki that holds
+the gateway's port (the upgrade from before the gateway: the gateway's steps run beside Loki's)."""
+STARTED_RECORD = "/run/lokistack/loki-started-with"
+"""The SHA-256 of the config, env file and drop-in as the running Loki started with them, written by
+the unit itself before each start (also a restart systemd makes on its own): what the apply step
+compares with what should run. In /run: a boot starts Loki afresh, and writes it anew."""
+RECORD_START = (f"ExecStartPre=-+/bin/sh -c 'umask 022 && mkdir -p {dirname(STARTED_RECORD)} && sha256sum "
+                f"{CONFIG_FILE} {ENV_FILE} {DROPIN_FILE} | cut -d \" \" -f 1 >{STARTED_RECORD}'")
 STOP_TIMEOUT_S = 120
 """The packaged unit's own bound (``TimeoutSec=120``), stated in the drop-in so that it stays."""
 READY_TIMEOUT_S = 300  # a fresh ingester waits min_ready_duration (15 s), a WAL replay takes longer
@@ -73,6 +85,9 @@ def render_dropin(*, data_dir: str, cert_file: str, key_file: str, ca_file: str)
 RequiresMountsFor={data_dir}
 
 [Service]
+# What this start reads, for the apply step to compare with what should run (as root: "+"; a
+# failure here only costs one more restart later: "-").
+{RECORD_START}
 ExecStart=
 ExecStart={LOKI_BINARY} -config.file={CONFIG_FILE} -config.expand-env=true -target=all
 EnvironmentFile={ENV_FILE}
@@ -195,10 +210,13 @@ class LokiCluster(pulumi.ComponentResource):
                 # Loki itself, on loopback (not through the gateway, which may not be there yet).
                 "UNIT": UNIT, "READY_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
                 "BUILDINFO_URL": f"https://127.0.0.1:{LOKI_LOCAL_PORT}/loki/api/v1/status/buildinfo",
-                "TIMEOUT_S": READY_TIMEOUT_S, "CREDENTIALS_DIR": CREDENTIALS_DIR, **tls,
-                **args.handover.script_parameters(host.name),
+                "TIMEOUT_S": READY_TIMEOUT_S, "CREDENTIALS_DIR": CREDENTIALS_DIR, "STARTED_RECORD": STARTED_RECORD,
+                **tls, **args.handover.script_parameters(host.name),
+                "GATEWAY_CONFIG": gateway.CONFIG_FILE, "GATEWAY_UNIT": gateway.UNIT,
+                "GATEWAY_WAIT_S": GATEWAY_WAIT_S, **gateway.port_check_parameters(),
+                **ring_parameters(host.name, {n.name: n.address for n in args.config.nodes}),
             }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-clock.sh",
-                                  "lib-vip-handover.sh"])
+                          "lib-vip-handover.sh", "lib-ring-check.sh", "lib-gateway-port.sh"])
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)

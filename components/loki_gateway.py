@@ -16,6 +16,20 @@ own certificate.
 
 A path that nginx would read differently from Loki (percent-encoded, ``..``, ``//``) is refused
 with 400 before any role is looked at, so that what is authorised is exactly what Loki serves.
+
+**A local Loki that does not answer** (crashed, killed; until keepalived has moved the VIP, about
+5 s, and until systemd has it ready again, about 20 s): nginx passes the request to another Loki
+node's gateway instead (the peers are ``backup`` servers of Loki's upstream). It does so only when
+it could not even connect to its own Loki: for a push (a POST) nginx never sends a request again
+once it has been sent (``proxy_next_upstream`` without ``non_idempotent``), so a push that Loki may
+have taken is never sent twice, and no line can be stored twice by the gateway. The peer must
+apply the client's role, not the forwarding node's: the forwarding gateway passes the role it
+authorised on in ``X-Lokistack-Role``, which counts only from another Loki node's server
+certificate (by its name: the other servers of the stack hold server certificates too), and a
+forwarded request goes to that peer's own Loki only, never on to a third node. Only pushes and the
+read API, which every node serves alike, go to a peer; ``/ready``, ``/metrics``, the admin
+endpoints and the delete API are about the node itself (the VIP's check and the roll's checks ask
+``/ready``; Prometheus sees a node down by its ``/metrics``) and go to its own Loki only.
 On a Loki node, only root and nginx's workers reach Loki's loopback listener: the node's firewall
 refuses every other local user (``components.firewall``).
 
@@ -25,6 +39,7 @@ nginx: https://nginx.org/en/docs/http/ngx_http_ssl_module.html#variables
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +69,11 @@ MAX_BODY = "64m"
 BODY_BUFFER = "2m"
 """Request bodies up to this size stay in memory (a push batch), larger ones go to a temporary file."""
 UPSTREAM_TIMEOUT_S = 600
+ROLE_HEADER = "X-Lokistack-Role"
+"""The role the forwarding gateway authorised, passed on to a peer (counts only from a Loki node's
+server certificate)."""
+LOCAL_FAIL_TIMEOUT_S = 2
+"""After the local Loki refused a connection, the peers take requests for this long before it is tried again."""
 """Longest a query or a tail may take through the gateway."""
 PROBE_TIMEOUT_S = 60
 
@@ -84,8 +104,10 @@ class Grant:
     """Regular expressions of paths (whole path)."""
 
 
+PUSH_PATH = "/loki/api/v1/push"
+
 GRANTS = (
-    Grant((ROLE_AGENT, ANONYMOUS), "POST", ("/loki/api/v1/push",)),
+    Grant((ROLE_AGENT, ANONYMOUS), "POST", (PUSH_PATH,)),
     Grant((ROLE_READER, ANONYMOUS), "GET|POST", READ_PATHS),
     Grant((ROLE_METRICS,), "GET", ("/metrics",)),
     Grant((ROLE_OPERATOR,), "[A-Z]+", ("/.*",)),
@@ -98,24 +120,72 @@ def _map_entries(grant: Grant) -> list[str]:
     return [f'    "~^({roles}) ({grant.methods}) {path}$" 1;' for path in grant.paths]
 
 
-def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file: str, ca_file: str) -> str:
-    """The nginx config (an ``http``-level file for ``conf.d``)."""
+@dataclass(frozen=True)
+class Peer:
+    """Another Loki node, whose gateway takes this node's requests while its own Loki does not answer."""
+    fqdn: str
+    """The name in its server certificate's subject (CN)."""
+    address: str
+
+
+def _peer_blocks(peers: Sequence[Peer]) -> tuple[str, str]:
+    """The ``map`` of the peers' certificates and the ``backup`` servers of Loki's upstream."""
+    names = "|".join(re.escape(p.fqdn) for p in peers)
+    subject = f"CN=({names}),OU={ROLE_SERVER},O={ORGANIZATION}"
+    peer_map = f"""# Another Loki node's gateway, forwarding what its own Loki could not take (its server certificate).
+map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_from_peer {{
+    default 0;
+{f'    "~^SUCCESS[|]{subject}$" 1;' if peers else ""}
+}}
+"""
+    backups = "".join(f"    server {p.address}:{HTTP_PORT} backup;\n" for p in peers)
+    return peer_map, backups
+
+
+def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file: str, ca_file: str,
+                        peers: Sequence[Peer] = ()) -> str:
+    """The nginx config (an ``http``-level file for ``conf.d``) of a node whose fellow Loki nodes are ``peers``."""
     verify = "on" if require_client_certs else "optional"
     anonymous = f'    "NONE|" {ANONYMOUS};\n' if not require_client_certs else ""
     grants = "\n".join(line for g in GRANTS for line in _map_entries(g))
     # A subject exactly "CN=<name>,OU=<role>,O=loki-stack" (RFC 2253: the certificate's order
     # reversed); the name may hold no comma and no escaped character (\x5c is the backslash).
     subject = f"CN=[^,\\x5c]+,OU=(?<lokistack_ou>[a-z]+),O={ORGANIZATION}"
+    peer_map, backups = _peer_blocks(peers)
+    shared = "\n".join([f'    "~^POST {PUSH_PATH}$" 1;', *(f'    "~^(GET|POST) {path}$" 1;' for path in READ_PATHS)])
+    # What a peer may pass on: the roles that reach more than /ready (which is never forwarded).
+    forwardable = [ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_OPERATOR] + ([] if require_client_certs else [ANONYMOUS])
     return f"""# loki-stack: the Loki gateway. Loki itself listens on 127.0.0.1:{LOKI_LOCAL_PORT}; this server takes
 # port {HTTP_PORT} on every address of the node (the VIP too) and lets each certificate's role reach
 # only its paths.
 log_format lokistack_gateway '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
-                             '$request_time role=$lokistack_role subject="$ssl_client_s_dn"';
+                             '$request_time role=$lokistack_role subject="$ssl_client_s_dn" '
+                             'upstream=$upstream_addr';
 
-map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_role {{
+map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_client_role {{
     default "";
     "~^SUCCESS[|]{subject}$" $lokistack_ou;
 {anonymous}}}
+
+{peer_map}
+# A peer passes on the role it authorised (X-Lokistack-Role); from anyone else the header counts for nothing.
+map "$lokistack_from_peer|$http_x_lokistack_role" $lokistack_role {{
+    default $lokistack_client_role;
+    "~^1[|](?<lokistack_forwarded>{"|".join(forwardable)})$" $lokistack_forwarded;
+}}
+
+# What another node may take while this node's Loki cannot be reached: pushes and the read API,
+# which every node serves alike. The rest is about this node (/ready, /metrics, the admin endpoints,
+# the delete requests it keeps), and what a peer forwarded goes to this node's Loki only: never on
+# to a third node.
+map "$request_method $uri" $lokistack_shared {{
+    default 0;
+{shared}
+}}
+map "$lokistack_from_peer$lokistack_shared" $lokistack_upstream {{
+    default lokistack_loki_local;
+    01 lokistack_loki;
+}}
 
 # The path as the client sent it must be the path nginx authorises (and passes on): nothing
 # percent-encoded, no "..", no "//".
@@ -137,9 +207,16 @@ map $http_upgrade $lokistack_connection {{
     "" "";
 }}
 
-upstream lokistack_loki {{
+upstream lokistack_loki_local {{
     server 127.0.0.1:{LOKI_LOCAL_PORT};
     keepalive 16;
+}}
+
+# This node's Loki; the peers' gateways only when it cannot be reached (not even connected to: a
+# push that was sent is never sent again).
+upstream lokistack_loki {{
+    server 127.0.0.1:{LOKI_LOCAL_PORT} max_fails=1 fail_timeout={LOCAL_FAIL_TIMEOUT_S}s;
+{backups}    keepalive 16;
 }}
 
 server {{
@@ -165,24 +242,34 @@ server {{
         return 403;
     }}
 
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $lokistack_connection;
+    proxy_set_header {ROLE_HEADER} $lokistack_role;
+    proxy_buffering off;
+    proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
+    proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
+    proxy_ssl_certificate {cert_file};
+    proxy_ssl_certificate_key {key_file};
+    proxy_ssl_trusted_certificate {ca_file};
+    proxy_ssl_verify on;
+    proxy_ssl_verify_depth 1;
+    # Every Loki node's certificate names localhost too (its own health checks use it).
+    proxy_ssl_name localhost;
+    proxy_ssl_session_reuse on;
+
     location / {{
-        proxy_pass https://lokistack_loki;
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $lokistack_connection;
-        proxy_buffering off;
-        proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
-        proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
-        proxy_ssl_certificate {cert_file};
-        proxy_ssl_certificate_key {key_file};
-        proxy_ssl_trusted_certificate {ca_file};
-        proxy_ssl_verify on;
-        proxy_ssl_verify_depth 1;
-        proxy_ssl_name localhost;
-        proxy_ssl_session_reuse on;
+        proxy_pass https://$lokistack_upstream;
     }}
 }}
 """
+
+
+def port_check_parameters() -> dict[str, str | int]:
+    """The parameters of ``lib-gateway-port.sh``: whether the gateway itself serves its port (an
+    earlier version's Loki held it; nginx, reloaded meanwhile, kept running without it)."""
+    return {"GATEWAY_URL": f"https://127.0.0.1:{HTTP_PORT}/ready", "GATEWAY_PORT": HTTP_PORT,
+            "GATEWAY_NODE_HEADER": NODE_HEADER}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +292,9 @@ class LokiGatewayArgs:
     """Host paths of the node's server certificate (also its client certificate towards Loki), key, CA."""
     after_steps: Mapping[str, pulumi.CustomResource]
     """Host name -> the step its setup waits for (one package step at a time on a host)."""
+    peers: Mapping[str, Peer]
+    """Every Loki node's name -> its certificate's name and address: each node's gateway sends to the
+    others when its own Loki does not answer."""
 
 
 class LokiGateway(pulumi.ComponentResource):
@@ -218,17 +308,22 @@ class LokiGateway(pulumi.ComponentResource):
     def __init__(self, name: str, args: LokiGatewayArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(RESOURCE_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
-                                   key_file=args.key_file, ca_file=args.ca_file)
+        unknown = sorted({h.name for h in args.hosts} - set(args.peers))
+        if unknown:
+            raise ValueError(f"LokiGateway: hosts {unknown} are not among the peers {sorted(args.peers)}")
         setup_script = render_script("loki-gateway-setup.sh", {"DEFAULT_SITE": DEFAULT_SITE, "STAGE_DIR": STAGE_DIR},
                                      libraries=["lib-apt.sh"])
         apply_script = render_script("loki-gateway-apply.sh", {
             "STAGED": f"{STAGE_DIR}/gateway.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT, "NGINX_USER": NGINX_USER,
             "PROBE_URL": f"https://127.0.0.1:{HTTP_PORT}/ready", "CA_FILE": args.ca_file,
             "CERT_FILE": args.cert_file, "KEY_FILE": args.key_file, "TIMEOUT_S": PROBE_TIMEOUT_S,
-        }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh"])
+            **port_check_parameters(),
+        }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-gateway-port.sh"])
         self.setups, self.applies, self.host_files = {}, {}, []
         for host in args.hosts:
+            conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
+                                       key_file=args.key_file, ca_file=args.ca_file,
+                                       peers=[p for n, p in args.peers.items() if n != host.name])
             connection = host.connection
             if host.name in args.after_steps:
                 connection = after(connection, args.after_steps[host.name])

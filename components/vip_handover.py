@@ -8,8 +8,15 @@ backups' master-down timer has run out (5-6 s of failed pushes per node, measure
 step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoin`` after
 (``templates/lib-vip-handover.sh``):
 
+- **Pre-flight** (the holder only): another node's gateway must answer ``/ready`` at its own
+  address, or nothing is drained and the step fails (Loki then is not restarted).
 - **Drain** (the holder only): new connections to the VIP on this node are dropped, not refused,
-  so a client's TCP sends its SYN again about a second later, when the VIP is elsewhere; nginx
+  so a client's TCP sends its SYN again about a second later, when the VIP is elsewhere. Only a
+  pure SYN is dropped: a kept-alive connection (Alloy keeps one open and sends batches of up to
+  about 1 MiB) goes on being served. (A ``ct state new`` rule stalled them: with nothing else on
+  the node using connection tracking, packets of connections opened before the rule count as new.)
+  The drop expires by itself after ``DRAIN_EXPIRY_S``, and the apply step removes it on every exit
+  and at its start (a run killed mid-drain); nginx
   reloads, which closes idle keep-alive connections cleanly while requests in flight finish; once
   no connection to the VIP is left (bounded), the node enters keepalived's FAULT state through a
   track file (``MAINTENANCE_FILE``): it sends a priority-0 advert and the best backup takes the VIP
@@ -49,6 +56,8 @@ HANDOVER_TIMEOUT_S = 60
 """Longest wait for another ready node to take the VIP (keepalived moves it in about a second)."""
 DRAIN_TIMEOUT_S = 30
 """Longest wait for the requests in flight on the VIP to finish before it moves (a long query is then cut)."""
+DRAIN_EXPIRY_S = DRAIN_TIMEOUT_S + HANDOVER_TIMEOUT_S + 30
+"""The drop of new connections ends by itself after this, whatever happened to the step that set it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +69,8 @@ class VipHandover:
     port: int
     priorities: Mapping[str, int]
     """Node name -> configured VRRP priority (``components.vip.priorities``)."""
+    addresses: Mapping[str, str]
+    """Node name -> the node's own address (the pre-flight asks the other nodes' gateways for /ready)."""
     preempt: bool
     check_interval: int
     check_rise: int
@@ -77,7 +88,9 @@ class VipHandover:
             "VIP_YIELD_FILE": YIELD_FILE, "VIP_NODE_HEADER": NODE_HEADER, "VIP_DRAIN_TABLE": DRAIN_TABLE,
             "VIP_UNIT": self.keepalived_unit, "VIP_CONFIG": self.keepalived_config,
             "VIP_GATEWAY_UNIT": self.gateway_unit,
+            "VIP_PEERS": " ".join(f"{n}={a}" for n, a in self.addresses.items()),
             "VIP_HANDOVER_TIMEOUT_S": HANDOVER_TIMEOUT_S, "VIP_DRAIN_TIMEOUT_S": DRAIN_TIMEOUT_S,
+            "VIP_DRAIN_EXPIRY_S": DRAIN_EXPIRY_S,
             "VIP_CHECK_INTERVAL": self.check_interval, "VIP_CHECK_RISE": self.check_rise,
         }
 

@@ -40,6 +40,7 @@ from components.loki_config import (
 )
 from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
+from components.loki_gateway import Peer as GatewayPeer
 from components.loki_limits import LokiLimits
 from components.monitoring import CertificateExpiry, MonitoringSpec, Target, render_rules, render_scrape_config
 from components.monitoring import signals as monitoring_signals
@@ -211,6 +212,7 @@ def build(settings: Settings) -> Deployment:
                for node in settings.loki.nodes],
         require_client_certs=settings.loki.require_client_certs,
         cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
+        peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
     ))
     package_steps |= gateway.setups
     vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
@@ -360,6 +362,7 @@ def vip_handover(settings: Settings) -> VipHandover:
     """What a Loki node's apply step needs to hand the VIP over before its Loki restarts."""
     return VipHandover(address=str(settings.vip.address), interface=GUEST_INTERFACE, port=HTTP_PORT,
                        priorities=vip_priorities([n.name for n in settings.loki.nodes]),
+                       addresses={n.name: str(n.address) for n in settings.loki.nodes},
                        preempt=not settings.vip.nopreempt, check_interval=settings.vip.check_interval,
                        check_rise=settings.vip.check_rise, keepalived_unit=KEEPALIVED_UNIT,
                        keepalived_config=KEEPALIVED_CONFIG, gateway_unit=GATEWAY_UNIT)

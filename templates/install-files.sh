@@ -7,6 +7,18 @@
 set -euo pipefail
 umask 077
 changed=0
+# A follow-up (a reload) owed since a file changed: marked before the first change, cleared only
+# once the follow-up succeeded, so that a run killed or failed in between is finished by the next
+# one (render_install_script sets the marker's name when there is a follow-up).
+FOLLOW_UP_DIR=${FOLLOW_UP_DIR:-/var/lib/lokistack/follow-up}
+FOLLOW_UP_PENDING=
+
+owe_follow_up() {
+  if [ -n "$FOLLOW_UP_PENDING" ] && [ ! -e "$FOLLOW_UP_PENDING" ]; then
+    install -d -m 0700 -o root -g root "$(dirname "$FOLLOW_UP_PENDING")"
+    : >"$FOLLOW_UP_PENDING"
+  fi
+}
 
 # install_file PATH OWNER GROUP MODE BASE64-CONTENT
 install_file() {
@@ -17,6 +29,7 @@ install_file() {
     rm -f "$new"
     return 0
   fi
+  owe_follow_up
   safe_replace "$new" "$path" "$owner" "$group" "$mode"
   rm -f "$new"
   changed=$((changed + 1))
@@ -28,6 +41,7 @@ install_file() {
 remove_file() {
   local path=$1
   if [ -e "$path" ] || [ -L "$path" ]; then
+    owe_follow_up
     rm -f "$path"
     changed=$((changed + 1))
     echo "removed ${path}"

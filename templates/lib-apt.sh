@@ -11,6 +11,7 @@ apt_get() {
 # ensure_packages PACKAGE...: installs the packages that are not installed yet.
 ensure_packages() {
   local missing=() package
+  clear_stale_start_guard
   for package in "$@"; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)" = installed ] || missing+=("$package")
   done
@@ -100,6 +101,7 @@ pinned_keys_ending() {
 # "installed ..." when it changed anything.
 install_pinned() {
   local package=$1 version=$2 state installed candidates exact status=0
+  clear_stale_start_guard
   state=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$package" 2>/dev/null || true)
   installed=${state#installed }
   if [ "${state%% *}" = installed ] && { [ "$installed" = "$version" ] || [ "${installed%-*}" = "$version" ]; }; then
@@ -125,12 +127,15 @@ install_pinned() {
 
 POLICY_RC_D=/usr/sbin/policy-rc.d
 POLICY_RC_D_OURS=0
+POLICY_RC_D_CONTENT='#!/bin/sh
+# loki-stack: no service starts during a package install
+exit 101'
 
 # block_service_starts / unblock_service_starts: a policy-rc.d that denies starts, removed again
 # also when the script fails (an administrator's own policy-rc.d stays as it is).
 block_service_starts() {
   if [ ! -e "$POLICY_RC_D" ]; then
-    printf '#!/bin/sh\n# loki-stack: no service starts during a package install\nexit 101\n' >"$POLICY_RC_D"
+    printf '%s\n' "$POLICY_RC_D_CONTENT" >"$POLICY_RC_D"
     chmod 0755 "$POLICY_RC_D"
     POLICY_RC_D_OURS=1
     trap unblock_service_starts EXIT
@@ -141,5 +146,17 @@ unblock_service_starts() {
   if [ "$POLICY_RC_D_OURS" -eq 1 ]; then
     rm -f "$POLICY_RC_D"
     POLICY_RC_D_OURS=0
+  fi
+}
+
+# clear_stale_start_guard: our policy-rc.d, left by a package step that was killed (its EXIT trap
+# never ran), goes before any package work: otherwise no service would ever start from a package
+# again. Package steps on a host run one at a time, so no other step of ours holds it now; an
+# administrator's own policy-rc.d (other content) stays.
+clear_stale_start_guard() {
+  if [ "$POLICY_RC_D_OURS" -eq 0 ] && [ -f "$POLICY_RC_D" ] \
+    && [ "$(cat "$POLICY_RC_D")" = "$POLICY_RC_D_CONTENT" ]; then
+    rm -f "$POLICY_RC_D"
+    echo "removed ${POLICY_RC_D}, a start guard an earlier run left"
   fi
 }

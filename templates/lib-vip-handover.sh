@@ -3,8 +3,10 @@
 #               enters keepalived's FAULT state so that it takes no VIP while it restarts.
 #   vip_rejoin  once Loki is ready: leave FAULT (below the holder, with preemption), then wait
 #               until a ready node answers on the VIP.
+#   vip_recover what an earlier run killed mid-handover left: the drain rule.
 # Parameters: VIP_* (set by loki-stack); the caller's CA_FILE, CERT_FILE and KEY_FILE (a
-# certificate of the stack: every role may ask /ready). Needs lib-clock.sh.
+# certificate of the stack: every role may ask /ready). Needs lib-clock.sh. A caller that may call
+# vip_leave removes the drain rule on every exit (trap ... EXIT: vip_accept_new_connections).
 
 # vip_priority NODE: the node's configured VRRP priority.
 vip_priority() {
@@ -58,14 +60,25 @@ vip_marked() {
   [ -f "$VIP_MAINTENANCE_FILE" ] && [ "$(cat "$VIP_MAINTENANCE_FILE")" != "0" ]
 }
 
+# vip_drop_new_connections: new connections to the VIP on this node are dropped, so that their
+# client's TCP sends the SYN again (about a second later, when the VIP is elsewhere). Only a pure
+# SYN matches: every packet of a connection opened before, a kept-alive one included, passes
+# (nothing here uses connection tracking, whose "new" state also takes in packets of connections it
+# never saw open). The address leaves the set by itself after VIP_DRAIN_EXPIRY_S, so that a step
+# killed mid-drain cannot leave the node dropping clients for good.
 vip_drop_new_connections() {
   nft -f - <<EOF
 table inet ${VIP_DRAIN_TABLE}
 delete table inet ${VIP_DRAIN_TABLE}
 table inet ${VIP_DRAIN_TABLE} {
+    set draining {
+        type ipv4_addr
+        flags timeout
+        elements = { ${VIP_ADDRESS} timeout ${VIP_DRAIN_EXPIRY_S}s }
+    }
     chain input {
         type filter hook input priority filter - 10; policy accept;
-        ip daddr ${VIP_ADDRESS} tcp dport ${VIP_PORT} ct state new drop
+        ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop
     }
 }
 EOF
@@ -77,6 +90,29 @@ vip_accept_new_connections() {
   fi
 }
 
+# vip_recover: a drain an earlier run left (it was killed mid-handover) goes. A maintenance mark
+# stays until Loki is ready again: vip_rejoin clears it.
+vip_recover() {
+  if nft list table inet "${VIP_DRAIN_TABLE}" >/dev/null 2>&1; then
+    nft delete table inet "${VIP_DRAIN_TABLE}"
+    echo "removed the drain rule an earlier run left on ${VIP_SELF}"
+  fi
+}
+
+# vip_ready_peers: the names of the other nodes whose gateway answers /ready with 200 at their own
+# address: the nodes that can take the VIP.
+vip_ready_peers() {
+  local entry status
+  for entry in $VIP_PEERS; do
+    [ "${entry%%=*}" = "$VIP_SELF" ] && continue
+    status=$(curl -sS --max-time 3 -o /dev/null -w '%{http_code}' --cacert "$CA_FILE" --cert "$CERT_FILE" \
+      --key "$KEY_FILE" "https://${entry#*=}:${VIP_PORT}/ready" 2>/dev/null || true)
+    if [ "$status" = 200 ]; then
+      echo "${entry%%=*}"
+    fi
+  done
+}
+
 # vip_open_connections: connections to the VIP's port on this node, those still in their TCP
 # handshake included: a SYN that arrived just before the drop rule is answered here, and its
 # client's request would be cut if the VIP moved before it finished.
@@ -84,8 +120,10 @@ vip_open_connections() {
   ss -Htn state established state syn-recv src "${VIP_ADDRESS}:${VIP_PORT}" | wc -l
 }
 
+# vip_leave [CLOSE_IDLE]: hands the VIP over if this node holds it. CLOSE_IDLE (a function; default:
+# reload the gateway) makes the server on the VIP's port close its idle keep-alive connections.
 vip_leave() {
-  local t0 deadline holder open
+  local t0 deadline holder open close_idle=${1:-vip_reload_gateway}
   if ! vip_managed; then
     echo "no VIP to hand over on ${VIP_SELF} (a single node, or keepalived is not running)"
     return 0
@@ -95,11 +133,18 @@ vip_leave() {
     echo "${VIP_SELF} does not hold the VIP; it takes none while Loki restarts"
     return 0
   fi
+  # Before anything is drained: another node must be able to take the VIP.
+  if [ -z "$(vip_ready_peers)" ]; then
+    echo "no other node is ready to take the VIP ${VIP_ADDRESS} from ${VIP_SELF}; nothing was drained and" \
+      "its Loki was not restarted" >&2
+    return 1
+  fi
   t0=$EPOCHREALTIME
   # New connections wait (their SYN is sent again); idle keep-alive connections close; requests
-  # in flight finish.
+  # in flight finish. The caller removes the rule on every exit (vip_accept_new_connections).
   vip_drop_new_connections
-  systemctl reload "$VIP_GATEWAY_UNIT"
+  echo "draining the VIP on ${VIP_SELF}: new connections wait, idle ones close, requests in flight finish"
+  "$close_idle"
   deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S))
   while open=$(vip_open_connections) && [ "$open" -gt 0 ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
@@ -129,6 +174,38 @@ vip_leave() {
   done
   vip_accept_new_connections
   echo "VIP handed over from ${VIP_SELF} to ${holder} in $(seconds_since "$t0") s"
+}
+
+# vip_cut_idle_connections: for a server on the VIP's port that cannot be told to close its idle
+# keep-alive connections (an earlier version's Loki, which serves the connections it has until it
+# exits): within VIP_DRAIN_TIMEOUT_S, each connection to the VIP is cut (ss -K) at a moment it is
+# idle: nothing queued either way, and its last request answered (data last sent after data last
+# received). Its client learns of it before it sends again, as of a connection the server closed
+# while idle, and dials again: the new connection waits for the VIP's next holder.
+vip_cut_idle_connections() {
+  local deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S)) peer
+  while [ "$(vip_open_connections)" -gt 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
+    for peer in $(ss -Htni state established src "${VIP_ADDRESS}:${VIP_PORT}" | awk '
+      /^[0-9]/ { queued = $1 + $2; peer = $4; next }
+      {
+        sent = ""; received = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^lastsnd:/) sent = substr($i, 9)
+          if ($i ~ /^lastrcv:/) received = substr($i, 9)
+        }
+        if (queued == 0 && sent != "" && received != "" && sent + 0 <= received + 0) print peer
+      }'); do
+      ss -Htn -K state established src "${VIP_ADDRESS}:${VIP_PORT}" dst "$peer" >/dev/null || true
+      echo "cut the idle connection of ${peer} to the VIP on ${VIP_SELF}"
+    done
+    sleep 0.05
+  done
+}
+
+# vip_reload_gateway: nginx's old workers close their idle keep-alive connections and finish the
+# requests in flight.
+vip_reload_gateway() {
+  systemctl reload "$VIP_GATEWAY_UNIT"
 }
 
 vip_rejoin() {

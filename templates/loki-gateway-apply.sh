@@ -43,4 +43,15 @@ fi
 # the gateway refuses the node's own certificate.
 wait_https_status "$PROBE_URL" "$TIMEOUT_S" "$UNIT" "200 502 503 504" "400 403" \
   --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE"
+# Answered by the gateway itself, or by a process that holds its port (lib-gateway-port.sh)?
+if ! gateway_serves --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE"; then
+  holders=$(gateway_port_holders)
+  if [ "$holders" != loki ]; then
+    echo "port ${GATEWAY_PORT} on ${host} is held by ${holders:-nothing}, not the gateway (nginx)" >&2
+    exit 1
+  fi
+  # Loki's own apply moves Loki to its loopback port, and then has nginx take this one.
+  echo "port ${GATEWAY_PORT} on ${host} is still held by the Loki of an earlier version; the gateway" \
+    "takes it when Loki's apply step has moved Loki behind it"
+fi
 echo "gateway on ${host} in place (files changed: ${changed})"

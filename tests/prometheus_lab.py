@@ -33,6 +33,9 @@ from tests.loki_lab import CLIENT, LokiLab
 
 PROMETHEUS = "prometheus"
 API = "http://127.0.0.1:9090"
+START_TIMEOUT_S = 30
+"""How long Prometheus may take to answer /-/ready (a clean-clone CI run queried it before it
+listened: two tests failed with a refused connection, the next ones passed)."""
 SCRAPE_INTERVAL = "1s"
 
 
@@ -71,6 +74,13 @@ def start_prometheus(lab: LokiLab, binary: str) -> None:
     write_files(d, prometheus_files(lab))
     lab.network.start(PROMETHEUS, CLIENT, [binary, f"--config.file={d / 'prometheus.yml'}",
                                            f"--storage.tsdb.path={d / 'data'}", "--web.listen-address=127.0.0.1:9090"])
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while lab.network.run(CLIENT, ["curl", "-fsS", "-m", "2", "-o", "/dev/null", f"{API}/-/ready"],
+                          timeout=10).returncode != 0:
+        if time.monotonic() > deadline:
+            log = lab.network.daemons[PROMETHEUS].log_text()[-3000:]
+            raise AssertionError(f"Prometheus did not answer /-/ready within {START_TIMEOUT_S} s\n{log}")
+        time.sleep(0.2)
 
 
 def start_agent_stand_in(lab: LokiLab, node: str, binary: str) -> None:

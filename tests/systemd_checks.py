@@ -6,13 +6,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import require_tool
+from tests.conftest import require_root, require_tool
 
 
 def verify_dropin(tmp_path: Path, unit: str, packaged: str, dropin: str,
                   binary: str) -> subprocess.CompletedProcess[str]:
     require_tool("systemd-analyze")
     require_tool("unshare")
+    require_root()  # the overlay is mounted in a private mount namespace
     units = tmp_path / "units"
     (units / f"{unit}.d").mkdir(parents=True, exist_ok=True)
     (units / unit).write_text(packaged)

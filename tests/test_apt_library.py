@@ -19,8 +19,10 @@ MADISON = """   alloy | 1.21.2-1 | https://apt.grafana.com stable/main amd64 Pac
 
 
 def install_pinned(package: str, version: str, *, installed: str = "", existing_guard: bool = False,
-                   madison_padding: int = 0, fail_install: bool = False) -> subprocess.CompletedProcess[str]:
-    """``installed``: dpkg's state and version (``installed 1.21.2-1``, ``deinstall 1.21.2-1``)."""
+                   madison_padding: int = 0, fail_install: bool = False,
+                   stale_guard: bool = False) -> subprocess.CompletedProcess[str]:
+    """``installed``: dpkg's state and version (``installed 1.21.2-1``, ``deinstall 1.21.2-1``);
+    ``stale_guard``: the guard our own install left when it was killed."""
     require_root()
     require_tool("unshare")
     stubs = f"""
@@ -35,6 +37,7 @@ dpkg-query() {{ [ -n "{installed}" ] && echo -n "{installed}"; }}
     script = (f"set -euo pipefail\nstatus=0\n{(TEMPLATES / 'lib-apt.sh').read_text()}\n{stubs}\n"
               "mount -t tmpfs tmpfs /usr/sbin\n"  # policy-rc.d goes into a throwaway /usr/sbin
               + ("printf 'admin' > /usr/sbin/policy-rc.d\n" if existing_guard else "")
+              + ("printf '%s\\n' \"$POLICY_RC_D_CONTENT\" > /usr/sbin/policy-rc.d\n" if stale_guard else "")
               # errexit must hold inside the function, as in the real scripts (not under `||`)
               + f"set +e\n(set -e; install_pinned {package} {version})\nstatus=$?\nset -e\n"
               + 'echo "guard: $(cat /usr/sbin/policy-rc.d 2>/dev/null || echo none)"\n'
@@ -86,3 +89,14 @@ def test_the_guard_is_removed_when_the_install_fails():
 def test_an_administrators_policy_rc_d_is_kept():
     proc = install_pinned("alloy", "1.21.2", existing_guard=True)
     assert proc.returncode == 0 and "guard: admin" in proc.stdout, "removed a policy-rc.d it did not write"
+
+
+@pytest.mark.parametrize("installed", ["", "installed 3.7.6"], ids=["to install", "installed already"])
+def test_a_guard_a_killed_install_left_is_removed_before_any_package_work(installed):
+    """A step killed during an install never ran its EXIT trap: its policy-rc.d (exactly ours) would
+    keep every package's services from starting, for good. The next package step removes it, also
+    when it has nothing to install."""
+    proc = install_pinned("loki", "3.7.6", installed=installed, stale_guard=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "guard: none" in proc.stdout and "removed /usr/sbin/policy-rc.d" in proc.stdout, (
+        f"the guard an earlier run left must go: {proc.stdout}")

@@ -34,7 +34,8 @@ def run_script(script: str, staging: Path | None = None) -> subprocess.Completed
     host's is /etc/lokistack/staging)."""
     staging = staging or Path(tempfile.mkdtemp()) / "staging"
     return subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "SAFE_WRITE_STAGING": str(staging)})
+                          env={**os.environ, "SAFE_WRITE_STAGING": str(staging),
+                               "FOLLOW_UP_DIR": str(staging.parent / "follow-up")})
 
 
 def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_path):
@@ -149,3 +150,27 @@ def test_a_retired_file_is_removed_once_and_runs_the_follow_up(tmp_path):
     rerun = run_script(script)
     assert rerun.returncode == 0 and "0 file(s) changed" in rerun.stdout and marker.read_text() == "x\n"
     assert delivery_digest(files, remove=[str(retired)]) != delivery_digest(files), "a removal must change the digest"
+
+
+def test_a_follow_up_that_failed_or_was_killed_is_finished_by_the_next_run_and_only_then(tmp_path):
+    """The files are in place after the first run, but its follow-up failed (or the run was killed
+    before it): the next run, with nothing left to install, runs the follow-up until it succeeds,
+    and the run after that does not run it again."""
+    require_root()
+    files = files_in(tmp_path)
+    ran, works = tmp_path / "ran", tmp_path / "works"
+    script = render_install_script(files, then=f"echo x >> {ran} && test -e {works}")
+    staging = tmp_path / "run" / "staging"
+    first = run_script(script, staging)
+    assert first.returncode != 0 and ran.read_text() == "x\n", f"the follow-up must run and fail: {first.stdout}"
+    owed = list((tmp_path / "run" / "follow-up").iterdir())
+    assert len(owed) == 1, f"a failed follow-up must stay owed: {owed}"
+    second = run_script(script, staging)
+    assert second.returncode != 0 and ran.read_text() == "x\nx\n", (
+        f"with nothing to install, the owed follow-up must run again: {second.stdout}{second.stderr}")
+    works.touch()
+    third = run_script(script, staging)
+    assert third.returncode == 0 and "finishing the follow-up an earlier run owes" in third.stdout, third.stdout
+    assert ran.read_text() == "x\nx\nx\n" and not list((tmp_path / "run" / "follow-up").iterdir())
+    fourth = run_script(script, staging)
+    assert fourth.returncode == 0 and ran.read_text() == "x\nx\nx\n", "a follow-up done must not run again"

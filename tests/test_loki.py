@@ -4,6 +4,7 @@ scripts, the rolling restart chain, the drop-in (systemd-analyze) and the scrape
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,17 @@ import pytest
 import yaml
 
 from components.grafana_repository import GRAFANA_KEY_FINGERPRINTS
-from components.loki import STAGE_DIR, LokiCluster, LokiClusterArgs, LokiHost, render_dropin
+from components.loki import (
+    CONFIG_FILE,
+    DROPIN_FILE,
+    ENV_FILE,
+    STAGE_DIR,
+    STARTED_RECORD,
+    LokiCluster,
+    LokiClusterArgs,
+    LokiHost,
+    render_dropin,
+)
 from components.loki_config import (
     CA_FILE,
     CERT_FILE,
@@ -140,7 +151,7 @@ def test_tls_everywhere_with_client_certificates(example, host):
 
 LIMITS = LokiLimits(retention="744h", ingestion_rate_mb=16, ingestion_burst_mb=64)
 HANDOVER = VipHandover(address="192.168.50.20", interface="eth0", port=3100,
-                       priorities={"loki-01": 200, "loki-02": 190, "loki-03": 180}, preempt=True,
+                       priorities={"loki-01": 200, "loki-02": 190, "loki-03": 180}, addresses=NODES, preempt=True,
                        check_interval=2, check_rise=2,
                        keepalived_unit="keepalived.service", keepalived_config="/etc/keepalived/keepalived.conf",
                        gateway_unit="nginx.service")
@@ -192,8 +203,11 @@ def test_the_setup_pins_the_package_and_the_repository_key(example):
 def test_the_apply_verifies_before_it_touches_anything(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
     verify = stdin.index("-verify-config")
-    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('\n    vip_leave\n') < stdin.index(
-        'systemctl stop "$UNIT"'), "verify, place, hand the VIP over, and only then stop Loki"
+    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('\n      vip_leave\n') < stdin.index(
+        '\n      systemctl stop "$UNIT"\n'), "verify, place, hand the VIP over, and only then stop Loki"
+    # An earlier version's Loki on the gateway's port: its own shutdown is the drain's idle close.
+    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index(
+        "vip_leave vip_cut_idle_connections"), "verify, place, and only then the drain of an earlier Loki"
     assert stdin.index('systemctl start "$UNIT"') < stdin.index("\n  vip_rejoin\n"), "back in VRRP after the start"
     assert "READY_URL=https://127.0.0.1:3101/ready" in stdin and "--cert" in stdin
     # A renewed certificate re-runs the step (its trigger), and Loki reads its TLS files only at
@@ -201,6 +215,40 @@ def test_the_apply_verifies_before_it_touches_anything(example):
     # roll shows the restart; before, the step re-ran and restarted nothing).
     assert "CREDENTIALS_DIR=/run/credentials/loki.service" in stdin and 'cmp -s "${CREDENTIALS_DIR}/' in stdin
     assert "exit 1" in stdin[verify:stdin.index("changed=0")], "a rejected config must end the step"
+
+
+def test_the_apply_restarts_from_what_runs_and_stops_a_node_only_when_the_ring_can_lose_it(example):
+    """Whether Loki restarts is decided from what runs, never from what this run placed (a run
+    that placed the files and died must be finished by the next): the unit records the files each
+    start reads, and the apply compares exactly those, in that order, with the staged ones that go
+    to the same paths. Before a running node stops, the ring check; before that, nothing is placed."""
+    stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
+    dropin = render_dropin(data_dir="/var/lib/loki", cert_file="c", key_file="k", ca_file="a")
+    record = re.search(r"^ExecStartPre=-\+/bin/sh -c '.*sha256sum ([^|]+) \| cut -d \" \" -f 1 >(\S+)'$", dropin,
+                       re.MULTILINE)
+    assert record, f"the drop-in must record what each start reads: {dropin}"
+    assert record.group(1).split() == [CONFIG_FILE, ENV_FILE, DROPIN_FILE] and record.group(2) == STARTED_RECORD
+    staged_to_target = dict(re.findall(r'^place "\$\{STAGE_DIR\}/(\S+)" "\$(\w+)"', stdin, re.MULTILINE))
+    targets = {"CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE}
+    compared = re.search(r'should=\$\(sha256sum ((?:"\$\{STAGE_DIR\}/\S+" ?)+)', stdin.replace("\\\n", ""))
+    assert compared, "the apply must hash the staged files"
+    staged = [p.strip('"').split("/", 1)[1] for p in compared.group(1).split()]
+    assert [targets[staged_to_target[f]] for f in staged] == [CONFIG_FILE, ENV_FILE, DROPIN_FILE], (
+        f"the apply compares {staged}, the unit records {record.group(1)}: not the same files in the same order")
+    assert f"STARTED_RECORD={STARTED_RECORD}" in stdin and 'cat "$STARTED_RECORD"' in stdin
+    assert "NeedDaemonReload" in stdin, "a drop-in systemd has not loaded must also restart Loki"
+    assert '[ "$changed" -eq 1 ]' not in stdin, "a restart must not depend on what this run placed"
+    ring = stdin.index("\n  if ! ring_wait_safe_to_stop; then")
+    assert ring < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index("\n      vip_leave\n"), (
+        "the ring check comes before anything is placed or stopped")
+    assert stdin.index("\nold_loki_on_port=no\n") < ring, (
+        "the wait for the gateway (an upgrade from before it) comes before the ring check and anything placed")
+    ring_nodes = re.search(r"^RING_NODES='([^']*)'$", stdin, re.MULTILINE)
+    assert ring_nodes and [n.split("=")[0] for n in ring_nodes.group(1).split()] == list(NODES), (
+        f"the ring check must know every node and its address: {ring_nodes}")
+    assert stdin.index("trap vip_accept_new_connections EXIT") < stdin.index("\nvip_recover\n") \
+        < stdin.index('-config.expand-env=true -verify-config\n'), (
+        "a drain never outlives the step, and one an earlier run left goes first")
 
 
 def test_the_restart_chain_is_one_node_after_another_the_vips_home_last(example):

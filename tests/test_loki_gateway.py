@@ -35,12 +35,14 @@ from components.loki_gateway import (
     GRANTS,
     READ_PATHS,
     ROLE_AGENT,
+    ROLE_HEADER,
     ROLE_HEALTH,
     ROLE_METRICS,
     ROLE_OPERATOR,
     ROLE_READER,
     ROLE_SERVER,
     ROLES,
+    Peer,
     render_gateway_conf,
 )
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -109,9 +111,12 @@ class Gateways:
     run: Path
     network: PrivateNetwork
 
-    def request(self, node: str, role: str | None, method: str, path: str) -> tuple[int, str]:
+    def request(self, node: str, role: str | None, method: str, path: str,
+                headers: tuple[str, ...] = ()) -> tuple[int, str]:
         argv = ["curl", "-sS", "--path-as-is", "-m", "20", "-o", "-", "-w", "\n%{http_code}",
                 "--cacert", str(self.run / CLIENT / node / "ca.pem"), "-X", method]
+        for header in headers:
+            argv += ["-H", header]
         if role is not None:
             argv += ["--cert", str(self.run / CLIENT / node / f"{role}.pem"),
                      "--key", str(self.run / CLIENT / node / f"{role}.key")]
@@ -255,8 +260,54 @@ def test_grants_name_only_known_roles_and_the_reader_paths_are_loki_query_routes
 
 
 def test_certificates_are_required_unless_the_setting_says_otherwise():
-    files = {"cert_file": SERVER_CERT_FILE, "key_file": SERVER_KEY_FILE, "ca_file": CA_FILE}
-    strict = render_gateway_conf(require_client_certs=True, **files)
-    loose = render_gateway_conf(require_client_certs=False, **files)
+    strict = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
+                                 ca_file=CA_FILE)
+    loose = render_gateway_conf(require_client_certs=False, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
+                                ca_file=CA_FILE)
     assert "ssl_verify_client on;" in strict and ANONYMOUS not in strict.split("map $request_uri")[0], strict
     assert "ssl_verify_client optional;" in loose and f'"NONE|" {ANONYMOUS};' in loose, loose
+
+
+FORWARDED = f"{ROLE_HEADER}: {ROLE_OPERATOR}"
+DELETE = ("POST", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D&start=1")
+
+
+def test_a_peer_gateway_passes_its_clients_role_on_and_nobody_else_can(gateways):
+    """loki-01's server certificate is a peer's for loki-02 (the other Loki node): the role it passes
+    on counts there, and the request reaches that node's own Loki. The same header from any other
+    certificate, or from the node's own certificate at its own gateway, counts for nothing."""
+    status, body = gateways.request(OPEN, ROLE_SERVER, *DELETE, headers=(FORWARDED,))
+    assert status == 200 and '"client": "loki-02' in body, (
+        f"a peer forwarding an operator's request must reach loki-02's own Loki: {status} {body}")
+    status, _ = gateways.request(OPEN, ROLE_SERVER, *PUSH)
+    assert status == 403, f"a peer's certificate without a forwarded role may only ask /ready: {status}"
+    for role in (ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_HEALTH):
+        status, _ = gateways.request(OPEN, role, *DELETE, headers=(FORWARDED,))
+        assert status == 403, f"the {role} certificate became an operator with {FORWARDED}: {status}"
+    status, _ = gateways.request(STRICT, ROLE_SERVER, *DELETE, headers=(FORWARDED,))
+    assert status == 403, f"loki-01's own certificate is no peer of loki-01's gateway: {status}"
+    status, _ = gateways.request(OPEN, ROLE_SERVER, *PUSH, headers=(f"{ROLE_HEADER}: {ROLE_HEALTH}",))
+    assert status == 403, "only the roles that reach more than /ready are passed on"
+
+
+def test_each_node_sends_pushes_and_reads_to_its_peers_only_when_its_own_loki_cannot_be_reached():
+    """Rendered for loki-02 of three: the two others are backup servers of Loki's upstream, named by
+    their certificates in the peer map; only pushes and the read API may go to them (/ready,
+    /metrics, the admin endpoints and deletes are about the node itself)."""
+    peers = [Peer(fqdn="loki-01.home.arpa", address="198.18.0.11"),
+             Peer(fqdn="loki-03.home.arpa", address="198.18.0.13")]
+    conf = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
+                               ca_file=CA_FILE, peers=peers)
+    upstream = conf.split("upstream lokistack_loki {", 1)[1].split("}", 1)[0]
+    assert f"server 127.0.0.1:{LOKI_LOCAL_PORT} max_fails=1" in upstream, upstream
+    assert [line.split()[1] for line in upstream.splitlines() if line.strip().endswith("backup;")] == [
+        f"198.18.0.11:{HTTP_PORT}", f"198.18.0.13:{HTTP_PORT}"], f"the peers must be the upstream's backups: {upstream}"
+    assert r"CN=(loki\-01\.home\.arpa|loki\-03\.home\.arpa),OU=server,O=loki-stack" in conf
+    shared = conf.split('map "$request_method $uri" $lokistack_shared {', 1)[1].split("}", 1)[0]
+    shared_routes = {tuple(line.split('"')[1][2:-1].split(" ", 1)) for line in shared.splitlines() if '"~^' in line}
+    assert shared_routes == {("POST", "/loki/api/v1/push"), *(("(GET|POST)", p) for p in READ_PATHS)}, (
+        f"only pushes and the read API may go to another node: {shared_routes}")
+    assert "01 lokistack_loki;" in conf and "default lokistack_loki_local;" in conf, (
+        "anything else, and anything a peer forwarded, must go to the node's own Loki")
+    assert "proxy_next_upstream" not in conf and "non_idempotent" not in conf, (
+        "a push that was sent must never be sent again (nginx's default)")

@@ -18,7 +18,7 @@ from components.objectstore import (
 )
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import files_of, require_tool, shellcheck_commands
+from tests.conftest import files_of, require_root, require_tool, shellcheck_commands
 from tests.x509_checks import server_verification_error
 
 HOST = "s3"
@@ -162,6 +162,7 @@ def verify_unit(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
 def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     require_tool("systemd-analyze")
     require_tool("unshare")
+    require_root()  # the stub is mounted in a private mount namespace
     if shutil.which("mount") is None:
         pytest.skip("mount is missing")
     proc = verify_unit(tmp_path, render_unit())

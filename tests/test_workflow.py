@@ -35,6 +35,15 @@ def test_the_test_job_runs_ci_as_root_with_setup_pythons_interpreter():
     assert runs == ['sudo -E env "PATH=$PATH" bash .ci/run'], runs
 
 
+def test_the_test_job_checks_out_the_earlier_commits_the_upgrade_rehearsal_deploys():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
+    own = next(s for s in steps if s.get("uses", "").startswith("actions/checkout@") and "repository" not in
+               s.get("with", {}))
+    assert own.get("with", {}).get("fetch-depth") == 0, (
+        f"the test job's checkout must fetch the whole history (fetch-depth: 0), not {own.get('with')}: "
+        "tests/test_rehearsal_upgrade.py deploys earlier commits")
+
+
 def test_the_preview_uses_the_pulumi_action_and_skips_without_secrets():
     job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["preview"]
     assert job["needs"] == "test"
@@ -75,7 +84,7 @@ def test_the_workflow_passes_the_github_workflow_schema(tmp_path):
     proc = schema_check(WORKFLOW)
     assert proc.returncode == 0, f"{WORKFLOW.name}: {proc.stdout}{proc.stderr}"
     broken = tmp_path / "broken.yml"
-    broken.write_text(WORKFLOW.read_text().replace("timeout-minutes: 45", "timeout-minutes: soon", 1))
+    broken.write_text(WORKFLOW.read_text().replace("timeout-minutes: 60", "timeout-minutes: soon", 1))
     proc = schema_check(broken)
     assert proc.returncode == 1 and "timeout-minutes" in proc.stdout, "the schema check missed a bad value"
 

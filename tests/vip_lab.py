@@ -3,7 +3,8 @@
 Each node runs keepalived with its rendered ``keepalived.conf`` (``lab_stack.prepare_keepalived``
 says what differs) next to a small HTTPS server that stands in for the node's gateway: the node's
 real server certificate, client certificates of the stack's CA required, ``/ready`` answering 200
-while the node's ready flag exists, and the node's name in the header the gateway sets
+while the node's ready flag exists, ``POST`` (a push) answered 204 once the body is read,
+connections kept alive (HTTP/1.1), and the node's name in the header the gateway sets
 (``X-Lokistack-Node``). The VIP handover (``templates/lib-vip-handover.sh``) runs in a node's
 namespace as the node's Loki apply step would run it, with the parameters that step is rendered
 with; only the paths of its track files and keepalived's config are the lab's, and ``systemctl``
@@ -47,12 +48,20 @@ READY_SERVER = r'''
 import http.server, os, ssl, sys
 cert, key, ca, flag, node = sys.argv[1:6]
 class Ready(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as nginx: a client may keep its connection
     def do_GET(self):
         ok = self.path == "/ready" and os.path.exists(flag)
+        body = b"ready\n" if ok else b"no\n"
         self.send_response(200 if ok else 503)
         self.send_header("X-Lokistack-Node", node)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ready\n" if ok else b"no\n")
+        self.wfile.write(body)
+    def do_POST(self):  # a push: the body is read whole, nothing is kept
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.send_header("X-Lokistack-Node", node)
+        self.end_headers()
     def log_message(self, *args): pass
 server = http.server.ThreadingHTTPServer(("0.0.0.0", 3100), Ready)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

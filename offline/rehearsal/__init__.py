@@ -5,7 +5,10 @@ way ``pulumi up`` would deploy it (``make rehearse``, ``python -m offline.rehear
 - ``network.py``: the private network (198.18.0.0/24) and the narrow path to the Debian mirrors;
 - ``machines.py``: one systemd-nspawn container per VM of the program, with its cloud-init seed;
 - ``steps.py``: the program's commands run over SSH as pulumi-command runs them;
-- ``traffic.py``: clients of the VIP (a steady pusher without retries, a paced load on one
-  connection), run on the runner; ``hitless.py``: what they and the apply steps saw during a change;
+- ``traffic.py``: clients of the VIP (a steady pusher without retries, a pusher of 1 MiB batches on
+  one kept-alive connection, a paced load on one connection), run on the runner; ``clients.py``: the
+  two pushers around a change; ``hitless.py``: what they and the apply steps saw during a change;
+- ``converge.py``: a roll on a degraded cluster, applies killed at each phase and run again, and the
+  gateway's port after an upgrade;
 - ``run.py``: all of it together, with the checks and the figures.
 """

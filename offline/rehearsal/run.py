@@ -19,8 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import yaml
 
 from components.loki_config import HTTP_PORT
+from components.loki_gateway import ACCESS_LOG
 from components.loki_limits import RELOAD_PERIOD_S
 from components.objectstore import API_PORT
 from offline.diff import diff_manifests
@@ -36,6 +36,9 @@ from offline.plan import build_manifest, read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
 from offline.real_loki import LOKI_VERSION, find_tools
 from offline.rehearsal.checks import OPERATOR_DIR, Operator, marker, unit_problems, wait_for_one_holder
+from offline.rehearsal.clients import VipClients
+from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll, wait_loki_ready
+from offline.rehearsal.earlier import export
 from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
@@ -46,10 +49,27 @@ from offline.rehearsal.repository import (
     build_standin_archive,
     server_certificate,
 )
-from offline.rehearsal.settings import GATEWAY, LOKI_ADDRESSES, OBJECT_STORE_ADDRESS, RUNNER_ADDRESS, TEST_RANGE, VIP
-from offline.rehearsal.steps import DONE, LOCAL, REMOTE, Step, StepRunner, longest_chain, step_graph, unreachable
+from offline.rehearsal.settings import (
+    AVAILABLE_PACKAGES,
+    GATEWAY,
+    LOKI_ADDRESSES,
+    OBJECT_STORE_ADDRESS,
+    RUNNER_ADDRESS,
+    TEST_RANGE,
+    VIP,
+)
+from offline.rehearsal.steps import (
+    DONE,
+    LOCAL,
+    REMOTE,
+    Interrupt,
+    Step,
+    StepRunner,
+    longest_chain,
+    step_graph,
+    unreachable,
+)
 from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
-from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -58,7 +78,6 @@ RUNNER = "runner"
 REPOSITORY_PORT = 8443
 REPOSITORY_CA = "usr/local/share/ca-certificates/lokistack-rehearsal-repository.crt"
 SYSTEM_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
-AVAILABLE_PACKAGES = frozenset({"loki"})
 BUCKET_TYPE = "minio:index/s3Bucket:S3Bucket"
 KEY_TYPES = ("minio:index/iamUser:IamUser", "minio:index/iamPolicy:IamPolicy",
              "minio:index/iamUserPolicyAttachment:IamUserPolicyAttachment",
@@ -66,6 +85,8 @@ KEY_TYPES = ("minio:index/iamUser:IamUser", "minio:index/iamPolicy:IamPolicy",
 CHANGE = re.compile(r"^(installed|removed|placed|restarting) .*$|^.* replaced$", re.MULTILINE)
 """What the host scripts print when they change something (install-files.sh, lib-place.sh, the applies)."""
 STATE_FILE = "rehearsal.json"
+SETTLE_AFTER_CRASH_S = 8
+"""After a crashed Loki is ready again: keepalived's check passes rise times and the node may take the VIP back."""
 RELOAD_SLACK_S = 2
 
 
@@ -115,6 +136,9 @@ class Rehearsal:
     parameters: dict[str, str] = field(default_factory=dict)
     """The setup scripts' parameters the rehearsal passes instead of the program's: Grafana's
     repository (URL, key URL, fingerprints) and the object store's server archive (URL, SHA-256)."""
+    deployed: dict[str, Any] | None = None
+    """The manifest of what the machines run, when an earlier version made it (``deploy_earlier``);
+    ``None``: what ``result`` says (this version)."""
 
     def log(self, line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
@@ -123,6 +147,17 @@ class Rehearsal:
         self.result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}),
                                   renewed=self.renewed)
         return self.result
+
+    def deploy_earlier(self, commit: str) -> None:
+        """From now on ``result`` is ``commit``'s program (``earlier.py``): ``boot`` and ``run_steps``
+        deploy the stack as that version built it; ``upgrade`` takes it to this version."""
+        earlier = export(commit, {**TEST_RANGE, **self.settings}, self.run_dir)
+        self.result, self.deployed = earlier.result, earlier.manifest
+
+    def manifest(self) -> dict[str, Any]:
+        """What the machines run, as the plan's manifest (the diff of the next change starts there)."""
+        assert self.result is not None
+        return self.deployed if self.deployed is not None else build_manifest(self.result, stack="homelab")
 
     def boot(self) -> None:
         assert self.result is not None
@@ -302,17 +337,72 @@ class Rehearsal:
             problems.append(f"push after the failover answered {status}")
         return problems
 
-    def change(self, settings: dict[str, object],
-               renewed: frozenset[str] = frozenset()) -> tuple[list[Step], list[str]]:
+    def loki_crash(self) -> list[str]:
+        """SIGKILL of Loki on the VIP holder while both clients push: the holder's gateway sends to the
+        other nodes' gateways until keepalived has moved the VIP; systemd has Loki ready again. The
+        problems: a push on a new connection failed, the gateway forwarded nothing (the check tested
+        nothing), an accepted line does not read back; the kept-alive client may lose the push whose
+        connection each of the VIP's moves resets (a connection error, never an answer of the gateway):
+        away from the node, and back to it with preemption once it is ready."""
+        loki_machines = {n: m for n, m in self.machines.items() if n in LOKI_ADDRESSES}
+        holder = wait_for_one_holder(loki_machines, VIP)
+        machine = loki_machines[holder]
+        since = machine.exec(["date", "+%d/%b/%Y:%H:%M:%S"]).stdout.strip()
+        with self.vip_clients("crash") as clients:
+            time.sleep(3)
+            pid = machine.exec(["systemctl", "show", "-p", "MainPID", "--value", "loki.service"]).stdout.strip()
+            t0 = time.monotonic()
+            machine.exec(["kill", "-KILL", pid])
+            rest = {n: m for n, m in loki_machines.items() if n != holder}
+            successor = wait_for_one_holder(rest, VIP)
+            moved = time.monotonic() - t0
+            ready = wait_loki_ready(machine)
+            time.sleep(SETTLE_AFTER_CRASH_S)  # the node takes part in VRRP again
+        final = wait_for_one_holder(loki_machines, VIP)
+        moves = 1 + (final != successor)  # with preemption the node takes the VIP back once it is ready
+        log = machine.exec(["cat", ACCESS_LOG]).stdout.splitlines()
+        forwarded = [line for line in log[next((i for i, line in enumerate(log) if since in line), len(log)):]
+                     if "upstream=" in line and "upstream=127.0.0.1:" not in line and "/push" in line]
+        self.figures.append(f"Loki on the VIP holder {holder} killed (SIGKILL): {len(forwarded)} pushes taken by its "
+                            f"gateway went to the other nodes; the VIP was on {successor} {moved:.1f} s after the "
+                            f"kill; Loki ready again {ready:.1f} s after it; the VIP ended on {final} ({moves} moves)")
+        self.figures += [f"  {line}" for line in clients.figures()]
+        problems = clients.problems_allowing(moves, f"each of the VIP's {moves} moves resets the connection "
+                                                    "established to its old holder")
+        if not forwarded:
+            problems.append(f"no push went from {holder}'s gateway to another node while its Loki was down")
+        return problems
+
+    def change(self, settings: dict[str, object], renewed: frozenset[str] = frozenset(),
+               interrupts: Mapping[str, Interrupt] | None = None) -> tuple[list[Step], list[str]]:
         """Runs the program again with ``settings`` changed and the certificates ``renewed`` issued
         as renewed, and then exactly the steps the plan's diff names as changed, in their order.
         Returns the steps run and the problems: a step not ok, or Loki nodes restarted at the same
         time (each node's apply must end before the next one's begins)."""
-        assert self.network is not None and self.result is not None
-        before = build_manifest(self.result, stack="homelab")
+        before = self.manifest()
         self.settings |= settings
         self.renewed |= renewed
-        after_result = self.program(**self.settings)
+        return self.run_changed(before, self.program(**self.settings), interrupts)
+
+    def upgrade(self) -> tuple[list[Step], list[str]]:
+        """``pulumi up`` with this version on a stack an earlier version deployed (``deploy_earlier``):
+        the steps the diff of this version's program from the deployed manifest names, in their
+        order. Run ``program()`` first: the clients of the VIP take this version's files from it.
+        Afterwards ``steps`` are this version's (with the status of their last run)."""
+        assert self.deployed is not None and self.result is not None
+        before, self.deployed = self.deployed, None
+        steps, problems = self.run_changed(before, self.result)
+        graph = step_graph(self.result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
+        last = {s.name: s for s in self.steps.values()} | {s.name: s for s in steps}
+        for step in graph.values():
+            if step.name in last:
+                step.status, step.output, step.seconds = last[step.name].status, last[step.name].output, 0.0
+        self.steps = graph
+        return steps, problems
+
+    def run_changed(self, before: dict[str, Any], after_result: RunResult,
+                    interrupts: Mapping[str, Interrupt] | None = None) -> tuple[list[Step], list[str]]:
+        assert self.network is not None
         diff = diff_manifests(before, build_manifest(after_result, stack="homelab"))
         named = {c.name for c in diff.changes if c.type in (REMOTE, LOCAL)}
         graph = step_graph(after_result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
@@ -324,10 +414,10 @@ class Rehearsal:
             if not step.not_rehearsed and earlier is not None and earlier.status not in DONE:
                 step.not_rehearsed = f"{earlier.status} in the first run: {earlier.not_rehearsed or earlier.output}"
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
-                            actions=self.actions(), log=self.log)
+                            actions=self.actions(), log=self.log, interrupts=interrupts or {})
         runner.run(steps)
         problems = [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values()
-                    if s.status not in (*DONE, "not rehearsed", "skipped")]
+                    if s.status not in (*DONE, "not rehearsed", "skipped", "killed")]
         problems += roll_report(list(steps.values()), list(LOKI_ADDRESSES)).overlaps
         return list(steps.values()), problems
 
@@ -363,28 +453,19 @@ class Rehearsal:
         files = self.operator().home / OPERATOR_DIR
         return str(files / "ca.pem"), str(files / "operator.pem"), str(files / "operator.key")
 
-    def roll(self) -> tuple[RollReport, SteadyRecord, list[str]]:
-        """Every Loki node's server certificate renewed, so that every node restarts, as its apply
-        steps order them, while a client pushes through the VIP every 100 ms without retries.
-        Returns what the apply steps said, what the client saw, and the problems: a failed push,
-        an accepted line that does not read back, a step not ok, two nodes restarting at once."""
+    def vip_clients(self, label: str) -> VipClients:
+        """The two clients of the VIP (``clients.py``), to run around a change: ``with lab.vip_clients(...)``."""
         assert self.network is not None
-        ca, cert, key = self.client_files()
-        record = self.run_dir / "roll-client.jsonl"
-        job = f"roll-{uuid.uuid4().hex[:8]}"
-        log = open(self.run_dir / "roll-client.log", "wb")  # noqa: SIM115 (closed below, also on failure)
-        client = subprocess.Popen(
-            ["ip", "netns", "exec", self.network.ns(RUNNER), sys.executable, "-m", "offline.rehearsal.traffic",
-             "steady", f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push", str(record), "--ca", ca, "--cert", cert,
-             "--key", key, "--push", job], stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
-                                                                                      "PYTHONPATH": str(PROJECT_DIR)})
-        try:
-            deadline = time.monotonic() + 30
-            while not (record.exists() and record.read_text().count("\n") >= 20):
-                if time.monotonic() > deadline or client.poll() is not None:
-                    output = (self.run_dir / "roll-client.log").read_text()
-                    raise RuntimeError(f"the roll's client pushes nothing: {output}")
-                time.sleep(0.2)
+        return VipClients(netns=self.network.ns(RUNNER), url=f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push",
+                          tls=self.client_files(), work=self.run_dir, label=label, count_lines=self.count_job,
+                          read_lines=self.read_job)
+
+    def roll(self) -> tuple[RollReport, VipClients, list[str]]:
+        """Every Loki node's server certificate renewed, so that every node restarts, as its apply
+        steps order them, while both clients push through the VIP (``vip_clients``). Returns what
+        the apply steps said, what the clients saw, and the problems: a failed or stalled push, an
+        accepted line that does not read back once, a step not ok, two nodes restarting at once."""
+        with self.vip_clients("roll") as clients:
             began = int(time.time())
             steps, problems = self.change({}, renewed=frozenset(f"{n}-server-cert" for n in LOKI_ADDRESSES))
             time.sleep(2)
@@ -392,26 +473,25 @@ class Rehearsal:
                 journal = self.machines[node].exec(["journalctl", "-u", "loki.service", "-o", "short-unix",
                                                     "--no-pager", "-S", f"@{began}"]).stdout
                 (self.run_dir / f"{node}-roll-journal.log").write_text(journal)
-        finally:
-            client.terminate()
-            client.wait(timeout=15)
-            log.close()
-        seen = summarize_steady(record)
         report = roll_report(steps, list(LOKI_ADDRESSES))
-        problems += [f"a push through the VIP failed during the roll: {e}" for e in seen.errors[:10]]
-        lines = self.read_job(job)
-        lost = sorted(set(seen.accepted) - {int(line.split()[-1]) for line in lines})
-        if lost:
-            problems.append(f"{len(lost)} accepted line(s) do not read back after the roll: seq {lost[:20]}")
-        self.figures.append(
-            f"roll (certificate renewal, {' > '.join(report.order)}): {report.seconds:.1f} s; "
-            f"{seen.requests} pushes through the VIP, {seen.failures} failed, longest failure "
-            f"{seen.longest_failure_s:.1f} s, {len(lost)} accepted lines lost")
+        problems += clients.problems
+        self.figures.append(f"roll (certificate renewal, {' > '.join(report.order)}): {report.seconds:.1f} s")
+        self.figures += [f"  {line}" for line in clients.figures()]
         for host in report.stopped.keys() | report.ready.keys():
             self.figures.append(f"  {host}: stopped in {report.stopped.get(host, float('nan')):.1f} s, "
                                 f"ready {report.ready.get(host, float('nan')):.1f} s after its start")
         self.figures += [f"  VIP {a} -> {b} in {s:.1f} s" for a, b, s in report.handovers]
-        return report, seen, problems
+        return report, clients, problems
+
+    def count_job(self, job: str) -> int:
+        """How many lines of ``job`` Loki has from the last hour (a LogQL count, through the VIP)."""
+        query = urllib.parse.urlencode({"query": f'sum(count_over_time({{job="{job}"}}[1h]))',
+                                        "time": time.time_ns() + 10**9})
+        proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query?{query}", "-f")
+        if proc.returncode != 0:
+            raise RuntimeError(f"counting {job} through the VIP failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+        result = json.loads(proc.stdout)["data"]["result"]
+        return int(float(result[0]["value"][1])) if result else 0
 
     def read_job(self, job: str) -> list[str]:
         """Every line of ``job`` in the last hour, read through the VIP with the operator's certificate."""
@@ -527,7 +607,9 @@ def main(argv: list[str]) -> int:
         checks: list[Callable[[], list[str]]] = [
             lambda: [f"second run changed {name}: {line}" for name, line in rehearsal.second_run().items()],
             rehearsal.unit_problems, rehearsal.push_and_read,
-            lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2], rehearsal.failover]
+            lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
+            lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
+            lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, rehearsal.failover]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()

@@ -19,3 +19,5 @@ TEST_RANGE: dict[str, Any] = {
     "lokiAddresses": list(LOKI_ADDRESSES.values()), "vipAddress": VIP, "objectStoreAddress": OBJECT_STORE_ADDRESS,
     "grafanaAddress": GRAFANA_ADDRESS,
 }
+AVAILABLE_PACKAGES = frozenset({"loki"})
+"""The packages the rehearsal's own repository holds (a setup that installs another is not rehearsed)."""

@@ -7,6 +7,7 @@ rehearsed, with the reason, and their dependents skipped.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import threading
@@ -38,7 +39,8 @@ class Step:
     not_rehearsed: str = ""
     """Why this machine cannot run it (empty: it can)."""
     status: str = "waiting"
-    """waiting, running, ok, stood in (done against a stand-in, with a note), failed, not rehearsed, skipped."""
+    """waiting, running, ok, stood in (done against a stand-in, with a note), failed, not rehearsed, skipped,
+    killed (by the rehearsal, on purpose: ``Interrupt``)."""
     exit_code: int | None = None
     output: str = ""
     seconds: float = 0.0
@@ -100,6 +102,15 @@ def step_graph(registrations: list[Registration],
     return steps
 
 
+@dataclass(frozen=True)
+class Interrupt:
+    """Kill a step when a line of its output contains ``line``: ``kill`` does it (on the host), given
+    the pid of the step's SSH client, and the step ends ``killed``, as a step whose SSH session or
+    machine died there would."""
+    line: str
+    kill: Callable[[int], None]
+
+
 @dataclass
 class StepRunner:
     runner_netns: str
@@ -108,6 +119,8 @@ class StepRunner:
     """What the rehearsal changes in a step's stdin (the package repository's parameters)."""
     actions: Mapping[str, Callable[[Registration], tuple[str, str]]] = field(default_factory=dict)
     """Resource type -> what the rehearsal does for it: (status, output)."""
+    interrupts: Mapping[str, Interrupt] = field(default_factory=dict)
+    """Step name -> where the rehearsal kills it (``Interrupt``)."""
     max_parallel: int = 8
     timeout_s: float = 1800
     log: Callable[[str], None] = print
@@ -127,7 +140,7 @@ class StepRunner:
                 "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"{connection['user']}@{connection['host']}",
                 step.registration.plain_inputs["create"]]
 
-    def run_one(self, step: Step) -> None:
+    def run_one(self, step: Step, interrupt: Interrupt | None = None) -> None:
         action = self.actions.get(step.registration.type)
         if action is not None or step.registration.type.startswith(STOOD_IN_TYPES):
             step.started = time.monotonic()
@@ -140,6 +153,9 @@ class StepRunner:
         stdin = self.rewrite(inputs.get("stdin") or "")
         attempts = int(inputs["connection"].get("dialErrorLimit") or 10) if step.registration.type == REMOTE else 1
         step.started = time.monotonic()
+        if interrupt is not None:
+            self._run_interrupted(step, stdin, interrupt)
+            return
         for attempt in range(attempts):
             argv = self._ssh(step) if step.registration.type == REMOTE else ["bash", "-c", inputs["create"]]
             # A local step runs in the rehearsal's directory, not in the project (where Pulumi runs it).
@@ -158,6 +174,42 @@ class StepRunner:
         step.output = proc.stdout + proc.stderr or f"(no output; exit {proc.returncode})"
         step.status = "ok" if proc.returncode == 0 else "failed"
 
+    def _run_interrupted(self, step: Step, stdin: str, interrupt: Interrupt) -> None:
+        """The step's command with its output read line by line (stderr with it), killed at ``interrupt``."""
+        output, killed = [], False
+        with subprocess.Popen(self._ssh(step), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=self.work) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+
+            def feed() -> None:
+                assert proc.stdin is not None
+                with contextlib.suppress(OSError):  # the step was killed before it read all of its script
+                    proc.stdin.write(stdin)
+                    proc.stdin.close()
+
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            deadline = time.monotonic() + self.timeout_s
+            try:
+                for line in proc.stdout:
+                    output.append(line)
+                    if not killed and interrupt.line in line:
+                        interrupt.kill(proc.pid)
+                        killed = True
+                        output.append(f"(the rehearsal killed the step here: {interrupt.line!r})\n")
+                    if time.monotonic() > deadline:
+                        break
+                proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                feeder.join(timeout=10)
+        step.seconds = time.monotonic() - step.started
+        step.exit_code = proc.returncode
+        step.output = "".join(output) or f"(no output; exit {proc.returncode})"
+        step.status = "killed" if killed else ("ok" if proc.returncode == 0 else "failed")
+
     def run(self, steps: dict[str, Step]) -> float:
         """Run every step; returns the wall time."""
         start = time.monotonic()
@@ -169,7 +221,7 @@ class StepRunner:
                     if step.status == "waiting" and all(steps[n].status in DONE for n in step.needs if n in steps):
                         self.log(f"start  {step.name} on {step.host}")
                         step.status = "running"
-                        running[pool.submit(self.run_one, step)] = step
+                        running[pool.submit(self.run_one, step, self.interrupts.get(step.name))] = step
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -192,7 +244,7 @@ class StepRunner:
                     step.status, changed = "not rehearsed", True
                     continue
                 blocked = [steps[n] for n in step.needs if n in steps
-                           and steps[n].status in ("failed", "not rehearsed", "skipped")]
+                           and steps[n].status in ("failed", "killed", "not rehearsed", "skipped")]
                 if blocked:
                     step.status, changed = "skipped", True
                     step.output = f"waits for {blocked[0].name} ({blocked[0].status})"

@@ -6,6 +6,12 @@ as a client without retries sees a VIP (Grafana's queries, logcli, a script); wi
 request pushes one line ``<JOB> <seq>`` to Loki. One JSON line per request goes to OUT; it runs
 until SIGTERM or SIGINT.
 
+``python -m offline.rehearsal.traffic kept-alive URL OUT --ca ... --push JOB [--interval 1]
+[--batch-kib 1024]``: as Grafana Alloy's ``loki.write`` pushes: one TLS connection kept open, a batch
+of about 1 MiB every interval, no retries. A connection the server closed while it was idle (nginx
+closes them on a reload) is dialled again before the next batch, as Go's HTTP transport does without
+an error; any other failure is recorded. One JSON line per batch goes to OUT, as ``steady`` writes.
+
 ``python -m offline.rehearsal.traffic load URL OUT --ca ... --mib-per-s R --total-mib T``: pushes on
 one kept-open TLS connection in batches of 1000 lines over 10 streams, paced to R MiB/s of log
 line bytes (what Loki's rate limit counts) until T MiB are sent, and writes a summary to OUT.
@@ -18,7 +24,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import select
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -50,42 +58,97 @@ def push_body(lines: list[tuple[dict[str, str], str]]) -> bytes:
     return json.dumps({"streams": list(streams.values())}).encode()
 
 
+def exchange(connection: http.client.HTTPSConnection, path: str, body: bytes | None) -> tuple[int, str]:
+    """One request on ``connection``, without a retry: a push (POST) when there is a ``body``, else
+    a GET. Returns the status (0: no answer) and, unless it is 2xx, what went wrong; a connection
+    that failed is closed (the next request dials again)."""
+    try:
+        connection.request("POST" if body else "GET", path, body=body,
+                           headers={"Content-Type": "application/json"} if body else {})
+        response = connection.getresponse()
+        status, text = response.status, response.read()
+    except (OSError, http.client.HTTPException) as failure:
+        connection.close()
+        return 0, f"{type(failure).__name__}: {failure}"
+    return status, "" if 200 <= status < 300 else text[:200].decode(errors="replace")
+
+
 def steady(url: str, out: Path, context: ssl.SSLContext, interval: float, job: str | None) -> None:
     parsed = urllib.parse.urlsplit(url)
-    stop = False
-
-    def finish(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, finish)
-    signal.signal(signal.SIGINT, finish)
+    stop = stop_on_signals()
     with out.open("a") as record:
         seq = 0
         next_at = time.monotonic()
-        while not stop:
+        while not stop[0]:
             seq += 1
             started, wall = time.monotonic(), time.time()
-            status, error = 0, ""
             body = push_body([({"job": job}, f"{job} {seq}")]) if job else None
             connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port or 443, context=context,
                                                      timeout=REQUEST_TIMEOUT_S)
-            try:
-                connection.request("POST" if body else "GET", parsed.path, body=body,
-                                   headers={"Content-Type": "application/json"} if body else {})
-                response = connection.getresponse()
-                status, text = response.status, response.read()
-                if not 200 <= status < 300:
-                    error = text[:200].decode(errors="replace")
-            except (OSError, http.client.HTTPException) as failure:
-                error = f"{type(failure).__name__}: {failure}"
-            finally:
-                connection.close()
+            status, error = exchange(connection, parsed.path, body)
+            connection.close()
             record.write(json.dumps({"seq": seq, "at": wall, "start": started, "seconds": time.monotonic() - started,
                                      "status": status, "error": error}) + "\n")
             record.flush()
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def stop_on_signals() -> list[bool]:
+    """A flag that SIGTERM or SIGINT sets: ``[True]`` once the client should end."""
+    stop = [False]
+
+    def finish(*_: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    return stop
+
+
+def closed_by_server(sock: socket.socket | None) -> bool:
+    """Whether the server has closed this idle connection (what Go's transport learns from its read
+    loop before it reuses a connection): readable with nothing to read but the end, or reset."""
+    if sock is None:
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    sock.setblocking(False)
+    try:
+        return not sock.recv(1)  # b"": the end; data on an idle connection: not reusable either
+    except ssl.SSLWantReadError:  # a TLS record that is not data (a session ticket): still open
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def kept_alive(url: str, out: Path, context: ssl.SSLContext, *, interval: float, job: str, batch_kib: int) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    stop = stop_on_signals()
+    connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port or 443, context=context,
+                                             timeout=REQUEST_TIMEOUT_S)
+    lines_per_batch = batch_kib  # lines of 1 KiB
+    with out.open("a") as record:
+        seq = 0
+        next_at = time.monotonic()
+        while not stop[0]:
+            seq += 1
+            if connection.sock is not None and closed_by_server(connection.sock):
+                connection.close()  # dialled again by the request, as Go's transport does
+            redials = int(connection.sock is None)
+            started, wall = time.monotonic(), time.time()
+            body = push_body([({"job": job}, f"{job} {seq} {i:04d} ".ljust(1024, "x")) for i in range(lines_per_batch)])
+            status, error = exchange(connection, parsed.path, body)
+            record.write(json.dumps({"seq": seq, "at": wall, "start": started, "seconds": time.monotonic() - started,
+                                     "status": status, "error": error, "redials": redials,
+                                     "lines": lines_per_batch}) + "\n")
+            record.flush()
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    connection.close()
 
 
 @dataclass(frozen=True)
@@ -97,6 +160,10 @@ class SteadyRecord:
     accepted: list[int]
     """Sequence numbers the server accepted."""
     errors: list[str]
+    slowest_s: float = 0.0
+    """The longest request (a stall, also one that succeeded in the end)."""
+    redials: int = 0
+    """Connections a kept-alive client dialled again after the server closed one while idle."""
 
 
 def summarize_steady(path: Path) -> SteadyRecord:
@@ -115,7 +182,9 @@ def summarize_steady(path: Path) -> SteadyRecord:
     if since is not None and rows:
         longest = max(longest, rows[-1]["start"] + rows[-1]["seconds"] - since)
     return SteadyRecord(requests=len(rows), failures=failures, longest_failure_s=longest,
-                        accepted=[r["seq"] for r in rows if 200 <= r["status"] < 300], errors=errors)
+                        accepted=[r["seq"] for r in rows if 200 <= r["status"] < 300], errors=errors,
+                        slowest_s=max((r["seconds"] for r in rows), default=0.0),
+                        redials=sum(r.get("redials", 0) for r in rows[1:]))
 
 
 def load(url: str, out: Path, context: ssl.SSLContext, *, mib_per_s: float, total_mib: float,
@@ -153,14 +222,15 @@ def load(url: str, out: Path, context: ssl.SSLContext, *, mib_per_s: float, tota
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m offline.rehearsal.traffic")
-    parser.add_argument("mode", choices=["steady", "load"])
+    parser.add_argument("mode", choices=["steady", "kept-alive", "load"])
     parser.add_argument("url")
     parser.add_argument("out", type=Path)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--interval", type=float, default=0.1)
-    parser.add_argument("--push", metavar="JOB", help="push one line per request as job JOB (steady)")
+    parser.add_argument("--push", metavar="JOB", help="push as job JOB (steady: one line per request)")
+    parser.add_argument("--batch-kib", type=int, default=1024, help="kept-alive: KiB per batch (lines of 1 KiB)")
     parser.add_argument("--mib-per-s", type=float, default=1.0)
     parser.add_argument("--total-mib", type=float, default=10.0)
     parser.add_argument("--line-bytes", type=int, default=256)
@@ -168,6 +238,10 @@ def main(argv: list[str]) -> int:
     context = tls_context(args.ca, args.cert, args.key)
     if args.mode == "steady":
         steady(args.url, args.out, context, args.interval, args.push)
+    elif args.mode == "kept-alive":
+        if not args.push:
+            parser.error("kept-alive needs --push JOB")
+        kept_alive(args.url, args.out, context, interval=args.interval, job=args.push, batch_kib=args.batch_kib)
     else:
         load(args.url, args.out, context, mib_per_s=args.mib_per_s, total_mib=args.total_mib,
              line_bytes=args.line_bytes)
