@@ -3,8 +3,11 @@
 Every node starts in BACKUP; priorities follow the node order (first node highest), so the VIP's
 home is predictable. Nothing else depends on which node holds it: every node serves pushes,
 queries and the delete API, and the compactor is elected by Loki's own ring. A node whose
-``/ready`` check fails drops below every healthy node and gives the VIP away (with ``nopreempt``,
-where no backup takes the VIP from a live master, it enters FAULT instead). A planned restart hands
+gateway does not serve drops below every healthy node and gives the VIP away at once (with
+``nopreempt``, where no backup takes the VIP from a live master, it enters FAULT instead); a node
+whose own Loki is not ready keeps the VIP for ``loki_grace_s`` while its gateway answers and another
+node is ready (the gateway sends what its Loki cannot take there), so that a crash of Loki, which
+systemd restarts, moves neither the VIP nor the connections to it. A planned restart hands
 the VIP over first (``components.vip_handover``, through two track files). Unicast VRRP, PASS
 authentication with a generated 8-character secret (all VRRPv2 uses), in a root-only file.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ import pulumi_random as random
 
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
+from components.loki_config import HTTP_PORT
 from components.scripts import render_script
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 
@@ -40,7 +45,9 @@ SCRIPT_USER = "keepalived_script"
 """Runs the health check (keepalived's default name for it); never root."""
 BASE_PRIORITY, MAX_PRIORITY_STEP, PRIORITY_SPAN = 200, 10, 180
 AUTH_PASS_LENGTH = 8  # VRRPv2 PASS authentication uses exactly 8 characters
-READY_URL = "https://127.0.0.1:3100/ready"
+READY_URL = f"https://127.0.0.1:{HTTP_PORT}/ready"
+GATEWAY_CHECK = f"{CHECK_DIR}/gateway-serves"
+"""keepalived's check that the node's gateway serves clients (``templates/vip-gateway-check.sh``)."""
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
@@ -72,6 +79,23 @@ def check_command(timeout: int) -> str:
             f"--cert {CHECK_DIR}/client.pem --key {CHECK_DIR}/client.key {READY_URL}")
 
 
+def loki_fall(settings: KeepalivedSettings) -> int:
+    """Failed /ready checks in a row after which a node whose gateway still serves gives the VIP
+    away: ``loki_grace_s`` of them, never fewer than ``check_fall``."""
+    return max(settings.check_fall, math.ceil(settings.loki_grace_s / settings.check_interval))
+
+
+def render_gateway_check(settings: KeepalivedSettings, nodes: Sequence[tuple[str, str]], node: str) -> str:
+    """``node``'s check that its gateway serves; ``nodes`` is every (name, address) of the cluster."""
+    return render_script("vip-gateway-check.sh", {
+        "LOCAL_URL": READY_URL,
+        "PEER_URLS": " ".join(f"https://{address}:{HTTP_PORT}/ready" for name, address in nodes if name != node),
+        "CA_FILE": f"{CHECK_DIR}/ca.pem", "CERT_FILE": f"{CHECK_DIR}/client.pem", "KEY_FILE": f"{CHECK_DIR}/client.key",
+        # Its own gateway, then every peer at once: both within keepalived's timeout (the interval).
+        "TIMEOUT_S": f"{settings.check_interval / 2:g}",
+    })
+
+
 @dataclass(frozen=True, kw_only=True)
 class VipNode:
     name: str
@@ -98,6 +122,8 @@ class KeepalivedSettings:
     check_interval: int
     check_fall: int
     check_rise: int
+    loki_grace_s: int
+    """How long a node keeps the VIP while its own Loki is not ready and its gateway serves."""
 
 
 def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[str, str]], node: str,
@@ -112,7 +138,8 @@ def render_keepalived_conf(settings: KeepalivedSettings, nodes: Sequence[tuple[s
         # With nopreempt no backup takes the VIP from a live master whatever its priority (measured
         # in tests/test_vip_failover.py): a failing check must put the node in FAULT (weight 0).
         check_weight=0 if settings.nopreempt else check_weight(prios),
-        check_command=check_command(settings.check_interval),
+        check_command=check_command(settings.check_interval), gateway_check=GATEWAY_CHECK,
+        loki_fall=loki_fall(settings), loki_grace=settings.loki_grace_s,
         script_user=SCRIPT_USER, auth_pass=auth_pass, vip=settings.vip, vip_fqdn=settings.vip_fqdn,
         prefix_length=settings.prefix_length, interface=settings.interface, router_id=settings.router_id,
         advert_int=settings.advert_int, nopreempt=settings.nopreempt, check_interval=settings.check_interval,
@@ -166,6 +193,9 @@ class VirtualIp(pulumi.ComponentResource):
             checker: dict[str, Any] = {"owner": SCRIPT_USER, "group": SCRIPT_USER}
             files = [
                 HostFile(host=node.name, path=f"{STAGE_DIR}/keepalived.conf", content=conf, mode="0600"),
+                # keepalived runs a check only if no one but root can change it (enable_script_security).
+                HostFile(host=node.name, path=GATEWAY_CHECK, content=render_gateway_check(args.settings, pairs,
+                                                                                           node.name), mode="0755"),
                 HostFile(host=node.name, path=f"{CHECK_DIR}/ca.pem", content=args.ca_cert_pem, mode="0644",
                          **checker),
                 HostFile(host=node.name, path=f"{CHECK_DIR}/client.pem", content=node.client_cert_pem,

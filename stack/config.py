@@ -193,8 +193,10 @@ class VipSettings:
     check_interval: int
     check_fall: int
     check_rise: int
-    """The /ready health check: every ``check_interval`` s, give the VIP away after ``check_fall``
+    """The health checks: every ``check_interval`` s, give the VIP away after ``check_fall``
     failures, take it again after ``check_rise`` successes."""
+    loki_grace_s: int
+    """How long a node whose own Loki is not ready keeps the VIP while its gateway serves."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -636,6 +638,8 @@ def _vip(v: dict[str, Any], check: _Checker, network: NetworkSettings | None) ->
     interval = check.in_range("vipCheckInterval", v["vipCheckInterval"], 1, 60, example="2")
     fall = check.in_range("vipCheckFall", v["vipCheckFall"], 1, 10, example="2")
     rise = check.in_range("vipCheckRise", v["vipCheckRise"], 1, 10, example="2")
+    grace = check.in_range("vipLokiGraceSeconds", v["vipLokiGraceSeconds"], 0, 600, example="60",
+                           rule="must be whole seconds between 0 and 600 (0: no grace)")
     if len(v["lokiNodes"]) > MAX_LOKI_NODES:
         check.fail("lokiNodes", f"must list at most {MAX_LOKI_NODES} nodes (each needs its own VRRP priority "
                    "below 255 and a health-check weight that outweighs them all)", v["lokiNodes"],
@@ -644,11 +648,11 @@ def _vip(v: dict[str, Any], check: _Checker, network: NetworkSettings | None) ->
         return None
     address = check.address("vipAddress", v["vipAddress"], str(network.cidr.network_address + 20), network.cidr)
     if (address is None or hostname is None or router_id is None or advert is None or interval is None
-            or fall is None or rise is None):
+            or fall is None or rise is None or grace is None):
         return None
     return VipSettings(address=address, hostname=hostname, fqdn=f"{hostname}.{v['domain']}", router_id=router_id,
                        advert_interval=advert, nopreempt=v["vipNoPreempt"], check_interval=interval,
-                       check_fall=fall, check_rise=rise)
+                       check_fall=fall, check_rise=rise, loki_grace_s=grace)
 
 
 def _unique(check: _Checker, entries: Iterable[tuple[str, str, str]], what: str, example: Callable[[str], str]) -> None:

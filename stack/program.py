@@ -347,7 +347,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
             vip=str(vip.address), vip_fqdn=vip.fqdn, prefix_length=settings.network.cidr.prefixlen,
             interface=GUEST_INTERFACE, router_id=vip.router_id, advert_int=vip.advert_interval,
             nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
-            check_rise=vip.check_rise),
+            check_rise=vip.check_rise, loki_grace_s=vip.loki_grace_s),
         nodes=[VipNode(name=n.name, address=str(n.address),
                        connection=after(after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
                                         after_steps[n.name]),

@@ -18,7 +18,7 @@ import yaml
 from components import loki_gateway
 from components.monitoring import MonitoringSpec
 from components.proxmox_vm import USER_DATA_PATH
-from components.vip import CHECK_DIR, SCRIPT_USER
+from components.vip import CHECK_DIR, GATEWAY_CHECK, SCRIPT_USER
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from offline.plan import read_stack_config, run_program
@@ -138,14 +138,16 @@ def prepare_keepalived(directory: Path, files: dict[str, str]) -> None:
         assert f'"{path}"' in conf, f"the rendered keepalived.conf does not track {path}"
         conf = conf.replace(path, str(lab_path))
     (directory / "keepalived.conf").write_text(conf)
-    for name in ("ca.pem", "client.pem", "client.key"):
+    for name in ("ca.pem", "client.pem", "client.key", Path(GATEWAY_CHECK).name):
         (directory / "check" / name).write_text(files[f"{CHECK_DIR}/{name}"])
+    (directory / "check" / Path(GATEWAY_CHECK).name).chmod(0o755)
 
 
 def keepalived_command(directory: Path) -> list[str]:
     """keepalived in the foreground with ``directory``'s config; the check's files sit on a
     private tmpfs over /etc/keepalived in the daemon's own mount namespace."""
-    script = (f'mount -t tmpfs tmpfs /etc/keepalived && mkdir -p {CHECK_DIR} && cp "$1"/check/* {CHECK_DIR}/ '
+    script = (f'mount -t tmpfs -o mode=0755 tmpfs /etc/keepalived && mkdir -p {CHECK_DIR} '
+              f'&& cp -p "$1"/check/* {CHECK_DIR}/ '
               f'&& exec keepalived -n -l -D -f "$1/keepalived.conf" -p "$1/k.pid" -r "$1/v.pid" '
               f'-c "$1/c.pid" -b "$1/b.pid"')
     return ["unshare", "-m", "sh", "-c", script, "sh", str(directory)]

@@ -236,10 +236,10 @@ def test_after_an_upgrade_from_a_loki_that_held_the_gateways_port_nginx_takes_it
 
 def test_a_loki_crash_on_the_vip_holder_is_absorbed_by_its_gateway(rehearsal):
     """SIGKILL of Loki on the VIP holder under both clients: its gateway sends pushes to the other
-    nodes' gateways (only those it could not even send to its own Loki: none is sent twice) until
-    keepalived moves the VIP. No push on a new connection fails and no accepted line is lost. A
-    kept-alive connection is reset by each move of the VIP (away, and back once the node is ready,
-    with preemption): at most one push per move fails, with a connection error (Alloy retries it)."""
+    nodes' gateways (only those it could not even send to its own Loki: none is sent twice), and
+    the VIP stays where it is (its gateway serves, and systemd has Loki ready again within
+    vipLokiGraceSeconds), so no connection to it is reset. No push fails, on new connections or on
+    the kept-alive one, and every accepted line reads back exactly once."""
     problems = rehearsal.loki_crash()
     assert not problems, "\n".join(problems)
 

@@ -11,6 +11,7 @@ import pytest
 from components.proxmox_vm import GUEST_INTERFACE
 from components.vip import (
     CHECK_DIR,
+    GATEWAY_CHECK,
     SCRIPT_USER,
     STAGE_DIR,
     KeepalivedSettings,
@@ -35,6 +36,12 @@ def value(conf: str, key: str) -> str:
     match = re.search(rf"^\s*{key}\s+(\S+)\s*$", conf, re.MULTILINE)
     assert match, f"keepalived.conf has no {key}"
     return match.group(1)
+
+
+def vrrp_scripts(conf: str) -> dict[str, dict[str, str]]:
+    """Each ``vrrp_script`` block of a keepalived.conf: its name and its settings."""
+    blocks = re.findall(r"^vrrp_script (\S+) \{\n(.*?)\n\}", conf, re.MULTILINE | re.DOTALL)
+    return {name: dict(re.findall(r'^\s*(\w+)\s+"?(.*?)"?\s*$', body, re.MULTILINE)) for name, body in blocks}
 
 
 def peers(conf: str) -> list[str]:
@@ -65,10 +72,31 @@ def test_each_node_speaks_unicast_to_its_peers_and_never_to_itself(example, host
     assert value(conf, "virtual_router_id") == "51" and value(conf, "advert_int") == "1"
     assert re.search(r"^\s*192\.168\.50\.20/24 dev eth0$", conf, re.MULTILINE), f"{host}: VIP line"
     assert "enable_script_security" in conf and value(conf, "script_user") == SCRIPT_USER
-    assert value(conf, "interval") == "2" and value(conf, "fall") == "2" and value(conf, "rise") == "2"
-    script = re.search(r'script "([^"]+)"', conf)
-    assert script and "https://127.0.0.1:3100/ready" in script.group(1) and f"--cert {CHECK_DIR}/client.pem" in (
-        script.group(1)), f"{host}: the check must ask Loki over HTTPS with a client certificate"
+    scripts = vrrp_scripts(conf)
+    assert set(scripts) == {"chk_gateway_serves", "chk_loki_ready"}, f"{host}: checks {sorted(scripts)}"
+    tracked = re.search(r"track_script \{\n(.*?)\n\s*\}", conf, re.DOTALL)
+    assert tracked and sorted(tracked.group(1).split()) == sorted(scripts), f"{host}: not every check is tracked"
+    serves, ready = scripts["chk_gateway_serves"], scripts["chk_loki_ready"]
+    assert serves["script"] == GATEWAY_CHECK, f"{host}: the gateway check runs {serves['script']}"
+    assert (serves["interval"], serves["timeout"], serves["fall"], serves["rise"]) == ("2", "2", "2", "2"), (
+        f"{host}: the gateway check must fail after vipCheckFall (2) checks of vipCheckInterval (2 s): {serves}")
+    # vipLokiGraceSeconds (60) of checks every 2 s: the VIP stays while systemd restarts a crashed Loki.
+    assert (ready["interval"], ready["fall"], ready["rise"]) == ("2", "30", "2"), f"{host}: /ready check {ready}"
+    assert "https://127.0.0.1:3100/ready" in ready["script"] and f"--cert {CHECK_DIR}/client.pem" in (
+        ready["script"]), f"{host}: the check must ask Loki over HTTPS with a client certificate"
+    assert serves["weight"] == ready["weight"], f"{host}: either failed check must drop the node below the others"
+
+
+@pytest.mark.parametrize("host", list(NODES))
+def test_the_gateway_check_asks_its_own_gateway_then_every_peer(example, host):
+    check, resolved = files_of(example, host)[GATEWAY_CHECK]
+    assert (check.owner, check.group, check.mode) == ("root", "root", "0755"), (
+        f"{host}: keepalived runs {GATEWAY_CHECK} only if no one but root can change it")
+    params = dict(re.findall(r"^([A-Z_]+)=(.*)$", resolved.value, re.MULTILINE))
+    assert params["LOCAL_URL"] == "https://127.0.0.1:3100/ready", f"{host}: {params}"
+    assert sorted(params["PEER_URLS"].strip("'").split()) == sorted(
+        f"https://{a}:3100/ready" for n, a in NODES.items() if n != host), f"{host}: the peers asked: {params}"
+    assert params["TIMEOUT_S"] == "1", f"{host}: two rounds of requests must fit in keepalived's 2 s timeout"
 
 
 def test_the_first_node_is_the_vips_home(example):
@@ -94,11 +122,15 @@ def test_every_node_shares_one_generated_8_character_password(example):
 def test_nopreempt_and_a_single_node():
     settings = KeepalivedSettings(vip="198.18.0.9", vip_fqdn="loki.x", prefix_length=24, interface="eth0",
                                   router_id=7, advert_int=2, nopreempt=True, check_interval=3, check_fall=4,
-                                  check_rise=5)
+                                  check_rise=5, loki_grace_s=0)
     conf = render_keepalived_conf(settings, [("a", "198.18.0.1")], "a", "12345678")
     assert re.search(r"^\s*nopreempt$", conf, re.MULTILINE)
     assert "unicast_peer" not in conf, "a single node has no peers to speak unicast to"
-    assert (value(conf, "virtual_router_id"), value(conf, "advert_int"), value(conf, "fall")) == ("7", "2", "4")
+    assert (value(conf, "virtual_router_id"), value(conf, "advert_int")) == ("7", "2")
+    # No grace: the /ready check gives the VIP away as soon as the gateway check would.
+    assert {name: s["fall"] for name, s in vrrp_scripts(conf).items()} == {"chk_gateway_serves": "4",
+                                                                            "chk_loki_ready": "4"}
+    assert value(conf, "weight") == "0", "with nopreempt a failed check must put the node in FAULT"
     with pytest.raises(ValueError, match="8 characters"):
         render_keepalived_conf(settings, [("a", "198.18.0.1")], "a", "short")
 
@@ -118,13 +150,21 @@ def test_each_node_checks_its_config_before_reloading(example):
 
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
     shellcheck_commands(example, ["vip-loki-01-setup", "vip-loki-01-apply"], tmp_path)
+    tool = require_tool("shellcheck")
+    check = tmp_path / "gateway-serves"
+    check.write_text(files_of(example, "loki-01")[GATEWAY_CHECK][1].value)
+    proc = subprocess.run([tool, "-x", str(check)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"shellcheck {GATEWAY_CHECK}:\n{proc.stdout}"
 
 
-def keepalived_test(conf_file: str, interface: str) -> subprocess.CompletedProcess[str]:
-    """`keepalived -t` in a throwaway network namespace that has ``interface``."""
-    return subprocess.run(["unshare", "-n", "sh", "-c",
-                           f'ip link add {interface} type veth peer name {interface}p && keepalived -t -f "$1"',
-                           "sh", conf_file], capture_output=True, text=True, timeout=60, check=False)
+def keepalived_test(conf_file: str, interface: str, check: str) -> subprocess.CompletedProcess[str]:
+    """`keepalived -t` in a throwaway network and mount namespace that has ``interface`` and, at its
+    path, the gateway check ``check`` (a file: keepalived disables a check it cannot find)."""
+    script = (f'mount -t tmpfs -o mode=0755 tmpfs /etc/keepalived && install -d -m 0750 {CHECK_DIR} '
+              f'&& install -m 0755 "$2" {GATEWAY_CHECK} '
+              f'&& ip link add {interface} type veth peer name {interface}p && keepalived -t -f "$1"')
+    return subprocess.run(["unshare", "-n", "-m", "sh", "-c", script, "sh", conf_file, check],
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
@@ -137,10 +177,12 @@ def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
         # so the check runs on a copy with script_user root, as the host's apply step does.
         checked = tmp_path / f"{host}.conf"
         checked.write_text(conf.replace(f"script_user {SCRIPT_USER}", "script_user root"))
-        proc = keepalived_test(str(checked), GUEST_INTERFACE)
+        check = tmp_path / f"{host}-gateway-serves"
+        check.write_text(files_of(example, host)[GATEWAY_CHECK][1].value)
+        proc = keepalived_test(str(checked), GUEST_INTERFACE, str(check))
         assert proc.returncode == 0, f"{host}: keepalived -t: {proc.stdout}{proc.stderr}"
     broken = tmp_path / "broken.conf"
     broken.write_text(conf_of(example, "loki-01").replace("virtual_router_id 51", "virtual_router_id 300")
                       .replace(f"script_user {SCRIPT_USER}", "script_user root"))
-    proc = keepalived_test(str(broken), GUEST_INTERFACE)
+    proc = keepalived_test(str(broken), GUEST_INTERFACE, str(check))
     assert proc.returncode != 0 and "300" in proc.stderr, "keepalived -t missed a bad router id"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import figure, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan
 from tests.netns import private_network
 from tests.vip_lab import VipLab, node_files, prepare
@@ -26,9 +26,13 @@ from tests.vip_lab import VipLab, node_files, prepare
 SECTION = "VIP failover with the real keepalived (measured)"
 
 
+GRACE_S = 8
+"""vipLokiGraceSeconds here: short, so that the test waits for it (the default is 60)."""
+
+
 def rendered_files(nopreempt: bool) -> dict[str, dict[str, str]]:
     """The files the project renders for each Loki node, with the test range's addresses."""
-    return node_files(lab_plan(vipNoPreempt=nopreempt, vipCheckInterval=1))
+    return node_files(lab_plan(vipNoPreempt=nopreempt, vipCheckInterval=1, vipLokiGraceSeconds=GRACE_S))
 
 
 @pytest.fixture
@@ -54,12 +58,30 @@ def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     t = time.monotonic()
     lab.start_keepalived("loki-01")
     lab.wait_for("loki-01", "loki-01 keepalived back: preempts", t)
+    # Loki not ready (crashed, restarting), its gateway answers and the peers are ready: the gateway
+    # sends requests to them, and the VIP stays for vipLokiGraceSeconds.
     t = time.monotonic()
     lab.set_ready("loki-01", False)
-    lab.wait_for("loki-02", "loki-01 /ready fails: gives the VIP away", t)
+    lab.keeps("loki-01", GRACE_S - 1.5, "loki-01 /ready fails, its gateway answers, the others are ready")
+    moved = lab.wait_for("loki-02", f"loki-01 /ready fails for longer than {GRACE_S} s: gives the VIP away", t)
+    assert moved >= GRACE_S - 1.5, f"loki-01 gave the VIP away {moved:.1f} s after its Loki stopped being ready"
     t = time.monotonic()
     lab.set_ready("loki-01", True)
     lab.wait_for("loki-01", "loki-01 /ready recovers: takes the VIP back", t)
+    # Ready again within the grace: the VIP never moved.
+    lab.set_ready("loki-01", False)
+    lab.keeps("loki-01", GRACE_S / 2, "loki-01 /ready fails for a while")
+    lab.set_ready("loki-01", True)
+    lab.keeps("loki-01", GRACE_S, "loki-01 ready again within the grace")
+    figure(SECTION, f"loki-01 not ready for {GRACE_S / 2:g} s (grace {GRACE_S} s): the VIP stayed")
+    # The gateway itself does not answer: the VIP moves after vipCheckFall checks, without grace.
+    t = time.monotonic()
+    lab.stop_gateway("loki-01")
+    moved = lab.wait_for("loki-02", "loki-01's gateway stops: gives the VIP away at once", t)
+    assert moved < GRACE_S - 1, f"loki-01 kept the VIP {moved:.1f} s with its gateway down"
+    t = time.monotonic()
+    lab.start_gateway("loki-01")
+    lab.wait_for("loki-01", "loki-01's gateway back: takes the VIP back", t)
     t = time.monotonic()
     lab.set_ready("loki-01", False)
     lab.set_ready("loki-02", False)
@@ -85,6 +107,6 @@ def test_with_nopreempt_the_vip_stays_where_it_is(lab):
     # VIP from a live master whatever its priority, so the failing check puts it in FAULT.
     t = time.monotonic()
     lab.set_ready(second, False)
-    time.sleep(5)  # vipCheckInterval 1 s, fall 2: the check has failed by now
+    time.sleep(GRACE_S + 3)  # vipCheckInterval 1 s, fall of the /ready check: the grace; it has failed by now
     lab.wait_for(None, f"nopreempt: {second} not ready gives the VIP away", t)
     assert lab.holders() != [second], f"with nopreempt, {second} keeps the VIP although it is not ready"

@@ -112,6 +112,25 @@ class VipLab:
         else:
             flag.unlink(missing_ok=True)
 
+    def start_gateway(self, node: str) -> None:
+        """The node's gateway stand-in (answering /ready while the node's ready flag exists)."""
+        d = self.run / node
+        self.network.start(f"ready-{node}", node, [sys.executable, str(self.run / "ready_server.py"),
+                                                   str(d / "server.pem"), str(d / "server.key"),
+                                                   str(d / "check" / "ca.pem"), str(d / "ready"), node])
+
+    def stop_gateway(self, node: str) -> None:
+        """Nothing answers on the node's port 3100 any more (nginx down)."""
+        self.network.stop(f"ready-{node}", timeout=15)
+
+    def keeps(self, node: str, seconds: float, label: str) -> None:
+        """``node`` holds the VIP, alone, in every sample for ``seconds``."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            now = self.holders()
+            assert now == [node], f"{label}: {node} must keep the VIP for {seconds:g} s, holders {now}\n{self.logs()}"
+            time.sleep(0.1)
+
     def wait_for(self, expected: str | None, label: str, since: float) -> float:
         """Seconds from ``since`` (the event) until exactly ``expected`` holds the VIP (any single
         node if None); then every sample for STABLE_S seconds must show that same single holder."""
@@ -180,9 +199,7 @@ def prepare(lab: VipLab, files: dict[str, dict[str, str]]) -> None:
         (d / "server.pem").write_text(node_files[SERVER_CERT_FILE])
         (d / "server.key").write_text(node_files[SERVER_KEY_FILE])
         lab.set_ready(node, True)
-        lab.network.start(f"ready-{node}", node, [sys.executable, str(lab.run / "ready_server.py"),
-                                                  str(d / "server.pem"), str(d / "server.key"),
-                                                  str(d / "check" / "ca.pem"), str(d / "ready"), node])
+        lab.start_gateway(node)
     for node in files:  # the check itself, as keepalived will run it, must pass before we start
         ca, cert, key = (str(lab.run / node / "check" / n) for n in ("ca.pem", "client.pem", "client.key"))
         for _ in range(100):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -97,9 +98,11 @@ def kill_session(lab: Rehearsal, machine: Machine, client: int) -> None:
         raise RuntimeError(f"{machine.name}: could not kill the step's SSH session: {proc.stdout}{proc.stderr}")
 
 
-def wait_loki_ready(machine: Machine) -> float:
+def wait_loki_ready(machine: Machine, during: Callable[[], object] = lambda: None) -> float:
+    """Seconds until ``machine``'s Loki answers /ready; ``during`` is called at every try."""
     t0 = time.monotonic()
     while True:
+        during()
         proc = machine.exec(["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", "--cacert", CA_FILE, "--cert",
                              SERVER_CERT_FILE, "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready"])
         if proc.returncode == 0:
