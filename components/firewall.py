@@ -4,8 +4,9 @@ Memberlist (7946, TCP and UDP) encrypts with TLS but does not ask peers for a ce
 (grafana/dskit sets no client CA on its listener), so any host that reaches the port could gossip
 fake ring state; gRPC (9095) asks for one, but has no reason to be open to anyone else either.
 An nftables table of its own (``inet lokistack``, leaving any other rules of the host alone) drops
-both ports for every source but the Loki nodes. The gateway's HTTP port (3100) stays open: agents on
-any host, Grafana, Prometheus and the operator use it, each with a client certificate and its role.
+both ports for every source but the Loki nodes. The gateway's HTTP port (3100, and its twin's 3102)
+stays open: agents on any host, Grafana, Prometheus and the operator use it, each with a client
+certificate and its role.
 Loki's own HTTP listener is on loopback (3101) behind the gateway; locally, only root and nginx's
 workers may connect to it, so that no other user of the node (the VIP's check, the log agent, a
 compromised service) goes around the gateway with a certificate it holds.

@@ -51,7 +51,7 @@ from components.hostfile import HostFile
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.pki import ORGANIZATION
 from components.scripts import render_script
-from components.vip_handover import NODE_HEADER
+from components.vip_handover import NODE_HEADER, VipHandover
 
 RESOURCE_TYPE = "lokistack:gateway:LokiGateway"
 UNIT = "nginx.service"
@@ -72,6 +72,12 @@ UPSTREAM_TIMEOUT_S = 600
 ROLE_HEADER = "X-Lokistack-Role"
 """The role the forwarding gateway authorised, passed on to a peer (counts only from a Loki node's
 server certificate)."""
+KEEPALIVE_TIME_S = 5
+"""A kept-alive connection is closed gracefully (Connection: close on an answer) once this old: a
+drain of the VIP waits for it (a client dials again every few seconds: one TLS handshake)."""
+DRAIN_PORT = 3102
+"""The gateway's twin without keep-alive: the VIP handover diverts new connections here while the
+kept-alive ones on HTTP_PORT end by themselves."""
 LOCAL_FAIL_TIMEOUT_S = 2
 """After the local Loki refused a connection, the peers take requests for this long before it is tried again."""
 """Longest a query or a tail may take through the gateway."""
@@ -155,6 +161,63 @@ def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file:
     shared = "\n".join([f'    "~^POST {PUSH_PATH}$" 1;', *(f'    "~^(GET|POST) {path}$" 1;' for path in READ_PATHS)])
     # What a peer may pass on: the roles that reach more than /ready (which is never forwarded).
     forwardable = [ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_OPERATOR] + ([] if require_client_certs else [ANONYMOUS])
+
+    def server(port: int, keepalive: str, what: str) -> str:
+        return f"""# {what}
+server {{
+    listen {port} ssl;
+    {keepalive}
+    server_name _;
+    access_log {ACCESS_LOG} lokistack_gateway;
+
+    ssl_certificate {cert_file};
+    ssl_certificate_key {key_file};
+    ssl_client_certificate {ca_file};
+    ssl_verify_client {verify};
+    ssl_verify_depth 1;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size {MAX_BODY};
+    # Which node answered (its host name, as in its certificate): the VIP handover asks who holds the VIP.
+    add_header {NODE_HEADER} $hostname always;
+    client_body_buffer_size {BODY_BUFFER};
+
+    if ($lokistack_clean_path = 0) {{
+        return 400;
+    }}
+    if ($lokistack_allowed = 0) {{
+        return 403;
+    }}
+
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $lokistack_connection;
+    proxy_set_header {ROLE_HEADER} $lokistack_role;
+    proxy_buffering off;
+    proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
+    proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
+    proxy_ssl_certificate {cert_file};
+    proxy_ssl_certificate_key {key_file};
+    proxy_ssl_trusted_certificate {ca_file};
+    proxy_ssl_verify on;
+    proxy_ssl_verify_depth 1;
+    # Every Loki node's certificate names localhost too (its own health checks use it).
+    proxy_ssl_name localhost;
+    proxy_ssl_session_reuse on;
+
+    location / {{
+        proxy_pass https://$lokistack_upstream;
+    }}
+}}
+"""
+
+    main_server = server(HTTP_PORT, f"keepalive_time {KEEPALIVE_TIME_S}s;",
+                         f"The gateway. A kept-alive connection is closed after the first answer once it is "
+                         f"{KEEPALIVE_TIME_S} s old\n# (Connection: close): a drain of the VIP waits for that "
+                         f"instead of cutting idle connections.")
+    drain_server = server(DRAIN_PORT, "keepalive_timeout 0;",
+                          "Its twin for a drain of the VIP: new connections to the VIP come here while the "
+                          "kept-alive ones end;\n# each connection takes one request and is closed "
+                          "(Connection: close).")
     return f"""# loki-stack: the Loki gateway. Loki itself listens on 127.0.0.1:{LOKI_LOCAL_PORT}; this server takes
 # port {HTTP_PORT} on every address of the node (the VIP too) and lets each certificate's role reach
 # only its paths.
@@ -219,50 +282,8 @@ upstream lokistack_loki {{
 {backups}    keepalive 16;
 }}
 
-server {{
-    listen {HTTP_PORT} ssl;
-    server_name _;
-    access_log {ACCESS_LOG} lokistack_gateway;
-
-    ssl_certificate {cert_file};
-    ssl_certificate_key {key_file};
-    ssl_client_certificate {ca_file};
-    ssl_verify_client {verify};
-    ssl_verify_depth 1;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    client_max_body_size {MAX_BODY};
-    # Which node answered (its host name, as in its certificate): the VIP handover asks who holds the VIP.
-    add_header {NODE_HEADER} $hostname always;
-    client_body_buffer_size {BODY_BUFFER};
-
-    if ($lokistack_clean_path = 0) {{
-        return 400;
-    }}
-    if ($lokistack_allowed = 0) {{
-        return 403;
-    }}
-
-    proxy_http_version 1.1;
-    proxy_set_header Upgrade $http_upgrade;
-    proxy_set_header Connection $lokistack_connection;
-    proxy_set_header {ROLE_HEADER} $lokistack_role;
-    proxy_buffering off;
-    proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
-    proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
-    proxy_ssl_certificate {cert_file};
-    proxy_ssl_certificate_key {key_file};
-    proxy_ssl_trusted_certificate {ca_file};
-    proxy_ssl_verify on;
-    proxy_ssl_verify_depth 1;
-    # Every Loki node's certificate names localhost too (its own health checks use it).
-    proxy_ssl_name localhost;
-    proxy_ssl_session_reuse on;
-
-    location / {{
-        proxy_pass https://$lokistack_upstream;
-    }}
-}}
-"""
+{main_server}
+{drain_server}"""
 
 
 def port_check_parameters() -> dict[str, str | int]:
@@ -295,6 +316,8 @@ class LokiGatewayArgs:
     peers: Mapping[str, Peer]
     """Every Loki node's name -> its certificate's name and address: each node's gateway sends to the
     others when its own Loki does not answer."""
+    handover: VipHandover
+    """On the VIP holder, a reload first lets the kept-alive connections to the VIP end (``vip_reload_gateway``)."""
 
 
 class LokiGateway(pulumi.ComponentResource):
@@ -313,14 +336,18 @@ class LokiGateway(pulumi.ComponentResource):
             raise ValueError(f"LokiGateway: hosts {unknown} are not among the peers {sorted(args.peers)}")
         setup_script = render_script("loki-gateway-setup.sh", {"DEFAULT_SITE": DEFAULT_SITE, "STAGE_DIR": STAGE_DIR},
                                      libraries=["lib-apt.sh"])
-        apply_script = render_script("loki-gateway-apply.sh", {
+        parameters = {
             "STAGED": f"{STAGE_DIR}/gateway.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT, "NGINX_USER": NGINX_USER,
             "PROBE_URL": f"https://127.0.0.1:{HTTP_PORT}/ready", "CA_FILE": args.ca_file,
             "CERT_FILE": args.cert_file, "KEY_FILE": args.key_file, "TIMEOUT_S": PROBE_TIMEOUT_S,
             **port_check_parameters(),
-        }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-gateway-port.sh"])
+        }
         self.setups, self.applies, self.host_files = {}, {}, []
         for host in args.hosts:
+            apply_script = render_script("loki-gateway-apply.sh", {
+                **parameters, **args.handover.script_parameters(host.name)},
+                libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-gateway-port.sh",
+                           "lib-clock.sh", "lib-vip-handover.sh"])
             conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
                                        key_file=args.key_file, ca_file=args.ca_file,
                                        peers=[p for n, p in args.peers.items() if n != host.name])

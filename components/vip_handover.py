@@ -10,18 +10,28 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
 
 - **Pre-flight** (the holder only): another node's gateway must answer ``/ready`` at its own
   address, or nothing is drained and the step fails (Loki then is not restarted).
-- **Drain** (the holder only): new connections to the VIP on this node are dropped, not refused,
-  so a client's TCP sends its SYN again about a second later, when the VIP is elsewhere. Only a
-  pure SYN is dropped: a kept-alive connection (Alloy keeps one open and sends batches of up to
-  about 1 MiB) goes on being served. (A ``ct state new`` rule stalled them: with nothing else on
-  the node using connection tracking, packets of connections opened before the rule count as new.)
-  The drop expires by itself after ``DRAIN_EXPIRY_S``, and the apply step removes it on every exit
-  and at its start (a run killed mid-drain); nginx
-  reloads, which closes idle keep-alive connections cleanly while requests in flight finish; once
-  no connection to the VIP is left (bounded), the node enters keepalived's FAULT state through a
-  track file (``MAINTENANCE_FILE``): it sends a priority-0 advert and the best backup takes the VIP
-  within about 0.3 s. The step waits, bounded, until a ready node other than itself answers
-  ``/ready`` on the VIP, and fails with the reason otherwise (Loki then is not restarted).
+- **Drain** (the holder only), cutting no request and no kept-alive connection in use: new
+  connections to the VIP on this node go to the gateway's twin (``loki_gateway.DRAIN_PORT``: the
+  same grants, one request per connection), while the kept-alive ones (Alloy keeps one open and
+  sends batches of up to about 1 MiB) end by themselves: the gateway answers ``Connection: close``
+  once a connection is ``keepalive_time_s`` old. (nginx, reloaded, closes every idle kept-alive
+  connection at once, also one whose next request is on its way: a lost push.) What sent nothing
+  for ``KEPT_ALIVE_SENDS_S`` more is cut, idle. Then new connections are dropped, not refused, so a
+  client's TCP sends its SYN again about a second later, when the VIP is elsewhere, while the last
+  requests finish (bounded). Only a pure SYN is diverted or dropped: every packet of a connection
+  opened before passes. (A ``ct state new`` rule stalled them: connection tracking takes packets
+  of connections opened before it ran for new ones.) The rules expire by themselves after
+  ``DRAIN_EXPIRY_S``, and the apply step removes them on every exit and at its start (a run killed
+  mid-drain). Where the twin does not listen (an earlier version's gateway config or Loki on the
+  port), new connections are dropped from the start and each kept-alive connection is cut within
+  ``ANSWERED_MS`` of an answer. Once no connection to the VIP is left, the node enters keepalived's
+  FAULT state through a track file (``MAINTENANCE_FILE``): it sends a priority-0 advert and the
+  best backup takes the VIP within about 0.3 s. The step waits, bounded, until a ready node other
+  than itself answers ``/ready`` on the VIP, and fails with the reason otherwise (Loki then is not
+  restarted).
+- **A gateway reload on the holder** (``vip_reload_gateway``) drains the same way, in place: new
+  connections to the twin while the kept-alive ones end, then nginx reloads with none left. The
+  VIP does not move.
 - A node that does not hold the VIP enters FAULT as well, so that it takes none while it restarts.
 - **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
   a node of higher priority than the holder would take the VIP straight back: a second move,
@@ -51,11 +61,20 @@ YIELD_FILE = "/run/lokistack-vip-yield"
 NODE_HEADER = "X-Lokistack-Node"
 """The gateway names its node in every answer: the handover learns who holds the VIP."""
 DRAIN_TABLE = "lokistack_vip_handover"
-"""nftables table (inet) that drops new connections to the VIP while the holder drains (removed after)."""
+"""nftables table (inet) that diverts, then drops, new connections to the VIP while the holder
+drains before the VIP moves (removed after)."""
+RELOAD_TABLE = "lokistack_gateway_reload"
+"""nftables table (inet) that diverts new connections to the VIP while the holder's gateway reloads."""
 HANDOVER_TIMEOUT_S = 60
 """Longest wait for another ready node to take the VIP (keepalived moves it in about a second)."""
 DRAIN_TIMEOUT_S = 30
 """Longest wait for the requests in flight on the VIP to finish before it moves (a long query is then cut)."""
+KEPT_ALIVE_SENDS_S = 5
+"""A kept-alive client that sends at least this often ends its connection by itself in a drain (the
+gateway closes it after an answer once it is ``keepalive_time_s`` old); a quieter one is cut, idle."""
+ANSWERED_MS = 100
+"""Where a server cannot be told to close its kept-alive connections, each is cut this soon after an
+answer: its client, which sends again a second or so later, learns of it first."""
 DRAIN_EXPIRY_S = DRAIN_TIMEOUT_S + HANDOVER_TIMEOUT_S + 30
 """The drop of new connections ends by itself after this, whatever happened to the step that set it."""
 
@@ -77,7 +96,10 @@ class VipHandover:
     """keepalived's check: a node back from a restart counts fully once it has passed ``rise`` times."""
     keepalived_unit: str
     keepalived_config: str
-    gateway_unit: str
+    drain_port: int
+    """The gateway's twin without keep-alive (``components.loki_gateway.DRAIN_PORT``)."""
+    keepalive_time_s: int
+    """The gateway closes a kept-alive connection after an answer once it is this old."""
 
     def script_parameters(self, node: str) -> dict[str, str | int]:
         """The parameters of ``lib-vip-handover.sh`` for ``node``'s apply step."""
@@ -86,8 +108,10 @@ class VipHandover:
             "VIP_SELF": node, "VIP_PRIORITIES": " ".join(f"{n}={p}" for n, p in self.priorities.items()),
             "VIP_PREEMPT": int(self.preempt), "VIP_MAINTENANCE_FILE": MAINTENANCE_FILE,
             "VIP_YIELD_FILE": YIELD_FILE, "VIP_NODE_HEADER": NODE_HEADER, "VIP_DRAIN_TABLE": DRAIN_TABLE,
+            "VIP_RELOAD_TABLE": RELOAD_TABLE,
             "VIP_UNIT": self.keepalived_unit, "VIP_CONFIG": self.keepalived_config,
-            "VIP_GATEWAY_UNIT": self.gateway_unit,
+            "VIP_DRAIN_PORT": self.drain_port, "VIP_KEEPALIVE_WAIT_S": self.keepalive_time_s + KEPT_ALIVE_SENDS_S,
+            "VIP_ANSWERED_MS": ANSWERED_MS,
             "VIP_PEERS": " ".join(f"{n}={a}" for n, a in self.addresses.items()),
             "VIP_HANDOVER_TIMEOUT_S": HANDOVER_TIMEOUT_S, "VIP_DRAIN_TIMEOUT_S": DRAIN_TIMEOUT_S,
             "VIP_DRAIN_EXPIRY_S": DRAIN_EXPIRY_S,

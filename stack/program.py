@@ -38,7 +38,8 @@ from components.loki_config import (
     LokiNodeSpec,
     render_logcli_environment,
 )
-from components.loki_gateway import UNIT as GATEWAY_UNIT
+from components.loki_gateway import DRAIN_PORT as GATEWAY_DRAIN_PORT
+from components.loki_gateway import KEEPALIVE_TIME_S as GATEWAY_KEEPALIVE_TIME_S
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
 from components.loki_gateway import Peer as GatewayPeer
 from components.loki_limits import LokiLimits
@@ -213,6 +214,7 @@ def build(settings: Settings) -> Deployment:
         require_client_certs=settings.loki.require_client_certs,
         cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
         peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
+        handover=vip_handover(settings),
     ))
     package_steps |= gateway.setups
     vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
@@ -365,7 +367,8 @@ def vip_handover(settings: Settings) -> VipHandover:
                        addresses={n.name: str(n.address) for n in settings.loki.nodes},
                        preempt=not settings.vip.nopreempt, check_interval=settings.vip.check_interval,
                        check_rise=settings.vip.check_rise, keepalived_unit=KEEPALIVED_UNIT,
-                       keepalived_config=KEEPALIVED_CONFIG, gateway_unit=GATEWAY_UNIT)
+                       keepalived_config=KEEPALIVED_CONFIG, drain_port=GATEWAY_DRAIN_PORT,
+                       keepalive_time_s=GATEWAY_KEEPALIVE_TIME_S)
 
 
 LOKI_DATA_DIR = "/var/lib/loki"

@@ -4,6 +4,7 @@
 #   vip_rejoin  once Loki is ready: leave FAULT (below the holder, with preemption), then wait
 #               until a ready node answers on the VIP.
 #   vip_recover what an earlier run killed mid-handover left: the drain rule.
+#   vip_reload_gateway  nginx reloads without closing a kept-alive connection under a client.
 # Parameters: VIP_* (set by loki-stack); the caller's CA_FILE, CERT_FILE and KEY_FILE (a
 # certificate of the stack: every role may ask /ready). Needs lib-clock.sh. A caller that may call
 # vip_leave removes the drain rule on every exit (trap ... EXIT: vip_accept_new_connections).
@@ -60,42 +61,97 @@ vip_marked() {
   [ -f "$VIP_MAINTENANCE_FILE" ] && [ "$(cat "$VIP_MAINTENANCE_FILE")" != "0" ]
 }
 
+# vip_divert_new_connections: new connections to the VIP on this node go to the gateway's twin on
+# VIP_DRAIN_PORT, which answers one request per connection and closes it (Connection: close), so that
+# no client waits while the kept-alive connections on the VIP's port end by themselves (the gateway
+# closes each after its first answer once it is VIP_KEEPALIVE_TIME_S old). Only a pure SYN is
+# diverted; every packet of a connection opened before passes as it is. The address leaves the set
+# by itself after VIP_DRAIN_EXPIRY_S, so that a step killed mid-drain cannot leave it diverted.
+vip_divert_new_connections() {
+  vip_drain_rules "$VIP_DRAIN_TABLE" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
+}
+
 # vip_drop_new_connections: new connections to the VIP on this node are dropped, so that their
 # client's TCP sends the SYN again (about a second later, when the VIP is elsewhere). Only a pure
 # SYN matches: every packet of a connection opened before, a kept-alive one included, passes
-# (nothing here uses connection tracking, whose "new" state also takes in packets of connections it
-# never saw open). The address leaves the set by itself after VIP_DRAIN_EXPIRY_S, so that a step
-# killed mid-drain cannot leave the node dropping clients for good.
+# (a "ct state new" rule would not do: connection tracking, on only while a drain diverts, takes
+# packets of connections it never saw open for new ones). Connections diverted before keep their
+# translation (the nat chain stays until the drain ends).
 vip_drop_new_connections() {
+  vip_drain_rules "$VIP_DRAIN_TABLE" "" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop"
+}
+
+# vip_drain_rules TABLE DIVERT DROP: a drain's table, replaced in one transaction: DIVERT in a nat
+# chain (before routing), DROP in the input chain. The nat chain stays, empty, as long as the table:
+# the connections it diverted keep their translation.
+vip_drain_rules() {
   nft -f - <<EOF
-table inet ${VIP_DRAIN_TABLE}
-delete table inet ${VIP_DRAIN_TABLE}
-table inet ${VIP_DRAIN_TABLE} {
+table inet $1
+delete table inet $1
+table inet $1 {
     set draining {
         type ipv4_addr
         flags timeout
         elements = { ${VIP_ADDRESS} timeout ${VIP_DRAIN_EXPIRY_S}s }
     }
+    chain divert {
+        type nat hook prerouting priority dstnat; policy accept;
+        $2
+    }
     chain input {
         type filter hook input priority filter - 10; policy accept;
-        ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop
+        $3
     }
 }
 EOF
 }
 
+# vip_twin_listens: whether the gateway's twin (VIP_DRAIN_PORT) takes connections, in the process
+# that holds the VIP's port: not with the gateway config of an earlier version, nor while an earlier
+# version's Loki holds the port.
+vip_twin_listens() {
+  local twin
+  twin=$(ss -Hltnp "sport = :${VIP_DRAIN_PORT}" | grep -o 'pid=[0-9]*' | sort -u)
+  [ -n "$twin" ] && [ "$twin" = "$(ss -Hltnp "sport = :${VIP_PORT}" | grep -o 'pid=[0-9]*' | sort -u)" ]
+}
+
+# vip_diverted_connections: connections the drain diverted to the gateway's twin, still open.
+vip_diverted_connections() {
+  ss -Htn state established state syn-recv "sport = :${VIP_DRAIN_PORT}" | wc -l
+}
+
+# vip_end_kept_alive: once new connections are diverted, every kept-alive connection to the VIP's
+# port ends by itself within VIP_KEEPALIVE_WAIT_S if its client sends at least that often (the
+# gateway answers its next request with Connection: close once it is VIP_KEEPALIVE_TIME_S old).
+# What is left has sent nothing for several seconds: it is cut, idle.
+vip_end_kept_alive() {
+  local deadline=$((SECONDS + VIP_KEEPALIVE_WAIT_S + 1))
+  while [ "$(vip_open_connections)" -gt 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.1
+  done
+  vip_cut_answered 999999999
+}
+
+# vip_accept_new_connections TABLE: a drain's rules go. Nothing more is diverted or dropped at
+# once; the table itself goes once the connections it diverted are done (bounded), since they
+# keep their translation only as long as it is there.
 vip_accept_new_connections() {
-  if nft list table inet "${VIP_DRAIN_TABLE}" >/dev/null 2>&1; then
-    nft delete table inet "${VIP_DRAIN_TABLE}"
+  local table=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S))
+  if nft list table inet "$table" >/dev/null 2>&1; then
+    vip_drain_rules "$table" "" ""
+    while [ "$(vip_diverted_connections)" -gt 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
+      sleep 0.1
+    done
+    nft delete table inet "$table"
   fi
 }
 
-# vip_recover: a drain an earlier run left (it was killed mid-handover) goes. A maintenance mark
-# stays until Loki is ready again: vip_rejoin clears it.
+# vip_recover TABLE: a drain an earlier run left (it was killed mid-handover) goes. A maintenance
+# mark stays until Loki is ready again: vip_rejoin clears it.
 vip_recover() {
-  if nft list table inet "${VIP_DRAIN_TABLE}" >/dev/null 2>&1; then
-    nft delete table inet "${VIP_DRAIN_TABLE}"
-    echo "removed the drain rule an earlier run left on ${VIP_SELF}"
+  if nft list table inet "$1" >/dev/null 2>&1; then
+    vip_accept_new_connections "$1"
+    echo "removed the drain rule an earlier run left on ${VIP_SELF} ($1)"
   fi
 }
 
@@ -120,10 +176,14 @@ vip_open_connections() {
   ss -Htn state established state syn-recv src "${VIP_ADDRESS}:${VIP_PORT}" | wc -l
 }
 
-# vip_leave [CLOSE_IDLE]: hands the VIP over if this node holds it. CLOSE_IDLE (a function; default:
-# reload the gateway) makes the server on the VIP's port close its idle keep-alive connections.
+# vip_leave: hands the VIP over if this node holds it, without cutting a request or a kept-alive
+# connection in use. While new connections go to the gateway's twin (one request each), the
+# kept-alive ones end by themselves; then new connections wait (their SYN is sent again, about a
+# second later, when the VIP is elsewhere) while the last requests finish, and the VIP moves.
+# Where the twin does not listen (an earlier version's gateway config or Loki on the VIP's port), new
+# connections wait from the start and kept-alive connections are cut right after an answer.
 vip_leave() {
-  local t0 deadline holder open close_idle=${1:-vip_reload_gateway}
+  local t0 deadline holder open
   if ! vip_managed; then
     echo "no VIP to hand over on ${VIP_SELF} (a single node, or keepalived is not running)"
     return 0
@@ -140,13 +200,20 @@ vip_leave() {
     return 1
   fi
   t0=$EPOCHREALTIME
-  # New connections wait (their SYN is sent again); idle keep-alive connections close; requests
-  # in flight finish. The caller removes the rule on every exit (vip_accept_new_connections).
-  vip_drop_new_connections
-  echo "draining the VIP on ${VIP_SELF}: new connections wait, idle ones close, requests in flight finish"
-  "$close_idle"
+  # The caller removes the rules on every exit (vip_accept_new_connections).
+  if vip_twin_listens; then
+    vip_divert_new_connections
+    echo "draining the VIP on ${VIP_SELF}: new connections go to the gateway's twin on :${VIP_DRAIN_PORT}," \
+      "kept-alive ones end by themselves"
+    vip_end_kept_alive
+    vip_drop_new_connections
+  else
+    vip_drop_new_connections
+    echo "draining the VIP on ${VIP_SELF}: new connections wait, kept-alive ones are cut right after an answer"
+    vip_cut_idle_connections
+  fi
   deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S))
-  while open=$(vip_open_connections) && [ "$open" -gt 0 ]; do
+  while open=$(($(vip_open_connections) + $(vip_diverted_connections))) && [ "$open" -gt 0 ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "${open} connection(s) to the VIP still open on ${VIP_SELF} after ${VIP_DRAIN_TIMEOUT_S}s: they are cut"
       break
@@ -164,7 +231,7 @@ vip_leave() {
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       vip_mark 0
-      vip_accept_new_connections
+      vip_accept_new_connections "$VIP_DRAIN_TABLE"
       echo "no other ready node took the VIP ${VIP_ADDRESS} from ${VIP_SELF} within ${VIP_HANDOVER_TIMEOUT_S}s" \
         "(is Loki ready on the other nodes, is keepalived running there?); ${VIP_SELF} keeps it and its Loki" \
         "was not restarted" >&2
@@ -172,40 +239,93 @@ vip_leave() {
     fi
     sleep 0.1
   done
-  vip_accept_new_connections
+  vip_accept_new_connections "$VIP_DRAIN_TABLE"
   echo "VIP handed over from ${VIP_SELF} to ${holder} in $(seconds_since "$t0") s"
 }
 
-# vip_cut_idle_connections: for a server on the VIP's port that cannot be told to close its idle
-# keep-alive connections (an earlier version's Loki, which serves the connections it has until it
-# exits): within VIP_DRAIN_TIMEOUT_S, each connection to the VIP is cut (ss -K) at a moment it is
-# idle: nothing queued either way, and its last request answered (data last sent after data last
-# received). Its client learns of it before it sends again, as of a connection the server closed
-# while idle, and dials again: the new connection waits for the VIP's next holder.
+# vip_cut_idle_connections: each connection to the VIP's port is cut (ss -K) right after it was
+# answered (within VIP_ANSWERED_MS): a client that sends every second or so learns of it long before
+# it sends again, as of a connection the server closed while idle, and dials again. What sends
+# nothing for VIP_DRAIN_TIMEOUT_S is cut then, idle. For a server that cannot be told to close its
+# kept-alive connections (an earlier version's Loki or gateway config).
 vip_cut_idle_connections() {
-  local deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S)) peer
+  local deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S))
   while [ "$(vip_open_connections)" -gt 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
-    for peer in $(ss -Htni state established src "${VIP_ADDRESS}:${VIP_PORT}" | awk '
-      /^[0-9]/ { queued = $1 + $2; peer = $4; next }
-      {
-        sent = ""; received = ""
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^lastsnd:/) sent = substr($i, 9)
-          if ($i ~ /^lastrcv:/) received = substr($i, 9)
-        }
-        if (queued == 0 && sent != "" && received != "" && sent + 0 <= received + 0) print peer
-      }'); do
-      ss -Htn -K state established src "${VIP_ADDRESS}:${VIP_PORT}" dst "$peer" >/dev/null || true
-      echo "cut the idle connection of ${peer} to the VIP on ${VIP_SELF}"
-    done
-    sleep 0.05
+    vip_cut_answered "$VIP_ANSWERED_MS"
+    sleep 0.02
+  done
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    vip_cut_answered 999999999
+  fi
+}
+
+# vip_cut_answered MS: cuts each connection to the VIP's port that is idle (nothing queued either
+# way, data last sent after data last received) and was last answered less than MS ago.
+vip_cut_answered() {
+  local peer
+  for peer in $(ss -Htni state established src "${VIP_ADDRESS}:${VIP_PORT}" | awk -v within="$1" '
+    /^[0-9]/ { queued = $1 + $2; peer = $4; next }
+    {
+      sent = ""; received = ""
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^lastsnd:/) sent = substr($i, 9)
+        if ($i ~ /^lastrcv:/) received = substr($i, 9)
+      }
+      if (queued == 0 && sent != "" && received != "" && sent + 0 <= received + 0 && sent + 0 < within) print peer
+    }'); do
+    ss -Htn -K state established src "${VIP_ADDRESS}:${VIP_PORT}" dst "$peer" >/dev/null || true
+    echo "cut the idle connection of ${peer} to the VIP on ${VIP_SELF}"
   done
 }
 
-# vip_reload_gateway: nginx's old workers close their idle keep-alive connections and finish the
-# requests in flight.
+# vip_reload_gateway UNIT: nginx reloads (a new config, renewed certificates) without losing a
+# request on a kept-alive connection to the VIP. A reload closes every kept-alive connection that
+# is idle at that moment, and a client that sends on one just then loses its request. So on the VIP
+# holder, new connections to the VIP first go to the gateway's twin while the kept-alive ones end
+# by themselves (vip_end_kept_alive); nginx reloads with none left; then nothing more is diverted,
+# and the drain ends once the diverted connections are done. The VIP does not move. Where the loaded
+# config has no twin yet (the first reload after an upgrade), the VIP is handed over first.
+# Elsewhere nginx just reloads.
 vip_reload_gateway() {
-  systemctl reload "$VIP_GATEWAY_UNIT"
+  local unit=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S + VIP_HANDOVER_TIMEOUT_S))
+  # A handover of this node (its Loki's apply, beside this step) first: once the VIP is elsewhere
+  # nginx reloads with no connection to it.
+  while nft list table inet "$VIP_DRAIN_TABLE" >/dev/null 2>&1 && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.2
+  done
+  if vip_here && ! vip_twin_listens && ss -Hltnp "sport = :${VIP_PORT}" | grep -qF '"nginx"' && vip_managed \
+    && [ -n "$(vip_ready_peers)" ]; then
+    # The config nginx runs is an earlier version's, without the twin: its kept-alive connections
+    # cannot end by themselves. The VIP is handed over first (vip_leave cuts each right after an
+    # answer), nginx reloads with no connection to the VIP, and the node takes part again.
+    echo "the gateway on ${VIP_SELF}, which holds the VIP, runs a config without the twin: the VIP is" \
+      "handed over before nginx reloads"
+    VIP_GATEWAY_HANDOVER=1  # vip_gateway_exit removes the handover's drain too
+    if vip_leave; then
+      systemctl reload "$unit"
+      vip_rejoin
+      return 0
+    fi
+  fi
+  if ! vip_here || ! vip_twin_listens; then
+    systemctl reload "$unit"
+    return 0
+  fi
+  vip_drain_rules "$VIP_RELOAD_TABLE" \
+    "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
+  echo "reloading the gateway on ${VIP_SELF}, which holds the VIP: new connections go to its twin on" \
+    ":${VIP_DRAIN_PORT} while the kept-alive ones end"
+  vip_end_kept_alive
+  systemctl reload "$unit"
+  vip_accept_new_connections "$VIP_RELOAD_TABLE"
+}
+
+# vip_gateway_exit: the EXIT trap of the gateway's apply: no drain it started outlives it.
+vip_gateway_exit() {
+  vip_accept_new_connections "$VIP_RELOAD_TABLE"
+  if [ "${VIP_GATEWAY_HANDOVER:-0}" = 1 ]; then
+    vip_accept_new_connections "$VIP_DRAIN_TABLE"
+  fi
 }
 
 vip_rejoin() {

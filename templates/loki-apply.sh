@@ -23,13 +23,13 @@ set -euo pipefail
 : "${STARTED_RECORD:?}" "${GATEWAY_CONFIG:?}" "${GATEWAY_UNIT:?}" "${GATEWAY_WAIT_S:?}"
 
 # A drain this run starts never outlives it (the EXIT trap also runs on these signals).
-trap vip_accept_new_connections EXIT
+trap 'vip_accept_new_connections "$VIP_DRAIN_TABLE"' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 host=$(hostname -f 2>/dev/null || hostname)
-vip_recover
+vip_recover "$VIP_DRAIN_TABLE"
 (
   set -a
   # shellcheck disable=SC1090,SC1091  # the env file is delivered by loki-stack
@@ -125,16 +125,14 @@ if [ "${#reasons[@]}" -gt 0 ]; then
   echo "restarting ${UNIT} on ${host}: ${reason_list%; }"
   if systemctl is-active --quiet "$UNIT"; then
     # A running node first hands the VIP over (lib-vip-handover.sh): no client sees the restart.
+    # (Where an earlier version's Loki serves the VIP's port itself, it serves its connections
+    # until it exits: the drain cuts each kept-alive connection right after an answer instead.)
+    vip_leave
+    t0=$EPOCHREALTIME
     if [ "$old_loki_on_port" = yes ]; then
-      # An earlier version's Loki serves the VIP's port itself, and serves its connections until
-      # it exits: the drain cuts each kept-alive connection at a moment it is idle instead.
-      vip_leave vip_cut_idle_connections
-      t0=$EPOCHREALTIME
       stop_loki_for_the_gateway
       wait "$stopping"
     else
-      vip_leave
-      t0=$EPOCHREALTIME
       systemctl stop "$UNIT"
     fi
     echo "${UNIT} stopped on ${host} in $(seconds_since "$t0") s"

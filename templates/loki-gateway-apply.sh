@@ -3,11 +3,21 @@
 # parameters above this script). `nginx -t` checks the staged file first, alone in a main config
 # of its own (certificates and keys included): if nginx rejects it, nothing changes. Then it is
 # put in place and nginx reloads: the step also runs when the host's TLS files changed, and nginx
-# reads certificates only when it (re)loads. A reload keeps every open connection. The step ends
-# once the gateway answers on its port with the node's certificate.
+# reads certificates only when it (re)loads. A reload closes the kept-alive connections that are
+# idle at that moment: on the VIP holder the kept-alive connections to the VIP end first, while new
+# ones go to the gateway's twin (vip_reload_gateway). The step ends once the gateway answers on its
+# port with the node's certificate.
 set -euo pipefail
 : "${STAGED:?}" "${TARGET:?}" "${UNIT:?}" "${NGINX_USER:?}" "${PROBE_URL:?}" "${CA_FILE:?}" "${CERT_FILE:?}"
-: "${KEY_FILE:?}" "${TIMEOUT_S:?}"
+: "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${VIP_RELOAD_TABLE:?}"
+
+# On the VIP holder a reload diverts new connections for a while, or hands the VIP over first
+# (lib-vip-handover.sh): never beyond this run, and not after an earlier run that was killed.
+trap vip_gateway_exit EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+vip_recover "$VIP_RELOAD_TABLE"
 
 host=$(hostname -f 2>/dev/null || hostname)
 work=$(mktemp -d)
@@ -34,7 +44,7 @@ if ! nginx -q -t; then
 fi
 systemctl enable --quiet "$UNIT"
 if systemctl is-active --quiet "$UNIT"; then
-  systemctl reload "$UNIT"
+  vip_reload_gateway "$UNIT"
 else
   systemctl restart "$UNIT"
 fi
@@ -53,5 +63,12 @@ if ! gateway_serves --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE"; t
   # Loki's own apply moves Loki to its loopback port, and then has nginx take this one.
   echo "port ${GATEWAY_PORT} on ${host} is still held by the Loki of an earlier version; the gateway" \
     "takes it when Loki's apply step has moved Loki behind it"
+fi
+# Back in VRRP if a handover of this step (or of an earlier run of it, killed) left the node out,
+# unless a Loki restart on this node is under way (its apply takes the node back itself).
+if vip_marked && ! nft list table inet "$VIP_DRAIN_TABLE" >/dev/null 2>&1 \
+  && [ "$(curl -s -o /dev/null -w '%{http_code}' -m 5 --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE" \
+    "$PROBE_URL" || true)" = 200 ]; then
+  vip_rejoin
 fi
 echo "gateway on ${host} in place (files changed: ${changed})"

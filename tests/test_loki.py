@@ -154,7 +154,7 @@ HANDOVER = VipHandover(address="192.168.50.20", interface="eth0", port=3100,
                        priorities={"loki-01": 200, "loki-02": 190, "loki-03": 180}, addresses=NODES, preempt=True,
                        check_interval=2, check_rise=2,
                        keepalived_unit="keepalived.service", keepalived_config="/etc/keepalived/keepalived.conf",
-                       gateway_unit="nginx.service")
+                       drain_port=3102, keepalive_time_s=5)
 
 
 def spec(**changes: Any) -> LokiConfigSpec:
@@ -203,11 +203,9 @@ def test_the_setup_pins_the_package_and_the_repository_key(example):
 def test_the_apply_verifies_before_it_touches_anything(example):
     stdin = example.engine.monitor.find(CMD, "loki-loki-02-apply").plain_inputs["stdin"]
     verify = stdin.index("-verify-config")
-    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('\n      vip_leave\n') < stdin.index(
-        '\n      systemctl stop "$UNIT"\n'), "verify, place, hand the VIP over, and only then stop Loki"
-    # An earlier version's Loki on the gateway's port: its own shutdown is the drain's idle close.
-    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index(
-        "vip_leave vip_cut_idle_connections"), "verify, place, and only then the drain of an earlier Loki"
+    assert verify < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index('\n    vip_leave\n') < stdin.index(
+        '\n      systemctl stop "$UNIT"\n') and stdin.index('\n    vip_leave\n') < stdin.index(
+        "stop_loki_for_the_gateway\n"), "verify, place, hand the VIP over, and only then stop Loki"
     assert stdin.index('systemctl start "$UNIT"') < stdin.index("\n  vip_rejoin\n"), "back in VRRP after the start"
     assert "READY_URL=https://127.0.0.1:3101/ready" in stdin and "--cert" in stdin
     # A renewed certificate re-runs the step (its trigger), and Loki reads its TLS files only at
@@ -239,14 +237,15 @@ def test_the_apply_restarts_from_what_runs_and_stops_a_node_only_when_the_ring_c
     assert "NeedDaemonReload" in stdin, "a drop-in systemd has not loaded must also restart Loki"
     assert '[ "$changed" -eq 1 ]' not in stdin, "a restart must not depend on what this run placed"
     ring = stdin.index("\n  if ! ring_wait_safe_to_stop; then")
-    assert ring < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index("\n      vip_leave\n"), (
+    assert ring < stdin.index('place "${STAGE_DIR}/config.yml"') < stdin.index("\n    vip_leave\n"), (
         "the ring check comes before anything is placed or stopped")
     assert stdin.index("\nold_loki_on_port=no\n") < ring, (
         "the wait for the gateway (an upgrade from before it) comes before the ring check and anything placed")
     ring_nodes = re.search(r"^RING_NODES='([^']*)'$", stdin, re.MULTILINE)
     assert ring_nodes and [n.split("=")[0] for n in ring_nodes.group(1).split()] == list(NODES), (
         f"the ring check must know every node and its address: {ring_nodes}")
-    assert stdin.index("trap vip_accept_new_connections EXIT") < stdin.index("\nvip_recover\n") \
+    assert stdin.index("trap 'vip_accept_new_connections \"$VIP_DRAIN_TABLE\"' EXIT") < stdin.index(
+        '\nvip_recover "$VIP_DRAIN_TABLE"\n') \
         < stdin.index('-config.expand-env=true -verify-config\n'), (
         "a drain never outlives the step, and one an earlier run left goes first")
 

@@ -32,7 +32,9 @@ from components import firewall
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import (
     ANONYMOUS,
+    DRAIN_PORT,
     GRANTS,
+    KEEPALIVE_TIME_S,
     READ_PATHS,
     ROLE_AGENT,
     ROLE_HEADER,
@@ -46,7 +48,7 @@ from components.loki_gateway import (
     render_gateway_conf,
 )
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_root, require_tool, shellcheck_commands
 from tests.lab_stack import LabPlan, gateway_command, lab_plan
 from tests.netns import PrivateNetwork, private_network
 
@@ -112,7 +114,7 @@ class Gateways:
     network: PrivateNetwork
 
     def request(self, node: str, role: str | None, method: str, path: str,
-                headers: tuple[str, ...] = ()) -> tuple[int, str]:
+                headers: tuple[str, ...] = (), *, port: int = HTTP_PORT) -> tuple[int, str]:
         argv = ["curl", "-sS", "--path-as-is", "-m", "20", "-o", "-", "-w", "\n%{http_code}",
                 "--cacert", str(self.run / CLIENT / node / "ca.pem"), "-X", method]
         for header in headers:
@@ -122,7 +124,7 @@ class Gateways:
                      "--key", str(self.run / CLIENT / node / f"{role}.key")]
         if method in ("POST", "PUT"):
             argv += ["--data-binary", "{}", "-H", "Content-Type: application/json"]
-        proc = self.network.run(CLIENT, [*argv, f"https://{ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60)
+        proc = self.network.run(CLIENT, [*argv, f"https://{ADDRESSES[node]}:{port}{path}"], timeout=60)
         body, _, status = proc.stdout.rpartition("\n")
         return int(status or 0), body if proc.returncode == 0 else proc.stderr
 
@@ -311,3 +313,62 @@ def test_each_node_sends_pushes_and_reads_to_its_peers_only_when_its_own_loki_ca
         "anything else, and anything a peer forwarded, must go to the node's own Loki")
     assert "proxy_next_upstream" not in conf and "non_idempotent" not in conf, (
         "a push that was sent must never be sent again (nginx's default)")
+
+
+CONNECTION_HEADERS = r"""
+import http.client, json, ssl, sys, time
+ca, cert, key, host, port, pause = sys.argv[1:7]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=20)
+seen = []
+for wait in (0.0, float(pause)):
+    time.sleep(wait)
+    connection.request("GET", "/ready")
+    response = connection.getresponse()
+    response.read()
+    seen.append([response.status, response.getheader("Connection")])
+    if response.will_close:
+        break
+print(json.dumps(seen))
+"""
+
+
+def test_the_drain_twin_grants_exactly_what_the_gateway_does(gateways):
+    """The twin on DRAIN_PORT takes new connections to the VIP while a drain lets the kept-alive
+    ones end: the same roles reach the same paths, nothing more."""
+    for role in (*ROLES, "foreign", None):
+        for method, path in EVERY:
+            main = gateways.request(STRICT, role, method, path)[0]
+            twin = gateways.request(STRICT, role, method, path, port=DRAIN_PORT)[0]
+            assert twin == main, f"{role} {method} {path}: the gateway answers {main}, its twin {twin}"
+
+
+def test_a_kept_alive_connection_ends_after_keepalive_time_and_the_twin_keeps_none(gateways):
+    """The gateway answers Connection: close once a connection is KEEPALIVE_TIME_S old (a drain waits
+    for that instead of cutting idle connections); the twin closes every connection after one answer."""
+    client = gateways.run / CLIENT / STRICT
+    def exchange(port: int, pause: float) -> list[list[object]]:
+        proc = gateways.network.run(CLIENT, [sys.executable, "-c", CONNECTION_HEADERS, str(client / "ca.pem"),
+                                             str(client / f"{ROLE_OPERATOR}.pem"), str(client / f"{ROLE_OPERATOR}.key"),
+                                             ADDRESSES[STRICT], str(port), str(pause)], timeout=60)
+        assert proc.returncode == 0, f"the client failed on port {port}: {proc.stderr}"
+        return json.loads(proc.stdout)
+    assert exchange(HTTP_PORT, 0.2) == [[200, "keep-alive"], [200, "keep-alive"]], (
+        "a young connection must be kept alive")
+    assert exchange(HTTP_PORT, KEEPALIVE_TIME_S + 0.5) == [[200, "keep-alive"], [200, "close"]], (
+        f"a connection older than {KEEPALIVE_TIME_S} s must be closed after its answer")
+    assert exchange(DRAIN_PORT, 0.2) == [[200, "close"]], "the twin must close every connection after one answer"
+
+
+def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_path):
+    """nginx reloads through ``vip_reload_gateway`` (on the VIP holder the kept-alive connections end
+    first); a drain an earlier run left goes before anything else, and none outlives the step."""
+    shellcheck_commands(example, ["loki-gateway-loki-01-setup", "loki-gateway-loki-01-apply"], tmp_path)
+    stdin = example.engine.monitor.find("command:remote:Command", "loki-gateway-loki-01-apply").plain_inputs["stdin"]
+    assert "\nVIP_SELF=loki-01\n" in stdin and f"\nVIP_DRAIN_PORT={DRAIN_PORT}\n" in stdin, (
+        "the gateway's apply must be rendered with the node's handover parameters")
+    trap = stdin.index("\ntrap vip_gateway_exit EXIT\n")
+    assert trap < stdin.index('\nvip_recover "$VIP_RELOAD_TABLE"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
+        stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
+    assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"

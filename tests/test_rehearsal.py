@@ -220,8 +220,9 @@ def test_a_roll_waits_while_a_node_is_down_and_the_next_run_finishes_it_without_
 def test_an_apply_killed_at_any_phase_is_finished_by_the_next_run(rehearsal):
     """The VIP holder's apply, killed with its whole SSH session at each phase, is finished by the
     next run, which leaves nothing behind; a third run finds nothing to do. The gateway's apply on
-    the same node runs beside it and must not be killed. No push on a new connection fails; the
-    kept-alive client may lose one to nginx's reload race (``converge.RELOAD_RACES``)."""
+    the same node runs beside it and must not be killed. No push fails, on a new connection or on
+    the kept-alive one: every reload and drain on the holder lets the kept-alive connections end
+    first (the gateway's twin takes the new ones meanwhile)."""
     problems = interrupted_applies(rehearsal)
     assert not problems, "\n".join(problems)
 

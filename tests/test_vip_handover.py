@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
-from offline.rehearsal.traffic import summarize_steady
+from components.loki_gateway import KEEPALIVE_TIME_S
+from components.vip_handover import MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
+from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
 from tests.conftest import figure, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, VIP, LabPlan, lab_plan
@@ -33,6 +34,8 @@ SECTION = "VIP handover with the real keepalived (measured)"
 NODES = list(LOKI_ADDRESSES)
 MIN_RTO_S = 0.2
 """Linux's minimum TCP retransmission timeout: a segment that was dropped costs at least this."""
+STALL_S = 2.0
+"""A request slower than this stalled (a dropped SYN is resent after 1 s)."""
 SETTLE_S = 6  # longer than keepalived's master-down interval: a preempting node would have moved the VIP
 
 
@@ -57,28 +60,33 @@ def start(lab: VipLab, plan: LabPlan, *, preempt: bool = True) -> None:
     lab.wait_for(NODES[0] if preempt else None, "cold start", t)
 
 
-def start_client(lab: VipLab) -> Path:
-    """The client asking /ready through the VIP (with the health check's certificate: any of the stack's may)."""
-    record = lab.run / "client.jsonl"
+def start_client(lab: VipLab, mode: str = "steady") -> Path:
+    """A client of the VIP (with the health check's certificate: any of the stack's may): ``steady``
+    asks /ready every 100 ms, each time on a new connection; ``kept-alive`` pushes 1 MiB every
+    second on one connection kept open, as Alloy does."""
+    record = lab.run / f"{mode}.jsonl"
     d = lab.run / NODES[0]
-    lab.network.start("client", CLIENT, [sys.executable, "-m", "offline.rehearsal.traffic", "steady",
-                                         f"https://{VIP}:3100/ready", str(record), "--ca", str(d / "check" / "ca.pem"),
-                                         "--cert", str(d / "check" / "client.pem"),
-                                         "--key", str(d / "check" / "client.key")],
+    path, extra = ("/ready", []) if mode == "steady" else ("/loki/api/v1/push", ["--push", "lab", "--interval", "1"])
+    lab.network.start(mode, CLIENT, [sys.executable, "-m", "offline.rehearsal.traffic", mode,
+                                     f"https://{VIP}:3100{path}", str(record), "--ca", str(d / "check" / "ca.pem"),
+                                     "--cert", str(d / "check" / "client.pem"),
+                                     "--key", str(d / "check" / "client.key"), *extra],
                       env={"PYTHONPATH": str(PROJECT_DIR)})
     deadline = time.monotonic() + 10
     while not (record.exists() and record.read_text().count("\n") >= 3):
-        assert time.monotonic() < deadline, f"the client records nothing: {lab.network.daemons['client'].log_text()}"
+        assert time.monotonic() < deadline, f"the client records nothing: {lab.network.daemons[mode].log_text()}"
         time.sleep(0.1)
     return record
 
 
-def stop_client(lab: VipLab, record: Path, label: str) -> None:
-    lab.network.stop("client", signal.SIGTERM)
+def stop_client(lab: VipLab, record: Path, label: str, mode: str = "steady") -> SteadyRecord:
+    lab.network.stop(mode, signal.SIGTERM)
     seen = summarize_steady(record)
-    figure(SECTION, f"{label}: {seen.requests} requests through the VIP, {seen.failures} failed")
-    assert seen.failures == 0, f"{label}: a client of the VIP saw failures: {seen.errors[:10]}"
-    assert seen.requests >= 20, f"{label}: the client made only {seen.requests} requests"
+    figure(SECTION, f"{label}: {seen.requests} requests through the VIP ({mode} client), {seen.failures} failed, "
+                    f"slowest {seen.slowest_s:.2f} s, {seen.redials} connection(s) dialled again")
+    assert seen.failures == 0, f"{label}: the {mode} client of the VIP saw failures: {seen.errors[:10]}"
+    assert seen.requests >= (20 if mode == "steady" else 5), f"{label}: the client made only {seen.requests} requests"
+    return seen
 
 
 def leave(lab: VipLab, plan: LabPlan, node: str, **overrides: str) -> str:
@@ -234,7 +242,7 @@ def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its
     # and a timeout through nginx on a booted node.)
     assert status == 204 and seconds < MIN_RTO_S, f"the drain dropped part of a kept-alive connection's push: {result}"
     assert "timed out" in str(result["new"]), f"a new connection to {holder} must wait during the drain: {result}"
-    lab.handover(plan, holder, "vip_accept_new_connections")
+    lab.handover(plan, holder, 'vip_accept_new_connections "$VIP_DRAIN_TABLE"')
     tables = lab.network.run(holder, ["nft", "list", "tables"]).stdout
     assert "lokistack_vip_handover" not in tables, f"{holder} still drops new connections: {tables}"
 
@@ -254,3 +262,82 @@ def test_a_handover_that_no_node_takes_puts_the_drained_holder_back(lab):
     lab.wait_for(holder, f"handover nobody took: {holder} has the VIP again", time.monotonic())
     tables = lab.network.run(holder, ["nft", "list", "tables"]).stdout
     assert "lokistack_vip_handover" not in tables, f"{holder} still drops new connections to the VIP: {tables}"
+
+
+def test_a_handover_lets_a_kept_alive_connection_end_by_itself_and_cuts_no_request(lab):
+    """While new connections go to the gateway's twin (one request each), a kept-alive connection
+    that pushes 1 MiB every second ends by itself (the gateway answers Connection: close once it is
+    KEEPALIVE_TIME_S old) and its client dials again; then the VIP moves. Neither client, the one
+    with a new connection per request nor the kept-alive one, sees a failure or a stall."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home = lab.holders()[0]
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection was dialled again at least once: it is not new
+    t = time.monotonic()
+    said = leave(lab, plan, home)
+    lab.wait_for(None, f"{home} hands the VIP over with both clients", t)
+    assert "new connections go to the gateway's twin" in said and "cut" not in said, (
+        f"{home} must divert new connections and cut nothing: {said}")
+    time.sleep(2)
+    stop_client(lab, steady, f"handover of {home} (twin)")
+    seen = stop_client(lab, kept, f"handover of {home} (twin)", "kept-alive")
+    assert seen.slowest_s < STALL_S, f"a kept-alive push stalled in the handover: {seen.slowest_s:.1f} s"
+    rejoin(lab, plan, home)
+
+
+def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keeps_the_vip(lab):
+    """vip_reload_gateway on the VIP holder: new connections go to the twin while the kept-alive ones
+    end, nginx reloads (here: the lab's systemctl says how many connections to the VIP were open
+    then: none), then the drain ends. The VIP stays; no client sees a failure."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home = lab.holders()[0]
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(2)
+    t = time.monotonic()
+    proc = lab.handover(plan, home, "vip_reload_gateway nginx.service")
+    took = time.monotonic() - t
+    assert proc.returncode == 0, f"vip_reload_gateway on {home} failed: {proc.stdout}{proc.stderr}"
+    assert "reload nginx.service with 0 connection(s) to the VIP open" in proc.stdout, (
+        f"nginx must reload with no kept-alive connection to the VIP left: {proc.stdout}")
+    figure(SECTION, f"gateway reload on the holder {home}: {took:.1f} s, no connection to the VIP open at the reload")
+    time.sleep(1)
+    stop_client(lab, steady, f"gateway reload on {home}")
+    stop_client(lab, kept, f"gateway reload on {home}", "kept-alive")
+    assert lab.holders() == [home], f"the VIP moved in a gateway reload: {lab.holders()}"
+    tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
+    assert RELOAD_TABLE not in tables, f"{home} still diverts new connections after the reload: {tables}"
+    # Elsewhere the gateway just reloads.
+    proc = lab.handover(plan, NODES[1], "vip_reload_gateway nginx.service")
+    assert proc.returncode == 0 and "twin" not in proc.stdout, f"{NODES[1]} holds no VIP: {proc.stdout}"
+
+
+def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_next_run_removes_the_rule(lab):
+    """The gateway's apply killed (SIGKILL, no trap runs) while it waits for a kept-alive connection
+    to end: the diversion it left carries its own end, new connections meanwhile go on to the twin
+    (no client fails), and the next run removes it before anything else (``vip_recover``)."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home = lab.holders()[0]
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(1)
+    reload = lab.start_handover(plan, home, "vip_reload_gateway nginx.service", "reload")
+    deadline = time.monotonic() + 15
+    while "new connections go to its twin" not in reload.log_text():
+        assert time.monotonic() < deadline, f"the reload did not divert: {reload.log_text()}"
+        time.sleep(0.05)
+    lab.network.stop("reload", signal.SIGKILL)
+    table = lab.network.run(home, ["nft", "list", "table", "inet", RELOAD_TABLE]).stdout
+    assert f"{VIP} timeout" in table and "expires" in table and "redirect" in table, (
+        f"a killed reload must leave a diversion that ends by itself: {table}")
+    time.sleep(2)  # new connections go on to the twin meanwhile
+    proc = lab.handover(plan, home, 'vip_recover "$VIP_RELOAD_TABLE"')
+    assert proc.returncode == 0 and "removed the drain rule an earlier run left" in proc.stdout, (
+        f"the next run must remove what the killed one left: {proc.stdout}{proc.stderr}")
+    tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
+    assert RELOAD_TABLE not in tables, f"{home} still diverts new connections: {tables}"
+    time.sleep(1)
+    stop_client(lab, steady, "gateway reload killed mid-drain")
+    stop_client(lab, kept, "gateway reload killed mid-drain", "kept-alive")
+    assert lab.holders() == [home], f"the VIP moved: {lab.holders()}"

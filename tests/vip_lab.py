@@ -4,8 +4,10 @@ Each node runs keepalived with its rendered ``keepalived.conf`` (``lab_stack.pre
 says what differs) next to a small HTTPS server that stands in for the node's gateway: the node's
 real server certificate, client certificates of the stack's CA required, ``/ready`` answering 200
 while the node's ready flag exists, ``POST`` (a push) answered 204 once the body is read,
-connections kept alive (HTTP/1.1), and the node's name in the header the gateway sets
-(``X-Lokistack-Node``). The VIP handover (``templates/lib-vip-handover.sh``) runs in a node's
+connections kept alive (HTTP/1.1) and closed after an answer once they are ``KEEPALIVE_TIME_S`` old
+(nginx's ``keepalive_time``), the node's name in the header the gateway sets
+(``X-Lokistack-Node``), and the gateway's twin for a drain on ``DRAIN_PORT`` (one request per
+connection). The VIP handover (``templates/lib-vip-handover.sh``) runs in a node's
 namespace as the node's Loki apply step would run it, with the parameters that step is rendered
 with; only the paths of its track files and keepalived's config are the lab's, and ``systemctl``
 is a stand-in that knows whether the node's keepalived runs. Addresses are in 198.18.0.0/24 only.
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
 from components.scripts import TEMPLATES
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from stack.certificates import SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -37,7 +40,7 @@ from tests.lab_stack import (
     prepare_keepalived,
     vip_holders,
 )
-from tests.netns import PrivateNetwork
+from tests.netns import Daemon, PrivateNetwork
 
 STEP_TIMEOUT_S = 20
 STABLE_S = 2.0  # after convergence, every sample in this window must show exactly one holder
@@ -45,42 +48,57 @@ CLIENT = "client"
 CLIENT_ADDRESS = "198.18.0.50"
 
 READY_SERVER = r'''
-import http.server, os, ssl, sys
-cert, key, ca, flag, node = sys.argv[1:6]
+import http.server, os, ssl, sys, threading, time
+cert, key, ca, flag, node, twin_port, keepalive_time = sys.argv[1:8]
 class Ready(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx: a client may keep its connection
-    def do_GET(self):
-        ok = self.path == "/ready" and os.path.exists(flag)
-        body = b"ready\n" if ok else b"no\n"
-        self.send_response(200 if ok else 503)
+    keepalive_s = float(keepalive_time)  # as nginx's keepalive_time; 0: one request per connection
+    def setup(self):
+        super().setup()
+        self.opened = time.monotonic()
+    def answer(self, status, body):
+        self.send_response(status)
         self.send_header("X-Lokistack-Node", node)
         self.send_header("Content-Length", str(len(body)))
+        if time.monotonic() - self.opened > self.keepalive_s:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+    def do_GET(self):
+        ok = self.path == "/ready" and os.path.exists(flag)
+        self.answer(200 if ok else 503, b"ready\n" if ok else b"no\n")
     def do_POST(self):  # a push: the body is read whole, nothing is kept
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(204)
-        self.send_header("X-Lokistack-Node", node)
-        self.end_headers()
+        self.answer(204, b"")
     def log_message(self, *args): pass
-server = http.server.ThreadingHTTPServer(("0.0.0.0", 3100), Ready)
+class Twin(Ready):
+    keepalive_s = -1.0
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
 context.load_verify_locations(ca)
 context.verify_mode = ssl.CERT_REQUIRED
-server.socket = context.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
+servers = [http.server.ThreadingHTTPServer(("0.0.0.0", port), handler)
+           for port, handler in ((3100, Ready), (int(twin_port), Twin))]
+for server in servers:
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+threading.Thread(target=servers[1].serve_forever, daemon=True).start()
+servers[0].serve_forever()
 '''
 
 SYSTEMCTL = """#!/bin/sh
 # The lab's systemctl: "is-active [--quiet] keepalived.service" asks whether the node's keepalived
-# runs (its pid file); "reload UNIT" has nothing to reload here.
+# runs (its pid file); "reload UNIT" has nothing to reload here: it says how many connections to
+# the VIP's port were open when it was asked (a reload would close those that are idle).
 case "$1" in
   is-active)
     [ "$2" = "--quiet" ] && shift
     [ "$2" = keepalived.service ] && [ -f "$LAB_KEEPALIVED_PID" ] && kill -0 "$(cat "$LAB_KEEPALIVED_PID")" 2>/dev/null
     exit $? ;;
-  reload) echo "(lab) reload $2"; exit 0 ;;
+  reload)
+    open=$(ss -Htn state established src "$LAB_VIP:3100" | wc -l)
+    echo "(lab) reload $2 with ${open} connection(s) to the VIP open"
+    exit 0 ;;
   *) echo "lab systemctl: $*" >&2; exit 1 ;;
 esac
 """
@@ -117,7 +135,8 @@ class VipLab:
         d = self.run / node
         self.network.start(f"ready-{node}", node, [sys.executable, str(self.run / "ready_server.py"),
                                                    str(d / "server.pem"), str(d / "server.key"),
-                                                   str(d / "check" / "ca.pem"), str(d / "ready"), node])
+                                                   str(d / "check" / "ca.pem"), str(d / "ready"), node,
+                                                   str(DRAIN_PORT), str(KEEPALIVE_TIME_S)])
 
     def stop_gateway(self, node: str) -> None:
         """Nothing answers on the node's port 3100 any more (nginx down)."""
@@ -161,6 +180,16 @@ class VipLab:
     def handover(self, plan: LabPlan, node: str, call: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         """Run ``call`` (``vip_leave``, ``vip_rejoin``, ...) in ``node``'s namespace with the handover
         functions and the parameters of the node's rendered Loki apply step."""
+        argv, env = self._handover_command(plan, node, call, overrides)
+        return self.network.run(node, argv, timeout=120, env=env)
+
+    def start_handover(self, plan: LabPlan, node: str, call: str, label: str, **overrides: str) -> Daemon:
+        """``call`` as ``handover`` runs it, but in the background (stopped with ``network.stop(label)``)."""
+        argv, env = self._handover_command(plan, node, call, overrides)
+        return self.network.start(label, node, argv, env=env)
+
+    def _handover_command(self, plan: LabPlan, node: str, call: str,
+                          overrides: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         d = self.run / node
         rendered = plan.scripts[f"loki-{node}-apply"]
         params = dict(re.findall(r"^(VIP_\w+)=(.*)$", rendered, re.MULTILINE))
@@ -180,9 +209,8 @@ class VipLab:
         script = "\n".join(["set -euo pipefail", *(f"{k}={v}" for k, v in params.items()),
                              (TEMPLATES / "lib-clock.sh").read_text(), (TEMPLATES / "lib-vip-handover.sh").read_text(),
                              call, ""])
-        return self.network.run(node, ["bash", "-c", script], timeout=120,
-                                env={"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
-                                     "LAB_KEEPALIVED_PID": str(d / "k.pid")})
+        return ["bash", "-c", script], {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
+                                        "LAB_KEEPALIVED_PID": str(d / "k.pid"), "LAB_VIP": VIP}
 
     def track_file(self, node: str, path: str) -> str:
         file = handover_files(self.run / node)[path]
