@@ -22,6 +22,14 @@ from offline.rehearsal.port_watch import PortWatch
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import Step
 
+RELOAD_RACES = 1
+"""Pushes the kept-alive client may lose in an upgrade (a connection error, never an answer): the
+gateway's steps run on every node at once, and a node whose nginx still runs the earlier version's
+config (no twin to divert new connections to) may take the VIP from the holder's handover just
+before its own step reloads nginx, which closes its idle kept-alive connections at once, also one
+whose next request is arriving. Seen once in the clean-clone CI run of the upgrade from 2395182
+(batch 6 of 105, as the holder's gateway step handed the VIP over); the reloads and drains of this
+version's config lose none (the interrupted matrix and the rolls allow none)."""
 NGINX_BIND_S = 1.0
 """The longest a Loki node's port may refuse connections while its earlier version's Loki exits and
 nginx binds the port (measured: 0.2-0.4 s)."""
@@ -57,7 +65,9 @@ def upgrade(lab: Rehearsal, commit: str) -> UpgradeReport:
     report.seconds = time.monotonic() - t0
     (lab.run_dir / f"{label.replace(' ', '-')}-steps.log").write_text("".join(
         f"== {s.name} on {s.host}: {s.status} ({s.seconds:.1f} s)\n{s.output}\n" for s in report.steps))
-    report.problems += problems + clients.problems
+    report.problems += problems + clients.problems_allowing(
+        RELOAD_RACES, "nginx, reloaded with the earlier version's config on a node that holds the VIP, closes an "
+        "idle keep-alive connection as a request arrives on it")
     for name, windows in ports.dead.items():
         # Where an earlier version's Loki held the gateway's port, nginx can bind it only once that
         # Loki has exited: one refusal shorter than NGINX_BIND_S per node. The VIP's port: never.
