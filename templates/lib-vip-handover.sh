@@ -61,14 +61,14 @@ vip_marked() {
   [ -f "$VIP_MAINTENANCE_FILE" ] && [ "$(cat "$VIP_MAINTENANCE_FILE")" != "0" ]
 }
 
-# vip_divert_new_connections: new connections to the VIP on this node go to the gateway's twin on
+# vip_divert_new_connections TABLE: new connections to the VIP on this node go to the gateway's twin on
 # VIP_DRAIN_PORT, which answers one request per connection and closes it (Connection: close), so that
 # no client waits while the kept-alive connections on the VIP's port end by themselves (the gateway
 # closes each after its first answer once it is VIP_KEEPALIVE_TIME_S old). Only a pure SYN is
 # diverted; every packet of a connection opened before passes as it is. The address leaves the set
 # by itself after VIP_DRAIN_EXPIRY_S, so that a step killed mid-drain cannot leave it diverted.
 vip_divert_new_connections() {
-  vip_drain_rules "$VIP_DRAIN_TABLE" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
+  vip_drain_rules "$1" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
 }
 
 # vip_drop_new_connections: new connections to the VIP on this node are dropped, so that their
@@ -202,7 +202,7 @@ vip_leave() {
   t0=$EPOCHREALTIME
   # The caller removes the rules on every exit (vip_accept_new_connections).
   if vip_twin_listens; then
-    vip_divert_new_connections
+    vip_divert_new_connections "$VIP_DRAIN_TABLE"
     echo "draining the VIP on ${VIP_SELF}: new connections go to the gateway's twin on :${VIP_DRAIN_PORT}," \
       "kept-alive ones end by themselves"
     vip_end_kept_alive
@@ -311,8 +311,7 @@ vip_reload_gateway() {
     systemctl reload "$unit"
     return 0
   fi
-  vip_drain_rules "$VIP_RELOAD_TABLE" \
-    "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
+  vip_divert_new_connections "$VIP_RELOAD_TABLE"
   echo "reloading the gateway on ${VIP_SELF}, which holds the VIP: new connections go to its twin on" \
     ":${VIP_DRAIN_PORT} while the kept-alive ones end"
   vip_end_kept_alive
