@@ -69,6 +69,16 @@ MAX_BODY = "64m"
 BODY_BUFFER = "2m"
 """Request bodies up to this size stay in memory (a push batch), larger ones go to a temporary file."""
 UPSTREAM_TIMEOUT_S = 600
+"""Longest a query or a tail may take through the gateway."""
+CLIENT_STALL_S = 10
+"""A client that sends nothing more of its request (headers, body), or takes nothing of an answer
+nginx is blocked sending, for this long has gone (nginx's client_header_timeout,
+client_body_timeout, send_timeout; 60 s by default). Above all after a VIP move that was not a
+drain (a failover, a preemption): the clients' packets go to the new holder, and the old one keeps
+its half of each connection open until these run out. Should the VIP come back, a drain there
+waits for every open connection while new ones wait: 10 s, not a minute (measured in a
+rehearsal upgrade: a push cut mid-body by a preemption held a later drain 16 s, until nginx's
+408 after 60 s). Alloy sends a batch at once, on a LAN."""
 ROLE_HEADER = "X-Lokistack-Role"
 """The role the forwarding gateway authorised, passed on to a peer (counts only from a Loki node's
 server certificate)."""
@@ -80,7 +90,6 @@ DRAIN_PORT = 3102
 kept-alive ones on HTTP_PORT end by themselves."""
 LOCAL_FAIL_TIMEOUT_S = 2
 """After the local Loki refused a connection, the peers take requests for this long before it is tried again."""
-"""Longest a query or a tail may take through the gateway."""
 PROBE_TIMEOUT_S = 60
 
 ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_OPERATOR = "agent", "reader", "metrics", "operator"
@@ -180,6 +189,9 @@ server {{
     # Which node answered (its host name, as in its certificate): the VIP handover asks who holds the VIP.
     add_header {NODE_HEADER} $hostname always;
     client_body_buffer_size {BODY_BUFFER};
+    client_header_timeout {CLIENT_STALL_S}s;
+    client_body_timeout {CLIENT_STALL_S}s;
+    send_timeout {CLIENT_STALL_S}s;
 
     if ($lokistack_clean_path = 0) {{
         return 400;

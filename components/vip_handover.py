@@ -31,7 +31,10 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
   restarted).
 - **A gateway reload on the holder** (``vip_reload_gateway``) drains the same way, in place: new
   connections to the twin while the kept-alive ones end, then nginx reloads with none left. The
-  VIP does not move.
+  VIP does not move. On every node, from before nginx reloads until its earlier workers have let go
+  of the port, new connections to the VIP there go to the twin (or wait, where the loaded config
+  has none): the gateway's steps run on every node at once, and a node may take the VIP from
+  another's handover during its own reload, which would close the kept-alive connections it got.
 - A node that does not hold the VIP enters FAULT as well, so that it takes none while it restarts.
 - **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
   a node of higher priority than the holder would take the VIP straight back: a second move,

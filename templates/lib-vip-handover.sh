@@ -71,14 +71,14 @@ vip_divert_new_connections() {
   vip_drain_rules "$1" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
 }
 
-# vip_drop_new_connections: new connections to the VIP on this node are dropped, so that their
+# vip_drop_new_connections TABLE: new connections to the VIP on this node are dropped, so that their
 # client's TCP sends the SYN again (about a second later, when the VIP is elsewhere). Only a pure
 # SYN matches: every packet of a connection opened before, a kept-alive one included, passes
 # (a "ct state new" rule would not do: connection tracking, on only while a drain diverts, takes
 # packets of connections it never saw open for new ones). Connections diverted before keep their
 # translation (the nat chain stays until the drain ends).
 vip_drop_new_connections() {
-  vip_drain_rules "$VIP_DRAIN_TABLE" "" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop"
+  vip_drain_rules "$1" "" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop"
 }
 
 # vip_drain_rules TABLE DIVERT DROP: a drain's table, replaced in one transaction: DIVERT in a nat
@@ -206,9 +206,9 @@ vip_leave() {
     echo "draining the VIP on ${VIP_SELF}: new connections go to the gateway's twin on :${VIP_DRAIN_PORT}," \
       "kept-alive ones end by themselves"
     vip_end_kept_alive
-    vip_drop_new_connections
+    vip_drop_new_connections "$VIP_DRAIN_TABLE"
   else
-    vip_drop_new_connections
+    vip_drop_new_connections "$VIP_DRAIN_TABLE"
     echo "draining the VIP on ${VIP_SELF}: new connections wait, kept-alive ones are cut right after an answer"
     vip_cut_idle_connections
   fi
@@ -280,43 +280,75 @@ vip_cut_answered() {
 
 # vip_reload_gateway UNIT: nginx reloads (a new config, renewed certificates) without losing a
 # request on a kept-alive connection to the VIP. A reload closes every kept-alive connection that
-# is idle at that moment, and a client that sends on one just then loses its request. So on the VIP
-# holder, new connections to the VIP first go to the gateway's twin while the kept-alive ones end
-# by themselves (vip_end_kept_alive); nginx reloads with none left; then nothing more is diverted,
-# and the drain ends once the diverted connections are done. The VIP does not move. Where the loaded
-# config has no twin yet (the first reload after an upgrade), the VIP is handed over first.
-# Elsewhere nginx just reloads.
+# is idle at that moment, and a client that sends on one just then loses its request. So from
+# before the reload until nginx's earlier workers have let go of the port, new connections to the
+# VIP on this node go to the gateway's twin (one request each), or wait where the loaded config has
+# no twin (their SYN is sent again about a second later): also on a node that does not hold the
+# VIP, which may take it during the reload (a handover of another node, beside this step). On the
+# holder the kept-alive connections end by themselves first (vip_end_kept_alive), so nginx
+# reloads with none left. The VIP does not move; where the holder's loaded config has no twin (the
+# first reload after an upgrade), the VIP is handed over first. Without a VIP nginx just reloads.
 vip_reload_gateway() {
-  local unit=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S + VIP_HANDOVER_TIMEOUT_S))
+  local unit=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S + VIP_HANDOVER_TIMEOUT_S)) listeners
   # A handover of this node (its Loki's apply, beside this step) first: once the VIP is elsewhere
   # nginx reloads with no connection to it.
   while nft list table inet "$VIP_DRAIN_TABLE" >/dev/null 2>&1 && [ "$SECONDS" -lt "$deadline" ]; do
     sleep 0.2
   done
-  if vip_here && ! vip_twin_listens && ss -Hltnp "sport = :${VIP_PORT}" | grep -qF '"nginx"' && vip_managed \
+  if ! vip_managed; then
+    systemctl reload "$unit"
+    return 0
+  fi
+  if vip_here && ! vip_twin_listens && ss -Hltnp "sport = :${VIP_PORT}" | grep -qF '"nginx"' \
     && [ -n "$(vip_ready_peers)" ]; then
     # The config nginx runs is an earlier version's, without the twin: its kept-alive connections
     # cannot end by themselves. The VIP is handed over first (vip_leave cuts each right after an
-    # answer), nginx reloads with no connection to the VIP, and the node takes part again.
+    # answer), nginx reloads with no connection to it, and the node takes part again.
     echo "the gateway on ${VIP_SELF}, which holds the VIP, runs a config without the twin: the VIP is" \
       "handed over before nginx reloads"
     VIP_GATEWAY_HANDOVER=1  # vip_gateway_exit removes the handover's drain too
     if vip_leave; then
-      systemctl reload "$unit"
+      systemctl reload "$unit"  # in FAULT: the VIP cannot come back during the reload
       vip_rejoin
       return 0
     fi
   fi
-  if ! vip_here || ! vip_twin_listens; then
-    systemctl reload "$unit"
-    return 0
+  if vip_twin_listens; then
+    vip_divert_new_connections "$VIP_RELOAD_TABLE"
+    if vip_here; then
+      echo "reloading the gateway on ${VIP_SELF}, which holds the VIP: new connections go to its twin on" \
+        ":${VIP_DRAIN_PORT} while the kept-alive ones end"
+      vip_end_kept_alive
+    fi
+  else
+    vip_drop_new_connections "$VIP_RELOAD_TABLE"
+    if vip_here; then
+      echo "reloading the gateway on ${VIP_SELF}, which holds the VIP, without its twin: new connections wait" \
+        "while each kept-alive one is cut right after an answer"
+      vip_cut_idle_connections
+    fi
   fi
-  vip_divert_new_connections "$VIP_RELOAD_TABLE"
-  echo "reloading the gateway on ${VIP_SELF}, which holds the VIP: new connections go to its twin on" \
-    ":${VIP_DRAIN_PORT} while the kept-alive ones end"
-  vip_end_kept_alive
+  listeners=$(vip_port_listeners)
   systemctl reload "$unit"
+  vip_reloaded "$listeners"
   vip_accept_new_connections "$VIP_RELOAD_TABLE"
+}
+
+# vip_port_listeners: the pids of the processes listening on the VIP's port, one per line (nginx:
+# its master and workers).
+vip_port_listeners() {
+  ss -Hltnp "sport = :${VIP_PORT}" | grep -o 'pid=[0-9]*' | sort -u
+}
+
+# vip_reloaded PIDS: waits (at most 5 s) until, of PIDS (the listeners before a reload), no more
+# than one (nginx's master) still listens: the earlier workers have let go of the port and closed
+# their idle connections; whatever connects from then on reaches a worker of the new config.
+vip_reloaded() {
+  local deadline=$((SECONDS + 5))
+  while [ "$(comm -12 <(printf '%s\n' "$1") <(vip_port_listeners) | grep -c .)" -gt 1 ] \
+    && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.05
+  done
 }
 
 # vip_gateway_exit: the EXIT trap of the gateway's apply: no drain it started outlives it.

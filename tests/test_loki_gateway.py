@@ -32,6 +32,7 @@ from components import firewall
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import (
     ANONYMOUS,
+    CLIENT_STALL_S,
     DRAIN_PORT,
     GRANTS,
     KEEPALIVE_TIME_S,
@@ -359,6 +360,47 @@ def test_a_kept_alive_connection_ends_after_keepalive_time_and_the_twin_keeps_no
     assert exchange(HTTP_PORT, KEEPALIVE_TIME_S + 0.5) == [[200, "keep-alive"], [200, "close"]], (
         f"a connection older than {KEEPALIVE_TIME_S} s must be closed after its answer")
     assert exchange(DRAIN_PORT, 0.2) == [[200, "close"]], "the twin must close every connection after one answer"
+
+
+STALLED_PUSH = r"""
+import json, socket, ssl, sys, threading, time
+ca, cert, key, host = sys.argv[1:5]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+seen = {}
+def stall(port):
+    conn = context.wrap_socket(socket.create_connection((host, port), timeout=90), server_hostname=host)
+    conn.sendall(b"POST /loki/api/v1/push HTTP/1.1\r\nHost: loki\r\nContent-Type: application/x-protobuf\r\n"
+                 b"Content-Length: 1048576\r\n\r\n" + b"x" * 65536)  # then nothing more of the body
+    t, data = time.monotonic(), b""
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except OSError as e:
+        data += repr(e).encode()
+    seen[port] = [round(time.monotonic() - t, 1), data.split(b"\r\n", 1)[0].decode(errors="replace")]
+threads = [threading.Thread(target=stall, args=(int(port),)) for port in sys.argv[5:]]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(seen))
+"""
+
+
+def test_a_client_that_stops_sending_its_push_is_let_go_after_client_stall_s(gateways):
+    """A push whose body stops arriving (its client is gone: after a VIP move that was not a drain,
+    the old holder never hears from it again) ends after CLIENT_STALL_S, on the gateway and on its
+    twin, not after nginx's default minute, for which a later drain of the VIP there would wait."""
+    client = gateways.run / CLIENT / STRICT
+    proc = gateways.network.run(CLIENT, [sys.executable, "-c", STALLED_PUSH, str(client / "ca.pem"),
+                                         str(client / f"{ROLE_OPERATOR}.pem"), str(client / f"{ROLE_OPERATOR}.key"),
+                                         ADDRESSES[STRICT], str(HTTP_PORT), str(DRAIN_PORT)], timeout=120)
+    assert proc.returncode == 0, f"the stalled client failed: {proc.stderr}"
+    for port, (seconds, first_line) in json.loads(proc.stdout).items():
+        assert CLIENT_STALL_S - 1 <= seconds <= CLIENT_STALL_S + 3, (
+            f"port {port}: a push whose body stopped arriving must end after about {CLIENT_STALL_S} s, "
+            f"it ended after {seconds} s ({first_line!r})")
 
 
 def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_path):

@@ -58,13 +58,12 @@ def test_the_earlier_version_deploys(upgraded):
 
 
 def test_the_upgrade_fails_no_push_leaves_no_port_dead_and_loses_no_line(upgraded):
-    """This version's steps on the earlier stack, both clients pushing through the VIP (one on a new
-    connection every 100 ms, one kept-alive with 1 MiB batches): no push on a new connection fails,
-    the kept-alive client loses at most ``upgrade.RELOAD_RACES`` to an nginx reload with the
-    earlier version's config (a connection error, never an answer), every accepted line reads
-    back, the VIP's port 3100 accepts at every probe (every 200 ms) and each node's refuses at most once, for less than
-    ``upgrade.NGINX_BIND_S`` (nginx binding the port an earlier Loki held), a line pushed before
-    the upgrade is still there, and every Loki node runs what it should."""
+    """This version's steps on the earlier stack, once it has settled, both clients pushing through
+    the VIP (one on a new connection every 100 ms, one kept-alive with 1 MiB batches): no push
+    fails, every accepted line reads back, the VIP's port 3100 accepts at every probe (every
+    200 ms) and each node's refuses at most once, for less than ``upgrade.NGINX_BIND_S`` (nginx
+    binding the port an earlier Loki held), a line pushed before the upgrade is still there, and
+    every Loki node runs what it should."""
     report = upgraded.report
     assert report.steps, "the upgrade ran no step"
     names = {s.name for s in report.steps}

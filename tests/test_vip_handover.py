@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from components.loki_gateway import KEEPALIVE_TIME_S
+from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
 from components.vip_handover import MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
 from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
@@ -224,7 +224,7 @@ def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its
     while "first push done" not in client.log_text():
         assert time.monotonic() < deadline, f"the kept-alive client did not push: {client.log_text()}"
         time.sleep(0.1)
-    proc = lab.handover(plan, holder, "vip_drop_new_connections")
+    proc = lab.handover(plan, holder, 'vip_drop_new_connections "$VIP_DRAIN_TABLE"')
     assert proc.returncode == 0, f"the drain rule does not load on {holder}: {proc.stderr}"
     table = lab.network.run(holder, ["nft", "list", "table", "inet", "lokistack_vip_handover"]).stdout
     assert f"{VIP} timeout" in table and "expires" in table, f"the drop must end by itself: {table}"
@@ -308,9 +308,54 @@ def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keep
     assert lab.holders() == [home], f"the VIP moved in a gateway reload: {lab.holders()}"
     tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
     assert RELOAD_TABLE not in tables, f"{home} still diverts new connections after the reload: {tables}"
-    # Elsewhere the gateway just reloads.
+    # Elsewhere nothing waits for kept-alive connections to end, and nothing is left diverted.
     proc = lab.handover(plan, NODES[1], "vip_reload_gateway nginx.service")
     assert proc.returncode == 0 and "twin" not in proc.stdout, f"{NODES[1]} holds no VIP: {proc.stdout}"
+    tables = lab.network.run(NODES[1], ["nft", "list", "tables"]).stdout
+    assert RELOAD_TABLE not in tables, f"{NODES[1]} still diverts new connections after its reload: {tables}"
+
+
+def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_connection_to_the_vip(lab):
+    """The gateway's steps run on every node at once: a node that does not hold the VIP reloads
+    nginx while the holder hands the VIP over to it. From before its reload until the reload is done,
+    new connections to the VIP on that node go to the gateway's twin (one request each), so the
+    reload (held here while the kept-alive client pushes) finds no
+    kept-alive connection to the VIP that it would close, and neither client fails. (A plain reload
+    there found the kept-alive client's new connection: a push lost in an upgrade.) The lab's
+    systemctl holds the reload until the VIP has been on the node for a few seconds."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home, taker = lab.holders()[0], NODES[1]
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection is not new
+    release = lab.run / "release-reload"
+    reload = lab.start_handover(plan, taker, "vip_reload_gateway nginx.service", "reload",
+                                LAB_RELOAD_HOLD_UNTIL=str(release))
+    deadline = time.monotonic() + 10
+    while RELOAD_TABLE not in (tables := lab.network.run(taker, ["nft", "list", "tables"]).stdout):
+        assert time.monotonic() < deadline, f"{taker} did not divert before its reload: {tables}\n{reload.log_text()}"
+        time.sleep(0.05)
+    rules = lab.network.run(taker, ["nft", "list", "table", "inet", RELOAD_TABLE]).stdout
+    assert f"redirect to :{DRAIN_PORT}" in rules, (
+        f"{taker}'s new connections to the VIP must go to the twin during its reload: {rules}")
+    t = time.monotonic()
+    leave(lab, plan, home)
+    lab.wait_for(taker, f"{home} hands the VIP over to {taker}, whose gateway is reloading", t)
+    time.sleep(3)  # the clients send to the node meanwhile
+    release.touch()
+    assert reload.process.wait(timeout=30) == 0, f"the reload on {taker} failed: {reload.log_text()}"
+    said = reload.log_text()
+    assert "reload nginx.service with 0 connection(s) to the VIP open" in said, (
+        f"the reload on {taker}, which took the VIP meanwhile, found a kept-alive connection to it: {said}")
+    lab.network.stop("reload")
+    time.sleep(1)
+    stop_client(lab, steady, f"gateway reload on {taker} as it takes the VIP")
+    seen = stop_client(lab, kept, f"gateway reload on {taker} as it takes the VIP", "kept-alive")
+    assert seen.redials >= 3, (f"the kept-alive client must have pushed to {taker}'s twin, a new connection "
+                               f"each: {seen.redials} redials")
+    tables = lab.network.run(taker, ["nft", "list", "tables"]).stdout
+    assert RELOAD_TABLE not in tables, f"{taker} still diverts new connections after its reload: {tables}"
+    rejoin(lab, plan, home)
 
 
 def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_next_run_removes_the_rule(lab):

@@ -89,13 +89,19 @@ servers[0].serve_forever()
 SYSTEMCTL = """#!/bin/sh
 # The lab's systemctl: "is-active [--quiet] keepalived.service" asks whether the node's keepalived
 # runs (its pid file); "reload UNIT" has nothing to reload here: it says how many connections to
-# the VIP's port were open when it was asked (a reload would close those that are idle).
+# the VIP's port were open when it was asked (a reload would close those that are idle), once the
+# file LAB_RELOAD_HOLD_UNTIL exists (at most 60 s; when set: a test holds the reload there while
+# something happens).
 case "$1" in
   is-active)
     [ "$2" = "--quiet" ] && shift
     [ "$2" = keepalived.service ] && [ -f "$LAB_KEEPALIVED_PID" ] && kill -0 "$(cat "$LAB_KEEPALIVED_PID")" 2>/dev/null
     exit $? ;;
   reload)
+    i=0
+    while [ -n "${LAB_RELOAD_HOLD_UNTIL:-}" ] && [ ! -e "$LAB_RELOAD_HOLD_UNTIL" ] && [ "$i" -lt 600 ]; do
+      sleep 0.1; i=$((i + 1))
+    done
     open=$(ss -Htn state established src "$LAB_VIP:3100" | wc -l)
     echo "(lab) reload $2 with ${open} connection(s) to the VIP open"
     exit 0 ;;
@@ -179,7 +185,8 @@ class VipLab:
 
     def handover(self, plan: LabPlan, node: str, call: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         """Run ``call`` (``vip_leave``, ``vip_rejoin``, ...) in ``node``'s namespace with the handover
-        functions and the parameters of the node's rendered Loki apply step."""
+        functions and the parameters of the node's rendered Loki apply step; ``overrides`` replace
+        parameters, or, named ``LAB_*``, go to the lab's commands' environment."""
         argv, env = self._handover_command(plan, node, call, overrides)
         return self.network.run(node, argv, timeout=120, env=env)
 
@@ -199,7 +206,8 @@ class VipLab:
         assert shlex.split(params["VIP_YIELD_FILE"]) == [YIELD_FILE]
         lab = {"VIP_MAINTENANCE_FILE": str(lab_paths[MAINTENANCE_FILE]), "VIP_YIELD_FILE": str(lab_paths[YIELD_FILE]),
                "VIP_CONFIG": str(d / "keepalived.conf"), "CA_FILE": str(d / "check" / "ca.pem"),
-               "CERT_FILE": str(d / "server.pem"), "KEY_FILE": str(d / "server.key"), **overrides}
+               "CERT_FILE": str(d / "server.pem"), "KEY_FILE": str(d / "server.key"),
+               **{k: v for k, v in overrides.items() if not k.startswith("LAB_")}}
         params |= {k: shlex.quote(v) for k, v in lab.items()}  # the rendered values are quoted already
         bindir = self.run / "bin"
         if not (bindir / "systemctl").exists():
@@ -210,7 +218,8 @@ class VipLab:
                              (TEMPLATES / "lib-clock.sh").read_text(), (TEMPLATES / "lib-vip-handover.sh").read_text(),
                              call, ""])
         return ["bash", "-c", script], {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
-                                        "LAB_KEEPALIVED_PID": str(d / "k.pid"), "LAB_VIP": VIP}
+                                        "LAB_KEEPALIVED_PID": str(d / "k.pid"), "LAB_VIP": VIP,
+                                        **{k: v for k, v in overrides.items() if k.startswith("LAB_")}}
 
     def track_file(self, node: str, path: str) -> str:
         file = handover_files(self.run / node)[path]

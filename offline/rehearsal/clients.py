@@ -130,17 +130,5 @@ class VipClients:
     def problems(self) -> list[str]:
         return [p for r in self.reports for p in r.problems]
 
-    def problems_allowing(self, connection_losses: int, why: str) -> list[str]:
-        """The problems, but the kept-alive client may lose up to ``connection_losses`` pushes to a
-        connection error (status 0: the connection closed or reset under the request, which Alloy
-        sends again), never to an answer of the server; ``why`` says where such losses come from."""
-        kept = next(r for r in self.reports if "kept-alive" in r.name)
-        problems = [p for p in self.problems if "kept-alive client: a push failed" not in p]
-        answered = [e for e in kept.record.errors if not e.split(": ", 1)[1].startswith("0 ")]
-        if kept.record.failures > connection_losses or answered:
-            problems.append(f"{self.label}: the kept-alive client may lose at most {connection_losses} push(es), "
-                            f"each to a connection error ({why}): {kept.record.errors}")
-        return problems
-
     def figures(self) -> list[str]:
         return [r.figure() for r in self.reports]
