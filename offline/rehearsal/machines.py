@@ -178,12 +178,16 @@ class Machine:
         return subprocess.run(["nsenter", "-t", str(pid), "-a", *argv], capture_output=True, text=True,
                               timeout=timeout, check=False)
 
-    def poweroff(self, timeout: float = STOP_TIMEOUT_S) -> float:
-        """Power the machine off as a host would (SIGRTMIN+3 to its init); returns the seconds it took."""
-        start = time.monotonic()
+    def request_poweroff(self) -> None:
+        """Ask the machine's init to power off (SIGRTMIN+3), as a host would, without waiting for it."""
         pid = self.pid1()
         if pid is not None:
             os.kill(pid, signal.SIGRTMIN + 3)
+
+    def poweroff(self, timeout: float = STOP_TIMEOUT_S) -> float:
+        """Power the machine off as a host would (SIGRTMIN+3 to its init); returns the seconds it took."""
+        start = time.monotonic()
+        self.request_poweroff()
         if self.process is not None:
             try:
                 self.process.wait(timeout=timeout)
