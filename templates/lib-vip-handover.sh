@@ -111,8 +111,8 @@ EOF
 # version's Loki holds the port.
 vip_twin_listens() {
   local twin
-  twin=$(ss -Hltnp "sport = :${VIP_DRAIN_PORT}" | grep -o 'pid=[0-9]*' | sort -u)
-  [ -n "$twin" ] && [ "$twin" = "$(ss -Hltnp "sport = :${VIP_PORT}" | grep -o 'pid=[0-9]*' | sort -u)" ]
+  twin=$(vip_port_listeners "$VIP_DRAIN_PORT")
+  [ -n "$twin" ] && [ "$twin" = "$(vip_port_listeners "$VIP_PORT")" ]
 }
 
 # vip_diverted_connections: connections the drain diverted to the gateway's twin, still open.
@@ -328,16 +328,16 @@ vip_reload_gateway() {
       vip_cut_idle_connections
     fi
   fi
-  listeners=$(vip_port_listeners)
+  listeners=$(vip_port_listeners "$VIP_PORT")
   systemctl reload "$unit"
   vip_reloaded "$listeners"
   vip_accept_new_connections "$VIP_RELOAD_TABLE"
 }
 
-# vip_port_listeners: the pids of the processes listening on the VIP's port, one per line (nginx:
-# its master and workers).
+# vip_port_listeners PORT: the pids of the processes listening on PORT, one per line (nginx: its
+# master and workers).
 vip_port_listeners() {
-  ss -Hltnp "sport = :${VIP_PORT}" | grep -o 'pid=[0-9]*' | sort -u
+  ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | sort -u
 }
 
 # vip_reloaded PIDS: waits (at most 5 s) until, of PIDS (the listeners before a reload), no more
@@ -345,7 +345,7 @@ vip_port_listeners() {
 # their idle connections; whatever connects from then on reaches a worker of the new config.
 vip_reloaded() {
   local deadline=$((SECONDS + 5))
-  while [ "$(comm -12 <(printf '%s\n' "$1") <(vip_port_listeners) | grep -c .)" -gt 1 ] \
+  while [ "$(comm -12 <(printf '%s\n' "$1") <(vip_port_listeners "$VIP_PORT") | grep -c .)" -gt 1 ] \
     && [ "$SECONDS" -lt "$deadline" ]; do
     sleep 0.05
   done

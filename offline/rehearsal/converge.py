@@ -91,13 +91,15 @@ def kill_session(lab: Rehearsal, machine: Machine, client: int) -> None:
         raise RuntimeError(f"{machine.name}: could not kill the step's SSH session: {proc.stdout}{proc.stderr}")
 
 
-def wait_loki_ready(machine: Machine, during: Callable[[], object] = lambda: None) -> float:
-    """Seconds until ``machine``'s Loki answers /ready; ``during`` is called at every try."""
+def wait_loki_ready(machine: Machine, during: Callable[[], object] = lambda: None,
+                    port: int = LOKI_LOCAL_PORT) -> float:
+    """Seconds until ``machine``'s Loki answers /ready on ``port`` (its own; the gateway's, or an
+    earlier version's Loki there, on HTTP_PORT); ``during`` is called at every try."""
     t0 = time.monotonic()
     while True:
         during()
         proc = machine.exec(["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", "--cacert", CA_FILE, "--cert",
-                             SERVER_CERT_FILE, "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready"])
+                             SERVER_CERT_FILE, "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{port}/ready"])
         if proc.returncode == 0:
             return time.monotonic() - t0
         if time.monotonic() - t0 > READY_TIMEOUT_S:

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from components.loki_config import HTTP_PORT
 from offline.rehearsal.checks import marker, vip_holders, wait_for_one_holder
-from offline.rehearsal.converge import leftovers, loki_machines
+from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready
 from offline.rehearsal.port_watch import PortWatch
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import Step
-from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 SETTLE_S = 10.0
 """A user upgrades a stack that has settled: before the upgrade every Loki node answers /ready on
@@ -88,15 +87,10 @@ def upgrade(lab: Rehearsal, commit: str) -> UpgradeReport:
 
 def wait_settled(machines: dict[str, Machine], timeout: float = 180.0) -> str:
     """Waits until every node answers /ready on its port (the earlier version's Loki or gateway) and
-    the VIP has stayed on one node for ``SETTLE_S``; returns that node."""
-    deadline = time.monotonic() + timeout
+    then the VIP has stayed on one node for ``SETTLE_S`` (within ``timeout``); returns that node."""
     for machine in machines.values():
-        while machine.exec(["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", "--cacert", CA_FILE, "--cert",
-                            SERVER_CERT_FILE, "--key", SERVER_KEY_FILE,
-                            f"https://127.0.0.1:{HTTP_PORT}/ready"]).returncode != 0:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{machine.name} does not answer /ready on port {HTTP_PORT} after {timeout:.0f} s")
-            time.sleep(1)
+        wait_loki_ready(machine, port=HTTP_PORT)
+    deadline = time.monotonic() + timeout
     holder, since = wait_for_one_holder(machines, VIP), time.monotonic()
     while time.monotonic() - since < SETTLE_S:
         if (now := vip_holders(machines, VIP)) != [holder]:
