@@ -67,7 +67,8 @@ DRAIN_TABLE = "lokistack_vip_handover"
 """nftables table (inet) that diverts, then drops, new connections to the VIP while the holder
 drains before the VIP moves (removed after)."""
 RELOAD_TABLE = "lokistack_gateway_reload"
-"""nftables table (inet) that diverts new connections to the VIP while the holder's gateway reloads."""
+"""nftables table (inet) that diverts (or, without the twin, drops) new connections to the VIP while a
+node's gateway reloads."""
 HANDOVER_TIMEOUT_S = 60
 """Longest wait for another ready node to take the VIP (keepalived moves it in about a second)."""
 DRAIN_TIMEOUT_S = 30

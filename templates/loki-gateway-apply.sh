@@ -4,24 +4,24 @@
 # of its own (certificates and keys included): if nginx rejects it, nothing changes. Then it is
 # put in place and nginx reloads: the step also runs when the host's TLS files changed, and nginx
 # reads certificates only when it (re)loads. A reload closes the kept-alive connections that are
-# idle at that moment: on the VIP holder the kept-alive connections to the VIP end first, while new
-# ones go to the gateway's twin (vip_reload_gateway). The step ends once the gateway answers on its
+# idle at that moment: so new connections to the VIP go to the gateway's twin meanwhile, and on the
+# VIP holder the kept-alive connections to the VIP end first (vip_reload_gateway). The step ends once the gateway answers on its
 # port with the node's certificate.
 set -euo pipefail
 : "${STAGED:?}" "${TARGET:?}" "${UNIT:?}" "${NGINX_USER:?}" "${PROBE_URL:?}" "${CA_FILE:?}" "${CERT_FILE:?}"
 : "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${VIP_RELOAD_TABLE:?}"
 
-# On the VIP holder a reload diverts new connections for a while, or hands the VIP over first
-# (lib-vip-handover.sh): never beyond this run, and not after an earlier run that was killed.
-trap vip_gateway_exit EXIT
+# A reload diverts new connections to the VIP for a while, or the holder hands the VIP over first
+# (lib-vip-handover.sh): never beyond this run (one EXIT trap, also on these signals), and not
+# after an earlier run that was killed.
+work=$(mktemp -d)
+trap 'rm -rf "$work"; vip_gateway_exit' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 vip_recover "$VIP_RELOAD_TABLE"
 
 host=$(hostname -f 2>/dev/null || hostname)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 cat >"${work}/nginx.conf" <<CONF
 user ${NGINX_USER};
 pid ${work}/nginx.pid;

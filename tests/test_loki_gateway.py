@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -410,7 +411,10 @@ def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_
     stdin = example.engine.monitor.find("command:remote:Command", "loki-gateway-loki-01-apply").plain_inputs["stdin"]
     assert "\nVIP_SELF=loki-01\n" in stdin and f"\nVIP_DRAIN_PORT={DRAIN_PORT}\n" in stdin, (
         "the gateway's apply must be rendered with the node's handover parameters")
-    trap = stdin.index("\ntrap vip_gateway_exit EXIT\n")
+    exit_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
+    assert exit_traps == ["'rm -rf \"$work\"; vip_gateway_exit'"], (
+        f"one EXIT trap, which removes the reload's diversion (a later trap would replace it): {exit_traps}")
+    trap = stdin.index("\ntrap 'rm -rf \"$work\"; vip_gateway_exit' EXIT\n")
     assert trap < stdin.index('\nvip_recover "$VIP_RELOAD_TABLE"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
         stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
     assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"
