@@ -20,8 +20,14 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
   client's TCP sends its SYN again about a second later, when the VIP is elsewhere, while the last
   requests finish (bounded). Only a pure SYN is diverted or dropped: every packet of a connection
   opened before passes. (A ``ct state new`` rule stalled them: connection tracking takes packets
-  of connections opened before it ran for new ones.) The rules expire by themselves after
-  ``DRAIN_EXPIRY_S``, and the apply step removes them on every exit and at its start (a run killed
+  of connections opened before it ran for new ones.) The drain's table holds both rules from the start;
+  the VIP in one set or the other says whether new connections are diverted or dropped (in
+  neither, they pass). The rules stay as long as the table, since the divert
+  rule is what keeps connection tracking on, and with it the translation of the connections it
+  diverted (without it a twin's answer still on its way leaves from the twin's port: a push lost,
+  its line taken). The table goes only once no diverted connection is open or has an answer
+  unacknowledged (FIN-WAIT-1 counts). The VIP leaves the sets by itself after
+  ``DRAIN_EXPIRY_S``, and the apply step removes the table on every exit and at its start (a run killed
   mid-drain). Where the twin does not listen (an earlier version's gateway config or Loki on the
   port), new connections are dropped from the start and each kept-alive connection is cut within
   ``ANSWERED_MS`` of an answer. Once no connection to the VIP is left, the node enters keepalived's

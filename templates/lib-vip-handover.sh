@@ -68,41 +68,52 @@ vip_marked() {
 # diverted; every packet of a connection opened before passes as it is. The address leaves the set
 # by itself after VIP_DRAIN_EXPIRY_S, so that a step killed mid-drain cannot leave it diverted.
 vip_divert_new_connections() {
-  vip_drain_rules "$1" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}" ""
+  vip_drain_rules "$1" diverting
 }
 
 # vip_drop_new_connections TABLE: new connections to the VIP on this node are dropped, so that their
 # client's TCP sends the SYN again (about a second later, when the VIP is elsewhere). Only a pure
 # SYN matches: every packet of a connection opened before, a kept-alive one included, passes
-# (a "ct state new" rule would not do: connection tracking, on only while a drain diverts, takes
-# packets of connections it never saw open for new ones). Connections diverted before keep their
-# translation (the nat chain stays until the drain ends).
+# (a "ct state new" rule would not do: connection tracking, on only while a drain's table is there,
+# takes packets of connections it never saw open for new ones). Connections diverted before keep
+# their translation (vip_drain_rules).
 vip_drop_new_connections() {
-  vip_drain_rules "$1" "" "ip daddr @draining tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop"
+  vip_drain_rules "$1" dropping
 }
 
-# vip_drain_rules TABLE DIVERT DROP: a drain's table, replaced in one transaction: DIVERT in a nat
-# chain (before routing), DROP in the input chain. The nat chain stays, empty, as long as the table:
-# the connections it diverted keep their translation.
+# vip_drain_rules TABLE [diverting|dropping]: a drain's table, set in one transaction: the VIP goes
+# into the named set (with its expiry), out of the other; with neither, new connections pass again.
+# The rules themselves stay as long as the table: the divert rule (a redirect) is what keeps
+# connection tracking, and with it the translation of the connections it diverted, on in the
+# namespace; without it their answers would leave from the twin's port and their clients would
+# never get them. So the table goes only once nothing diverted is open (vip_accept_new_connections).
 vip_drain_rules() {
+  local element=""
+  [ -z "${2:-}" ] || element="add element inet $1 $2 { ${VIP_ADDRESS} timeout ${VIP_DRAIN_EXPIRY_S}s }"
   nft -f - <<EOF
-table inet $1
-delete table inet $1
 table inet $1 {
-    set draining {
+    set diverting {
         type ipv4_addr
         flags timeout
-        elements = { ${VIP_ADDRESS} timeout ${VIP_DRAIN_EXPIRY_S}s }
+    }
+    set dropping {
+        type ipv4_addr
+        flags timeout
     }
     chain divert {
         type nat hook prerouting priority dstnat; policy accept;
-        $2
     }
     chain input {
         type filter hook input priority filter - 10; policy accept;
-        $3
     }
 }
+flush chain inet $1 divert
+flush chain inet $1 input
+add rule inet $1 divert ip daddr @diverting tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}
+add rule inet $1 input ip daddr @dropping tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop
+flush set inet $1 diverting
+flush set inet $1 dropping
+$element
 EOF
 }
 
@@ -115,9 +126,19 @@ vip_twin_listens() {
   [ -n "$twin" ] && [ "$twin" = "$(vip_port_listeners "$VIP_PORT")" ]
 }
 
+# vip_connections FILTER...: how many TCP connections that match ss's FILTER are open, or closing
+# with data of ours their client may not have yet: all but the listening ones and those whose FIN
+# the client has acknowledged (fin-wait-2, time-wait). A server that answers and closes at once
+# (Connection: close) leaves established for fin-wait-1 before its client acknowledged the answer;
+# lost on the way, the answer is sent again, and only reaches the client while the VIP is still
+# here and a diverted connection's translation still in place.
+vip_connections() {
+  ss -Htn state connected exclude fin-wait-2 exclude time-wait "$@" | wc -l
+}
+
 # vip_diverted_connections: connections the drain diverted to the gateway's twin, still open.
 vip_diverted_connections() {
-  ss -Htn state established state syn-recv "sport = :${VIP_DRAIN_PORT}" | wc -l
+  vip_connections "sport = :${VIP_DRAIN_PORT}"
 }
 
 # vip_end_kept_alive: once new connections are diverted, every kept-alive connection to the VIP's
@@ -138,7 +159,7 @@ vip_end_kept_alive() {
 vip_accept_new_connections() {
   local table=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S))
   if nft list table inet "$table" >/dev/null 2>&1; then
-    vip_drain_rules "$table" "" ""
+    vip_drain_rules "$table"
     while [ "$(vip_diverted_connections)" -gt 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
       sleep 0.1
     done
@@ -169,11 +190,11 @@ vip_ready_peers() {
   done
 }
 
-# vip_open_connections: connections to the VIP's port on this node, those still in their TCP
-# handshake included: a SYN that arrived just before the drop rule is answered here, and its
-# client's request would be cut if the VIP moved before it finished.
+# vip_open_connections: connections to the VIP's port on this node (vip_connections), those still
+# in their TCP handshake included: a SYN that arrived just before the drop rule is answered here,
+# and its client's request would be cut if the VIP moved before it finished.
 vip_open_connections() {
-  ss -Htn state established state syn-recv src "${VIP_ADDRESS}:${VIP_PORT}" | wc -l
+  vip_connections src "${VIP_ADDRESS}:${VIP_PORT}"
 }
 
 # vip_leave: hands the VIP over if this node holds it, without cutting a request or a kept-alive

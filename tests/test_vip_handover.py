@@ -335,9 +335,9 @@ def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_conn
     while RELOAD_TABLE not in (tables := lab.network.run(taker, ["nft", "list", "tables"]).stdout):
         assert time.monotonic() < deadline, f"{taker} did not divert before its reload: {tables}\n{reload.log_text()}"
         time.sleep(0.05)
-    rules = lab.network.run(taker, ["nft", "list", "table", "inet", RELOAD_TABLE]).stdout
-    assert f"redirect to :{DRAIN_PORT}" in rules, (
-        f"{taker}'s new connections to the VIP must go to the twin during its reload: {rules}")
+    diverting = lab.network.run(taker, ["nft", "list", "set", "inet", RELOAD_TABLE, "diverting"]).stdout
+    assert f"{VIP} timeout" in diverting, (
+        f"{taker}'s new connections to the VIP must go to the twin during its reload: {diverting}")
     t = time.monotonic()
     leave(lab, plan, home)
     lab.wait_for(taker, f"{home} hands the VIP over to {taker}, whose gateway is reloading", t)
@@ -373,9 +373,9 @@ def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_nex
         assert time.monotonic() < deadline, f"the reload did not divert: {reload.log_text()}"
         time.sleep(0.05)
     lab.network.stop("reload", signal.SIGKILL)
-    table = lab.network.run(home, ["nft", "list", "table", "inet", RELOAD_TABLE]).stdout
-    assert f"{VIP} timeout" in table and "expires" in table and "redirect" in table, (
-        f"a killed reload must leave a diversion that ends by itself: {table}")
+    diverting = lab.network.run(home, ["nft", "list", "set", "inet", RELOAD_TABLE, "diverting"]).stdout
+    assert f"{VIP} timeout" in diverting and "expires" in diverting, (
+        f"a killed reload must leave a diversion that ends by itself: {diverting}")
     time.sleep(2)  # new connections go on to the twin meanwhile
     proc = lab.handover(plan, home, 'vip_recover "$VIP_RELOAD_TABLE"')
     assert proc.returncode == 0 and "removed the drain rule an earlier run left" in proc.stdout, (
@@ -386,3 +386,82 @@ def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_nex
     stop_client(lab, steady, "gateway reload killed mid-drain")
     stop_client(lab, kept, "gateway reload killed mid-drain", "kept-alive")
     assert lab.holders() == [home], f"the VIP moved: {lab.holders()}"
+
+
+SLOW_ACK_CLIENT = r'''
+import socket, ssl, sys, time
+vip, ca, cert, key, ready, go = sys.argv[1:7]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+context.check_hostname = False
+with socket.create_connection((vip, 3100), timeout=20) as raw:
+    with context.wrap_socket(raw) as tls:
+        open(ready, "w").close()
+        while not __import__("os").path.exists(go):
+            time.sleep(0.02)
+        tls.sendall(f"GET /ready HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except OSError as e:
+            print(f"no answer: {type(e).__name__}: {e}")
+            sys.exit(1)
+        print(answer.split(b"\r\n")[0].decode() if answer else "no answer: the connection ended")
+        sys.exit(0 if answer.startswith(b"HTTP/1.1 200") else 1)
+'''
+
+
+def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reached_its_client(lab):
+    """A connection the drain diverted to the twin must get its answer, however the drain goes on:
+    new connections dropped instead (a handover, once the kept-alive ones ended), then let through
+    (the drain's end). The twin answers and closes at once; while the answer is unacknowledged (here
+    the client's namespace drops what the VIP sends for a few seconds, and the answer is resent) the
+    socket is in FIN-WAIT-1, no longer established. Two defects lost such an answer, and with it a
+    steady push of the rehearsal's roll whose line Loki had taken (the client timed out): removing
+    the divert rule turned connection tracking off in the namespace, so the resent answer left
+    untranslated (from the twin's port) and the client reset it; and the drain's end counted only
+    established connections, so it removed its table before the answer arrived."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home = lab.holders()[0]
+    proc = lab.handover(plan, home, 'vip_divert_new_connections "$VIP_RELOAD_TABLE"')
+    assert proc.returncode == 0, f"{home}: the diversion failed: {proc.stdout}{proc.stderr}"
+    d = lab.run / NODES[0]
+    ready, go = lab.run / "client-ready", lab.run / "client-go"
+    (lab.run / "slow_ack_client.py").write_text(SLOW_ACK_CLIENT)
+    client = lab.network.start("slow-ack", CLIENT, [sys.executable, str(lab.run / "slow_ack_client.py"), VIP,
+                                                    str(d / "check" / "ca.pem"), str(d / "check" / "client.pem"),
+                                                    str(d / "check" / "client.key"), str(ready), str(go)])
+    deadline = time.monotonic() + 10
+    while not ready.exists():
+        assert time.monotonic() < deadline and client.process.poll() is None, (
+            f"the client did not connect through the diversion: {client.log_text()}")
+        time.sleep(0.05)
+    deaf = f"table inet deaf {{\n chain input {{\n type filter hook input priority filter\n ip saddr {VIP} drop\n }}\n}}\n"
+    lab.network.run(CLIENT, ["nft", "-f", "-"], stdin=deaf, timeout=10).check_returncode()
+    go.touch()
+    deadline = time.monotonic() + 5
+    while not (closing := lab.network.run(home, ["ss", "-Htn", "state", "fin-wait-1",
+                                                 f"sport = :{DRAIN_PORT}"]).stdout.strip()):
+        assert time.monotonic() < deadline, f"{home}'s twin did not answer and close the diverted connection"
+        time.sleep(0.05)
+    proc = lab.handover(plan, home, 'vip_drop_new_connections "$VIP_RELOAD_TABLE"')
+    assert proc.returncode == 0, f"{home}: dropping new connections failed: {proc.stdout}{proc.stderr}"
+    ending = lab.start_handover(plan, home, 'vip_accept_new_connections "$VIP_RELOAD_TABLE"; echo drain-ended',
+                                "accept")
+    time.sleep(2.5)  # several resends of the answer
+    tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
+    left = lab.network.run(home, ["ss", "-Htn", f"sport = :{DRAIN_PORT}"]).stdout.strip()
+    assert left, f"{home}: the diverted connection ({closing}) was reset before its answer reached the client"
+    assert RELOAD_TABLE in tables, (f"{home} ended the drain while the twin's answer on a diverted connection was "
+                                    f"unacknowledged ({left}): its resent answer loses its translation")
+    lab.network.run(CLIENT, ["nft", "delete", "table", "inet", "deaf"], timeout=10).check_returncode()
+    assert client.process.wait(timeout=20) == 0, f"the diverted client lost its answer: {client.log_text()}"
+    assert ending.process.wait(timeout=20) == 0 and "drain-ended" in ending.log_text(), ending.log_text()
+    tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
+    assert RELOAD_TABLE not in tables, f"{home} still diverts once the last diverted answer arrived: {tables}"
+    figure(SECTION, "a diverted connection whose answer was resent for 2.5 s got it, the drain ended after it")
