@@ -441,7 +441,8 @@ def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reache
         assert time.monotonic() < deadline and client.process.poll() is None, (
             f"the client did not connect through the diversion: {client.log_text()}")
         time.sleep(0.05)
-    deaf = f"table inet deaf {{\n chain input {{\n type filter hook input priority filter\n ip saddr {VIP} drop\n }}\n}}\n"
+    deaf = (f"table inet deaf {{\n chain input {{\n type filter hook input priority filter\n"
+            f" ip saddr {VIP} drop\n }}\n}}\n")
     lab.network.run(CLIENT, ["nft", "-f", "-"], stdin=deaf, timeout=10).check_returncode()
     go.touch()
     deadline = time.monotonic() + 5
