@@ -164,6 +164,24 @@ def ingester(spec: LokiConfigSpec) -> dict[str, Any]:
     }}
 
 
+RETENTION_MARKER_PREFIX = "retention-markers/"
+"""Where the compactor keeps its retention markers: in the bucket, not in the node's working
+directory (``compactor.deletion_marker_object_store_prefix``; it must end with ``/``).
+
+Retention works in two steps (Loki 3.7.6, ``pkg/compactor``): the elected compactor *marks* the
+chunks past their retention (it writes their IDs to marker files and rewrites the index without
+them), and its *sweeper* deletes the marked chunks once the files are ``retention_delete_delay``
+old (2h). The sweeper runs only on the elected node. With markers on local disk, every roll or
+failover that moves the election between marking and sweeping strands the marked chunks: no
+other node knows of them, and as the index no longer lists them no later compactor marks them
+again; they stay in the bucket until that node is elected again, possibly never, while retention
+claims to keep the bucket bounded (tests/test_loki_live.py: marked by one node, deleted by the
+next one with this setting, never without). With the prefix, one sweeper per object store reads
+them from the bucket, whichever node is elected. On its start every node copies the markers an
+earlier version left in its working directory to the bucket and removes them there
+(``compactor.go``, ``retention.CopyMarkers``): an upgrade loses none."""
+
+
 def compactor(spec: LokiConfigSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/operations/storage/retention/
 
@@ -175,6 +193,7 @@ def compactor(spec: LokiConfigSpec) -> dict[str, Any]:
     return {"compactor": {
         "working_directory": f"{spec.data_dir}/compactor",
         "retention_enabled": True,
+        "deletion_marker_object_store_prefix": RETENTION_MARKER_PREFIX,
         "delete_request_store": "s3",
         "compactor_ring": {"heartbeat_period": COMPACTOR_HEARTBEAT_PERIOD,
                            "heartbeat_timeout": COMPACTOR_HEARTBEAT_TIMEOUT},
@@ -191,8 +210,8 @@ processed only if that node is the elected compactor, and can be lost when anoth
 its copy (grafana/loki#6779 and #14985, open; measured with Loki 3.7.6 in
 tests/test_loki_live.py). ``disabled`` would refuse deletes consistently, but then every query
 logs an error (the query path asks the compactor for cache generation numbers and is refused),
-so the README tells operators not to rely on deletes in a cluster; retention removes old logs
-everywhere."""
+so Loki keeps its default and every gateway refuses the deletion API with the reason
+(``components.loki_gateway.DELETE_REFUSAL``); retention removes old logs everywhere."""
 
 
 def limits() -> dict[str, Any]:

@@ -11,7 +11,8 @@ own certificate.
 - ``agent``: pushes (``POST /loki/api/v1/push``) and nothing else;
 - ``reader`` (Grafana's data source): the query API, read only;
 - ``metrics`` (Prometheus): ``GET /metrics``;
-- ``operator`` (logcli, curl): everything, the delete API and the admin endpoints included;
+- ``operator`` (logcli, curl): everything, the admin endpoints included;
+- nobody: the log deletion API, which every gateway answers with 501 and why (``DELETE_REFUSAL``);
 - every certificate of the stack (also ``health``, the VIP's check, and ``server``): ``/ready``.
 
 A path that nginx would read differently from Loki (percent-encoded, ``..``, ``//``) is refused
@@ -27,8 +28,8 @@ apply the client's role, not the forwarding node's: the forwarding gateway passe
 authorised on in ``X-Lokistack-Role``, which counts only from another Loki node's server
 certificate (by its name: the other servers of the stack hold server certificates too), and a
 forwarded request goes to that peer's own Loki only, never on to a third node. Only pushes and the
-read API, which every node serves alike, go to a peer; ``/ready``, ``/metrics``, the admin
-endpoints and the delete API are about the node itself (the VIP's check and the roll's checks ask
+read API, which every node serves alike, go to a peer; ``/ready``, ``/metrics`` and the admin
+endpoints are about the node itself (the VIP's check and the roll's checks ask
 ``/ready``; Prometheus sees a node down by its ``/metrics``) and go to its own Loki only.
 On a Loki node, only root and nginx's workers reach Loki's loopback listener: the node's firewall
 refuses every other local user (``components.firewall``).
@@ -120,6 +121,21 @@ class Grant:
 
 
 PUSH_PATH = "/loki/api/v1/push"
+
+DELETE_PATHS = r"^/loki/api/v1/delete$|/compactor/ui/api/v1/deletes$"
+"""Loki 3.7.6's log deletion API (``pkg/loki/modules.go``: create, list, cancel) and the compactor
+UI's endpoint that lists and creates delete requests too (``pkg/compactor/ui.go``)."""
+DELETE_REFUSED_STATUS = 501
+DELETE_REFUSAL = (
+    "loki-stack: the log deletion API is off. Loki 3.7 keeps delete requests in each node's own "
+    "database (grafana/loki#6779, #14985): on a cluster a request is known to the node that took it "
+    "only, is applied only if that node runs the compactor, and can be overwritten by another "
+    "node's copy. Logs are removed by retention: lower lokiRetention and run pulumi up (README: "
+    "Removing logs).")
+"""What every gateway answers to the deletion API, for every role and method: a request Loki
+accepts with 204 and may silently never apply is worse than a refusal that says why. Not on a
+single node either: there Loki behaves as upstream intends, but no test of ours shows a delete
+applied, and a stack that grows to three nodes would change its answer."""
 
 GRANTS = (
     Grant((ROLE_AGENT, ANONYMOUS), "POST", (PUSH_PATH,)),
@@ -219,6 +235,11 @@ server {{
     location / {{
         proxy_pass https://$lokistack_upstream;
     }}
+    # The log deletion API is off (components/loki_gateway.py: DELETE_REFUSAL says why).
+    location ~ "{DELETE_PATHS}" {{
+        default_type text/plain;
+        return {DELETE_REFUSED_STATUS} "{DELETE_REFUSAL}\n";
+    }}
 }}
 """
 
@@ -250,9 +271,8 @@ map "$lokistack_from_peer|$http_x_lokistack_role" $lokistack_role {{
 }}
 
 # What another node may take while this node's Loki cannot be reached: pushes and the read API,
-# which every node serves alike. The rest is about this node (/ready, /metrics, the admin endpoints,
-# the delete requests it keeps), and what a peer forwarded goes to this node's Loki only: never on
-# to a third node.
+# which every node serves alike. The rest is about this node (/ready, /metrics, the admin
+# endpoints), and what a peer forwarded goes to this node's Loki only: never on to a third node.
 map "$request_method $uri" $lokistack_shared {{
     default 0;
 {shared}

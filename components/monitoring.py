@@ -59,6 +59,19 @@ COMPACTION_INTERVAL_S = 600
 """Loki's ``compactor.compaction_interval`` default (the stack does not set it); retention is applied
 on every compaction (``apply_retention_interval`` 0)."""
 COMPACTION_MISSED_RUNS = 3
+PUSH_P99_S = 1.0
+"""Push latency (p99 over 5 minutes) that is an incident: a 1 MiB batch is taken in about 0.1 s on
+a healthy cluster (the rehearsal's kept-alive client: slowest 0.2 s through a roll), and Alloy
+gives up on a push after 10 s. Above 1 s for 15 minutes the ingesters or their WAL disks are
+falling behind (the Loki mixin's ``LokiRequestLatency`` uses 1 s too)."""
+QUERY_P99_S = 20.0
+"""Query latency (p99 over 5 minutes) that users feel: Grafana and logcli wait up to a minute
+(Loki's ``query_timeout``), so above 20 s for 15 minutes the slowest queries are a third of the
+way to failing; look at what is queried, the nodes' CPU and the object store."""
+WAL_CORRUPTION_ALERT_S = 86400
+"""How long LokiWALCorrupted fires after the start whose WAL replay found corruption."""
+LATENCY_RECORD = "cluster_route:loki_request_duration_seconds:99quantile"
+"""The recording rule both latency alerts read (one series per route, as the Loki mixin records)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +242,28 @@ def signals(spec: MonitoringSpec) -> dict[str, Signal]:
                                 f"retries_total{{{agents}}}[10m]))", "{{node}}"),
         "agent_dropped": Signal("Lines agents gave up on (15 min)", f"sum by (cluster, node, reason) (increase("
                                 f"loki_write_dropped_entries_total{{{agents}}}[15m]))", "{{node}} {{reason}}"),
+        "push_p99": Signal("Push latency p99 (5 min; recorded)", f'{LATENCY_RECORD}{{{cluster}, route="loki_api_v1_'
+                           'push"}', "push", "s"),
+        "query_p99": Signal("Query latency p99 by route (5 min; recorded)", f'{LATENCY_RECORD}{{{cluster}, route!="'
+                            'loki_api_v1_push"}', "{{route}}", "s"),
+        "panics": Signal("Panics Loki recovered from (10 min)", f"sum by (cluster, node) (increase(loki_panic_total"
+                         f"{{{loki}}}[10m]))", "{{node}}"),
+        "wal_corruptions": Signal("WAL corruptions found when Loki last started", f"sum by (cluster, node) (loki_"
+                                  f"ingester_wal_corruptions_total{{{loki}}})", "{{node}}"),
+        "node_age": Signal("Since each Loki process started", f"sum by (cluster, node) (time() - process_start_"
+                           f"time_seconds{{{loki}}})", "{{node}}", "s"),
+        "wal_disk_full": Signal("WAL writes refused: disk full (10 min)", f"sum by (cluster, node) (increase(loki_"
+                                f"ingester_wal_disk_full_failures_total{{{loki}}}[10m]))", "{{node}}"),
+        "delete_failures": Signal("Delete requests the compactor failed to load or apply (20 min)",
+                                  f'sum by (cluster, node) (increase(loki_compactor_load_pending_requests_attempts_'
+                                  f'total{{{loki}, status="fail"}}[20m]))\nor\nsum by (cluster, node) (increase('
+                                  f"loki_compactor_delete_processing_fails_total{{{loki}}}[20m]))", "{{node}}"),
+        "sweep_failures": Signal("Chunk deletions by retention that failed (10 min)",
+                                 "sum by (cluster, node) (increase("
+                                 "loki_boltdb_shipper_retention_sweeper_chunk_deleted_duration_seconds_count"
+                                 f'{{{loki}, status="failure"}}[10m]))', "{{node}}"),
+        "runtime_config_ok": Signal("Runtime config (limits) last reload good (1) or failed (0)",
+                                    f"loki_runtime_config_last_reload_successful{{{loki}}}", "{{node}}"),
         "certificate_left": Signal("Certificates: time left", f"{CERTIFICATE_METRIC}{{{cluster}}} - time()",
                                    "{{certificate}}", "s"),
     }
@@ -299,6 +334,41 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
         _alert("LokiObjectStoreErrors", f"({s['s3_errors']}) > {ERROR_RATIO}", "10m", "warning",
                f"More than {ERROR_RATIO:.0%} of Loki's object-store requests fail",
                "Check the object store (LokiStackObjectStoreDown, its disk) and Loki's S3 keys."),
+        _alert("LokiPushLatencyHigh", f"{s['push_p99']} > {PUSH_P99_S:g}",
+               "15m", "warning", f"The slowest pushes (p99) take more than {PUSH_P99_S:g} s",
+               "Check the nodes' CPU and data disks (journalctl -u loki: WAL or flush errors) and "
+               "LokiIngestNearRateLimit; agents give up on a push after 10 s."),
+        _alert("LokiQueryLatencyHigh", f"{s['query_p99']} > {QUERY_P99_S:g}", "15m", "warning",
+               f"The slowest {{{{ $labels.route }}}} queries (p99) take more than {QUERY_P99_S:g} s",
+               "Grafana and logcli give up at a minute: look for wide queries (long ranges, no label filter), "
+               "the nodes' CPU and LokiObjectStoreErrors."),
+        _alert("LokiPanicking", f"{s['panics']} > 0", "", "critical",
+               "Loki on {{ $labels.node }} recovered from a panic: a request failed on a bug",
+               "journalctl -u loki on the node shows the stack trace; report it upstream with the Loki version."),
+        # The replay counts corruptions before the first scrape, so no increase() sees them: the
+        # count of the running process, for a day after its start. Loki 3.7.6 counts records it
+        # cannot decode, not a damaged segment (its replay stops at the WAL reader's error without
+        # looking at it, and logs no error: measured, tests/test_loki_live.py).
+        _alert("LokiWALCorrupted", f"({s['wal_corruptions']} > 0)\nand on (cluster, node)\n({s['node_age']} < "
+               f"{WAL_CORRUPTION_ALERT_S})", "", "warning",
+               "Loki on {{ $labels.node }} found a corrupted WAL when it started: lines only it held may be lost",
+               "Check the node's data disk (dmesg, smartctl) and whether it was full. The other replicas hold "
+               "the lines pushed to them: a loss needs the same on a write quorum of nodes (Loki's own words)."),
+        _alert("LokiWALDiskFull", f"{s['wal_disk_full']} > 0", "", "critical",
+               "Loki on {{ $labels.node }} cannot write its WAL: its data disk is full",
+               "New lines on the node live in memory only until flushed: grow lokiDataDiskGiB or free the disk "
+               "now (df -h /var/lib/loki)."),
+        _alert("LokiDeleteRequestsFailing", f"({s['delete_failures']}) > 0", "30m", "warning",
+               "The compactor on {{ $labels.node }} keeps failing to load or apply delete requests",
+               "journalctl -u loki on that node (the elected compactor): object-store or boltdb errors name "
+               "the cause; requests wait meanwhile."),
+        _alert("LokiRetentionSweepFailing", f"{s['sweep_failures']} > 0", "20m", "warning",
+               "The compactor on {{ $labels.node }} keeps failing to delete chunks past retention",
+               "journalctl -u loki on that node: object-store errors name the cause; the bucket grows meanwhile."),
+        _alert("LokiRuntimeConfigReloadFailing", f"{s['runtime_config_ok']} == 0", "5m", "warning",
+               "Loki on {{ $labels.node }} cannot load its runtime config: limit changes do not apply",
+               "journalctl -u loki on the node names the error in /etc/loki/runtime.yml; run `pulumi up` again "
+               "to write a good one."),
         _alert("LokiChunkFlushFailing", f"{s['flush_failures']} > 0", "10m", "critical",
                "Loki cannot write chunks to the object store: new logs live only in the nodes' WALs",
                "Fix the object store now; the WAL is replayed and flushed once it answers."),
@@ -351,9 +421,17 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
     ]
 
 
+def recording_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
+    """What the latency alerts read, recorded once a minute rather than computed per alert."""
+    loki = f'job="{JOB_LOKI}", cluster="{spec.cluster}", route=~"loki_api_v1_.+"'
+    return [{"record": LATENCY_RECORD, "expr": "histogram_quantile(0.99, sum by (cluster, route, le) "
+                                               f"(rate(loki_request_duration_seconds_bucket{{{loki}}}[5m])))"}]
+
+
 def rules(spec: MonitoringSpec, certificates: Sequence[CertificateExpiry]) -> dict[str, Any]:
     return {"groups": [
         {"name": "loki-stack-certificates", "rules": certificate_rules(spec, certificates)},
+        {"name": "loki-stack-records", "rules": recording_rules(spec)},
         {"name": "loki-stack", "rules": alert_rules(spec)},
     ]}
 

@@ -14,7 +14,9 @@ host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-i
 - nginx (the gateway) runs with its rendered config in a main config like Debian's, its pid file,
   logs and TLS files in the lab (see ``lab_stack.gateway_command``);
 - the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit);
-- the node's config names the runtime config (the limits) in the lab's directory, not in /etc/loki.
+- the node's config names the runtime config (the limits) in the lab's directory, not in /etc/loki;
+- Loki may be started with extra flags (``loki_flags``, after the config file, so they win): a
+  test that must see the compactor work in minutes, not hours, shortens its intervals so.
 
 Every process is stopped by its pid and every namespace removed when the lab closes, also when a
 test fails (``PrivateNetwork``).
@@ -31,10 +33,11 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 from components import firewall
 from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
-from components.loki_config import CREDENTIALS_DIR, HTTP_PORT
+from components.loki_config import CREDENTIALS_DIR, HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import ROLE_OPERATOR
 from components.loki_limits import RUNTIME_FILE
 from components.objectstore import API_PORT
@@ -115,6 +118,8 @@ class LokiLab:
     network: PrivateNetwork
     plan: LabPlan
     tools: LokiTools
+    loki_flags: tuple[str, ...] = ()
+    """Flags added to every Loki start (they override the config file)."""
     started: dict[str, float] = field(default_factory=dict)
     """Node -> monotonic time its Loki was started."""
 
@@ -149,6 +154,26 @@ class LokiLab:
         env = self.plan.files[next(iter(LOKI_ADDRESSES))][f"{STAGE_DIR}/lokistack.env"]
         values = env_values(env)
         return values["LOKI_S3_ACCESS_KEY"], values["LOKI_S3_SECRET_KEY"]
+
+    def bucket_keys(self, prefix: str = "") -> list[str]:
+        """The keys of every object in Loki's bucket under ``prefix`` (the S3 API, as Loki lists)."""
+        access, secret = self.s3_keys()
+        d = self.run / S3
+        url = f"https://{OBJECT_STORE_ADDRESS}:{API_PORT}/{self.plan.outputs['lokiBucket']}"
+        namespace = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+        keys: list[str] = []
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})}
+            proc = self.network.run(S3, ["curl", "-sS", "-f", "--cacert", str(d / "ca.pem"), "--aws-sigv4",
+                                         "aws:amz:us-east-1:s3", "--user", f"{access}:{secret}",
+                                         f"{url}?{urllib.parse.urlencode(query)}"], timeout=30)
+            assert proc.returncode == 0, f"listing the bucket under {prefix!r} failed: {proc.stderr}"
+            root = ElementTree.fromstring(proc.stdout)  # noqa: S314 (the lab's own S3 stand-in answers)
+            keys += [e.text or "" for e in root.iter(f"{namespace}Key")]
+            token = root.findtext(f"{namespace}NextContinuationToken") or ""
+            if root.findtext(f"{namespace}IsTruncated") != "true" or not token:
+                return keys
 
     def start_object_store(self) -> None:
         """moto's S3 server with the plan's object-store certificate, and Loki's bucket in it."""
@@ -202,6 +227,7 @@ class LokiLab:
         argv = [str(self.tools.loki) if a == dropin.exec_start[0] else a for a in dropin.exec_start]
         assert f"-config.file={CONFIG_FILE}" in argv, f"{node}: {DROPIN_FILE} starts Loki with {argv}"
         argv = [f"-config.file={d / 'config.yml'}" if a == f"-config.file={CONFIG_FILE}" else a for a in argv]
+        argv += self.loki_flags
         self.started[node] = time.monotonic()
         self.network.start(f"loki-{node}", node, ["unshare", "-m", "-u", "sh", "-c", NODE_START, "sh", node, str(d),
                                                   CREDENTIALS_DIR, *argv])
@@ -265,8 +291,24 @@ class LokiLab:
         status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
         return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
 
-    def push(self, node: str, labels: dict[str, str], lines: list[str], role: str = ROLE_OPERATOR) -> Response:
-        now = time.time_ns()
+    def local_request(self, node: str, path: str, *, method: str = "GET") -> Response:
+        """An HTTPS request to ``node``'s Loki itself, on its loopback listener behind the gateway, from
+        the node (as root: the firewall lets root and the gateway's workers in) with the node's own
+        certificate, as the gateway sends it."""
+        tls = self.run / node / "credentials"
+        proc = self.network.run(node, [
+            "curl", "-sS", "-m", "30", "-w", "\n%{http_code} %{time_total}", "--cacert", str(tls / "ca.pem"),
+            "--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "-X", method,
+            "--resolve", f"localhost:{LOKI_LOCAL_PORT}:127.0.0.1", f"https://localhost:{LOKI_LOCAL_PORT}{path}"],
+            timeout=60)
+        body, _, tail = proc.stdout.rpartition("\n")
+        status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
+        return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
+
+    def push(self, node: str, labels: dict[str, str], lines: list[str], role: str = ROLE_OPERATOR,
+             at_ns: int | None = None) -> Response:
+        """``lines`` one nanosecond apart, from now or from ``at_ns``."""
+        now = time.time_ns() if at_ns is None else at_ns
         values = [[str(now + i), line] for i, line in enumerate(lines)]
         return self.request(node, "/loki/api/v1/push", method="POST", role=role,
                             data=json.dumps({"streams": [{"stream": labels, "values": values}]}))
@@ -288,6 +330,13 @@ class LokiLab:
         assert response.status == 200, f"{node}: /metrics answered {response.status}: {response.body[:300]}"
         match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", response.body, re.MULTILINE)
         return float(match.group(1)) if match else None
+
+    def metric_sum(self, node: str, name: str) -> float:
+        """The sum of every series of ``name`` (0 where Loki exposes none yet)."""
+        response = self.request(node, "/metrics")
+        assert response.status == 200, f"{node}: /metrics answered {response.status}: {response.body[:300]}"
+        return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", response.body,
+                                                 re.MULTILINE))
 
     def logcli(self, *args: str) -> tuple[int, str]:
         """logcli on the client host, configured only by ``eval "$(pulumi stack output logcliEnvironment)"``

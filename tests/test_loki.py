@@ -94,6 +94,10 @@ def test_every_node_runs_the_same_ring_elected_compactor(example):
             f"{host}: a fixed compactor address makes one node a single point of failure")
         compactor = config["compactor"]
         assert compactor["retention_enabled"] is True and compactor["delete_request_store"] == "s3"
+        prefix = compactor.get("deletion_marker_object_store_prefix", "")
+        assert prefix.endswith("/") and len(prefix) > 1, (
+            f"{host}: retention markers must be in the bucket under a prefix ending in '/' (Loki's rule), got "
+            f"{prefix!r}: on local disk a compactor move strands the chunks they mark")
         assert compactor["compactor_ring"] == {"heartbeat_period": "5s", "heartbeat_timeout": "15s"}, (
             f"{host}: a crashed compactor must be replaced within minutes, not Loki's default 10")
         assert "retention_period" not in config["limits_config"], (

@@ -34,6 +34,8 @@ from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import (
     ANONYMOUS,
     CLIENT_STALL_S,
+    DELETE_REFUSAL,
+    DELETE_REFUSED_STATUS,
     DRAIN_PORT,
     GRANTS,
     KEEPALIVE_TIME_S,
@@ -93,16 +95,19 @@ READS = [("GET", "/loki/api/v1/query_range?query=%7Bjob%3D%22x%22%7D&limit=5"), 
          ("GET", "/loki/api/v1/detected_field/level/values"), ("GET", "/loki/api/v1/status/buildinfo"),
          ("GET", "/loki/api/v1/tail")]
 READY, METRICS = ("GET", "/ready"), ("GET", "/metrics")
-ADMIN = [("POST", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D&start=1"), ("GET", "/loki/api/v1/delete"),
-         ("DELETE", "/loki/api/v1/delete?request_id=1"), ("GET", "/config"), ("GET", "/services"),
-         ("POST", "/flush"), ("GET", "/ring"), ("POST", "/ingester/shutdown"), ("GET", "/loki/api/v1/push"),
-         ("PUT", "/loki/api/v1/push"), ("GET", "/compactor/ring")]
-EVERY = [PUSH, *READS, READY, METRICS, *ADMIN]
+ADMIN = [("GET", "/config"), ("GET", "/services"), ("POST", "/flush"), ("GET", "/ring"), ("POST", "/ingester/shutdown"),
+         ("GET", "/loki/api/v1/push"), ("PUT", "/loki/api/v1/push"), ("GET", "/compactor/ring")]
+DELETES = [("POST", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D&start=1"), ("GET", "/loki/api/v1/delete"),
+           ("DELETE", "/loki/api/v1/delete?request_id=1"), ("PUT", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D"),
+           ("GET", "/compactor/ui/api/v1/deletes"), ("POST", "/compactor/ui/api/v1/deletes"),
+           ("POST", "/ui/api/v1/proxy/loki-01/compactor/ui/api/v1/deletes")]
+"""Loki's log deletion API: refused by every gateway, to the operator with 501 and the reason."""
+EVERY = [PUSH, *READS, READY, METRICS, *ADMIN, *DELETES]
 ALLOWED = {
     ROLE_AGENT: {PUSH, READY},
     ROLE_READER: {*READS, READY},
     ROLE_METRICS: {METRICS, READY},
-    ROLE_OPERATOR: set(EVERY),
+    ROLE_OPERATOR: {PUSH, *READS, READY, METRICS, *ADMIN},
     ROLE_HEALTH: {READY},
     ROLE_SERVER: {READY},
 }
@@ -194,6 +199,10 @@ def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
                 wrong.append(f"{method} {path}: {status} {body[:200]} (should pass unchanged)")
             elif seen.get("client") != "loki-01.home.arpa":
                 wrong.append(f"{method} {path}: Loki saw client {seen.get('client')}, not the node's own certificate")
+        elif (method, path) in DELETES and role == ROLE_OPERATOR:
+            if status != DELETE_REFUSED_STATUS or body.strip() != DELETE_REFUSAL:
+                wrong.append(f"{method} {path}: {status} {body[:200]} (the deletion API: should be "
+                             f"{DELETE_REFUSED_STATUS} with the reason)")
         elif status != 403:
             wrong.append(f"{method} {path}: {status} {body[:200]} (should be 403)")
     assert not wrong, f"role {role} on the gateway of {STRICT}:\n" + "\n".join(wrong)
@@ -273,22 +282,22 @@ def test_certificates_are_required_unless_the_setting_says_otherwise():
 
 
 FORWARDED = f"{ROLE_HEADER}: {ROLE_OPERATOR}"
-DELETE = ("POST", "/loki/api/v1/delete?query=%7Bjob%3D%22x%22%7D&start=1")
+OPERATOR_ONLY = ("POST", "/flush")
 
 
 def test_a_peer_gateway_passes_its_clients_role_on_and_nobody_else_can(gateways):
     """loki-01's server certificate is a peer's for loki-02 (the other Loki node): the role it passes
     on counts there, and the request reaches that node's own Loki. The same header from any other
     certificate, or from the node's own certificate at its own gateway, counts for nothing."""
-    status, body = gateways.request(OPEN, ROLE_SERVER, *DELETE, headers=(FORWARDED,))
+    status, body = gateways.request(OPEN, ROLE_SERVER, *OPERATOR_ONLY, headers=(FORWARDED,))
     assert status == 200 and '"client": "loki-02' in body, (
         f"a peer forwarding an operator's request must reach loki-02's own Loki: {status} {body}")
     status, _ = gateways.request(OPEN, ROLE_SERVER, *PUSH)
     assert status == 403, f"a peer's certificate without a forwarded role may only ask /ready: {status}"
     for role in (ROLE_AGENT, ROLE_READER, ROLE_METRICS, ROLE_HEALTH):
-        status, _ = gateways.request(OPEN, role, *DELETE, headers=(FORWARDED,))
+        status, _ = gateways.request(OPEN, role, *OPERATOR_ONLY, headers=(FORWARDED,))
         assert status == 403, f"the {role} certificate became an operator with {FORWARDED}: {status}"
-    status, _ = gateways.request(STRICT, ROLE_SERVER, *DELETE, headers=(FORWARDED,))
+    status, _ = gateways.request(STRICT, ROLE_SERVER, *OPERATOR_ONLY, headers=(FORWARDED,))
     assert status == 403, f"loki-01's own certificate is no peer of loki-01's gateway: {status}"
     status, _ = gateways.request(OPEN, ROLE_SERVER, *PUSH, headers=(f"{ROLE_HEADER}: {ROLE_HEALTH}",))
     assert status == 403, "only the roles that reach more than /ready are passed on"

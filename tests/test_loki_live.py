@@ -13,17 +13,26 @@ takeover) are printed at the end of the test run.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT
-from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_READER
+from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT, RETENTION_MARKER_PREFIX
+from components.loki_gateway import (
+    DELETE_REFUSAL,
+    DELETE_REFUSED_STATUS,
+    ROLE_AGENT,
+    ROLE_HEALTH,
+    ROLE_METRICS,
+    ROLE_READER,
+)
 from offline.real_loki import LokiTools
 from tests.conftest import figure, missing, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan, vip_holders
@@ -37,6 +46,18 @@ CHOSEN = "this instance has been chosen to run the compactor"
 ELECTION_TIMEOUT_S = 30  # the compactor asks the ring every 5 s
 CRASH_TAKEOVER_TIMEOUT_S = 240  # 10 heartbeat timeouts (150 s) + heartbeat and ring poll
 VIP_TIMEOUT_S = 30
+RETENTION = "24h"  # the shortest lokiRetention: lines pushed two days back are past it
+COMPACTION_INTERVAL_S = 10
+RETENTION_DELETE_DELAY_S = 60
+"""The lab's compactor: it compacts and applies retention every 10 s (10 minutes as deployed),
+and deletes marked chunks once their marker file is a minute old (2 hours as deployed): longer
+than a leader lives after marking here, shorter than a crashed leader's takeover."""
+SWEEP_INTERVAL_S = 60  # Loki's sweeper lists marker files at its start, then every minute
+MARKED = "loki_boltdb_shipper_retention_marker_count_total"
+LOAD_DELETES = "loki_compactor_load_pending_requests_attempts_total"
+SWEPT = "loki_boltdb_shipper_retention_sweeper_chunk_deleted_duration_seconds_count"
+WAL_CORRUPTIONS = "loki_ingester_wal_corruptions_total"
+"""Metrics the alert rules read that Loki shows only once they count (tests/test_monitoring_live.py)."""
 
 
 def require_lab_tools() -> None:
@@ -84,7 +105,9 @@ def wait_for_one_compactor(lab: LokiLab, nodes: list[str], timeout: float, since
 def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokiLab]:
     require_lab_tools()
     with private_network(f"lkl{os.getpid() % 100000}-", tmp_path_factory.mktemp("live")) as network:
-        lab = LokiLab(network, lab_plan(), loki_tools)
+        lab = LokiLab(network, lab_plan(lokiRetention=RETENTION), loki_tools,
+                      loki_flags=(f"-compactor.compaction-interval={COMPACTION_INTERVAL_S}s",
+                                  f"-compactor.retention-delete-delay={RETENTION_DELETE_DELAY_S}s"))
         ready = start_cluster(lab)
         for node, seconds in ready.items():
             figure(SECTION, f"{node}: /ready {seconds:.1f} s after start")
@@ -115,7 +138,7 @@ def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
 def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
     """Least privilege: an agent pushes and cannot read or delete; Grafana's data source reads and
     cannot write or delete; Prometheus reads metrics; the VIP's check asks /ready; the operator
-    does everything."""
+    does everything but delete (no one does: see the next test)."""
     node = NODES[0]
     marker = uuid.uuid4().hex[:8]
     line = f"agent line {marker}"
@@ -142,7 +165,7 @@ def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
             assert response.status == 403, f"{role}: {method} {path} -> {response.status} {response.body[:200]}"
     assert "loki_build_info" in live.request(node, "/metrics", role=ROLE_METRICS).body, "Prometheus cannot scrape"
     assert live.request(node, "/ready", role=ROLE_HEALTH).status == 200, "the VIP's check cannot ask /ready"
-    listed = live.request(node, "/loki/api/v1/delete")
+    listed = live.local_request(node, "/loki/api/v1/delete")
     assert listed.status == 200 and marker not in listed.body, f"a refused delete reached Loki: {listed.body[:300]}"
     assert live.request(node, "/config").status == 200, "the operator reaches the admin endpoints"
     assert live.query_lines(node, query)[0] == [line], "the line is still there after the refused deletes"
@@ -183,22 +206,28 @@ def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     assert rc == 0 and line in output, f"logcli through the VIP (held by {holders}): rc={rc}\n{output}"
 
 
-def test_a_delete_request_is_known_only_to_the_node_that_took_it(live):
-    """What Loki 3.7.6 does with deletes on several nodes (grafana/loki#6779, #14985): each node's
-    compactor keeps its own delete-request database, so a request made through one node is listed
-    by that node only (and processed only if it is the elected compactor). The README says so.
-    If this fails, Loki shares delete requests between nodes now: deletes work on a cluster, and
-    the README and this test should say so."""
+def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):
+    """Every gateway answers the log deletion API with 501 and the reason (``DELETE_REFUSAL``), also
+    to the operator. The reason, measured on Loki 3.7.6 itself (each node's loopback listener,
+    behind its gateway): a delete request made to one node is listed by that node only
+    (grafana/loki#6779, #14985). If that part fails, Loki shares delete requests between nodes now:
+    the refusal may go, and this test and the README should say so."""
     now = int(time.time())
-    taker = NODES[1]
     marker = uuid.uuid4().hex[:8]
     query = urllib.parse.quote(f'{{job="live-test", marker="{marker}"}}')
-    posted = live.request(taker, f"/loki/api/v1/delete?query={query}&start={now - 600}&end={now}", method="POST")
-    assert posted.status == 204, f"{taker} refused a delete request: {posted}"
-    listed = {n: live.request(n, "/loki/api/v1/delete") for n in NODES}
+    create = f"/loki/api/v1/delete?query={query}&start={now - 600}&end={now}"
+    for node in NODES:
+        for method, path in (("POST", create), ("GET", "/loki/api/v1/delete"), ("DELETE", f"{create}&request_id=x")):
+            refused = live.request(node, path, method=method)
+            assert (refused.status, refused.body.strip()) == (DELETE_REFUSED_STATUS, DELETE_REFUSAL), (
+                f"{node}'s gateway must refuse {method} {path} with the reason: {refused}")
+    taker = NODES[1]
+    posted = live.local_request(taker, create, method="POST")
+    assert posted.status == 204, f"{taker}'s Loki refused a delete request: {posted}"
+    listed = {n: live.local_request(n, "/loki/api/v1/delete") for n in NODES}
     assert all(r.status == 200 for r in listed.values()), f"listing delete requests failed: {listed}"
     knowing = sorted(n for n, r in listed.items() if marker in r.body)
-    assert knowing == [taker], f"the delete request made through {taker} is listed by {knowing}: {listed}"
+    assert knowing == [taker], f"the delete request made to {taker}'s Loki is listed by {knowing}: {listed}"
 
 
 def test_exactly_one_node_runs_the_compactor_and_no_node_logs_grpc_compactor_errors(live):
@@ -209,14 +238,69 @@ def test_exactly_one_node_runs_the_compactor_and_no_node_logs_grpc_compactor_err
         assert "grpc.Compactor" not in live.log(node), f"{node} logs grpc.Compactor errors:\n{live.log(node)[-3000:]}"
 
 
-def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash(live):
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as Prometheus' WAL checksums each record."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def damage_first_wal_record(segment: Path) -> None:
+    """The segment's first record gets a payload Loki cannot decode, under a valid checksum. (A
+    record is a type byte, its length in 2 bytes big-endian, the CRC-32C of its payload in 4, then
+    the payload. Damage to that framing Loki 3.7.6 does not count: its replay loop stops at the
+    reader's error without looking at it, ``pkg/ingester/recovery.go`` ``recoverGeneric``; measured:
+    half a segment overwritten, "WAL segment recovery finished errors=false".)"""
+    data = bytearray(segment.read_bytes())
+    assert data[0] & 0x07 == 1, f"{segment}: the first record is not a whole, uncompressed one: {data[:8].hex()}"
+    length = int.from_bytes(data[1:3], "big")
+    payload = b"\xee" * length  # no record type of Loki's
+    data[3:7] = crc32c(payload).to_bytes(4, "big")
+    data[7:7 + length] = payload
+    segment.write_bytes(bytes(data))
+
+
+def expired_chunks(lab: LokiLab) -> set[str]:
+    """The chunk objects in the bucket whose lines are past the retention (their key says when
+    they start: ``<tenant>/<fingerprint>/<from ms>:<through ms>:<checksum>``, hex)."""
+    cutoff_ms = (time.time() - 86400) * 1000
+    return {k for k in lab.bucket_keys("fake/")
+            if (m := re.fullmatch(r"fake/[0-9a-f]+/([0-9a-f]+):[0-9a-f]+:[0-9a-f]+", k)) and int(m[1], 16) < cutoff_ms}
+
+
+def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash_and_the_next_one_deletes_what_the_last_marked(live):
+    """One node compacts at a time, and another takes over after a clean stop and after a crash.
+    Retention goes on across the moves: lines pushed two days back (past the 24h retention) reach
+    the bucket when the first leader stops (its ingester flushes, its index is uploaded); the
+    second leader marks their chunks and is killed before it could delete them; the third
+    deletes them. That needs the markers in the bucket (``RETENTION_MARKER_PREFIX``): on local
+    disk they die with the second leader, and no one deletes those chunks (measured: they were
+    still there 3 minutes after the takeover)."""
     leader, _ = wait_for_one_compactor(live, NODES, ELECTION_TIMEOUT_S, time.monotonic(), "before the stop")
+    job = f"retention-{uuid.uuid4().hex[:8]}"
+    pushed = live.push(NODES[0], {"job": job}, [f"expired line {i}" for i in range(100)],
+                       at_ns=time.time_ns() - 2 * 86400 * 10**9)
+    assert pushed.status == 204, f"a push of lines two days back was refused: {pushed}"
     t = time.monotonic()
     stopped_in = live.stop_node(leader, signal.SIGTERM)
     rest = [n for n in NODES if n != leader]
     second, took = wait_for_one_compactor(live, rest, ELECTION_TIMEOUT_S + stopped_in, t, "after a clean stop")
     figure(SECTION, f"compactor: {leader} stopped (SIGTERM, {stopped_in:.1f} s to exit), {second} compacts "
                     f"{took:.1f} s after the signal")
+    deadline = time.monotonic() + 6 * COMPACTION_INTERVAL_S
+    while not (expired := expired_chunks(live)) or live.metric_sum(second, MARKED) == 0:
+        assert time.monotonic() < deadline, (
+            f"{second} did not mark the expired chunks ({sorted(expired)}) within {6 * COMPACTION_INTERVAL_S} s:\n"
+            f"{live.log(second)[-3000:]}")
+        time.sleep(1)
+    assert live.metric(second, LOAD_DELETES) is not None, (
+        f"{second}, the elected compactor, applied retention but shows no {LOAD_DELETES}")
+    markers = live.bucket_keys(RETENTION_MARKER_PREFIX)
+    assert markers, (f"{second} marked {sorted(expired)} but no marker file is in the bucket under "
+                     f"{RETENTION_MARKER_PREFIX}")
     t = time.monotonic()
     live.stop_node(second, signal.SIGKILL)
     last = [n for n in rest if n != second]
@@ -227,3 +311,26 @@ def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash(live):
         f"{third} did not start its compactor:\n{live.log(third)[-3000:]}")
     for node in NODES:
         assert "grpc.Compactor" not in live.log(node), f"{node} logs grpc.Compactor errors"
+    t = time.monotonic()
+    bound = RETENTION_DELETE_DELAY_S + SWEEP_INTERVAL_S + 30
+    while left := expired & expired_chunks(live):
+        assert time.monotonic() - t < bound, (
+            f"{third} did not delete the {len(left)} chunk(s) {second} marked for retention before it was killed "
+            f"(markers: {live.bucket_keys(RETENTION_MARKER_PREFIX)}):\n{live.log(third)[-3000:]}")
+        time.sleep(2)
+    assert live.metric_sum(third, SWEPT) >= len(expired), f"{third} deleted chunks but counts none in {SWEPT}"
+    figure(SECTION, f"retention: {len(expired)} chunk(s) marked by {second}, deleted by {third} "
+                    f"{time.monotonic() - t:.0f} s after it took over")
+    # The killed node starts again on a WAL with a record it cannot decode: the replay counts the
+    # corruption before anything scrapes the node, and the node comes up (LokiWALCorrupted reads
+    # that count, not its increase).
+    wal = live.run / second / "var-lib" / "loki" / "wal"
+    segments = sorted((f for f in wal.iterdir() if f.name.isdigit() and f.stat().st_size > 0),
+                      key=lambda f: int(f.name))
+    assert segments, f"{second}, killed, left no WAL segment with records: {sorted(f.name for f in wal.iterdir())}"
+    damage_first_wal_record(segments[0])
+    live.start_node(second)
+    live.wait_ready([second])
+    assert live.metric_sum(second, WAL_CORRUPTIONS) >= 1, (
+        f"{second} replayed a damaged WAL segment ({segments[-1].name}) and counts no corruption:\n"
+        f"{live.log(second)[-3000:]}")

@@ -132,7 +132,8 @@ def test_the_rules_output_passes_promtool_check_rules(example, tmp_path):
 
 def test_every_certificate_has_its_end_and_renewal_recorded(example):
     rules = yaml.safe_load(example.resolved["output:prometheusRules"].value)
-    recorded = [r for g in rules["groups"] for r in g["rules"] if "record" in r]
+    recorded = [r for g in rules["groups"] for r in g["rules"]
+                if r.get("record") in (monitoring.CERTIFICATE_METRIC, monitoring.RENEWAL_METRIC)]
     names = {r["labels"]["certificate"] for r in recorded}
     hosts = example.resolved["output:hosts"].value
     expected = {"ca", "grafana-datasource", "prometheus", "operator", *(f"{h}-server" for h in hosts),
@@ -223,7 +224,67 @@ def agent(metric: str, **labels: str) -> str:
     return series(metric, AGENT, host="192.168.50.30:3100", **labels)
 
 
+def buckets(route: str, counts: dict[str, str]) -> dict[str, str]:
+    """A request-duration histogram of ``route``: bucket upper bound -> values."""
+    return {series("loki_request_duration_seconds_bucket", LOKI, node="loki-01", route=route, le=le): v
+            for le, v in counts.items()}
+
+
+N1 = {"node": "loki-01", **C}
+SLOW_PUSHES = buckets("loki_api_v1_push", {"0.5": "0+1x30", "1": "0+1x30", "2.5": "0+100x30", "+Inf": "0+100x30"})
+FAST_PUSHES = buckets("loki_api_v1_push", {"0.5": "0+100x30", "1": "0+100x30", "2.5": "0+100x30", "+Inf": "0+100x30"})
+SLOW_QUERIES = buckets("loki_api_v1_query_range", {"10": "0+1x30", "25": "0+1x30", "50": "0+100x30",
+                                                   "+Inf": "0+100x30"})
+FAST_QUERIES = buckets("loki_api_v1_query_range", {"10": "0+100x30", "25": "0+100x30", "50": "0+100x30",
+                                                   "+Inf": "0+100x30"})
+LOAD_DELETES = "loki_compactor_load_pending_requests_attempts_total"
+SWEEP = "loki_boltdb_shipper_retention_sweeper_chunk_deleted_duration_seconds_count"
+
 CASES: dict[str, list[Case]] = {
+    "LokiPushLatencyHigh": [
+        Case(SLOW_PUSHES, "25m", [{"route": "loki_api_v1_push", **C}]),
+        Case({**FAST_PUSHES, **SLOW_QUERIES}, "25m"),  # slow queries are not slow pushes
+    ],
+    "LokiQueryLatencyHigh": [
+        Case({**FAST_PUSHES, **SLOW_QUERIES}, "25m", [{"route": "loki_api_v1_query_range", **C}]),
+        Case({**SLOW_PUSHES, **FAST_QUERIES}, "25m"),
+    ],
+    "LokiPanicking": [
+        Case({series("loki_panic_total", LOKI, node="loki-01"): "0 0 1x10"}, "5m", [N1]),
+        Case({series("loki_panic_total", LOKI, node="loki-01"): "0x30"}, "25m"),
+    ],
+    "LokiWALCorrupted": [
+        # Counted during the replay at the start: the first scrape already has it.
+        Case({series("loki_ingester_wal_corruptions_total", LOKI, node="loki-01"): "2x30",
+              series(START, LOKI, node="loki-01"): "0x30"}, "25m", [N1]),
+        Case({series("loki_ingester_wal_corruptions_total", LOKI, node="loki-01"): "0x30",
+              series(START, LOKI, node="loki-01"): "0x30"}, "25m"),
+        # A day after that start it is an old story (the node's logs and the alert's history keep it).
+        Case({series("loki_ingester_wal_corruptions_total", LOKI, node="loki-01"): "2x1500",
+              series(START, LOKI, node="loki-01"): "0x1500"}, "1450m"),
+    ],
+    "LokiWALDiskFull": [
+        Case({series("loki_ingester_wal_disk_full_failures_total", LOKI, node="loki-01"): "0 0 0+5x10"}, "5m", [N1]),
+        Case({series("loki_ingester_wal_disk_full_failures_total", LOKI, node="loki-01"): "3x30"}, "25m"),
+    ],
+    "LokiDeleteRequestsFailing": [
+        # Every compaction (10 min) fails to load the requests for 50 minutes.
+        Case({series(LOAD_DELETES, LOKI, node="loki-01", status="fail"): "1+0.1x60"}, "55m", [N1]),
+        Case({series("loki_compactor_delete_processing_fails_total", LOKI, node="loki-01", cause="error"):
+              "1+0.1x60"}, "55m", [N1]),
+        Case({series(LOAD_DELETES, LOKI, node="loki-01", status="fail"): "1x60",
+              series(LOAD_DELETES, LOKI, node="loki-01", status="success"): "0+0.1x60"}, "55m"),  # once, long ago
+    ],
+    "LokiRetentionSweepFailing": [
+        Case({series(SWEEP, LOKI, node="loki-01", status="failure"): "0+3x40"}, "35m", [N1]),
+        Case({series(SWEEP, LOKI, node="loki-01", status="failure"): "3x40",
+              series(SWEEP, LOKI, node="loki-01", status="success"): "0+50x40"}, "35m"),
+    ],
+    "LokiRuntimeConfigReloadFailing": [
+        Case({series("loki_runtime_config_last_reload_successful", LOKI, node="loki-01"): "1 1 0x10"}, "9m",
+             [{"job": "loki", "node": "loki-01", **C}]),
+        Case({series("loki_runtime_config_last_reload_successful", LOKI, node="loki-01"): "1 0 1x10"}, "9m"),
+    ],
     "LokiStackNotScraped": [
         Case({up("loki", "x").replace(CLUSTER, "another"): "1x20"}, "15m", [{"job": "loki", **C}]),
         Case({up("loki", "loki-01"): "1x20"}, "15m"),
