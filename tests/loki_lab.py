@@ -28,6 +28,7 @@ import json
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -111,6 +112,13 @@ class Response:
 
     def json(self) -> object:
         return json.loads(self.body)
+
+
+def curl_response(proc: subprocess.CompletedProcess[str]) -> Response:
+    """What curl ``-w "\\n%{http_code} %{time_total}"`` wrote: status 0 and curl's message when it failed."""
+    body, _, tail = proc.stdout.rpartition("\n")
+    status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
+    return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
 
 
 @dataclass
@@ -287,9 +295,7 @@ class LokiLab:
             argv += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
         proc = self.network.run(CLIENT, [*argv, f"https://{LOKI_ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60,
                                 stdin=data)
-        body, _, tail = proc.stdout.rpartition("\n")
-        status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
-        return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
+        return curl_response(proc)
 
     def local_request(self, node: str, path: str, *, method: str = "GET") -> Response:
         """An HTTPS request to ``node``'s Loki itself, on its loopback listener behind the gateway, from
@@ -301,9 +307,7 @@ class LokiLab:
             "--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "-X", method,
             "--resolve", f"localhost:{LOKI_LOCAL_PORT}:127.0.0.1", f"https://localhost:{LOKI_LOCAL_PORT}{path}"],
             timeout=60)
-        body, _, tail = proc.stdout.rpartition("\n")
-        status, seconds = tail.split() if tail.count(" ") == 1 else ("0", "0")
-        return Response(status=int(status), body=body if proc.returncode == 0 else proc.stderr, seconds=float(seconds))
+        return curl_response(proc)
 
     def push(self, node: str, labels: dict[str, str], lines: list[str], role: str = ROLE_OPERATOR,
              at_ns: int | None = None) -> Response:
