@@ -41,6 +41,13 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
   of the port, new connections to the VIP there go to the twin (or wait, where the loaded config
   has none): the gateway's steps run on every node at once, and a node may take the VIP from
   another's handover during its own reload, which would close the kept-alive connections it got.
+- **One drain at a time**: a node's gateway apply and its Loki apply run side by side, and each
+  may drain. They take turns (``LOCK_FILE``, held from before a drain's first rule until its table
+  is gone): a reload's diversion that went on beside a handover's drop still sent new connections
+  to the twin, also after the VIP had moved: a client whose ARP entry still named the node had
+  its connection diverted there while its next packets went to the new holder (a push lost in a
+  rehearsal, SSL EOF). The divert rule also matches only while the VIP is on the node
+  (``fib daddr type local``).
 - A node that does not hold the VIP enters FAULT as well, so that it takes none while it restarts.
 - **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
   a node of higher priority than the holder would take the VIP straight back: a second move,
@@ -65,6 +72,9 @@ from dataclasses import dataclass
 
 MAINTENANCE_FILE = "/run/lokistack-vip-maintenance"
 """1: the node is in FAULT (gives the VIP away, takes none); 0: normal. In /run: a reboot clears it."""
+LOCK_FILE = "/run/lokistack-vip.lock"
+"""Held (flock) by a node's step from before a drain of the VIP there until its table is gone: the
+gateway's apply and Loki's apply run side by side, and their drains take turns."""
 YIELD_FILE = "/run/lokistack-vip-yield"
 """Added to the node's VRRP priority (0 or negative); emptied when the node becomes master."""
 NODE_HEADER = "X-Lokistack-Node"
@@ -118,7 +128,7 @@ class VipHandover:
             "VIP_SELF": node, "VIP_PRIORITIES": " ".join(f"{n}={p}" for n, p in self.priorities.items()),
             "VIP_PREEMPT": int(self.preempt), "VIP_MAINTENANCE_FILE": MAINTENANCE_FILE,
             "VIP_YIELD_FILE": YIELD_FILE, "VIP_NODE_HEADER": NODE_HEADER, "VIP_DRAIN_TABLE": DRAIN_TABLE,
-            "VIP_RELOAD_TABLE": RELOAD_TABLE,
+            "VIP_RELOAD_TABLE": RELOAD_TABLE, "VIP_LOCK_FILE": LOCK_FILE,
             "VIP_UNIT": self.keepalived_unit, "VIP_CONFIG": self.keepalived_config,
             "VIP_DRAIN_PORT": self.drain_port, "VIP_KEEPALIVE_WAIT_S": self.keepalive_time_s + KEPT_ALIVE_SENDS_S,
             "VIP_ANSWERED_MS": ANSWERED_MS,

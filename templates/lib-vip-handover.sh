@@ -5,6 +5,8 @@
 #               until a ready node answers on the VIP.
 #   vip_recover what an earlier run killed mid-handover left: the drain rule.
 #   vip_reload_gateway  nginx reloads without closing a kept-alive connection under a client.
+# A node's gateway apply and Loki apply run side by side; a drain of one and a drain of the other
+# never overlap (vip_lock).
 # Parameters: VIP_* (set by loki-stack); the caller's CA_FILE, CERT_FILE and KEY_FILE (a
 # certificate of the stack: every role may ask /ready). Needs lib-clock.sh. A caller that may call
 # vip_leave removes the drain rule on every exit (trap ... EXIT: vip_accept_new_connections).
@@ -61,12 +63,57 @@ vip_marked() {
   [ -f "$VIP_MAINTENANCE_FILE" ] && [ "$(cat "$VIP_MAINTENANCE_FILE")" != "0" ]
 }
 
+# vip_lock: this run holds the node's VIP lock (VIP_LOCK_FILE) until vip_unlock or its exit (a run
+# killed holds nothing: the lock is the open file). The drains of a node's gateway apply and of its
+# Loki apply, which run side by side, take turns: a reload's diversion (new connections to the
+# twin) that went on beside a handover's drop took new connections after the drop, and moved with
+# the VIP into its handover. Held from before a drain's first rule until its table is gone, and
+# while a run removes what an earlier one left. Taken again in the same run (a reload that hands
+# the VIP over first), it is counted: the outer vip_unlock releases it.
+vip_lock() {
+  local waited
+  if [ -n "${VIP_LOCK_FD:-}" ]; then
+    VIP_LOCK_DEPTH=$((VIP_LOCK_DEPTH + 1))
+    return 0
+  fi
+  exec {VIP_LOCK_FD}>>"$VIP_LOCK_FILE"
+  if flock -n "$VIP_LOCK_FD"; then
+    VIP_LOCK_DEPTH=1
+    return 0
+  fi
+  echo "${VIP_SELF}: another step's drain of the VIP is under way here; this one waits for it" \
+    "(at most ${VIP_DRAIN_EXPIRY_S}s)"
+  waited=$EPOCHREALTIME
+  if ! flock -w "$VIP_DRAIN_EXPIRY_S" "$VIP_LOCK_FD"; then
+    exec {VIP_LOCK_FD}>&-
+    VIP_LOCK_FD=""
+    echo "${VIP_SELF}: another step held ${VIP_LOCK_FILE} for more than ${VIP_DRAIN_EXPIRY_S}s; nothing was" \
+      "drained here" >&2
+    return 1
+  fi
+  VIP_LOCK_DEPTH=1
+  echo "${VIP_SELF}: the other drain ended after $(seconds_since "$waited") s"
+}
+
+# vip_unlock: the VIP lock goes, at the outermost vip_unlock (if this run holds it).
+vip_unlock() {
+  [ -n "${VIP_LOCK_FD:-}" ] || return 0
+  VIP_LOCK_DEPTH=$((VIP_LOCK_DEPTH - 1))
+  if [ "$VIP_LOCK_DEPTH" -le 0 ]; then
+    exec {VIP_LOCK_FD}>&-
+    VIP_LOCK_FD=""
+  fi
+}
+
 # vip_divert_new_connections TABLE: new connections to the VIP on this node go to the gateway's twin on
 # VIP_DRAIN_PORT, which answers one request per connection and closes it (Connection: close), so that
 # no client waits while the kept-alive connections on the VIP's port end by themselves (the gateway
 # closes each after its first answer once it is VIP_KEEPALIVE_TIME_S old). Only a pure SYN is
-# diverted; every packet of a connection opened before passes as it is. The address leaves the set
-# by itself after VIP_DRAIN_EXPIRY_S, so that a step killed mid-drain cannot leave it diverted.
+# diverted; every packet of a connection opened before passes as it is. Only while the VIP is on
+# this node: once it has moved, a client that still sends here (its ARP entry not updated yet) must
+# not be diverted to a twin its next packets no longer reach; its SYN goes unanswered and is sent
+# again, to the new holder. The address leaves the set by itself after VIP_DRAIN_EXPIRY_S, so
+# that a step killed mid-drain cannot leave it diverted.
 vip_divert_new_connections() {
   vip_drain_rules "$1" diverting
 }
@@ -109,7 +156,7 @@ table inet $1 {
 }
 flush chain inet $1 divert
 flush chain inet $1 input
-add rule inet $1 divert ip daddr @diverting tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}
+add rule inet $1 divert ip daddr @diverting fib daddr type local tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn redirect to :${VIP_DRAIN_PORT}
 add rule inet $1 input ip daddr @dropping tcp dport ${VIP_PORT} tcp flags & (fin | syn | rst | ack) == syn drop
 flush set inet $1 diverting
 flush set inet $1 dropping
@@ -171,8 +218,12 @@ vip_accept_new_connections() {
 # mark stays until Loki is ready again: vip_rejoin clears it.
 vip_recover() {
   if nft list table inet "$1" >/dev/null 2>&1; then
-    vip_accept_new_connections "$1"
-    echo "removed the drain rule an earlier run left on ${VIP_SELF} ($1)"
+    vip_lock  # the table may be the drain of a step beside this one: it waits for that to end
+    if nft list table inet "$1" >/dev/null 2>&1; then
+      vip_accept_new_connections "$1"
+      echo "removed the drain rule an earlier run left on ${VIP_SELF} ($1)"
+    fi
+    vip_unlock
   fi
 }
 
@@ -209,13 +260,17 @@ vip_leave() {
     echo "no VIP to hand over on ${VIP_SELF} (a single node, or keepalived is not running)"
     return 0
   fi
+  # Released once the VIP is elsewhere and the drain's table is gone (or at the step's exit).
+  vip_lock || return 1
   if ! vip_here; then
+    vip_unlock
     vip_mark 1
     echo "${VIP_SELF} does not hold the VIP; it takes none while Loki restarts"
     return 0
   fi
   # Before anything is drained: another node must be able to take the VIP.
   if [ -z "$(vip_ready_peers)" ]; then
+    vip_unlock
     echo "no other node is ready to take the VIP ${VIP_ADDRESS} from ${VIP_SELF}; nothing was drained and" \
       "its Loki was not restarted" >&2
     return 1
@@ -253,6 +308,7 @@ vip_leave() {
     if [ "$SECONDS" -ge "$deadline" ]; then
       vip_mark 0
       vip_accept_new_connections "$VIP_DRAIN_TABLE"
+      vip_unlock
       echo "no other ready node took the VIP ${VIP_ADDRESS} from ${VIP_SELF} within ${VIP_HANDOVER_TIMEOUT_S}s" \
         "(is Loki ready on the other nodes, is keepalived running there?); ${VIP_SELF} keeps it and its Loki" \
         "was not restarted" >&2
@@ -261,6 +317,7 @@ vip_leave() {
     sleep 0.1
   done
   vip_accept_new_connections "$VIP_DRAIN_TABLE"
+  vip_unlock
   echo "VIP handed over from ${VIP_SELF} to ${holder} in $(seconds_since "$t0") s"
 }
 
@@ -310,16 +367,15 @@ vip_cut_answered() {
 # reloads with none left. The VIP does not move; where the holder's loaded config has no twin (the
 # first reload after an upgrade), the VIP is handed over first. Without a VIP nginx just reloads.
 vip_reload_gateway() {
-  local unit=$1 deadline=$((SECONDS + VIP_DRAIN_TIMEOUT_S + VIP_HANDOVER_TIMEOUT_S)) listeners
-  # A handover of this node (its Loki's apply, beside this step) first: once the VIP is elsewhere
-  # nginx reloads with no connection to it.
-  while nft list table inet "$VIP_DRAIN_TABLE" >/dev/null 2>&1 && [ "$SECONDS" -lt "$deadline" ]; do
-    sleep 0.2
-  done
+  local unit=$1 listeners
   if ! vip_managed; then
     systemctl reload "$unit"
     return 0
   fi
+  # A handover of this node under way (its Loki's apply, beside this step) ends first: once the VIP
+  # is elsewhere nginx reloads with no connection to it. And no handover begins before the reload
+  # and its diversion have ended.
+  vip_lock || return 1
   if vip_here && ! vip_twin_listens && ss -Hltnp "sport = :${VIP_PORT}" | grep -qF '"nginx"' \
     && [ -n "$(vip_ready_peers)" ]; then
     # The config nginx runs is an earlier version's, without the twin: its kept-alive connections
@@ -331,6 +387,7 @@ vip_reload_gateway() {
     if vip_leave; then
       systemctl reload "$unit"  # in FAULT: the VIP cannot come back during the reload
       vip_rejoin
+      vip_unlock
       return 0
     fi
   fi
@@ -353,6 +410,7 @@ vip_reload_gateway() {
   systemctl reload "$unit"
   vip_reloaded "$listeners"
   vip_accept_new_connections "$VIP_RELOAD_TABLE"
+  vip_unlock
 }
 
 # vip_port_listeners PORT: the pids of the processes listening on PORT, one per line (nginx: its

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from components.loki_config import GRPC_PORT, HTTP_PORT, MEMBERLIST_PORT, RETENTION_MARKER_PREFIX
+from components.loki_config import (
+    COMPACTOR_HEARTBEAT_TIMEOUT,
+    GRPC_PORT,
+    HTTP_PORT,
+    MEMBERLIST_PORT,
+    RETENTION_MARKER_PREFIX,
+)
 from components.loki_gateway import (
     DELETE_REFUSAL,
     DELETE_REFUSED_STATUS,
@@ -44,7 +50,12 @@ SECTION = "Live Loki 3.7.6 cluster from the rendered configs (measured)"
 COMPACTOR_RUNNING = "loki_boltdb_shipper_compactor_running"
 CHOSEN = "this instance has been chosen to run the compactor"
 ELECTION_TIMEOUT_S = 30  # the compactor asks the ring every 5 s
-CRASH_TAKEOVER_TIMEOUT_S = 240  # 10 heartbeat timeouts (150 s) + heartbeat and ring poll
+LAB_HEARTBEAT_PERIOD_S, LAB_HEARTBEAT_TIMEOUT_S = 1, 5
+"""The compactor ring's heartbeats in this lab (the rendered ones: ``COMPACTOR_HEARTBEAT_*``, 5 s and
+15 s): a crashed compactor's place goes after 10 heartbeat timeouts, 50 s here (150 s rendered).
+The crash test measures the rule, not the rendered figure, to keep the run short."""
+AUTO_FORGET_PERIODS = 10  # pkg/compactor/compactor.go: ringAutoForgetUnhealthyPeriods
+CRASH_TAKEOVER_TIMEOUT_S = AUTO_FORGET_PERIODS * LAB_HEARTBEAT_TIMEOUT_S + 40  # + heartbeat, ring poll, election
 VIP_TIMEOUT_S = 30
 RETENTION = "24h"  # the shortest lokiRetention: lines pushed two days back are past it
 COMPACTION_INTERVAL_S = 10
@@ -107,6 +118,8 @@ def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with private_network(f"lkl{os.getpid() % 100000}-", tmp_path_factory.mktemp("live")) as network:
         lab = LokiLab(network, lab_plan(lokiRetention=RETENTION), loki_tools,
                       loki_flags=(f"-compactor.compaction-interval={COMPACTION_INTERVAL_S}s",
+                                  f"-compactor.ring.heartbeat-period={LAB_HEARTBEAT_PERIOD_S}s",
+                                  f"-compactor.ring.heartbeat-timeout={LAB_HEARTBEAT_TIMEOUT_S}s",
                                   f"-compactor.retention-delete-delay={RETENTION_DELETE_DELAY_S}s"))
         ready = start_cluster(lab)
         for node, seconds in ready.items():
@@ -305,8 +318,14 @@ def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash_and_the_next_one_
     live.stop_node(second, signal.SIGKILL)
     last = [n for n in rest if n != second]
     third, took = wait_for_one_compactor(live, last, CRASH_TAKEOVER_TIMEOUT_S, t, "after a crash")
-    figure(SECTION, f"compactor: {second} killed (SIGKILL), {third} compacts {took:.1f} s later "
-                    "(the ring drops a dead compactor after 10 heartbeat timeouts)")
+    forgotten_s = AUTO_FORGET_PERIODS * LAB_HEARTBEAT_TIMEOUT_S
+    figure(SECTION, f"compactor: {second} killed (SIGKILL), {third} compacts {took:.1f} s later (the ring drops "
+                    f"a dead compactor after {AUTO_FORGET_PERIODS} heartbeat timeouts: {forgotten_s} s in this lab, "
+                    f"{AUTO_FORGET_PERIODS * int(COMPACTOR_HEARTBEAT_TIMEOUT.rstrip('s'))} s with the rendered "
+                    f"{COMPACTOR_HEARTBEAT_TIMEOUT})")
+    assert took >= forgotten_s - LAB_HEARTBEAT_TIMEOUT_S, (
+        f"{third} took over {took:.1f} s after {second} was killed: before its place in the ring could have gone "
+        f"({AUTO_FORGET_PERIODS} x {LAB_HEARTBEAT_TIMEOUT_S} s); two compactors may have run at once")
     assert "waiting" in live.log(third).rsplit(CHOSEN, 1)[-1], (
         f"{third} did not start its compactor:\n{live.log(third)[-3000:]}")
     for node in NODES:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
-from components.vip_handover import MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
+from components.vip_handover import DRAIN_TABLE, MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
 from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
 from tests.conftest import figure, require_root, require_tool
@@ -466,3 +466,62 @@ def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reache
     tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
     assert RELOAD_TABLE not in tables, f"{home} still diverts once the last diverted answer arrived: {tables}"
     figure(SECTION, "a diverted connection whose answer was resent for 2.5 s got it, the drain ended after it")
+
+
+def test_a_handover_beside_its_nodes_gateway_reload_waits_for_it_and_no_diversion_outlives_the_vip(lab):
+    """A node's gateway apply and Loki apply run side by side. When the gateway's reload on the
+    holder began first (new connections to the twin while the kept-alive ones end), the handover
+    waits for it (``VIP_LOCK_FILE``) before its drain; the VIP moves once the reload is done, and
+    neither client fails. Before the lock the handover went on beside the reload: the reload's
+    diversion still took new connections after the handover's drop, also once the VIP had gone,
+    from a client whose ARP entry still named the node; its next packets went to the new holder
+    (a push lost in the rehearsal, SSL EOF). And a diversion takes no connection to the VIP where
+    the VIP is not: a client that sends there gets no answer (its SYN is sent again, to the holder)."""
+    plan = lab_plan(vipCheckInterval=1)
+    start(lab, plan)
+    home = lab.holders()[0]
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection is not new
+    release = lab.run / "release-reload"
+    reload = lab.start_handover(plan, home, "vip_reload_gateway nginx.service", "reload",
+                                LAB_RELOAD_HOLD_UNTIL=str(release))
+    deadline = time.monotonic() + 15
+    while "new connections go to its twin" not in reload.log_text():
+        assert time.monotonic() < deadline, f"the reload on {home} did not divert: {reload.log_text()}"
+        time.sleep(0.05)
+    handover = lab.start_handover(plan, home, "vip_leave", "leave")
+    time.sleep(3)
+    said = handover.log_text()
+    tables = lab.network.run(home, ["nft", "list", "tables"]).stdout
+    assert "waits for it" in said and "draining" not in said and DRAIN_TABLE not in tables, (
+        f"{home}'s handover must wait for its gateway's reload before it drains: {said}\n{tables}")
+    assert lab.holders() == [home], f"the VIP moved during {home}'s gateway reload: {lab.holders()}"
+    t = time.monotonic()
+    release.touch()
+    assert reload.process.wait(timeout=30) == 0, f"the reload on {home} failed: {reload.log_text()}"
+    assert handover.process.wait(timeout=90) == 0, f"the handover of {home} failed: {handover.log_text()}"
+    said = handover.log_text()
+    assert "the other drain ended after" in said and "VIP handed over" in said, said
+    figure(SECTION, f"a handover beside the holder's gateway reload: it waited for the reload, then the VIP moved "
+                    f"{time.monotonic() - t:.1f} s after the reload was let go")
+    lab.network.stop("reload")
+    lab.network.stop("leave")
+    time.sleep(1)
+    stop_client(lab, steady, f"handover of {home} beside its gateway reload")
+    stop_client(lab, kept, f"handover of {home} beside its gateway reload", "kept-alive")
+    # The former holder diverts again (a reload there); a client that still sends to it.
+    proc = lab.handover(plan, home, 'vip_divert_new_connections "$VIP_RELOAD_TABLE"')
+    assert proc.returncode == 0, f"{home}: the diversion failed: {proc.stdout}{proc.stderr}"
+    link = lab.network.run(home, ["ip", "-o", "link", "show", "eth0"]).stdout
+    mac = link.split("link/ether ")[1].split()[0]
+    lab.network.run(CLIENT, ["ip", "neigh", "replace", VIP, "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+                    timeout=10).check_returncode()
+    d = lab.run / NODES[0]
+    asked = lab.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--connect-timeout", "2",
+                                     "--cacert", str(d / "check" / "ca.pem"), "--cert", str(d / "check" / "client.pem"),
+                                     "--key", str(d / "check" / "client.key"), f"https://{VIP}:3100/ready"], timeout=10)
+    lab.network.run(CLIENT, ["ip", "neigh", "del", VIP, "dev", "eth0"], timeout=10)
+    assert asked.returncode != 0 and "HTTP/" not in asked.stdout, (
+        f"{home}, which no longer holds the VIP, diverted a connection to it to its twin: {asked.stdout}")
+    lab.handover(plan, home, 'vip_accept_new_connections "$VIP_RELOAD_TABLE"')
+    rejoin(lab, plan, home)

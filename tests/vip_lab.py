@@ -28,7 +28,7 @@ import pytest
 
 from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
 from components.scripts import TEMPLATES
-from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
+from components.vip_handover import LOCK_FILE, MAINTENANCE_FILE, YIELD_FILE
 from stack.certificates import SERVER_CERT_FILE, SERVER_KEY_FILE
 from tests.conftest import figure
 from tests.lab_stack import (
@@ -204,7 +204,9 @@ class VipLab:
         lab_paths = handover_files(d)
         assert shlex.split(params["VIP_MAINTENANCE_FILE"]) == [MAINTENANCE_FILE]
         assert shlex.split(params["VIP_YIELD_FILE"]) == [YIELD_FILE]
+        assert shlex.split(params["VIP_LOCK_FILE"]) == [LOCK_FILE]
         lab = {"VIP_MAINTENANCE_FILE": str(lab_paths[MAINTENANCE_FILE]), "VIP_YIELD_FILE": str(lab_paths[YIELD_FILE]),
+               "VIP_LOCK_FILE": str(d / "run" / Path(LOCK_FILE).name),  # the nodes share the test machine's /run
                "VIP_CONFIG": str(d / "keepalived.conf"), "CA_FILE": str(d / "check" / "ca.pem"),
                "CERT_FILE": str(d / "server.pem"), "KEY_FILE": str(d / "server.key"),
                **{k: v for k, v in overrides.items() if not k.startswith("LAB_")}}
