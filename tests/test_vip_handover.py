@@ -27,7 +27,7 @@ from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
 from tests.conftest import figure, require_root, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, VIP, LabPlan, lab_plan
-from tests.netns import private_network
+from tests.netns import Daemon, private_network
 from tests.vip_lab import CLIENT, CLIENT_ADDRESS, VipLab, node_files, prepare
 
 SECTION = "VIP handover with the real keepalived (measured)"
@@ -87,6 +87,18 @@ def stop_client(lab: VipLab, record: Path, label: str, mode: str = "steady") -> 
     assert seen.failures == 0, f"{label}: the {mode} client of the VIP saw failures: {seen.errors[:10]}"
     assert seen.requests >= (20 if mode == "steady" else 5), f"{label}: the client made only {seen.requests} requests"
     return seen
+
+
+def start_held_reload(lab: VipLab, plan: LabPlan, node: str) -> tuple[Path, Path, Path, Daemon]:
+    """Both clients of the VIP, their kept-alive connection no longer new, then ``node``'s gateway
+    reload in the background, held before nginx reloads until the returned file exists. Returns the
+    clients' records, that file and the reload."""
+    steady, kept = start_client(lab), start_client(lab, "kept-alive")
+    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection is not new
+    release = lab.run / "release-reload"
+    reload = lab.start_handover(plan, node, "vip_reload_gateway nginx.service", "reload",
+                                LAB_RELOAD_HOLD_UNTIL=str(release))
+    return steady, kept, release, reload
 
 
 def leave(lab: VipLab, plan: LabPlan, node: str, **overrides: str) -> str:
@@ -326,11 +338,7 @@ def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_conn
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
     home, taker = lab.holders()[0], NODES[1]
-    steady, kept = start_client(lab), start_client(lab, "kept-alive")
-    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection is not new
-    release = lab.run / "release-reload"
-    reload = lab.start_handover(plan, taker, "vip_reload_gateway nginx.service", "reload",
-                                LAB_RELOAD_HOLD_UNTIL=str(release))
+    steady, kept, release, reload = start_held_reload(lab, plan, taker)
     deadline = time.monotonic() + 10
     while RELOAD_TABLE not in (tables := lab.network.run(taker, ["nft", "list", "tables"]).stdout):
         assert time.monotonic() < deadline, f"{taker} did not divert before its reload: {tables}\n{reload.log_text()}"
@@ -480,11 +488,7 @@ def test_a_handover_beside_its_nodes_gateway_reload_waits_for_it_and_no_diversio
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
     home = lab.holders()[0]
-    steady, kept = start_client(lab), start_client(lab, "kept-alive")
-    time.sleep(KEEPALIVE_TIME_S + 1)  # the kept-alive connection is not new
-    release = lab.run / "release-reload"
-    reload = lab.start_handover(plan, home, "vip_reload_gateway nginx.service", "reload",
-                                LAB_RELOAD_HOLD_UNTIL=str(release))
+    steady, kept, release, reload = start_held_reload(lab, plan, home)
     deadline = time.monotonic() + 15
     while "new connections go to its twin" not in reload.log_text():
         assert time.monotonic() < deadline, f"the reload on {home} did not divert: {reload.log_text()}"
