@@ -24,6 +24,7 @@ import pulumi_command as command
 from components import firewall as firewall_rules
 from components import loki_gateway as gateway
 from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.disk_arrival import render_path_unit, render_starter_unit, unit_names
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
 from components.loki_config import (
@@ -170,11 +171,14 @@ class LokiCluster(pulumi.ComponentResource):
         self.host_files = []
         hosts = {h.name: h for h in args.hosts}
         order = roll_order(list(hosts), args.handover.priorities)
+        disk_path_unit, disk_starter_unit = unit_names(UNIT)
         previous: command.remote.Command | None = None
         for host in (hosts[n] for n in order):
             setup_script = render_script("loki-setup.sh", {
                 "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
                 "STAGE_DIR": STAGE_DIR, "GUARD_FILE": GUARD_FILE, "GUARD": render_start_guard(),
+                "DISK_PATH_UNIT": disk_path_unit, "DISK_PATH_CONTENT": render_path_unit(UNIT, args.data_device),
+                "DISK_STARTER_UNIT": disk_starter_unit, "DISK_STARTER_CONTENT": render_starter_unit(UNIT),
                 **repository_parameters(),
             }, libraries=["lib-apt.sh", "lib-data-disk.sh", "lib-users.sh"])
             setup = command.remote.Command(f"{name}-{host.name}-setup", connection=host.connection,

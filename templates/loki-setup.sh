@@ -10,6 +10,7 @@
 set -euo pipefail
 : "${DATA_DEVICE:?}" "${DATA_DIR:?}" "${LOKI_VERSION:?}" "${STAGE_DIR:?}" "${GUARD_FILE:?}" "${GUARD:?}"
 : "${REPO_URL:?}" "${KEY_URL:?}" "${KEY_FINGERPRINTS:?}"
+: "${DISK_PATH_UNIT:?}" "${DISK_PATH_CONTENT:?}" "${DISK_STARTER_UNIT:?}" "${DISK_STARTER_CONTENT:?}"
 
 export DEBIAN_FRONTEND=noninteractive
 grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
@@ -19,7 +20,15 @@ ensure_packages nftables python3-yaml  # the firewall (components/firewall.py); 
 install -d -m 0755 "$(dirname "$GUARD_FILE")"
 printf '%s' "$GUARD" >"${GUARD_FILE}.new"
 mv -f "${GUARD_FILE}.new" "$GUARD_FILE"
+# Loki starts by itself once its data disk is there, also when it was missing at boot
+# (components/disk_arrival.py); watching from the next boot on.
+for unit in "$DISK_STARTER_UNIT" "$DISK_PATH_UNIT"; do
+  if [ "$unit" = "$DISK_PATH_UNIT" ]; then content=$DISK_PATH_CONTENT; else content=$DISK_STARTER_CONTENT; fi
+  printf '%s' "$content" >"/etc/systemd/system/${unit}.new"
+  mv -f "/etc/systemd/system/${unit}.new" "/etc/systemd/system/${unit}"
+done
 systemctl daemon-reload
+systemctl enable --quiet "$DISK_PATH_UNIT"
 install_pinned loki "$LOKI_VERSION"
 chown loki:loki "$DATA_DIR"
 chmod 0750 "$DATA_DIR"

@@ -202,6 +202,10 @@ def test_the_setup_pins_the_package_and_the_repository_key(example):
     assert 'install_pinned loki "$LOKI_VERSION"' in stdin and 'apt-mark hold "$package"' in stdin
     assert "policy-rc.d" in stdin, "the package install must not restart Loki on every node at once"
     assert "DATA_DEVICE=/dev/disk/by-id/virtio-lokistack-data" in stdin and "prepare_data_disk" in stdin
+    # Loki starts by itself once its data disk is there, also when it was missing at boot.
+    assert "DISK_PATH_UNIT=lokistack-data-disk-loki.path" in stdin and (
+        "PathExists=/dev/disk/by-id/virtio-lokistack-data" in stdin), "the setup must install the disk's path unit"
+    assert stdin.index('systemctl enable --quiet "$DISK_PATH_UNIT"') > stdin.index("prepare_data_disk \"$DATA_DEVICE\"")
 
 
 def test_the_apply_verifies_before_it_touches_anything(example):

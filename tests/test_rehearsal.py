@@ -28,6 +28,7 @@ import pytest
 
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll
 from offline.rehearsal.hitless import refused_limit
+from offline.rehearsal.life_events import data_disk_late
 from offline.rehearsal.machines import CGROUP_ROOTS
 from offline.rehearsal.run import Rehearsal
 from tests.conftest import figure, require_root, require_tool
@@ -244,6 +245,17 @@ def test_a_loki_crash_on_the_vip_holder_is_absorbed_by_its_gateway(rehearsal):
     sent again: Loki may have taken it; nginx logs each), and every accepted line reads back
     exactly once."""
     problems = rehearsal.loki_crash()
+    assert not problems, "\n".join(problems)
+
+
+def test_a_node_booted_without_its_data_disk_keeps_loki_off_the_root_disk_and_starts_it_once_the_disk_is_there(
+        rehearsal):
+    """A node below the VIP holder powered off and booted with its data disk missing: Loki does
+    not start (nothing is written under its data directory on the root filesystem) and does not
+    give up; the disk appears: its mount and Loki start by themselves, after the firewall, the
+    node rejoins the ring, the VIP stays where it was, and no push fails (``life_events``). Its
+    second boot also mounts the disk as a VM's fstab does (``fstab_mounts``)."""
+    problems = data_disk_late(rehearsal)
     assert not problems, "\n".join(problems)
 
 

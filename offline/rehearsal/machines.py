@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.proxmox_vm import DATA_DISK_PATH
+from offline.rehearsal.fstab_mounts import fstab_uuids, install_fstab_mounts
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 DATA_DISK_SIZE = 2 * 1024**3
 BOOT_TIMEOUT_S = 60
+HIDDEN_DISK = "/dev/.rehearsal-data-disk"
+"""The data disk's device node is always bound here (a container may open only the devices bound at
+its start); where udev links it on a VM (by-id, by-uuid) only while the disk is attached."""
 STOP_TIMEOUT_S = 30
 
 
@@ -107,6 +111,7 @@ class Machine:
     mounted: bool = False
     cgroups: list[Path] = field(default_factory=list)
     started_at: float = 0.0
+    boots: int = 0
 
     @property
     def root(self) -> Path:
@@ -142,7 +147,13 @@ class Machine:
         for path in self.cgroups:
             (path / "cgroup.procs").write_text(str(os.getpid()))
 
-    def start(self) -> None:
+    def start(self, *, disk_attached: bool = True) -> None:
+        """Boots the machine. From its second boot on, its fstab's device entries are mounted as on
+        a VM (``fstab_mounts``); ``disk_attached=False`` boots it as if its data disk were missing
+        (``attach_data_disk`` attaches it later)."""
+        if self.boots and self.loop_device:
+            install_fstab_mounts(self.root)
+        self.boots += 1
         tag = f"lokistack-rehearsal-{self.netns}"
         self.cgroups = [root / tag for root in CGROUP_ROOTS if root.is_dir()]
         for path in self.cgroups:
@@ -152,11 +163,26 @@ class Machine:
                 "--keep-unit", "--capability=CAP_NET_ADMIN", f"--machine={self.name}", "--link-journal=no",
                 "--resolv-conf=off", "--timezone=off", "--console=passive"]
         if self.loop_device:
-            argv.append(f"--bind={self.loop_device}:{DATA_DISK_PATH}")
+            argv.append(f"--bind={self.loop_device}:{HIDDEN_DISK}")
+            if disk_attached:
+                argv += [f"--bind={self.loop_device}:{path}" for path in self.data_disk_links()]
         self.started_at = time.monotonic()
         with open(self.log_path, "ab") as log:  # nspawn keeps its own descriptor
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             preexec_fn=self._own_cgroups)  # noqa: PLW1509 (before exec, on purpose)
+
+    def data_disk_links(self) -> list[str]:
+        """Where udev links the data disk on a VM: its by-id path, and its by-uuid path once it
+        holds a file system the fstab names."""
+        return [DATA_DISK_PATH, *(f"/dev/disk/by-uuid/{u}" for u in fstab_uuids(self.root))]
+
+    def attach_data_disk(self) -> None:
+        """The data disk appears in the running machine as on a VM: its links, as udev makes them."""
+        links = self.data_disk_links()
+        script = " && ".join(f"mkdir -p {os.path.dirname(link)} && ln -sfn {HIDDEN_DISK} {link}" for link in links)
+        proc = self.exec(["sh", "-c", script])
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.name}: attaching the data disk failed: {proc.stderr}")
 
     def pid1(self) -> int | None:
         return _pid1_of(self.process.pid) if self.process and self.process.poll() is None else None

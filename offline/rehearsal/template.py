@@ -24,7 +24,10 @@ by name: debootstrap does not resolve the virtual package cloud-init's ``python3
 DIFFERENCES = (
     "the NoCloud seed is a directory in the machine (/var/lib/cloud/seed/nocloud), not a cloud-init drive",
     "qemu-guest-agent is a stand-in unit: a container has no virtio port for the real agent",
-    "the data disk is a loop device bound in at its by-id path; it is not mounted again after a reboot",
+    "the data disk is a loop device bound in where udev links it (by-id, by-uuid); from the second boot on "
+    "its mount unit is the one systemd-fstab-generator makes from the machine's fstab (run by the rehearsal: "
+    "it ignores device entries in a container), without the file system check (no device units in a "
+    "container); a disk attached late appears as its links",
     "DNS goes to 127.0.0.1 (nothing answers): the stack's /etc/hosts names every host",
     "apt reaches only the Debian mirrors, through the rehearsal's proxy on the stack's gateway address",
 )
