@@ -24,7 +24,6 @@ import re
 
 UNIT_PREFIX = "lokistack-data-disk"
 """Each watched service gets ``lokistack-data-disk-<service>.path`` and ``.service``."""
-UNIT_DIR = "/etc/systemd/system"
 
 
 def unit_names(service: str) -> tuple[str, str]:

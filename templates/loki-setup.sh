@@ -17,16 +17,17 @@ grafana_repository "$REPO_URL" "$KEY_URL" "$KEY_FINGERPRINTS"
 prepare_data_disk "$DATA_DEVICE" "$DATA_DIR" loki
 system_user loki "$DATA_DIR"
 ensure_packages nftables python3-yaml  # the firewall (components/firewall.py); the limits check (loki-limits-apply.sh)
+# write_whole FILE CONTENT: FILE holds CONTENT, replaced in one rename (never half written).
+write_whole() {
+  printf '%s' "$2" >"${1}.new"
+  mv -f "${1}.new" "$1"
+}
 install -d -m 0755 "$(dirname "$GUARD_FILE")"
-printf '%s' "$GUARD" >"${GUARD_FILE}.new"
-mv -f "${GUARD_FILE}.new" "$GUARD_FILE"
+write_whole "$GUARD_FILE" "$GUARD"
 # Loki starts by itself once its data disk is there, also when it was missing at boot
 # (components/disk_arrival.py); watching from the next boot on.
-for unit in "$DISK_STARTER_UNIT" "$DISK_PATH_UNIT"; do
-  if [ "$unit" = "$DISK_PATH_UNIT" ]; then content=$DISK_PATH_CONTENT; else content=$DISK_STARTER_CONTENT; fi
-  printf '%s' "$content" >"/etc/systemd/system/${unit}.new"
-  mv -f "/etc/systemd/system/${unit}.new" "/etc/systemd/system/${unit}"
-done
+write_whole "/etc/systemd/system/${DISK_STARTER_UNIT}" "$DISK_STARTER_CONTENT"
+write_whole "/etc/systemd/system/${DISK_PATH_UNIT}" "$DISK_PATH_CONTENT"
 systemctl daemon-reload
 systemctl enable --quiet "$DISK_PATH_UNIT"
 install_pinned loki "$LOKI_VERSION"

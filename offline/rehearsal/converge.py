@@ -29,7 +29,7 @@ from components.loki import CONFIG_FILE, DROPIN_FILE, ENV_FILE, STARTED_RECORD
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import CONFIG_FILE as GATEWAY_CONFIG
 from components.vip_handover import DRAIN_TABLE, MAINTENANCE_FILE, RELOAD_TABLE
-from offline.rehearsal.checks import wait_for_one_holder
+from offline.rehearsal.checks import vip_holders, wait_for_one_holder
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.settings import AVAILABLE_PACKAGES, LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import DONE, Interrupt, Step, StepRunner, step_graph, unreachable
@@ -42,6 +42,12 @@ RING_WAIT_S = 20
 """The refused roll's bound on the ring check (the program's is ``components.loki_ring.WAIT_S``, 180 s):
 the rehearsal passes it as the step's parameter, as it passes its own package repository."""
 READY_TIMEOUT_S = 120
+SETTLE_S = 10.0
+"""A stack that has settled: every Loki node answers /ready on its port and the VIP stays on one node
+for this long (longer than keepalived takes to move the VIP to a node whose check has just passed:
+its rise, 2 s, and three adverts, measured 5 s). A first deploy ends as soon as the last node is
+ready, and its keepalived then takes the VIP from a node serving clients (preemption): a move that
+is not the upgrade's, nor a life event's."""
 PHASES = (("with the new files in place, as it begins", "may stop"),
           ("during the drain", "draining the VIP on"),
           ("after Loki stopped", "loki.service stopped on"),
@@ -105,6 +111,22 @@ def wait_loki_ready(machine: Machine, during: Callable[[], object] = lambda: Non
         if time.monotonic() - t0 > READY_TIMEOUT_S:
             raise AssertionError(f"{machine.name}: Loki is not ready after {READY_TIMEOUT_S} s: {proc.stderr}")
         time.sleep(1)
+
+
+def wait_settled(machines: dict[str, Machine], timeout: float = 180.0) -> str:
+    """Waits until every node answers /ready on its port (the earlier version's Loki or gateway) and
+    then the VIP has stayed on one node for ``SETTLE_S`` (within ``timeout``); returns that node."""
+    for machine in machines.values():
+        wait_loki_ready(machine, port=HTTP_PORT)
+    deadline = time.monotonic() + timeout
+    holder, since = wait_for_one_holder(machines, VIP), time.monotonic()
+    while time.monotonic() - since < SETTLE_S:
+        if (now := vip_holders(machines, VIP)) != [holder]:
+            holder, since = wait_for_one_holder(machines, VIP), time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the VIP does not settle: held by {now} after {timeout:.0f} s")
+        time.sleep(0.5)
+    return holder
 
 
 def leftovers(machine: Machine) -> list[str]:

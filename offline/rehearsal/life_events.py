@@ -20,9 +20,8 @@ from components.disk_arrival import unit_names
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from offline.rehearsal.checks import wait_for_one_holder
-from offline.rehearsal.converge import loki_machines, wait_loki_ready
+from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
-from offline.rehearsal.upgrade import wait_settled
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 if TYPE_CHECKING:

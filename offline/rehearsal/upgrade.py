@@ -16,24 +16,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from components.loki_config import HTTP_PORT
-from offline.rehearsal.checks import marker, vip_holders, wait_for_one_holder
-from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready
+from offline.rehearsal.checks import marker
+from offline.rehearsal.converge import leftovers, loki_machines, wait_settled
 from offline.rehearsal.port_watch import PortWatch
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import Step
 
-SETTLE_S = 10.0
-"""A user upgrades a stack that has settled: before the upgrade every Loki node answers /ready on
-its port and the VIP stays on one node for this long (longer than keepalived takes to move the VIP to
-a node whose check has just passed: its rise, 2 s, and three adverts, measured 5 s). The earlier
-version's first deploy ends as soon as the last node is ready, and its keepalived then takes the
-VIP from a node serving both clients: a move that is not the upgrade's."""
 NGINX_BIND_S = 1.0
 """The longest a Loki node's port may refuse connections while its earlier version's Loki exits and
 nginx binds the port (measured: 0.2-0.4 s)."""
 
 if TYPE_CHECKING:
-    from offline.rehearsal.machines import Machine
     from offline.rehearsal.run import Rehearsal
 
 
@@ -84,18 +77,3 @@ def upgrade(lab: Rehearsal, commit: str) -> UpgradeReport:
     lab.figures.append(f"  {ports.figure()}")
     return report
 
-
-def wait_settled(machines: dict[str, Machine], timeout: float = 180.0) -> str:
-    """Waits until every node answers /ready on its port (the earlier version's Loki or gateway) and
-    then the VIP has stayed on one node for ``SETTLE_S`` (within ``timeout``); returns that node."""
-    for machine in machines.values():
-        wait_loki_ready(machine, port=HTTP_PORT)
-    deadline = time.monotonic() + timeout
-    holder, since = wait_for_one_holder(machines, VIP), time.monotonic()
-    while time.monotonic() - since < SETTLE_S:
-        if (now := vip_holders(machines, VIP)) != [holder]:
-            holder, since = wait_for_one_holder(machines, VIP), time.monotonic()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the VIP does not settle: held by {now} after {timeout:.0f} s")
-        time.sleep(0.5)
-    return holder
