@@ -67,7 +67,7 @@ def test_the_setup_makes_user_and_start_guard_before_the_package(example):
     body = stdin.split("set -euo pipefail", 1)[1]
     package = body.index("install_pinned loki")
     assert body.index("system_user loki") < package, "the package would make loki without a group"
-    assert body.index('printf \'%s\' "$GUARD" >"${GUARD_FILE}.new"') < package, "Loki would start with defaults"
+    assert body.index('write_whole "$GUARD_FILE" "$GUARD"') < package, "Loki would start with defaults"
     assert f"GUARD_FILE={GUARD_FILE}" in stdin
 
 
