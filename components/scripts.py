@@ -13,6 +13,15 @@ from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+PARAMETERS_HEADER = "# Parameters (set by loki-stack):"
+
+
+def template_lines() -> frozenset[str]:
+    """Every line (stripped) of every template, and the parameters' header: text of this
+    repository, never a secret, whatever secret value a script holding them is part of."""
+    lines = {line.strip() for path in TEMPLATES.iterdir() if path.is_file()
+             for line in path.read_text().splitlines()}
+    return frozenset(lines | {PARAMETERS_HEADER})
 
 
 def render_script(template: str, params: Mapping[str, str | int], libraries: Sequence[str] = ()) -> str:
@@ -25,4 +34,4 @@ def render_script(template: str, params: Mapping[str, str | int], libraries: Seq
             raise ValueError(f"{template}: parameter name {name!r} must be upper case")
         lines.append(f"{name}={shlex.quote(str(value))}")
     functions = [(TEMPLATES / library).read_text() for library in libraries]
-    return "\n".join([first, "# Parameters (set by loki-stack):", *lines, *functions, rest])
+    return "\n".join([first, PARAMETERS_HEADER, *lines, *functions, rest])

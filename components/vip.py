@@ -34,6 +34,8 @@ from components.hostfile import HostFile
 from components.loki_config import HTTP_PORT
 from components.scripts import render_script
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
+from components.vip_reboot import APPLY as REBOOT_APPLY
+from components.vip_reboot import VipReboot
 
 RESOURCE_TYPE = "lokistack:vip:VirtualIp"
 UNIT = "keepalived.service"
@@ -155,6 +157,8 @@ class VirtualIpArgs:
     """Every Loki node."""
     ca_cert_pem: pulumi.Input[str]
     """The stack's CA (the check trusts only it)."""
+    reboot: VipReboot
+    """Each node's part in the VIP across a reboot (``components.vip_reboot``), installed once keepalived is."""
 
 
 class VirtualIp(pulumi.ComponentResource):
@@ -205,12 +209,16 @@ class VirtualIp(pulumi.ComponentResource):
             ]
             staged = FileDelivery(f"{name}-{node.name}-staged", FileDeliveryArgs(
                 host=node.name, connection=after(node.connection, setup), files=files), opts=child)
-            command.remote.Command(f"{name}-{node.name}-apply", connection=after(node.connection, staged.command),
-                                   create="sudo bash -s", stdin=apply_script,
-                                   # keepalived.conf alone: the check's certificate files are read by
-                                   # every check run, and a renewal needs no reload.
-                                   triggers=[conf.apply(lambda text: hashlib.sha256(text.encode()).hexdigest()),
-                                             apply_script], opts=child)
-            self.host_files += staged.host_files
+            apply = command.remote.Command(f"{name}-{node.name}-apply",
+                                           connection=after(node.connection, staged.command),
+                                           create="sudo bash -s", stdin=apply_script,
+                                           # keepalived.conf alone: the check's certificate files are read
+                                           # by every check run, and a renewal needs no reload.
+                                           triggers=[conf.apply(lambda t: hashlib.sha256(t.encode()).hexdigest()),
+                                                     apply_script], opts=child)
+            reboot = FileDelivery(f"{name}-{node.name}-reboot", FileDeliveryArgs(
+                host=node.name, connection=after(node.connection, apply), files=args.reboot.host_files(node.name),
+                then=REBOOT_APPLY), opts=child)
+            self.host_files += staged.host_files + reboot.host_files
         self.address = pulumi.Output.from_input(args.settings.vip)
         self.register_outputs({"address": self.address, "auth_pass": self.auth_pass})

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from components.scripts import template_lines
 from offline import engine
 from offline.diff import diff_manifests, render
 from stack.config import Problem, SettingsError, load_settings
@@ -165,12 +166,16 @@ def secret_fragments(secrets: dict[str, str]) -> dict[str, str]:
 
     A key inside YAML or JSON is indented or escaped line by line, so whole values would not be
     found; its lines are. PEM armour lines (``-----BEGIN ...``) are kept: they say what was there.
+    So are the lines of the repository's own scripts: a step's script that holds a secret is a
+    secret value as a whole, and its other lines (``#!/usr/bin/env bash``, a library's code) must
+    not be blacked out in every other script that has them.
     """
+    public = template_lines()
     fragments: dict[str, str] = {}
     for value, label in secrets.items():
         for raw_line in value.splitlines():
             line = raw_line.strip()
-            if len(line) >= 8 and not line.startswith("-----"):
+            if len(line) >= 8 and not line.startswith("-----") and line not in public:
                 # A line found in several secrets is a format header (OpenSSH keys share one).
                 fragments[line] = label if fragments.get(line, label) == label else "key format header"
     return fragments

@@ -31,15 +31,18 @@ from components.grafana import (
     HTTPS_PORT as GRAFANA_PORT,
 )
 from components.hostfile import HostFile
+from components.loki import UNIT as LOKI_UNIT
 from components.loki import LokiCluster, LokiClusterArgs, LokiHost
 from components.loki_config import (
     HTTP_PORT,
+    LOKI_LOCAL_PORT,
     LokiConfigSpec,
     LokiNodeSpec,
     render_logcli_environment,
 )
 from components.loki_gateway import DRAIN_PORT as GATEWAY_DRAIN_PORT
 from components.loki_gateway import KEEPALIVE_TIME_S as GATEWAY_KEEPALIVE_TIME_S
+from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
 from components.loki_gateway import Peer as GatewayPeer
 from components.loki_limits import LokiLimits
@@ -62,6 +65,7 @@ from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
 from components.vip import priorities as vip_priorities
 from components.vip_handover import VipHandover
+from components.vip_reboot import VipReboot
 from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
@@ -357,6 +361,10 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
                        client_key_pem=certificates.health[n.name].private_key_pem)
                for n in settings.loki.nodes],
         ca_cert_pem=certificates.ca.cert_pem,
+        reboot=VipReboot(handover=vip_handover(settings),
+                         tls={"CA_FILE": CA_FILE, "CERT_FILE": SERVER_CERT_FILE, "KEY_FILE": SERVER_KEY_FILE},
+                         loki_ready_url=f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
+                         services=(KEEPALIVED_UNIT, GATEWAY_UNIT, LOKI_UNIT)),
     ))
 
 

@@ -74,6 +74,20 @@ def test_plan_redacts_secrets_unless_asked(example_plan, tmp_path):
         assert oct((tmp_path / "clear" / rel).stat().st_mode & 0o777) == "0o600", "clear secrets must be 0600"
 
 
+def test_the_plan_blacks_out_no_line_of_the_stacks_own_scripts(example_plan):
+    """A step's script that holds a secret is a secret value as a whole; its other lines (the
+    shebang, a library's code) are the repository's own text and must stay readable in every other
+    script of the plan (they were blacked out as a "key format header")."""
+    _, out = example_plan
+    scripts = [path for host in HOSTS for path in (out / host).rglob("*")
+               if path.is_file() and path.read_text().startswith("#!/usr/bin/env bash")]
+    assert len(scripts) >= 6, f"fewer scripts than the VIP check and reboot script per Loki node: {scripts}"
+    for path in scripts:
+        assert "<redacted" not in path.read_text(), f"{path.relative_to(out)} has a line blacked out"
+    assert secret_fragments({"#!/usr/bin/env bash\nTOKEN=s3cr3t-value-1234\n": "a step's stdin"}) == {
+        "TOKEN=s3cr3t-value-1234": "a step's stdin"}, "a secret's own line must still be a fragment"
+
+
 def test_plan_holds_certificates_that_verify_and_redacted_keys(example_plan):
     _, out = example_plan
     for host, name in (("loki-01", "loki.home.arpa"), ("s3", "loki.s3.home.arpa"), ("grafana", "grafana")):

@@ -36,7 +36,7 @@ def test_update_builds_every_vm_of_the_example_stack():
     loki = {f"loki-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
             for step in ("setup", "firewall-install", "staged-install", "runtime-install", "runtime-apply", "apply")}
     vip = {f"vip-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki") for step in ("setup", "staged-install",
-                                                                                       "apply")}
+                                                                                       "apply", "reboot-install")}
     gateway = {f"loki-gateway-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
                for step in ("setup", "staged-install", "apply")}
     agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}

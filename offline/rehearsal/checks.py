@@ -1,7 +1,7 @@
 """What the rehearsal checks once the steps ran: the services the stack installs are running with
 their hardening in force, the Loki cluster answers through the VIP, a line pushed with the
-operator's certificate is read back with logcli set up only from the stack's ``logcliEnvironment``,
-and powering off the machine that holds the VIP moves the VIP and loses nothing."""
+operator's certificate is read back with logcli set up only from the stack's ``logcliEnvironment``;
+where the VIP is (the life events, ``life_events.py``, use it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import firewall, loki, loki_gateway, objectstore, vip
+from components import firewall, loki, loki_gateway, objectstore, vip, vip_reboot
 from components.loki_config import HTTP_PORT
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork
@@ -20,7 +20,7 @@ from offline.rehearsal.traffic import push_body
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}
 UNITS = {
     "loki": {loki.UNIT: {**HARDENING, "User": "loki", "Group": "loki"}, loki_gateway.UNIT: {},
-             vip.UNIT: {}, firewall.UNIT: {}},
+             vip.UNIT: {}, firewall.UNIT: {}, vip_reboot.LEAVE_UNIT: {}},
     "objectstore": {objectstore.UNIT: {**HARDENING, "User": objectstore.SERVICE_USER}},
 }
 """Per role: each unit the stack installs that this machine runs, and the properties it must have."""

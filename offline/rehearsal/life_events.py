@@ -6,6 +6,12 @@ data disk missing (a storage that comes back late, a disk detached by mistake): 
 on the root filesystem, nor give up for good. Then the disk appears (its links, as udev makes
 them): its mount and Loki start by themselves (``components/disk_arrival.py``), after the node's
 firewall, the node rejoins the ring, and no push fails.
+
+``holder_reboot``: the VIP holder is shut down as Proxmox's reboot does (an orderly shutdown) and
+booted again with its disk: on the way down it hands the VIP over with a drain
+(``components/vip_reboot.py``, ``lokistack-vip-leave.service``); it boots in FAULT and takes part
+in VRRP once its Loki is ready, below the new holder, so that the VIP does not move again; every
+unit returns by itself, the firewall before Loki, the node rejoins the ring, and no push fails.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from components import firewall, loki_gateway, vip
 from components.disk_arrival import unit_names
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
-from offline.rehearsal.checks import wait_for_one_holder
-from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
+from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
+from components.vip_reboot import LEAVE_UNIT, REJOIN_UNIT
+from offline.rehearsal.checks import vip_holders, wait_for_one_holder
+from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
@@ -34,7 +42,11 @@ BOOT_TIMEOUT_S = 120
 MISSING_HOLD_S = 8
 """How long the node is watched with its disk missing: Loki must stay down, not start and fail over and over."""
 RING_TIMEOUT_S = 60
-UNITS = (LOKI_UNIT, loki_gateway.UNIT, vip.UNIT, firewall.UNIT)
+REJOIN_TIMEOUT_S = 60
+"""Longest wait, once Loki is ready, for the rejoin unit to have ended (it waits for keepalived's rise)."""
+SHUTDOWN_TIMEOUT_S = 180
+"""Longest orderly shutdown: the holder's leave unit drains and hands the VIP over first (bounded at 115 s)."""
+UNITS = (LOKI_UNIT, loki_gateway.UNIT, vip.UNIT, firewall.UNIT, LEAVE_UNIT)
 """What must run again on the node by itself, once its disk is there."""
 
 
@@ -63,6 +75,66 @@ def started_at(machine: Machine, unit: str, what: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
+def unit_state(machine: Machine, unit: str) -> dict[str, str]:
+    show = machine.exec(["systemctl", "show", "-p", "ActiveState", "-p", "Result", unit]).stdout
+    return dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+
+
+def boot_again(machine: Machine, t0: float, *, disk_attached: bool = True) -> tuple[str, float]:
+    """Boots ``machine`` (powered off) and waits until systemd has done its boot jobs; returns its
+    state ("running", or "degraded" with a failed unit) and the seconds since ``t0``."""
+    machine.start(disk_attached=disk_attached)
+    while machine.pid1() is None:
+        if time.monotonic() - t0 > BOOT_TIMEOUT_S:
+            raise AssertionError(f"{machine.name} did not boot again within {BOOT_TIMEOUT_S} s")
+        time.sleep(0.2)
+    # Until its bus is up, systemctl answers nothing.
+    state = ""
+    while state not in ("running", "degraded"):
+        if time.monotonic() - t0 > BOOT_TIMEOUT_S:
+            raise AssertionError(f"{machine.name} did not finish booting within {BOOT_TIMEOUT_S} s "
+                                 f"(systemd says {state!r})")
+        state = machine.exec(["systemctl", "is-system-running", "--wait"], timeout=BOOT_TIMEOUT_S).stdout.strip()
+        if state not in ("running", "degraded"):
+            time.sleep(0.5)
+    return state, time.monotonic() - t0
+
+
+def back_problems(machine: Machine) -> tuple[list[str], float]:
+    """Once a rebooted node's Loki is ready: its data disk mounted, every unit running again by
+    itself, the firewall loaded before Loki started, the node back in VRRP (the rejoin unit ended
+    well, no maintenance mark), nothing a converged node must not have, and every node ACTIVE in
+    its ring. Returns the problems and the seconds until the ring was full."""
+    problems: list[str] = []
+    node = machine.name
+    t0 = time.monotonic()
+    if machine.exec(["systemctl", "is-active", MOUNT_UNIT]).stdout.strip() != "active":
+        problems.append(f"{node}: {MOUNT_UNIT} is not active")
+    down = [u for u in UNITS if machine.exec(["systemctl", "is-active", u]).stdout.strip() != "active"]
+    if down:
+        problems.append(f"{node}: not running again by itself: {down}")
+    rules = started_at(machine, firewall.UNIT, "ActiveEnterTimestampMonotonic")
+    loki = started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic")
+    if not rules or not loki or rules > loki:
+        problems.append(f"{node}: the firewall ({rules} us) must be loaded before Loki starts ({loki} us)")
+    deadline = time.monotonic() + REJOIN_TIMEOUT_S
+    while (rejoin := unit_state(machine, REJOIN_UNIT)) != {"ActiveState": "inactive", "Result": "success"}:
+        if time.monotonic() > deadline or rejoin.get("ActiveState") == "failed":
+            journal = machine.exec(["journalctl", "-b", "-u", REJOIN_UNIT, "--no-pager", "-o", "cat"]).stdout
+            problems.append(f"{node}: {REJOIN_UNIT} is {rejoin} {REJOIN_TIMEOUT_S} s after Loki was ready: "
+                            f"{journal[-600:]}")
+            break
+        time.sleep(0.5)
+    problems += leftovers(machine)
+    deadline = time.monotonic() + RING_TIMEOUT_S
+    while (members := active_ring_members(machine)) != set(LOKI_ADDRESSES.values()):
+        if time.monotonic() > deadline:
+            problems.append(f"{node}: its ring has ACTIVE {sorted(members)} {RING_TIMEOUT_S} s after Loki was ready")
+            break
+        time.sleep(1)
+    return problems, time.monotonic() - t0
+
+
 def data_disk_late(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
@@ -70,8 +142,8 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
     # its keepalived takes the VIP by preemption (measured: 20 s after the steps ended), a move
     # that is not this event's.
     holder = wait_settled(machines)
-    # Below the holder: once back, the node must not take the VIP (a preemption is a move without
-    # a drain; the reboot of a node that would preempt is another event).
+    # Below the holder: the event is about the disk, and the lowest node is the one a roll restarts
+    # first. (A node above it also boots in FAULT and rejoins below the holder: holder_reboot.)
     own = {n: vrrp_priority(m) for n, m in machines.items()}
     candidates = sorted((n for n in machines if own[n] < own[holder]), key=lambda n: own[n])
     if not candidates:
@@ -82,22 +154,9 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
     with lab.vip_clients("data disk late") as clients:
         time.sleep(2)
         t0 = time.monotonic()
-        off = machine.poweroff()
-        machine.start(disk_attached=False)
-        while machine.pid1() is None:
-            if time.monotonic() - t0 > BOOT_TIMEOUT_S:
-                return [f"{node} did not boot again within {BOOT_TIMEOUT_S} s"]
-            time.sleep(0.2)
-        # Booted: its jobs done ("degraded": the data disk's mount failed). Until its bus is up,
-        # systemctl answers nothing.
-        state = ""
-        while state not in ("running", "degraded"):
-            if time.monotonic() - t0 > BOOT_TIMEOUT_S:
-                return [f"{node} did not finish booting within {BOOT_TIMEOUT_S} s (systemd says {state!r})"]
-            state = machine.exec(["systemctl", "is-system-running", "--wait"], timeout=BOOT_TIMEOUT_S).stdout.strip()
-            if state not in ("running", "degraded"):
-                time.sleep(0.5)
-        booted = time.monotonic() - t0
+        off = machine.poweroff(timeout=SHUTDOWN_TIMEOUT_S)
+        # "degraded": the data disk's mount failed.
+        state, booted = boot_again(machine, t0, disk_attached=False)
         time.sleep(MISSING_HOLD_S)
         loki_state = machine.exec(["systemctl", "is-active", LOKI_UNIT]).stdout.strip()
         result = machine.exec(["systemctl", "show", "-p", "Result", "-p", "NRestarts", "--value",
@@ -112,26 +171,14 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
                             f"under {DATA_DIR}")
         if machine.exec(["systemctl", "is-active", path_unit]).stdout.strip() != "active":
             problems.append(f"{node}: {path_unit} does not watch for the data disk")
-        t1 = time.monotonic()
+        mark = machine.exec(["cat", MAINTENANCE_FILE]).stdout.strip()
+        if mark == "0" or not mark:
+            problems.append(f"{node}: booted without Loki, it is not in the VIP's FAULT state ({MAINTENANCE_FILE}: "
+                            f"{mark!r})")
         machine.attach_data_disk()
         ready = wait_loki_ready(machine)
-        if machine.exec(["systemctl", "is-active", MOUNT_UNIT]).stdout.strip() != "active":
-            problems.append(f"{node}: {MOUNT_UNIT} is not active once the disk is there")
-        down = [u for u in UNITS if machine.exec(["systemctl", "is-active", u]).stdout.strip() != "active"]
-        if down:
-            problems.append(f"{node}: not running again by itself once its disk is there: {down}")
-        rules = started_at(machine, firewall.UNIT, "ActiveEnterTimestampMonotonic")
-        loki = started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic")
-        if not rules or not loki or rules > loki:
-            problems.append(f"{node}: the firewall ({rules} us) must be loaded before Loki starts ({loki} us)")
-        deadline = time.monotonic() + RING_TIMEOUT_S
-        while (members := active_ring_members(machine)) != set(LOKI_ADDRESSES.values()):
-            if time.monotonic() > deadline:
-                problems.append(f"{node}: its ring has ACTIVE {sorted(members)} {RING_TIMEOUT_S} s after Loki "
-                                "was ready")
-                break
-            time.sleep(1)
-        ringed = time.monotonic() - t1
+        back, ringed = back_problems(machine)
+        problems += back
         time.sleep(3)
     after = wait_for_one_holder(machines, VIP)
     if after != holder:
@@ -140,6 +187,52 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
     lab.figures.append(
         f"{node} powered off ({off:.1f} s) and booted without its data disk: system {state!r} after {booted:.1f} s, "
         f"Loki {loki_state} (result {' '.join(result)}) {MISSING_HOLD_S} s later, nothing under {DATA_DIR}; "
-        f"disk attached: Loki ready {ready:.1f} s later by itself ({ringed:.1f} s to a full ring)")
+        f"disk attached: Loki ready {ready:.1f} s later by itself ({ringed:.1f} s more to a rejoined node and "
+        "a full ring)")
+    lab.figures += [f"  {line}" for line in clients.figures()]
+    return problems
+
+
+def holder_reboot(lab: Rehearsal) -> list[str]:
+    problems: list[str] = []
+    machines = loki_machines(lab)
+    holder = wait_settled(machines)
+    machine = machines[holder]
+    rest = {n: m for n, m in machines.items() if n != holder}
+    moves: list[tuple[float, list[str]]] = []
+    with lab.vip_clients("holder reboot") as clients:
+        time.sleep(2)
+        t0 = time.monotonic()
+        machine.request_poweroff()  # as Proxmox's shutdown: the leave unit drains and hands the VIP over first
+        while machine.process is not None and machine.process.poll() is None:
+            if time.monotonic() - t0 > SHUTDOWN_TIMEOUT_S:
+                raise AssertionError(f"{holder} did not power off within {SHUTDOWN_TIMEOUT_S} s")
+            now = vip_holders(machines, VIP)
+            if not moves or moves[-1][1] != now:
+                moves.append((time.monotonic() - t0, now))
+            time.sleep(0.1)
+        off = time.monotonic() - t0
+        successor = wait_for_one_holder(rest, VIP)
+        state, booted = boot_again(machine, t0)
+        ready = wait_loki_ready(machine)
+        back, ringed = back_problems(machine)
+        problems += back
+        yielded = machine.exec(["cat", YIELD_FILE]).stdout.strip()
+        time.sleep(3)
+    after = wait_for_one_holder(machines, VIP)
+    if after != successor:
+        problems.append(f"the VIP moved again, from {successor} to {after}, after {holder} came back: a move "
+                        "without a drain")
+    handed = [(at, now) for at, now in moves if now == [successor]]
+    if not handed:
+        problems.append(f"{holder} did not hand the VIP to {successor} on its way down (seen: {moves})")
+    if not yielded or int(yielded) >= 0:
+        problems.append(f"{holder} rejoined VRRP without yielding to {successor} ({YIELD_FILE}: {yielded!r})")
+    problems += clients.problems
+    lab.figures.append(
+        f"VIP holder {holder} shut down and booted again: VIP on {successor} "
+        f"{handed[0][0] if handed else float('nan'):.1f} s after the shutdown began, powered off after {off:.1f} s; "
+        f"system {state!r} {booted:.1f} s after the shutdown began, Loki ready {ready:.1f} s later, rejoined below "
+        f"{successor} (yield {yielded}) with a full ring {ringed:.1f} s after that; the VIP stayed on {after}")
     lab.figures += [f"  {line}" for line in clients.figures()]
     return problems

@@ -47,6 +47,7 @@ from offline.rehearsal.clients import VipClients
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll, wait_loki_ready
 from offline.rehearsal.earlier import export
 from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
+from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
 from offline.rehearsal.repository import (
@@ -323,28 +324,6 @@ class Rehearsal:
             return [f"push through the VIP answered {status}"]
         output = self.read_back(operator, line)
         return [] if line in output else [f"logcli did not read back the pushed line: {output[-1000:]}"]
-
-    def failover(self) -> list[str]:
-        """Powers off the machine that holds the VIP: another takes it, and no pushed line is lost."""
-        operator = self.operator()
-        loki_machines = {n: m for n, m in self.machines.items() if n in LOKI_ADDRESSES}
-        holder = wait_for_one_holder(loki_machines, VIP)
-        line = marker()
-        if (status := operator.push(line)) != "204":
-            return [f"push through the VIP (on {holder}) answered {status}"]
-        t0 = time.monotonic()
-        stopped = self.machines[holder].poweroff()
-        rest = {n: m for n, m in loki_machines.items() if n != holder}
-        successor = wait_for_one_holder(rest, VIP)
-        moved = time.monotonic() - t0
-        output = self.read_back(operator, line)
-        self.figures.append(f"VIP holder {holder} powered off ({stopped:.1f} s): VIP on {successor} "
-                            f"{moved:.1f} s after the poweroff began")
-        problems = [] if line in output else [f"the line pushed before {holder} went is lost: {output[-1000:]}"]
-        after = marker()
-        if (status := operator.push(after)) != "204":
-            problems.append(f"push after the failover answered {status}")
-        return problems
 
     def loki_crash(self) -> list[str]:
         """SIGKILL of Loki on the VIP holder while both clients push: its gateway sends to the other
@@ -639,7 +618,8 @@ def main(argv: list[str]) -> int:
             rehearsal.unit_problems, rehearsal.push_and_read,
             lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
             lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
-            lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, rehearsal.failover]
+            lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, lambda: data_disk_late(rehearsal),
+            lambda: holder_reboot(rehearsal)]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()
