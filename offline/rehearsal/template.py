@@ -28,6 +28,8 @@ DIFFERENCES = (
     "its mount unit is the one systemd-fstab-generator makes from the machine's fstab (run by the rehearsal: "
     "it ignores device entries in a container), without the file system check (no device units in a "
     "container); a disk attached late appears as its links",
+    "a shutdown or reboot from the hypervisor is SIGRTMIN+3 to the machine's systemd (an orderly poweroff, as "
+    "ACPI's power button or the guest agent's shutdown starts it), then a new boot of the same disks",
     "DNS goes to 127.0.0.1 (nothing answers): the stack's /etc/hosts names every host",
     "apt reaches only the Debian mirrors, through the rehearsal's proxy on the stack's gateway address",
 )
