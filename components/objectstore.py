@@ -24,7 +24,8 @@ import pulumi_command as command
 import pulumi_minio as minio
 import pulumi_random as random
 
-from components.delivery import setup_deliver_wait
+from components import disk_arrival
+from components.delivery import FileDelivery, FileDeliveryArgs, after, setup_deliver_wait
 from components.hostfile import HostFile
 from components.scripts import render_script
 from components.systemd import hardening
@@ -193,10 +194,21 @@ class ObjectStore(pulumi.ComponentResource):
                                    files=files, restart=RESTART, wait_script=wait_script, parent=self)
         self.ready = steps.ready
         self.setup = steps.setup
+        # The server starts by itself once its data disk is there, also when it was missing at boot
+        # (components/disk_arrival.py); watching from the next boot on (enabled, not started: the
+        # server is running by now).
+        path_unit, starter = disk_arrival.unit_names(UNIT)
+        arrival = FileDelivery(f"{name}-disk-arrival", FileDeliveryArgs(
+            host=host, connection=after(args.connection, steps.ready), files=[
+                HostFile(host=host, path=f"/etc/systemd/system/{path_unit}",
+                         content=disk_arrival.render_path_unit(UNIT, args.data_device)),
+                HostFile(host=host, path=f"/etc/systemd/system/{starter}",
+                         content=disk_arrival.render_starter_unit(UNIT)),
+            ], then=f"systemctl daemon-reload && systemctl enable --quiet {path_unit}"), opts=child)
 
         self.endpoint = pulumi.Output.from_input(f"https://{args.fqdn}:{API_PORT}")
         self.root_user = pulumi.Output.from_input(args.root_user)
-        self.host_files = steps.delivery.host_files
+        self.host_files = steps.delivery.host_files + arrival.host_files
         self.register_outputs({"endpoint": self.endpoint, "root_user": self.root_user,
                                "root_password": self.root_password})
 

@@ -50,19 +50,20 @@ SECTION = "Live Loki 3.7.6 cluster from the rendered configs (measured)"
 COMPACTOR_RUNNING = "loki_boltdb_shipper_compactor_running"
 CHOSEN = "this instance has been chosen to run the compactor"
 ELECTION_TIMEOUT_S = 30  # the compactor asks the ring every 5 s
-LAB_HEARTBEAT_PERIOD_S, LAB_HEARTBEAT_TIMEOUT_S = 1, 5
+LAB_HEARTBEAT_PERIOD_S, LAB_HEARTBEAT_TIMEOUT_S = 0.5, 3
 """The compactor ring's heartbeats in this lab (the rendered ones: ``COMPACTOR_HEARTBEAT_*``, 5 s and
-15 s): a crashed compactor's place goes after 10 heartbeat timeouts, 50 s here (150 s rendered).
+15 s): a crashed compactor's place goes after 10 heartbeat timeouts, 30 s here (150 s rendered); a
+timeout of 6 heartbeats, as rendered 3.
 The crash test measures the rule, not the rendered figure, to keep the run short."""
 AUTO_FORGET_PERIODS = 10  # pkg/compactor/compactor.go: ringAutoForgetUnhealthyPeriods
 CRASH_TAKEOVER_TIMEOUT_S = AUTO_FORGET_PERIODS * LAB_HEARTBEAT_TIMEOUT_S + 40  # + heartbeat, ring poll, election
 VIP_TIMEOUT_S = 30
 RETENTION = "24h"  # the shortest lokiRetention: lines pushed two days back are past it
 COMPACTION_INTERVAL_S = 10
-RETENTION_DELETE_DELAY_S = 60
+RETENTION_DELETE_DELAY_S = 20
 """The lab's compactor: it compacts and applies retention every 10 s (10 minutes as deployed),
-and deletes marked chunks once their marker file is a minute old (2 hours as deployed): longer
-than a leader lives after marking here, shorter than a crashed leader's takeover."""
+and deletes marked chunks once their marker file is 20 s old (2 hours as deployed): longer than a
+leader lives after marking here, shorter than a crashed leader's takeover (30 s)."""
 SWEEP_INTERVAL_S = 60  # Loki's sweeper lists marker files at its start, then every minute
 MARKED = "loki_boltdb_shipper_retention_marker_count_total"
 LOAD_DELETES = "loki_compactor_load_pending_requests_attempts_total"

@@ -9,9 +9,11 @@ import subprocess
 
 import pytest
 
+from components.disk_arrival import unit_names
 from components.objectstore import (
     CERTS_DIR,
     ENV_FILE,
+    UNIT,
     UNIT_FILE,
     loki_policy,
     render_unit,
@@ -80,6 +82,24 @@ def test_the_steps_run_in_order_on_a_ready_host(example):
     stdin = setup.plain_inputs["stdin"]
     assert "PACKAGE_SHA256=d63d57cc7f0535e1aa116f9e5f42117dbfc4f63492da692b64d3ba6ded30e574" in stdin
     assert "sha256sum --check" in stdin and "DATA_DEVICE=/dev/disk/by-id/virtio-lokistack-data" in stdin
+
+
+def test_the_server_starts_by_itself_once_a_late_data_disk_is_there(example):
+    """As Loki's (components/disk_arrival.py): its unit has RequiresMountsFor= the data directory,
+    so a disk missing at boot fails its start for good unless the path unit asks again."""
+    path_unit, starter = unit_names(UNIT)
+    files = files_of(example, HOST)
+    path_file, starter_file = f"/etc/systemd/system/{path_unit}", f"/etc/systemd/system/{starter}"
+    assert path_file in files and starter_file in files, f"{HOST} does not get {path_unit} and {starter}"
+    assert "PathExists=/dev/disk/by-id/virtio-lokistack-data" in files[path_file][1].value
+    assert f"start --no-block {UNIT}" in files[starter_file][1].value
+    monitor = example.engine.monitor
+    arrival = monitor.find(CMD, "objectstore-disk-arrival-install")
+    assert monitor.find(CMD, "objectstore-ready").urn in arrival.dependencies, (
+        "the units come once the server runs (enabled for the next boot, never started by the step)")
+    stdin = arrival.plain_inputs["stdin"]
+    assert f"systemctl enable --quiet {path_unit}" in stdin and "restart" not in stdin.split("FOLLOW_UP")[-1], (
+        f"{arrival.name} must enable {path_unit} and restart nothing")
 
 
 def test_the_provider_trusts_our_ca_and_waits_for_the_server(example):

@@ -42,7 +42,8 @@ def test_update_builds_every_vm_of_the_example_stack():
     agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}
     grafana = {"grafana-setup", "grafana-config-install", "grafana-ready"}
     assert commands == per_vm | loki | gateway | vip | agents | grafana | {
-        "objectstore-setup", "objectstore-config-install", "objectstore-ready"}
+        "objectstore-setup", "objectstore-config-install", "objectstore-ready",
+        "objectstore-disk-arrival-install"}
 
 
 def test_files_are_delivered_only_after_cloud_init_finished_and_the_vms_own_host_key_is_in_place():
