@@ -38,7 +38,13 @@ from dataclasses import dataclass
 
 from components.hostfile import HostFile
 from components.scripts import render_script
-from components.vip_handover import DRAIN_TIMEOUT_S, HANDOVER_TIMEOUT_S, MAINTENANCE_FILE, VipHandover
+from components.vip_handover import (
+    DRAIN_TIMEOUT_S,
+    HANDOVER_TIMEOUT_S,
+    KEPT_ALIVE_SENDS_S,
+    MAINTENANCE_FILE,
+    VipHandover,
+)
 
 SCRIPT = "/usr/local/lib/lokistack/vip-reboot"
 LEAVE_UNIT = "lokistack-vip-leave.service"
@@ -55,8 +61,7 @@ def unit_file(unit: str) -> str:
 
 def stop_timeout_s(handover: VipHandover) -> int:
     """The leave unit's bound: the kept-alive connections' end, the drain and the handover, each bounded."""
-    return int(handover.script_parameters("")["VIP_KEEPALIVE_WAIT_S"]) + DRAIN_TIMEOUT_S + HANDOVER_TIMEOUT_S \
-        + STOP_MARGIN_S
+    return handover.keepalive_time_s + KEPT_ALIVE_SENDS_S + DRAIN_TIMEOUT_S + HANDOVER_TIMEOUT_S + STOP_MARGIN_S
 
 
 def render_script_file(handover: VipHandover, node: str, tls: Mapping[str, str], ready_url: str) -> str:

@@ -226,8 +226,14 @@ def holder_reboot(lab: Rehearsal) -> list[str]:
     handed = [(at, now) for at, now in moves if now == [successor]]
     if not handed:
         problems.append(f"{holder} did not hand the VIP to {successor} on its way down (seen: {moves})")
-    if not yielded or int(yielded) >= 0:
-        problems.append(f"{holder} rejoined VRRP without yielding to {successor} ({YIELD_FILE}: {yielded!r})")
+    # With preemption it must rejoin below the new holder: a yield where its own priority is higher,
+    # none where it is lower already (the holder is often not the VIP's home after earlier events).
+    own, theirs = vrrp_priority(machine), vrrp_priority(machines[successor])
+    effective = own + int(yielded or 0)
+    if effective >= theirs or (own < theirs and int(yielded or 0) != 0):
+        problems.append(f"{holder} (priority {own}) rejoined VRRP with a yield of {yielded!r} ({YIELD_FILE}) "
+                        f"beside {successor} (priority {theirs}): it must end just below it, with no yield "
+                        "where it is below already")
     problems += clients.problems
     lab.figures.append(
         f"VIP holder {holder} shut down and booted again: VIP on {successor} "
