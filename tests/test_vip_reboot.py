@@ -75,6 +75,7 @@ def test_both_units_pass_systemd_analyze_and_the_leave_unit_stops_before_what_se
 
 def test_a_booting_node_gets_the_boot_mark_and_a_steps_mark_is_left_alone(tmp_path):
     tool = require_tool("systemd-tmpfiles")
+    require_root()  # the line makes the file root's: systemd-tmpfiles chowns it
     conf = tmp_path / "lokistack-vip.conf"
     conf.write_text(render_tmpfiles())
     root = tmp_path / "root"
