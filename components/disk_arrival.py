@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import re
 
+from components.hostfile import HostFile
+from components.systemd import unit_path
+
 UNIT_PREFIX = "lokistack-data-disk"
 """Each watched service gets ``lokistack-data-disk-<service>.path`` and ``.service``."""
 
@@ -64,3 +67,10 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/systemctl start --no-block {service}
 """
+
+
+def host_files(host: str, service: str, device: str) -> list[HostFile]:
+    """Both units for ``service`` on ``host``, as files a delivery installs (enable the path unit after)."""
+    path_unit, starter = unit_names(service)
+    return [HostFile(host=host, path=unit_path(path_unit), content=render_path_unit(service, device)),
+            HostFile(host=host, path=unit_path(starter), content=render_starter_unit(service))]

@@ -197,14 +197,11 @@ class ObjectStore(pulumi.ComponentResource):
         # The server starts by itself once its data disk is there, also when it was missing at boot
         # (components/disk_arrival.py); watching from the next boot on (enabled, not started: the
         # server is running by now).
-        path_unit, starter = disk_arrival.unit_names(UNIT)
+        path_unit, _ = disk_arrival.unit_names(UNIT)
         arrival = FileDelivery(f"{name}-disk-arrival", FileDeliveryArgs(
-            host=host, connection=after(args.connection, steps.ready), files=[
-                HostFile(host=host, path=f"/etc/systemd/system/{path_unit}",
-                         content=disk_arrival.render_path_unit(UNIT, args.data_device)),
-                HostFile(host=host, path=f"/etc/systemd/system/{starter}",
-                         content=disk_arrival.render_starter_unit(UNIT)),
-            ], then=f"systemctl daemon-reload && systemctl enable --quiet {path_unit}"), opts=child)
+            host=host, connection=after(args.connection, steps.ready),
+            files=disk_arrival.host_files(host, UNIT, args.data_device),
+            then=f"systemctl daemon-reload && systemctl enable --quiet {path_unit}"), opts=child)
 
         self.endpoint = pulumi.Output.from_input(f"https://{args.fqdn}:{API_PORT}")
         self.root_user = pulumi.Output.from_input(args.root_user)

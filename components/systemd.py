@@ -18,3 +18,8 @@ ProtectControlGroups=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
 """
+
+
+def unit_path(unit: str) -> str:
+    """Where the stack puts a unit of its own on a host."""
+    return f"/etc/systemd/system/{unit}"

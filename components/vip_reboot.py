@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from components.hostfile import HostFile
 from components.scripts import render_script
+from components.systemd import unit_path
 from components.vip_handover import (
     DRAIN_TIMEOUT_S,
     HANDOVER_TIMEOUT_S,
@@ -53,10 +54,6 @@ TMPFILES_FILE = "/etc/tmpfiles.d/lokistack-vip.conf"
 BOOT_MARK = 2
 """The maintenance file's value from boot until the rejoin: FAULT, and told apart from a step's 1."""
 STOP_MARGIN_S = 15
-
-
-def unit_file(unit: str) -> str:
-    return f"/etc/systemd/system/{unit}"
 
 
 def stop_timeout_s(handover: VipHandover) -> int:
@@ -140,8 +137,8 @@ class VipReboot:
         return [
             HostFile(host=node, path=SCRIPT, mode="0755",
                      content=render_script_file(self.handover, node, self.tls, self.loki_ready_url)),
-            HostFile(host=node, path=unit_file(LEAVE_UNIT), content=render_leave_unit(self.handover, self.services)),
-            HostFile(host=node, path=unit_file(REJOIN_UNIT), content=render_rejoin_unit(self.services)),
+            HostFile(host=node, path=unit_path(LEAVE_UNIT), content=render_leave_unit(self.handover, self.services)),
+            HostFile(host=node, path=unit_path(REJOIN_UNIT), content=render_rejoin_unit(self.services)),
             HostFile(host=node, path=TMPFILES_FILE, content=render_tmpfiles()),
         ]
 

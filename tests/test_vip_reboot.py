@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from components.systemd import unit_path
 from components.vip_handover import MAINTENANCE_FILE, VipHandover
 from components.vip_reboot import (
     APPLY,
@@ -27,7 +28,6 @@ from components.vip_reboot import (
     render_script_file,
     render_tmpfiles,
     stop_timeout_s,
-    unit_file,
 )
 from tests.conftest import files_of, require_root, require_tool
 
@@ -129,7 +129,7 @@ def test_the_script_needs_the_nodes_certificate():
 def test_every_loki_node_gets_it_after_its_keepalived_step_and_no_step_restarts_the_units(example):
     reboot = VipReboot(handover=HANDOVER, tls=TLS, loki_ready_url=READY_URL, services=SERVICES)
     expected = {f.path for f in reboot.host_files("loki-01")}
-    assert expected == {SCRIPT, unit_file(LEAVE_UNIT), unit_file(REJOIN_UNIT), TMPFILES_FILE}
+    assert expected == {SCRIPT, unit_path(LEAVE_UNIT), unit_path(REJOIN_UNIT), TMPFILES_FILE}
     for node in ("loki-01", "loki-02", "loki-03"):
         files = files_of(example, node)
         missing = expected - set(files)

@@ -28,11 +28,16 @@ VIP_TIMEOUT_S = 60
 OPERATOR_DIR = ".config/loki-stack"
 
 
+def unit_properties(machine: Machine, unit: str, *names: str) -> dict[str, str]:
+    """``systemctl show`` of ``unit`` on ``machine``: the properties ``names``, by name."""
+    show = machine.exec(["systemctl", "show", unit, *(f"-p{name}" for name in names)])
+    return dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+
+
 def unit_problems(machine: Machine, role: str) -> list[str]:
     problems = []
     for unit, expected in UNITS.get(role, {}).items():
-        show = machine.exec(["systemctl", "show", unit, "-p", "ActiveState", *(f"-p{p}" for p in expected)])
-        props = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        props = unit_properties(machine, unit, "ActiveState", *expected)
         if props.get("ActiveState") != "active":
             problems.append(f"{machine.name}: {unit} is {props.get('ActiveState')}")
         problems += [f"{machine.name}: {unit} has {key}={props.get(key)!r}, not {value!r}"

@@ -27,7 +27,7 @@ from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from components.vip_reboot import LEAVE_UNIT, REJOIN_UNIT
-from offline.rehearsal.checks import vip_holders, wait_for_one_holder
+from offline.rehearsal.checks import unit_properties, vip_holders, wait_for_one_holder
 from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -75,11 +75,6 @@ def started_at(machine: Machine, unit: str, what: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def unit_state(machine: Machine, unit: str) -> dict[str, str]:
-    show = machine.exec(["systemctl", "show", "-p", "ActiveState", "-p", "Result", unit]).stdout
-    return dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
-
-
 def boot_again(machine: Machine, t0: float, *, disk_attached: bool = True) -> tuple[str, float]:
     """Boots ``machine`` (powered off) and waits until systemd has done its boot jobs; returns its
     state ("running", or "degraded" with a failed unit) and the seconds since ``t0``."""
@@ -118,7 +113,8 @@ def back_problems(machine: Machine) -> tuple[list[str], float]:
     if not rules or not loki or rules > loki:
         problems.append(f"{node}: the firewall ({rules} us) must be loaded before Loki starts ({loki} us)")
     deadline = time.monotonic() + REJOIN_TIMEOUT_S
-    while (rejoin := unit_state(machine, REJOIN_UNIT)) != {"ActiveState": "inactive", "Result": "success"}:
+    ended = {"ActiveState": "inactive", "Result": "success"}
+    while (rejoin := unit_properties(machine, REJOIN_UNIT, *ended)) != ended:
         if time.monotonic() > deadline or rejoin.get("ActiveState") == "failed":
             journal = machine.exec(["journalctl", "-b", "-u", REJOIN_UNIT, "--no-pager", "-o", "cat"]).stdout
             problems.append(f"{node}: {REJOIN_UNIT} is {rejoin} {REJOIN_TIMEOUT_S} s after Loki was ready: "
