@@ -112,7 +112,13 @@ def setup_deliver_wait(name: str, *, host: str, connection: pulumi.Input[Any], s
 def after(connection: pulumi.Input[Any], resource: pulumi.CustomResource) -> pulumi.Output[Any]:
     """``connection``, resolving only once ``resource`` exists, so whatever uses it runs after it.
     (``depends_on`` on a component does not reach the commands inside it; this does.)"""
-    return pulumi.Output.all(connection, resource.id).apply(lambda pair: pair[0])
+    return after_value(connection, resource.id)
+
+
+def after_value(connection: pulumi.Input[Any], value: pulumi.Input[Any]) -> pulumi.Output[Any]:
+    """``connection``, resolving only once ``value`` has: whatever uses it depends on the resources
+    behind ``value`` (also a ``pulumi.deferred_output``, for steps made later in the program)."""
+    return pulumi.Output.all(connection, value).apply(lambda pair: pair[0])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ import pulumi_command as command
 
 from components import firewall as firewall_rules
 from components import loki_gateway as gateway
-from components.delivery import FileDelivery, FileDeliveryArgs, after
+from components.delivery import FileDelivery, FileDeliveryArgs, after, after_value
 from components.disk_arrival import render_path_unit, render_starter_unit, unit_names
 from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
@@ -137,6 +137,9 @@ class LokiClusterArgs:
     handover: VipHandover
     """The VIP in front of the nodes: a node hands it over before its Loki restarts, and the nodes
     roll from the lowest VRRP priority to the highest (``components.vip_handover``)."""
+    roll_after: pulumi.Input[Any] | None = None
+    """A value the roll's first apply waits for, with the resources behind it: keepalived's steps
+    on every node (``VirtualIp.settled``), so that no keepalived reloads during a handover."""
 
 
 class LokiCluster(pulumi.ComponentResource):
@@ -224,6 +227,8 @@ class LokiCluster(pulumi.ComponentResource):
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)
+            elif args.roll_after is not None:
+                connection = after_value(connection, args.roll_after)
             apply = command.remote.Command(f"{name}-{host.name}-apply", connection=connection,
                                            create="sudo bash -s", stdin=apply_script,
                                            triggers=[staged.digest, setup_script, host.tls_digest], opts=child)

@@ -159,6 +159,9 @@ class VirtualIpArgs:
     """The stack's CA (the check trusts only it)."""
     reboot: VipReboot
     """Each node's part in the VIP across a reboot (``components.vip_reboot``), installed once keepalived is."""
+    apply_after: Sequence[pulumi.CustomResource] = ()
+    """Steps every node's keepalived apply waits for: those that may hand the VIP over (a keepalived
+    that reloads while another node hands the VIP over misses the election: ``settled``)."""
 
 
 class VirtualIp(pulumi.ComponentResource):
@@ -171,6 +174,11 @@ class VirtualIp(pulumi.ComponentResource):
     host_files: list[HostFile]
     setups: dict[str, command.remote.Command]
     """Node name -> the step that installs keepalived there (the host's next package step waits for it)."""
+    settled: list[command.remote.Command]
+    """Each node's last step: once all of them ran, no keepalived reloads until the next run. A step
+    that hands the VIP over waits for them: a backup whose keepalived reloads just then restarts its
+    timers and lets a node of lower priority take the VIP, which the backup then takes from it by
+    preemption, with no drain (a push on a kept-alive connection is cut)."""
 
     @staticmethod
     def _render(settings: KeepalivedSettings, pairs: list[tuple[str, str]], node: str, auth_pass: str) -> str:
@@ -188,6 +196,7 @@ class VirtualIp(pulumi.ComponentResource):
             "STAGED": f"{STAGE_DIR}/keepalived.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT})
         self.host_files = []
         self.setups = {}
+        self.settled = []
         for node in args.nodes:
             setup = command.remote.Command(f"{name}-{node.name}-setup", connection=node.connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
@@ -209,8 +218,10 @@ class VirtualIp(pulumi.ComponentResource):
             ]
             staged = FileDelivery(f"{name}-{node.name}-staged", FileDeliveryArgs(
                 host=node.name, connection=after(node.connection, setup), files=files), opts=child)
-            apply = command.remote.Command(f"{name}-{node.name}-apply",
-                                           connection=after(node.connection, staged.command),
+            apply_connection = after(node.connection, staged.command)
+            for step in args.apply_after:
+                apply_connection = after(apply_connection, step)
+            apply = command.remote.Command(f"{name}-{node.name}-apply", connection=apply_connection,
                                            create="sudo bash -s", stdin=apply_script,
                                            # keepalived.conf alone: the check's certificate files are read
                                            # by every check run, and a renewal needs no reload.
@@ -219,6 +230,7 @@ class VirtualIp(pulumi.ComponentResource):
             reboot = FileDelivery(f"{name}-{node.name}-reboot", FileDeliveryArgs(
                 host=node.name, connection=after(node.connection, apply), files=args.reboot.host_files(node.name),
                 then=REBOOT_APPLY), opts=child)
+            self.settled.append(reboot.command)
             self.host_files += staged.host_files + reboot.host_files
         self.address = pulumi.Output.from_input(args.settings.vip)
         self.register_outputs({"address": self.address, "auth_pass": self.auth_pass})

@@ -7,6 +7,7 @@ outputs and the offline plan can read the components' host files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,10 @@ def build(settings: Settings) -> Deployment:
     object_store, loki_bucket, metrics_reader = build_object_store(settings, vms, certificates, deliveries)
     loki_spec = loki_config_spec(settings)
     monitoring = monitoring_spec(settings, loki_spec)
+    # Loki's roll hands the VIP over: it waits for keepalived's steps on every node (below).
+    roll_after: pulumi.Output[list[str]]
+    start_roll: Callable[[pulumi.Output[list[str]]], None]
+    roll_after, start_roll = pulumi.deferred_output()
     loki = LokiCluster("loki", LokiClusterArgs(
         config=loki_spec,
         hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
@@ -204,7 +209,7 @@ def build(settings: Settings) -> Deployment:
         version=settings.loki.version, data_device=DATA_DISK_PATH,
         s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
         tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
-        handover=vip_handover(settings),
+        handover=vip_handover(settings), roll_after=roll_after,
     ))
     # One package step at a time on each host (apt and dpkg refuse to run beside each other):
     # each host's next step that installs packages waits for the one before.
@@ -221,7 +226,12 @@ def build(settings: Settings) -> Deployment:
         handover=vip_handover(settings),
     ))
     package_steps |= gateway.setups
-    vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps)
+    # A handover and a keepalived reload on another node never overlap (``VirtualIp.settled``): the
+    # gateway's applies (one may hand the VIP over, after an upgrade) come before every keepalived
+    # apply, and Loki's roll after every node's last keepalived step.
+    vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps,
+                    apply_after=list(gateway.applies.values()))
+    start_roll(pulumi.Output.all(*[step.id for step in vip.settled]))
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
     grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url, monitoring=monitoring)
@@ -344,9 +354,11 @@ def object_store_host(settings: Settings) -> str:
 
 def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
               deliveries: dict[str, FileDelivery], *,
-              after_steps: dict[str, pulumi.CustomResource]) -> VirtualIp:
+              after_steps: dict[str, pulumi.CustomResource],
+              apply_after: list[pulumi.CustomResource]) -> VirtualIp:
     """keepalived on the Loki nodes, each node's setup after ``after_steps[node]`` (the node's
-    previous package step); the /ready check has a certificate of its own (role ``health``)."""
+    previous package step) and its apply after every step of ``apply_after``; the /ready check has
+    a certificate of its own (role ``health``)."""
     vip = settings.vip
     return VirtualIp("vip", VirtualIpArgs(
         settings=KeepalivedSettings(
@@ -365,6 +377,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
                          tls={"CA_FILE": CA_FILE, "CERT_FILE": SERVER_CERT_FILE, "KEY_FILE": SERVER_KEY_FILE},
                          loki_ready_url=f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready",
                          services=(KEEPALIVED_UNIT, GATEWAY_UNIT, LOKI_UNIT)),
+        apply_after=apply_after,
     ))
 
 

@@ -63,6 +63,31 @@ def test_files_are_delivered_only_after_cloud_init_finished_and_the_vms_own_host
             f"{name}-tls-install must pin the VM's own host key, not the snippet's bootstrap key")
 
 
+@pytest.mark.parametrize("preview", [False, True], ids=["update", "preview"])
+def test_no_keepalived_reloads_while_a_step_may_hand_the_vip_over(preview):
+    """A CI run of the upgrade from 2395182 cut a push: loki-02's keepalived reloaded while loki-01's
+    gateway apply handed the VIP over, so loki-03 (lower priority) took it and loki-02 took it back
+    3 s later by preemption, with no drain. Steps that hand the VIP over (the gateway's applies,
+    Loki's roll) and keepalived's applies on other nodes must never overlap."""
+    commands = {r.name: r for r in run(preview=preview).engine.monitor.of_type("command:remote:Command")}
+    by_urn = {r.urn: name for name, r in commands.items()}
+    waits_for: dict[str, set[str]] = {}
+
+    def before(name: str) -> set[str]:
+        if name not in waits_for:
+            direct = {by_urn[u] for u in commands[name].dependencies if u in by_urn}
+            waits_for[name] = direct.union(*(before(d) for d in direct))
+        return waits_for[name]
+
+    nodes = [n for n in EXAMPLE_VMS if n.startswith("loki")]
+    for node in nodes:
+        for other in nodes:
+            assert f"loki-gateway-{other}-apply" in before(f"vip-{node}-apply"), (
+                f"vip-{node}-apply (a keepalived reload) may run while loki-gateway-{other}-apply hands the VIP over")
+            assert f"vip-{other}-reboot-install" in before(f"loki-{node}-apply"), (
+                f"loki-{node}-apply (a handover) may run while keepalived's steps on {other} are not done")
+
+
 def test_one_cloud_image_per_proxmox_node_shared_by_its_vms():
     result = run(lokiProxmoxNodes=["pve1", "pve2", "pve3"], grafanaProxmoxNode="pve2")
     monitor = result.engine.monitor
