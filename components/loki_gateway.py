@@ -143,6 +143,10 @@ GRANTS = (
     Grant((ROLE_METRICS,), "GET", ("/metrics",)),
     Grant((ROLE_OPERATOR,), "[A-Z]+", ("/.*",)),
     Grant((*ROLES, ANONYMOUS), "GET|HEAD", ("/ready",)),
+    # Another Loki node's roll reads this node's view of the ingester ring before it stops
+    # (templates/lib-ring-check.sh). The server certificate is a Loki node's, which has the ring
+    # through memberlist anyway; the answer is this node's own (never passed on to another node).
+    Grant((ROLE_SERVER,), "GET", ("/ring",)),
 )
 
 

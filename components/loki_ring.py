@@ -8,10 +8,16 @@ windows of 4 s and 11 s). So before any step stops a node's Loki (``templates/li
 called by ``loki-apply.sh`` only when that node must restart), the node reads its own view of the
 ingester ring, as JSON (``GET /ring`` with ``Accept: application/json``; dskit's ring page: a node
 whose heartbeat is older than the ring's heartbeat timeout is reported ``UNHEALTHY``), and asks
-every other node's gateway for ``/ready``. It may stop when every other node is in the ring,
-``ACTIVE``, and ready. A node that left the ring cleanly (``unregister_on_shutdown``) is missing
-from it; a node that died keeps its ``ACTIVE`` entry until its heartbeat times out (1 minute), so
-the ``/ready`` probe is what sees it at once.
+every other node's gateway for ``/ready`` and for that node's own view of the ring (``GET /ring``,
+granted to the server role: the certificate of a Loki node, which has the ring through memberlist
+anyway). It may stop when every other node is in its ring, ``ACTIVE``, and ready, and every other
+node sees the nodes that stay ``ACTIVE``: the nodes left must write to each other. Loki's ``/ready``
+does not say so: it reports that a node's own view was whole once (dskit latches it), and the
+ingester's ``min_ready_duration`` only gives the others time to hear of it; with the peers' views
+checked here it is 5 s instead of 15 s (``components.loki_config.MIN_READY_DURATION``). A node
+that left the ring cleanly (``unregister_on_shutdown``) is missing from it; a node that died keeps
+its ``ACTIVE`` entry until its heartbeat times out (1 minute), so the ``/ready`` probe is what sees
+it at once.
 
 Otherwise the node waits, up to ``WAIT_S``, then fails naming what is not healthy; nothing is
 placed and nothing restarts, so the next ``pulumi up`` finds the same difference and finishes the
@@ -28,7 +34,7 @@ from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 
 WAIT_S = 180
 """Longest wait for every other node to be healthy: a node restarting after a crash is ready in
-about 20 s (the ingester's min_ready_duration and a short WAL replay); a node that is down for good
+about 10 s (the ingester's min_ready_duration and a short WAL replay); a node that is down for good
 fails the step after this, with its name."""
 RING_URLS = (f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ring", f"https://127.0.0.1:{HTTP_PORT}/ring")
 """Where the running Loki answers, in order: its loopback port behind the gateway, and the gateway's

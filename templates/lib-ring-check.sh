@@ -1,8 +1,37 @@
 # Whether this Loki node may stop now without taking writes down (components/loki_ring.py says why
-# and how): every other node must be in this node's view of the ingester ring, ACTIVE and healthy
-# (Loki reports a node whose heartbeat is too old as UNHEALTHY), and ready at its gateway.
+# and how): every other node must be ACTIVE and healthy in this node's view of the ingester ring
+# (Loki reports a node whose heartbeat is too old as UNHEALTHY), ready at its gateway, and see
+# every node but this one ACTIVE in its own view: the nodes left must write to each other (Loki's
+# readiness says only that a node's own view was whole, once).
 # Parameters: RING_* (set by loki-stack); the caller's CA_FILE, CERT_FILE and KEY_FILE (the node's
-# certificate: Loki's loopback listener and every peer's /ready accept it).
+# certificate: Loki's loopback listener and every peer's gateway, /ready and /ring, accept it).
+
+# ring_view_problems WHERE: prints one line per node but RING_SELF that is not ACTIVE in the ring
+# whose JSON is in RING_JSON (WHERE names that view in the message).
+ring_view_problems() {
+  # shellcheck disable=SC2086  # RING_NODES is a list of name=address words
+  python3 - "$RING_SELF" "$1" $RING_NODES <<'PY'
+import json
+import os
+import sys
+
+self_name, where, nodes = sys.argv[1], sys.argv[2], dict(n.split("=", 1) for n in sys.argv[3:])
+try:
+    shards = json.loads(os.environ["RING_JSON"])["shards"] or []
+except (ValueError, KeyError, TypeError) as error:
+    print(f"cannot read {where}: {error}")
+    sys.exit(0)
+by_address = {str(s.get("address", "")).rsplit(":", 1)[0]: s for s in shards}
+for name, address in nodes.items():
+    if name == self_name:
+        continue
+    shard = by_address.get(address)
+    if shard is None:
+        print(f"{name} ({address}) is not in {where}")
+    elif shard.get("state") != "ACTIVE":
+        print(f"{name} ({address}) is {shard.get('state')} in {where}, not ACTIVE")
+PY
+}
 
 # ring_problems: prints one line per reason this node may not stop now (nothing when it may).
 ring_problems() {
@@ -21,28 +50,7 @@ ring_problems() {
     echo "${RING_SELF} cannot read its ingester ring (${failed})"
     return 0
   fi
-  # shellcheck disable=SC2086  # RING_NODES is a list of name=address words
-  RING_JSON=$ring python3 - "$RING_SELF" $RING_NODES <<'PY'
-import json
-import os
-import sys
-
-self_name, nodes = sys.argv[1], dict(n.split("=", 1) for n in sys.argv[2:])
-try:
-    shards = json.loads(os.environ["RING_JSON"])["shards"] or []
-except (ValueError, KeyError, TypeError) as error:
-    print(f"{self_name} cannot read its ingester ring: {error}")
-    sys.exit(0)
-by_address = {str(s.get("address", "")).rsplit(":", 1)[0]: s for s in shards}
-for name, address in nodes.items():
-    if name == self_name:
-        continue
-    shard = by_address.get(address)
-    if shard is None:
-        print(f"{name} ({address}) is not in the ingester ring")
-    elif shard.get("state") != "ACTIVE":
-        print(f"{name} ({address}) is {shard.get('state')} in the ingester ring, not ACTIVE")
-PY
+  RING_JSON=$ring ring_view_problems "the ingester ring"
   for entry in $RING_NODES; do
     name=${entry%%=*}
     address=${entry#*=}
@@ -51,7 +59,16 @@ PY
       --key "$KEY_FILE" "https://${address}:${RING_PEER_PORT}/ready" 2>/dev/null || true)
     if [ "$status" != 200 ]; then
       echo "${name} (${address}) is not ready (/ready on port ${RING_PEER_PORT}: ${status:-no answer})"
+      continue
     fi
+    # Its own view, through its gateway (the server role's grant; never passed on to another node).
+    url="https://${address}:${RING_PEER_PORT}/ring"
+    if ! ring=$(curl -fsS --max-time 5 -H 'Accept: application/json' --cacert "$CA_FILE" --cert "$CERT_FILE" \
+      --key "$KEY_FILE" "$url" 2>&1); then
+      echo "cannot read ${name}'s view of the ingester ring (${url}: ${ring})"
+      continue
+    fi
+    RING_JSON=$ring ring_view_problems "${name}'s view of the ingester ring"
   done
 }
 

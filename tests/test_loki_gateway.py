@@ -109,7 +109,7 @@ ALLOWED = {
     ROLE_METRICS: {METRICS, READY},
     ROLE_OPERATOR: {PUSH, *READS, READY, METRICS, *ADMIN},
     ROLE_HEALTH: {READY},
-    ROLE_SERVER: {READY},
+    ROLE_SERVER: {READY, ("GET", "/ring")},
 }
 """What each role may do: the issue's least privilege, written out by hand (not from GRANTS)."""
 

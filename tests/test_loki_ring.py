@@ -22,20 +22,34 @@ def shard(node: str, state: str = "ACTIVE") -> dict[str, str]:
     return {"id": node, "state": state, "address": f"{NODES[node]}:9095", "timestamp": "2026-12-02T18:52:27Z"}
 
 
+WHOLE = [shard("loki-01"), shard("loki-02"), shard("loki-03")]
+
+
 def ring_check(shards: list[dict[str, str]] | None, ready: dict[str, int], *, call: str = "ring_problems",
-               wait_s: int = 0, ring_port: int = 3101) -> subprocess.CompletedProcess[str]:
+               wait_s: int = 0, ring_port: int = 3101,
+               views: dict[str, list[dict[str, str]] | None] | None = None) -> subprocess.CompletedProcess[str]:
     """``call`` on loki-01 with the ring ``shards`` (None: the ring cannot be read) served on
-    127.0.0.1:``ring_port``, and the peers' /ready statuses."""
+    127.0.0.1:``ring_port``, the peers' /ready statuses, and the peers' own views of the ring at
+    their gateways (``views``, None: refused; by default each peer sees all three nodes ACTIVE)."""
     params = {**ring_parameters("loki-01", NODES, wait_s=wait_s), "CA_FILE": "ca", "CERT_FILE": "c", "KEY_FILE": "k"}
-    ring = json.dumps({"shards": shards, "now": "2026-12-02T18:52:30Z"})
     statuses = " ".join(f"{NODES[n]}={s}" for n, s in ready.items())
-    answer = f"printf '%s' {shlex.quote(ring)}" if shards is not None else 'echo "curl: (7) no" >&2; return 7'
+    peers: dict[str, list[dict[str, str]] | None] = {n: WHOLE for n in NODES if n != "loki-01"}
+    views = peers | (views or {})
+
+    def answer(ring: list[dict[str, str]] | None, refusal: str) -> str:
+        if ring is None:
+            return refusal
+        return f"printf '%s' {shlex.quote(json.dumps({'shards': ring, 'now': '2026-12-02T18:52:30Z'}))}"
+
+    refused = 'echo "curl: (22) The requested URL returned error: 403" >&2; return 22'
+    peer_rings = "".join(f"    https://{NODES[n]}:3100/ring) {answer(v, refused)} ;;\n" for n, v in views.items())
+    own = answer(shards, 'echo "curl: (7) no" >&2; return 7')
     stub = f"""
 curl() {{
   local url=${{*: -1}} entry
   case "$url" in
-    https://127.0.0.1:{ring_port}/ring) {answer} ;;
-    */ring) echo "curl: (7) Failed to connect to 127.0.0.1" >&2; return 7 ;;
+    https://127.0.0.1:{ring_port}/ring) {own} ;;
+{peer_rings}    */ring) echo "curl: (7) Failed to connect to 127.0.0.1" >&2; return 7 ;;
     */ready) for entry in {statuses}; do
                if [[ "$url" == "https://${{entry%%=*}}:"* ]]; then printf '%s' "${{entry#*=}}"; return 0; fi
              done; printf '000'; return 7 ;;
@@ -73,6 +87,37 @@ def test_every_reason_not_to_stop_is_named(shards, ready, expected):
     assert proc.returncode == 0 and len(lines) == len(expected), f"expected {expected}, got {lines} {proc.stderr}"
     for line, want in zip(lines, expected, strict=True):
         assert line.startswith(want), f"the ring check must say {want!r}, said {line!r}"
+
+
+@pytest.mark.parametrize(("views", "expected"), [
+    # loki-03 was restarted just before: ready (its own view was whole), loki-01 sees it ACTIVE,
+    # but loki-02 has not heard yet: with loki-01 gone, loki-02 would write to one replica.
+    ({"loki-02": [shard("loki-01"), shard("loki-02"), shard("loki-03", "JOINING")]},
+     ["loki-03 (198.18.0.13) is JOINING in loki-02's view of the ingester ring, not ACTIVE"]),
+    ({"loki-03": [shard("loki-01"), shard("loki-03")]},
+     ["loki-02 (198.18.0.12) is not in loki-03's view of the ingester ring"]),
+    ({"loki-02": None},
+     ["cannot read loki-02's view of the ingester ring (https://198.18.0.12:3100/ring: curl: (22) The requested "
+      "URL returned error: 403)"]),
+], ids=["a peer has not seen the restarted node", "a peer misses the other peer", "a gateway refuses /ring"])
+def test_every_other_node_must_see_the_nodes_that_stay_active(views, expected):
+    """Loki's /ready says only that a node's own view was whole once (dskit latches it): the nodes
+    that stay must see each other ACTIVE, each in its own view, read at its gateway."""
+    proc = ring_check(WHOLE, {"loki-02": 200, "loki-03": 200}, views=views)
+    assert proc.returncode == 0 and proc.stdout.splitlines() == expected, (
+        f"expected {expected}, got {proc.stdout.splitlines()} {proc.stderr}")
+
+
+def test_a_peers_view_without_this_node_or_of_a_node_not_ready_is_no_reason_more():
+    """This node is about to stop: whether the others see it does not matter. A peer that is not
+    ready is named once, for that; its view is not asked."""
+    proc = ring_check(WHOLE, {"loki-02": 200, "loki-03": 200},
+                      views={"loki-02": [shard("loki-02"), shard("loki-03")],
+                             "loki-03": [shard("loki-01", "LEAVING"), shard("loki-02"), shard("loki-03")]})
+    assert proc.returncode == 0 and proc.stdout == "", f"only the nodes that stay count: {proc.stdout}"
+    proc = ring_check(WHOLE, {"loki-02": 503, "loki-03": 200}, views={"loki-02": None})
+    assert proc.stdout.splitlines() == ["loki-02 (198.18.0.12) is not ready (/ready on port 3100: 503)"], (
+        proc.stdout)
 
 
 def test_during_an_upgrade_the_ring_is_read_from_the_earlier_versions_loki_on_the_gateways_port():
