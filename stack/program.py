@@ -200,37 +200,42 @@ def build(settings: Settings) -> Deployment:
     roll_after: pulumi.Output[list[str]]
     start_roll: Callable[[pulumi.Output[list[str]]], None]
     roll_after, start_roll = pulumi.deferred_output()
-    loki = LokiCluster("loki", LokiClusterArgs(
-        config=loki_spec,
-        hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
-                        connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
-                        tls_digest=deliveries[f"{node.name}-tls"].digest)
-               for node in settings.loki.nodes],
-        version=settings.loki.version, data_device=DATA_DISK_PATH,
-        s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
-        tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
-        handover=vip_handover(settings), roll_after=roll_after,
-    ))
-    # One package step at a time on each host (apt and dpkg refuse to run beside each other):
-    # each host's next step that installs packages waits for the one before.
-    package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
-                                                       **loki.setups}
-    gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
-        hosts=[GatewayHost(name=node.name,
-                           connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
-                           tls_digest=deliveries[f"{node.name}-tls"].digest)
-               for node in settings.loki.nodes],
-        require_client_certs=settings.loki.require_client_certs,
-        cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
-        peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
-        handover=vip_handover(settings),
-    ))
-    package_steps |= gateway.setups
-    # A handover and a keepalived reload on another node never overlap (``VirtualIp.settled``): the
-    # gateway's applies (one may hand the VIP over, after an upgrade) come before every keepalived
-    # apply, and Loki's roll after every node's last keepalived step.
-    vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps,
-                    apply_after=list(gateway.applies.values()))
+    try:
+        loki = LokiCluster("loki", LokiClusterArgs(
+            config=loki_spec,
+            hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
+                            connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+                            tls_digest=deliveries[f"{node.name}-tls"].digest)
+                   for node in settings.loki.nodes],
+            version=settings.loki.version, data_device=DATA_DISK_PATH,
+            s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
+            tls_cert_file=SERVER_CERT_FILE, tls_key_file=SERVER_KEY_FILE, tls_ca_file=CA_FILE,
+            handover=vip_handover(settings), roll_after=roll_after,
+        ))
+        # One package step at a time on each host (apt and dpkg refuse to run beside each other):
+        # each host's next step that installs packages waits for the one before.
+        package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
+                                                           **loki.setups}
+        gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
+            hosts=[GatewayHost(name=node.name,
+                               connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+                               tls_digest=deliveries[f"{node.name}-tls"].digest)
+                   for node in settings.loki.nodes],
+            require_client_certs=settings.loki.require_client_certs,
+            cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
+            peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
+            handover=vip_handover(settings),
+        ))
+        package_steps |= gateway.setups
+        # A handover and a keepalived reload on another node never overlap (``VirtualIp.settled``): the
+        # gateway's applies (one may hand the VIP over, after an upgrade) come before every keepalived
+        # apply, and Loki's roll after every node's last keepalived step.
+        vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps,
+                        apply_after=list(gateway.applies.values()))
+    except BaseException as error:
+        # Loki's first apply waits for this value: left unresolved, the program would hang, not fail.
+        start_roll(failed_output(error))
+        raise
     start_roll(pulumi.Output.all(*[step.id for step in vip.settled]))
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
@@ -350,6 +355,13 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
 
 def object_store_host(settings: Settings) -> str:
     return settings.object_store.vm.name
+
+
+def failed_output(error: BaseException) -> pulumi.Output[list[str]]:
+    """A value that never arrives because the program failed first: what waits for it fails too."""
+    def fail(_: object) -> list[str]:
+        raise RuntimeError(f"not declared: the program failed before ({error!r})") from error
+    return pulumi.Output.from_input(None).apply(fail)
 
 
 def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
+import threading
 from typing import Any
 
 import pulumi
@@ -12,6 +14,7 @@ from pulumi.runtime.settings import SETTINGS, get_root_resource
 
 from offline import engine
 from offline.plan import read_stack_config, run_program
+from stack import program
 from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -160,6 +163,29 @@ def test_preview_registers_the_same_resources_with_computed_values_unknown():
     assert result.resolved["output:hosts"].known, "hosts come from settings and are known in preview"
     assert not result.resolved["output:vmIds"].known, "VM ids come from Proxmox and are unknown in preview"
     assert not result.resolved["file:0"].known, "user-data depends on generated keys: unknown in preview"
+
+
+def test_a_failure_before_keepalived_is_declared_fails_the_program_and_does_not_hang(monkeypatch):
+    """Loki's roll waits for a value given once keepalived's steps exist (``pulumi.deferred_output``):
+    a program that fails before must fail, naming the cause, not wait for it forever."""
+    def broken(*_: Any, **__: Any) -> None:
+        raise ValueError("keepalived broke")
+
+    monkeypatch.setattr(program, "build_vip", broken)
+    outcome: dict[str, BaseException] = {}
+
+    def target() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            run()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the program hangs when it fails before keepalived's steps are declared"
+    assert "keepalived broke" in repr(outcome.get("error")), f"the program must fail naming the cause: {outcome}"
 
 
 def test_invalid_settings_stop_the_program_before_any_resource():
