@@ -41,6 +41,13 @@ time to see this one ACTIVE before a roll moves on; the roll here does not trust
 stops, every other node's own view of the ring must show the nodes that stay ACTIVE
 (``templates/lib-ring-check.sh``). Every restart is ready about 10 s sooner than with the default;
 the memberlist gossip that carries the state takes well under a second among three nodes."""
+WAL_DISK_FULL_THRESHOLD = 0.9
+"""Share of the data disk in use at which a node's ingester refuses pushes, until it is below again
+(Loki 3.7.6, ``pkg/ingester/wal.go``: ``monitorDisk`` reads ``statfs`` of the WAL's directory every
+10 s; ``Ingester.Push`` then answers "Ingester is shutting down"). Loki's default, rendered so that
+the alert (``components.monitoring``) and the config agree. With replication factor 3 the other two
+nodes take each push, so the cluster stays writable while one disk is full, and the WAL is not
+written on a full disk."""
 COMPACTOR_HEARTBEAT_PERIOD, COMPACTOR_HEARTBEAT_TIMEOUT = "5s", "15s"
 """The compactor ring's heartbeats (Loki's defaults: 15s and 1m). A crashed compactor keeps its
 place in the ring until it has been unhealthy for 10 heartbeat timeouts (a constant in Loki's
@@ -167,7 +174,7 @@ def ingester(spec: LokiConfigSpec) -> dict[str, Any]:
     return {"ingester": {
         # Loki's default replay ceiling is 4GB, all of a 4 GiB VM: half of the VM's memory instead.
         "wal": {"enabled": True, "dir": f"{spec.data_dir}/wal", "flush_on_shutdown": True,
-                "replay_memory_ceiling": f"{spec.memory_mib // 2}MB"},
+                "replay_memory_ceiling": f"{spec.memory_mib // 2}MB", "disk_full_threshold": WAL_DISK_FULL_THRESHOLD},
         "lifecycler": {"unregister_on_shutdown": True, "min_ready_duration": MIN_READY_DURATION},
     }}
 

@@ -52,6 +52,9 @@ ERROR_RATIO = 0.05
 INGEST_WARNING_SHARE = 0.8
 """A node's ingest above this share of ``lokiIngestionRateMb`` for a while is close to 429s."""
 OBJECTSTORE_FREE_SHARE = 0.1
+DATA_DISK_WARNING_SHARE = 0.8
+"""A Loki node's data disk in use above this share for a while: time to grow it, before Loki
+refuses writes (``MonitoringSpec.wal_disk_full_threshold``)."""
 COMPACTOR_START_WAIT_S = 600
 """A newly elected compactor waits 10 minutes for the ring to settle before its first run (Loki
 3.7's tables manager, measured: "waiting 10m0s for ring to stay stable")."""
@@ -108,6 +111,8 @@ class MonitoringSpec:
     replication_factor: int
     ingestion_rate_mb: int
     """Per node: the stack's Loki enforces ``ingestion_rate_strategy: local``."""
+    wal_disk_full_threshold: float
+    """Share of a node's data disk in use at which its ingester refuses pushes (Loki's WAL throttle)."""
 
     @property
     def write_quorum(self) -> int:
@@ -252,8 +257,9 @@ def signals(spec: MonitoringSpec) -> dict[str, Signal]:
                                   f"ingester_wal_corruptions_total{{{loki}}})", "{{node}}"),
         "node_age": Signal("Since each Loki process started", f"sum by (cluster, node) (time() - process_start_"
                            f"time_seconds{{{loki}}})", "{{node}}", "s"),
-        "wal_disk_full": Signal("WAL writes refused: disk full (10 min)", f"sum by (cluster, node) (increase(loki_"
-                                f"ingester_wal_disk_full_failures_total{{{loki}}}[10m]))", "{{node}}"),
+        "data_disk_used": Signal(f"Data disk in use (a node refuses writes from {spec.wal_disk_full_threshold:.0%})",
+                                 f"max by (cluster, node) (loki_ingester_wal_disk_usage_percent{{{loki}}})",
+                                 "{{node}}", "percentunit"),
         "delete_failures": Signal("Delete requests the compactor failed to load or apply (20 min)",
                                   f'sum by (cluster, node) (increase(loki_compactor_load_pending_requests_attempts_'
                                   f'total{{{loki}, status="fail"}}[20m]))\nor\nsum by (cluster, node) (increase('
@@ -354,10 +360,16 @@ def alert_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
                "Loki on {{ $labels.node }} found a corrupted WAL when it started: lines only it held may be lost",
                "Check the node's data disk (dmesg, smartctl) and whether it was full. The other replicas hold "
                "the lines pushed to them: a loss needs the same on a write quorum of nodes (Loki's own words)."),
-        _alert("LokiWALDiskFull", f"{s['wal_disk_full']} > 0", "", "critical",
-               "Loki on {{ $labels.node }} cannot write its WAL: its data disk is full",
-               "New lines on the node live in memory only until flushed: grow lokiDataDiskGiB or free the disk "
-               "now (df -h /var/lib/loki)."),
+        _alert("LokiWALDiskFull", f"{s['data_disk_used']} >= {spec.wal_disk_full_threshold}", "", "critical",
+               f"Loki on {{{{ $labels.node }}}} refuses writes: its data disk is "
+               f"{spec.wal_disk_full_threshold:.0%} full or more",
+               "The other nodes take the pushes while they are a write quorum. Free or grow the disk "
+               "(docs/runbook/data-disk-full.md); Loki takes writes again within 10 s of it being below "
+               f"{spec.wal_disk_full_threshold:.0%}."),
+        _alert("LokiDataDiskFilling", f"{s['data_disk_used']} >= {DATA_DISK_WARNING_SHARE}", "15m", "warning",
+               f"The data disk of Loki on {{{{ $labels.node }}}} is {DATA_DISK_WARNING_SHARE:.0%} full or more",
+               f"At {spec.wal_disk_full_threshold:.0%} the node refuses writes: grow lokiDataDiskGiB "
+               "(docs/runbook/data-disk-full.md), or find what grows (du -sh /var/lib/loki/*)."),
         _alert("LokiDeleteRequestsFailing", f"({s['delete_failures']}) > 0", "30m", "warning",
                "The compactor on {{ $labels.node }} keeps failing to load or apply delete requests",
                "journalctl -u loki on that node (the elected compactor): object-store or boltdb errors name "

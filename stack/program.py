@@ -37,6 +37,7 @@ from components.loki import LokiCluster, LokiClusterArgs, LokiHost
 from components.loki_config import (
     HTTP_PORT,
     LOKI_LOCAL_PORT,
+    WAL_DISK_FULL_THRESHOLD,
     LokiConfigSpec,
     LokiNodeSpec,
     render_logcli_environment,
@@ -312,6 +313,7 @@ def monitoring_spec(settings: Settings, loki_spec: LokiConfigSpec) -> Monitoring
         + [target(h.name, h.address) for h in settings.agents.extra_hosts],
         agent_port=AGENT_METRICS_PORT,
         replication_factor=loki_spec.replication_factor, ingestion_rate_mb=settings.loki.ingestion_rate_mb,
+        wal_disk_full_threshold=WAL_DISK_FULL_THRESHOLD,
     )
 
 

@@ -24,6 +24,7 @@ test fails (``PrivateNetwork``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -78,6 +80,21 @@ exec "$@"
 """
 """Runs in the node's namespace, in private mount and UTS namespaces: what systemd and the VM
 would provide (host name, credentials, data directory, /etc/hosts, environment), then Loki."""
+
+
+@contextlib.contextmanager
+def small_data_disk(run: Path, node: str, mib: int) -> Iterator[Path]:
+    """``node``'s ``/var/lib`` (its data directory) as a file system of its own of ``mib`` MiB, as a
+    data disk that can fill: a tmpfs, mounted before the node starts and unmounted when the block
+    ends (after the lab's processes: open the block outside the lab's network)."""
+    path = run / node / "var-lib"
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(path)], check=True,
+                   capture_output=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True, timeout=30)
 
 
 def env_values(text: str) -> dict[str, str]:

@@ -133,9 +133,11 @@ def test_schema_storage_and_wal(example, host):
     expected = {"access_key_id": "${LOKI_S3_ACCESS_KEY}", "secret_access_key": "${LOKI_S3_SECRET_KEY}"}
     assert {k: s3[k] for k in expected} == expected, "the S3 keys must come from the environment"
     assert config["ingester"]["wal"] == {"enabled": True, "dir": "/var/lib/loki/wal", "flush_on_shutdown": True,
-                                         "replay_memory_ceiling": "2048MB"}, (
-        f"{host}: a WAL replay may use half of the 4096 MiB VM, not Loki's default 4GB")
-    assert config["ingester"]["lifecycler"]["unregister_on_shutdown"] is True
+                                         "replay_memory_ceiling": "2048MB", "disk_full_threshold": 0.9}, (
+        f"{host}: a WAL replay may use half of the 4096 MiB VM, not Loki's default 4GB; the ingester refuses "
+        f"pushes from a 90% full disk, as the LokiWALDiskFull alert says")
+    assert config["ingester"]["lifecycler"] == {"unregister_on_shutdown": True, "min_ready_duration": "5s"}, (
+        f"{host}: a node leaving cleanly must leave the ring; readiness waits 5 s (the roll checks every view)")
 
 
 @pytest.mark.parametrize("host", list(NODES))

@@ -231,6 +231,7 @@ def buckets(route: str, counts: dict[str, str]) -> dict[str, str]:
 
 
 N1 = {"node": "loki-01", **C}
+DISK_USED = "loki_ingester_wal_disk_usage_percent"
 SLOW_PUSHES = buckets("loki_api_v1_push", {"0.5": "0+1x30", "1": "0+1x30", "2.5": "0+100x30", "+Inf": "0+100x30"})
 FAST_PUSHES = buckets("loki_api_v1_push", {"0.5": "0+100x30", "1": "0+100x30", "2.5": "0+100x30", "+Inf": "0+100x30"})
 SLOW_QUERIES = buckets("loki_api_v1_query_range", {"10": "0+1x30", "25": "0+1x30", "50": "0+100x30",
@@ -263,9 +264,14 @@ CASES: dict[str, list[Case]] = {
         Case({series("loki_ingester_wal_corruptions_total", LOKI, node="loki-01"): "2x1500",
               series(START, LOKI, node="loki-01"): "0x1500"}, "1450m"),
     ],
+    # Loki's WAL throttle (0.0-1.0): it refuses pushes from 0.9, for as long as the disk is that full.
     "LokiWALDiskFull": [
-        Case({series("loki_ingester_wal_disk_full_failures_total", LOKI, node="loki-01"): "0 0 0+5x10"}, "5m", [N1]),
-        Case({series("loki_ingester_wal_disk_full_failures_total", LOKI, node="loki-01"): "3x30"}, "25m"),
+        Case({series(DISK_USED, LOKI, node="loki-01"): "0.5 0.85 0.93x30"}, "25m", [N1]),
+        Case({series(DISK_USED, LOKI, node="loki-01"): "0.93 0.95 0.89x30"}, "25m"),  # freed: writes resume
+    ],
+    "LokiDataDiskFilling": [
+        Case({series(DISK_USED, LOKI, node="loki-01"): "0.5 0.8+0.001x30"}, "20m", [N1]),
+        Case({series(DISK_USED, LOKI, node="loki-01"): "0.79x30"}, "20m"),
     ],
     "LokiDeleteRequestsFailing": [
         # Every compaction (10 min) fails to load the requests for 50 minutes.

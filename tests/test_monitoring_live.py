@@ -11,11 +11,14 @@ certificate and no other certificate of the stack.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +28,16 @@ from components.monitoring import metric_names, recording_rules, signals
 from offline.real_loki import LokiTools
 from tests.conftest import figure, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan
-from tests.loki_lab import CLIENT, LokiLab
+from tests.loki_lab import CLIENT, LokiLab, small_data_disk
 from tests.netns import private_network
 from tests.prometheus_lab import active_alerts, start_agent_stand_in, start_prometheus, values, wait_for
 from tests.test_loki_live import LOAD_DELETES, NODES, SWEPT, WAL_CORRUPTIONS, require_lab_tools, start_cluster
 
 SECTION = "Prometheus with the stack's scrape config and rules, on the live cluster (measured)"
 AGENT_NODE = NODES[0]
+FULL_NODE, DATA_DISK_MIB = NODES[1], 256
+"""The node whose data disk fills: its ``/var/lib`` is a file system of this size."""
+STREAMS_CREATED = "loki_ingester_streams_created_total"
 SHOWN_ON_USE = {
     LOAD_DELETES:
         "by status, from the elected compactor's first retention run (10 minutes after its election here): "
@@ -59,7 +65,9 @@ def push_old_line(lab: LokiLab, node: str) -> None:
 def watched(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokiLab]:
     require_lab_tools()
     binary = require_tool("prometheus")
-    with private_network(f"lkm{os.getpid() % 100000}-", tmp_path_factory.mktemp("watched")) as network:
+    run_dir = tmp_path_factory.mktemp("watched")
+    with small_data_disk(run_dir, FULL_NODE, DATA_DISK_MIB), \
+            private_network(f"lkm{os.getpid() % 100000}-", run_dir) as network:
         lab = LokiLab(network, lab_plan(), loki_tools)
         start_cluster(lab)
         start_agent_stand_in(lab, AGENT_NODE, binary)
@@ -122,6 +130,91 @@ def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(wat
             f"{AGENT_NODE}'s agent endpoint with a {role} certificate: {proc.stdout} {proc.stderr}")
     proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-m", "10", "--cacert", str(ca), url])
     assert proc.returncode != 0, f"{AGENT_NODE}'s agent endpoint answered without a certificate"
+
+
+def fill(directory: Path) -> Path:
+    """A file in ``directory`` that takes every free block of its file system."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:  # unbuffered: a write the disk refused is not kept to retry
+        for size in (1 << 20, 4096):
+            try:
+                while out.write(b"\0" * size):
+                    pass
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+    return filler
+
+
+def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_clears_by_itself(watched):
+    """The node's data disk fills to its last block while lines are pushed. Loki 3.7.6's WAL throttle
+    (``components.loki_config.WAL_DISK_FULL_THRESHOLD``, read every 10 s) makes its ingester refuse
+    pushes: LokiWALDiskFull fires, every push through every node's gateway is taken by the other two
+    ingesters, and every line reads back. Freed, the node takes writes again by itself and the alert
+    clears; started again, its WAL replays without a corruption."""
+    lab, s = watched, {k: v.expr for k, v in signals(watched.plan.monitoring).items()}
+    wait_for(lab, f"{FULL_NODE}'s data disk in use scraped",
+             lambda: FULL_NODE in values(lab, s["data_disk_used"], by="node"))
+    pushed: list[str] = []
+    failed: list[str] = []
+
+    def push_new_stream(node: str) -> None:
+        line = f"disk full {len(pushed)} via {node}"
+        response = lab.push(node, {"job": "disk-full", "n": str(len(pushed))}, [line])
+        pushed.append(line)
+        if response.status != 204:
+            failed.append(f"{line}: {response.status} {response.body[:200]}")
+
+    disk = lab.run / FULL_NODE / "var-lib"
+    usage = subprocess.run(["du", "-a", "-d", "3", "-m", str(disk)], capture_output=True, text=True, timeout=30,
+                           check=False).stdout
+    free = os.statvfs(disk)
+    assert free.f_bavail > free.f_blocks // 2, f"{FULL_NODE}'s data disk is more than half full already:\n{usage}"
+    start = time.monotonic()
+    filler = fill(disk)
+    while not any(a.get("node") == FULL_NODE for a in active_alerts(lab, "LokiWALDiskFull")):
+        assert time.monotonic() - start < 60, (
+            f"LokiWALDiskFull did not fire for {FULL_NODE} within 60 s of a full disk\n{lab.logs([FULL_NODE])}")
+        for node in NODES:
+            push_new_stream(node)
+        time.sleep(0.5)
+    fired = time.monotonic() - start
+    assert lab.request(FULL_NODE, "/ready").status == 200, f"{FULL_NODE} must stay ready with a full disk"
+    created = {n: lab.metric_sum(n, STREAMS_CREATED) for n in NODES}
+    throttled = len(pushed)
+    for _ in range(5):
+        for node in NODES:
+            push_new_stream(node)
+    gained = {n: lab.metric_sum(n, STREAMS_CREATED) - created[n] for n in NODES}
+    new_streams = len(pushed) - throttled
+    assert gained[FULL_NODE] == 0 and all(gained[n] == new_streams for n in NODES if n != FULL_NODE), (
+        f"with its disk full {FULL_NODE}'s ingester must take no stream and the others every one of "
+        f"{new_streams}: {gained}")
+    assert not failed, f"pushes failed while {FULL_NODE}'s disk was full: {failed[:5]}"
+    lines, response = lab.query_lines(NODES[0], '{job="disk-full"}')
+    assert sorted(lines) == sorted(pushed), (
+        f"lines pushed while {FULL_NODE}'s disk was full, read back: {len(lines)} of {len(pushed)} ({response.status})")
+
+    filler.unlink()
+    before = lab.metric_sum(FULL_NODE, STREAMS_CREATED)
+
+    def takes_writes() -> bool:
+        push_new_stream(NODES[0])
+        return lab.metric_sum(FULL_NODE, STREAMS_CREATED) > before
+
+    resumed = wait_for(lab, f"{FULL_NODE} taking writes again once its disk was freed", takes_writes, timeout=60)
+    cleared = wait_for(lab, "LokiWALDiskFull cleared", lambda: not active_alerts(lab, "LokiWALDiskFull"))
+    assert not failed, f"pushes failed after {FULL_NODE}'s disk was freed: {failed[:5]}"
+    lab.stop_node(FULL_NODE, signal.SIGTERM)
+    lab.start_node(FULL_NODE)
+    ready = lab.wait_ready([FULL_NODE])[FULL_NODE]
+    corruptions = lab.metric_sum(FULL_NODE, WAL_CORRUPTIONS)
+    assert corruptions == 0, f"{FULL_NODE}'s WAL, written up to a full disk, replayed with {corruptions} corruption(s)"
+    figure(SECTION, f"{FULL_NODE}'s data disk ({DATA_DISK_MIB} MiB) filled: LokiWALDiskFull firing after "
+                    f"{fired:.1f} s, "
+                    f"its ingester refused {new_streams} new streams the others took, {len(pushed)} pushes through "
+                    f"every gateway, 0 failed, every line read back; freed: writes again after "
+                    f"{resumed:.1f} s, the alert cleared {cleared:.1f} s later; "
+                    f"started again: ready in {ready:.1f} s, 0 WAL corruptions")
 
 
 def test_alerts_follow_a_node_stop(watched):
