@@ -39,8 +39,9 @@ MIN_READY_DURATION = "5s"
 (Loki's default: 15s; dskit's ``Lifecycler.CheckReady``). The wait exists to give the other nodes
 time to see this one ACTIVE before a roll moves on; the roll here does not trust it: before a node
 stops, every other node's own view of the ring must show the nodes that stay ACTIVE
-(``templates/lib-ring-check.sh``). Every restart is ready about 10 s sooner than with the default;
-the memberlist gossip that carries the state takes well under a second among three nodes."""
+(``templates/lib-ring-check.sh``). Measured in the rehearsal: a restart is ready 12.2 s after its
+start instead of 18.3 s, and in every roll the next node's check found every view whole at once
+(0.1-0.3 s): the memberlist gossip had carried the restarted node's state by then."""
 WAL_DISK_FULL_THRESHOLD = 0.9
 """Share of the data disk in use at which a node's ingester refuses pushes, until it is below again
 (Loki 3.7.6, ``pkg/ingester/wal.go``: ``monitorDisk`` reads ``statfs`` of the WAL's directory every

@@ -19,7 +19,7 @@ A path that nginx would read differently from Loki (percent-encoded, ``..``, ``/
 with 400 before any role is looked at, so that what is authorised is exactly what Loki serves.
 
 **A local Loki that does not answer** (crashed, killed; until keepalived has moved the VIP, about
-5 s, and until systemd has it ready again, about 20 s): nginx passes the request to another Loki
+5 s, and until systemd has it ready again, about 15 s): nginx passes the request to another Loki
 node's gateway instead (the peers are ``backup`` servers of Loki's upstream). It does so only when
 it could not even connect to its own Loki: for a push (a POST) nginx never sends a request again
 once it has been sent (``proxy_next_upstream`` without ``non_idempotent``), so a push that Loki may

@@ -34,7 +34,7 @@ from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 
 WAIT_S = 180
 """Longest wait for every other node to be healthy: a node restarting after a crash is ready in
-about 10 s (the ingester's min_ready_duration and a short WAL replay); a node that is down for good
+about 12 s (the ingester's min_ready_duration and a short WAL replay); a node that is down for good
 fails the step after this, with its name."""
 RING_URLS = (f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ring", f"https://127.0.0.1:{HTTP_PORT}/ring")
 """Where the running Loki answers, in order: its loopback port behind the gateway, and the gateway's

@@ -80,7 +80,7 @@ ring_wait_safe_to_stop() {
   while :; do
     problems=$(ring_problems)
     if [ -z "$problems" ]; then
-      echo "every other Loki node is ACTIVE in the ring and ready: ${RING_SELF} may stop" \
+      echo "every other Loki node is ACTIVE in the ring, ready, and sees the others ACTIVE: ${RING_SELF} may stop" \
         "(checked in $(seconds_since "$t0") s)"
       return 0
     fi

@@ -9,7 +9,8 @@
 #    it started with (STARTED_RECORD, written by the unit at each start), a drop-in systemd has not
 #    loaded, the TLS files it got as credentials, its version, or it does not run at all.
 # 4. Before a running Loki stops, the cluster must be able to lose it (lib-ring-check.sh): every
-#    other node ACTIVE in the ring and ready; otherwise, after a bounded wait, the step fails and
+#    other node ACTIVE in the ring and ready, and seeing the nodes that stay ACTIVE in its own
+#    view; otherwise, after a bounded wait, the step fails and
 #    nothing is placed or restarted: the next run finds the same difference and finishes the job.
 # 5. The files are placed, the node hands the VIP over if it holds it (lib-vip-handover.sh), Loki
 #    restarts (if an earlier version's Loki holds the gateway's port, it stops only once the
