@@ -548,14 +548,12 @@ class Rehearsal:
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def close(self) -> None:
-        # The machines power off at once (one after the other took a minute a deployment), the Loki
-        # nodes first: they flush to the object store as they stop.
-        loki = [n for n in self.machines if n in LOKI_ADDRESSES]
-        for batch in (loki, [n for n in self.machines if n not in loki]):
-            for name in batch:
-                self.machines[name].request_poweroff()
-            for name in batch:
-                self.machines[name].teardown()
+        # Every machine powers off at once, without stopping its units: nothing of a lab is kept, and
+        # the orderly stop (the VIP holder's drain and handover, Loki's flush) took 23-32 s a lab.
+        for machine in self.machines.values():
+            machine.request_poweroff(at_once=True)
+        for machine in self.machines.values():
+            machine.teardown()
         if self.network is not None:
             self.network.close()
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
