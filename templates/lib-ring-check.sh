@@ -33,14 +33,19 @@ for name, address in nodes.items():
 PY
 }
 
+# ring_get URL: a ring page as JSON, with the node's certificate (curl's error on stderr if it fails).
+ring_get() {
+  curl -fsS --max-time 5 -H 'Accept: application/json' --cacert "$CA_FILE" --cert "$CERT_FILE" --key "$KEY_FILE" \
+    "$1"
+}
+
 # ring_problems: prints one line per reason this node may not stop now (nothing when it may).
 ring_problems() {
   local ring="" entry name address status url failed=""
   # The first of RING_URLS that answers: Loki's own port, or the gateway's port where the Loki of a
   # version before the gateway runs until this upgrade restarts it.
   for url in $RING_URLS; do
-    if ring=$(curl -fsS --max-time 5 -H 'Accept: application/json' --cacert "$CA_FILE" --cert "$CERT_FILE" \
-      --key "$KEY_FILE" "$url" 2>&1); then
+    if ring=$(ring_get "$url" 2>&1); then
       failed=""
       break
     fi
@@ -63,8 +68,7 @@ ring_problems() {
     fi
     # Its own view, through its gateway (the server role's grant; never passed on to another node).
     url="https://${address}:${RING_PEER_PORT}/ring"
-    if ! ring=$(curl -fsS --max-time 5 -H 'Accept: application/json' --cacert "$CA_FILE" --cert "$CERT_FILE" \
-      --key "$KEY_FILE" "$url" 2>&1); then
+    if ! ring=$(ring_get "$url" 2>&1); then
       echo "cannot read ${name}'s view of the ingester ring (${url}: ${ring})"
       continue
     fi

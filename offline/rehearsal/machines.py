@@ -212,10 +212,11 @@ class Machine:
         if pid is not None:
             os.kill(pid, signal.SIGRTMIN + (14 if at_once else 3))
 
-    def poweroff(self, timeout: float = STOP_TIMEOUT_S) -> float:
-        """Power the machine off as a host would (SIGRTMIN+3 to its init); returns the seconds it took."""
+    def poweroff(self, timeout: float = STOP_TIMEOUT_S, *, at_once: bool = False) -> float:
+        """Power the machine off (``request_poweroff``) and wait for it, killing it after ``timeout``;
+        returns the seconds it took."""
         start = time.monotonic()
-        self.request_poweroff()
+        self.request_poweroff(at_once=at_once)
         if self.process is not None:
             try:
                 self.process.wait(timeout=timeout)
@@ -226,12 +227,7 @@ class Machine:
 
     def teardown(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.request_poweroff(at_once=True)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+            self.poweroff(at_once=True)
         for path in self.cgroups:  # anything left in the machine's cgroups, by pid
             kill_cgroup(path)
         if self.mounted:
