@@ -12,12 +12,13 @@
 #    other node ACTIVE in the ring and ready, and seeing the nodes that stay ACTIVE in its own
 #    view; otherwise, after a bounded wait, the step fails and
 #    nothing is placed or restarted: the next run finds the same difference and finishes the job.
-# 5. The files are placed, the node hands the VIP over if it holds it (lib-vip-handover.sh), Loki
-#    restarts (if an earlier version's Loki holds the gateway's port, it stops only once the
-#    gateway is in place, the drain cuts its kept-alive connections while they are idle, and
-#    nginx takes the port the moment Loki lets go of it), and the step ends once the node answers /ready over HTTPS with a client certificate,
-#    the gateway serves its port (lib-gateway-port.sh), the node takes part in VRRP again, and a
-#    ready node holds the VIP.
+# 5. The files are placed, the node hands the VIP over if it holds it (lib-vip-handover.sh) or
+#    takes none while Loki (re)starts, Loki restarts (if an earlier version's Loki holds the
+#    gateway's port, it stops only once the gateway is in place, the drain cuts its kept-alive
+#    connections while they are idle, and nginx takes the port the moment Loki lets go of it), and
+#    the step ends once the node answers /ready over HTTPS with a client certificate, the gateway
+#    serves its port (lib-gateway-port.sh), the node takes part in VRRP again, and a ready node
+#    holds the VIP.
 set -euo pipefail
 : "${STAGE_DIR:?}" "${CONFIG_FILE:?}" "${ENV_FILE:?}" "${DROPIN_FILE:?}" "${UNIT:?}" "${READY_URL:?}"
 : "${CA_FILE:?}" "${CERT_FILE:?}" "${KEY_FILE:?}" "${TIMEOUT_S:?}" "${BUILDINFO_URL:?}" "${CREDENTIALS_DIR:?}"
@@ -137,6 +138,13 @@ if [ "${#reasons[@]}" -gt 0 ]; then
       systemctl stop "$UNIT"
     fi
     echo "${UNIT} stopped on ${host} in $(seconds_since "$t0") s"
+  elif vip_managed && ! vip_here; then
+    # Not running (a first start: keepalived runs before Loki; a stopped Loki): the node takes no
+    # VIP until its Loki is ready, then rejoins below the holder (vip_rejoin, below). Otherwise its
+    # check, passing after this step, would take the VIP by preemption with no drain. A holder
+    # keeps the VIP: its gateway sends to the other nodes meanwhile.
+    vip_mark 1
+    echo "${host} does not hold the VIP; it takes none until its Loki is ready"
   fi
   t0=$EPOCHREALTIME
   systemctl start "$UNIT"

@@ -258,13 +258,20 @@ def test_the_apply_restarts_from_what_runs_and_stops_a_node_only_when_the_ring_c
         '\nvip_recover "$VIP_DRAIN_TABLE"\n') \
         < stdin.index('-config.expand-env=true -verify-config\n'), (
         "a drain never outlives the step, and one an earlier run left goes first")
+    start = stdin.index('\n  systemctl start "$UNIT"\n')
+    assert stdin.index("\n  elif vip_managed && ! vip_here; then\n") < stdin.index(
+        '\n    vip_mark 1\n    echo "${host} does not hold the VIP') < start < stdin.index(
+        "\nif vip_marked; then\n  vip_rejoin\n"), (
+        "a Loki that was not running starts with its node out of VRRP (unless it holds the VIP) and rejoins "
+        "below the holder once ready: its check passing later must not take the VIP by preemption")
 
 
-def test_the_restart_chain_is_one_node_after_another_the_vips_home_last(example):
-    """From the lowest VRRP priority to the highest: the VIP's home (the first node, where the VIP
-    is after a cold start) restarts last, so that a roll moves the VIP once."""
+def test_the_restart_chain_is_one_node_after_another_the_vips_home_first(example):
+    """From the highest VRRP priority to the lowest: the VIP's home (the first node) starts first on
+    a first deploy and takes the VIP, and a roll hands the VIP to the second node and back, so that
+    it ends at home after every roll (components/vip_handover.py)."""
     monitor = example.engine.monitor
-    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in reversed(NODES)]
+    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in NODES]
     for earlier, later in itertools.pairwise(applies):
         assert earlier.urn in later.dependencies, f"{later.name} must wait for {earlier.name} (and its /ready)"
     assert not any(a.urn in applies[0].dependencies for a in applies[1:]), f"{applies[0].name} waits for no other"

@@ -18,6 +18,7 @@ skipped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import time
@@ -26,17 +27,22 @@ from pathlib import Path
 
 import pytest
 
+from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll
 from offline.rehearsal.hitless import refused_limit
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import CGROUP_ROOTS
 from offline.rehearsal.run import Rehearsal
+from offline.rehearsal.settings import VIP
 from tests.conftest import figure, require_root, require_tool
 
 SECTION = "Rehearsal on booted Debian 12 systems (measured)"
 pytestmark = pytest.mark.rehearsal
 RATE_LIMITER_REFRESH_S = 12
 """Loki's rate limiters take a reloaded rate within 10 s of the reload (LOKI-FACTS)."""
+VIP_SETTLE_S = 10
+"""Longer than a node's check takes to rise once its Loki is ready ((vipCheckRise + 1) x
+vipCheckInterval, 6 s) plus a preemption (an advert, 1 s): a move that follows a step comes by then."""
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -100,6 +106,27 @@ def test_no_step_fails_and_every_vm_is_booted_keyed_and_has_its_tls_files(rehear
             assert by_name[step].status == "ok", f"{step}: {by_name[step].status} {by_name[step].output[-500:]}"
         for step in (f"{vm}-cloud-init", f"{vm}-host-key", f"{vm}-tls-install"):
             figure(SECTION, f"{step}: {by_name[step].seconds:.1f} s")
+
+
+def test_once_a_node_is_ready_the_first_deploy_moves_the_vip_no_more(rehearsal):
+    """A first deploy starts keepalived before Loki. The VIP's home starts its Loki first and holds
+    the VIP; every later node starts outside VRRP and rejoins below it, so none takes the VIP by
+    preemption (no drain) when its check passes, also not after the deploy has ended, when
+    clients are there. Every move is a keepalived "Entering MASTER STATE" in a node's journal."""
+    names = {f"loki-{n}-apply" for n in rehearsal.machines if n.startswith("loki-")}
+    applies = sorted((s for s in rehearsal.steps.values() if s.name in names), key=lambda s: s.started)
+    assert len(applies) == len(names), f"Loki applies: {[s.name for s in applies]}, expected {sorted(names)}"
+    to_wall = time.time() - time.monotonic()
+    first_done = to_wall + applies[0].started + applies[0].seconds
+    last_done = to_wall + max(s.started + s.seconds for s in applies)
+    time.sleep(max(0.0, last_done + VIP_SETTLE_S - time.time()))
+    holder = wait_for_one_holder(rehearsal.machines, VIP)
+    later = vip_masters(rehearsal.machines, first_done)
+    figure(SECTION, f"first deploy: the VIP on {holder} from {applies[0].name}, moves after it: {len(later)}")
+    assert not later, (f"the VIP moved after {applies[0].name} had ended, with no drain: {later} "
+                       f"(the Loki applies ended at {[round(to_wall + s.started + s.seconds, 1) for s in applies]})")
+    assert applies[0].name == f"loki-{holder}-apply", (
+        f"{holder} holds the VIP, not the node of the first Loki apply ({applies[0].name}): {applies[0].output[-800:]}")
 
 
 def test_every_step_not_rehearsed_says_why_and_its_dependents_are_skipped(rehearsal):
@@ -192,19 +219,31 @@ def test_pushes_through_the_vip_below_the_configured_rate_are_never_refused(rehe
 
 
 def test_a_roll_through_every_node_fails_no_push_through_the_vip_and_loses_no_line(rehearsal):
-    """Every node's certificate renewed: the nodes restart one by one, the VIP's home last, each
+    """Every node's certificate renewed: the nodes restart one by one, the VIP's home first, each
     holder handing the VIP over first. Neither client sees a failure or a stall: the one pushing
     every 100 ms on a new connection each time, nor the one pushing 1 MiB batches on one kept-alive
-    connection (as Alloy does); every accepted line reads back once."""
+    connection (as Alloy does); every accepted line reads back once. The VIP moves only by those
+    handovers (each a keepalived "Entering MASTER STATE"): no node takes it by preemption; from its
+    home to the second node and back, where it stays."""
+    holder = wait_for_one_holder(rehearsal.machines, VIP)
+    began = time.time()
     report, clients, problems = rehearsal.roll()
+    time.sleep(VIP_SETTLE_S)
     nodes = sorted(n for n in rehearsal.machines if n.startswith("loki-"))
     for line in clients.figures():
         figure(SECTION, f"roll, {line}")
     assert not problems, "\n".join(problems)
-    assert report.order == [f"loki-{n}-apply" for n in reversed(nodes)], f"roll order {report.order}"
+    assert report.order == [f"loki-{n}-apply" for n in nodes], f"roll order {report.order}"
     assert sorted(report.stopped) == sorted(report.ready) == nodes, f"not every node restarted: {report}"
-    assert [(a, b) for a, b, _ in report.handovers] == [(nodes[0], nodes[1])], (
-        f"the VIP must move once, from its home to the next node: {report.handovers}")
+    moves = [(a, b) for a, b, _ in report.handovers]
+    assert moves and moves[0][0] == holder and all(b == c for (_, b), (c, _) in itertools.pairwise(moves)), (
+        f"the VIP must be handed over by each holder that restarts, from {holder} on: {report.handovers}")
+    taken = [node for _, node in vip_masters(rehearsal.machines, began)]
+    assert taken == [b for _, b in moves], (
+        f"every move of the VIP must be a drained handover: nodes took it {taken}, handovers {moves}")
+    assert (holder, moves[-1][1], wait_for_one_holder(rehearsal.machines, VIP)) == (nodes[0],) * 3, (
+        f"the VIP must be on its home {nodes[0]} before the roll and after it, where the last handover put it: "
+        f"before {holder}, handovers {moves}")
     for client in clients.reports:
         assert client.record.failures == 0 and client.record.requests >= 50, (
             f"{client.name}: {client.record.failures} of {client.record.requests} pushes failed")

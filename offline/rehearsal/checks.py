@@ -102,6 +102,20 @@ def vip_holders(machines: dict[str, Machine], vip_address: str) -> list[str]:
     return found
 
 
+def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float, str]]:
+    """(Unix time, node) of each time a node took the VIP (keepalived: "Entering MASTER STATE")
+    from ``since`` (Unix time) on, in order: every move of the VIP, drained or not."""
+    found = []
+    for name, machine in machines.items():
+        if machine.pid1() is None:
+            continue
+        journal = machine.exec(["journalctl", "-u", "keepalived.service", "-o", "short-unix", "--no-pager",
+                                "-S", f"@{int(since)}"]).stdout
+        found += [(float(line.split()[0]), name) for line in journal.splitlines()
+                  if "Entering MASTER STATE" in line and float(line.split()[0]) >= since]
+    return sorted(found)
+
+
 def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:
     deadline = time.monotonic() + timeout
     while True:
