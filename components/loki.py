@@ -136,7 +136,7 @@ class LokiClusterArgs:
     """Host paths of the node's certificate, key and the CA (handed to Loki as credentials)."""
     handover: VipHandover
     """The VIP in front of the nodes: a node hands it over before its Loki restarts, and the nodes
-    roll from the highest VRRP priority to the lowest (``components.vip_handover``)."""
+    roll from the lowest VRRP priority to the highest (``components.vip_handover``)."""
     roll_after: pulumi.Input[Any] | None = None
     """A value the roll's first apply waits for, with the resources behind it: keepalived's steps
     on every node (``VirtualIp.settled``), so that no keepalived reloads during a handover."""

@@ -59,14 +59,17 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
 - **A Loki that is not running** (a first deploy, a Loki stopped by hand) starts with its node in
   FAULT too, unless the node holds the VIP, and rejoins as above. A first deploy starts keepalived
   before Loki: without this, a node's check passing after its step had ended let it take the VIP
-  by preemption, without a drain (the VIP's home, the last to start then, took it seconds after the
-  deploy; a kept-alive push was cut in a rehearsal). So the VIP moves only by a handover or a failure.
-- **Order**: the nodes roll from the highest VRRP priority to the lowest. The VIP's home (the first
-  node) starts first on a first deploy and takes the VIP; a roll hands it to the second node and
-  back when the second restarts, so it moves twice, each a drain, and ends at home with no yield
-  left, roll after roll. (Home last moved it once on the first roll only: it left the VIP on the
-  second node with the home yielded below it, and every later roll moved it twice as well.) When
-  the VIP is elsewhere (after a failure, or with ``vipNoPreempt``), every move is still a drain.
+  by preemption, without a drain (the VIP's home, the last to start, took it from the first a few
+  seconds after the deploy; a kept-alive push was cut in a rehearsal). So the VIP moves only by a
+  handover or a failure, and after a first deploy it is on the node that started first.
+- **Order**: the nodes roll from the lowest VRRP priority to the highest, so that the VIP's home
+  (the first node) rolls last. An upgrade from a version whose Loki served the VIP's port itself
+  then moves the VIP once, from the home to a node that runs this version's gateway, and the nodes
+  that restart before it have lower priorities than the holder, which has no gateway to name it
+  yet (tried the other way round, the home first: the VIP went to the second node, which still ran
+  the earlier version, and the home, unable to name the holder, came back at full priority and took
+  the VIP by preemption). When the VIP is elsewhere (after a first deploy, a roll, a failover, or
+  with ``vipNoPreempt``), it may move twice; every move is a drain, never a cut.
 
 keepalived's track files: https://keepalived.readthedocs.io/en/latest/configuration_synopsis.html
 (``track_file``: weight 0 makes a non-zero value a FAULT; otherwise the value is added to the priority).
@@ -147,6 +150,6 @@ class VipHandover:
 
 
 def roll_order(nodes: Sequence[str], priorities: Mapping[str, int]) -> list[str]:
-    """The order in which the nodes start and restart: highest VRRP priority first, the VIP's home
-    first (see the module's docstring)."""
-    return sorted(nodes, key=lambda n: (-priorities[n], n))
+    """The order in which the nodes start and restart: lowest VRRP priority first, the VIP's home
+    last (see the module's docstring)."""
+    return sorted(nodes, key=lambda n: (priorities[n], n))

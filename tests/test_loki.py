@@ -266,12 +266,12 @@ def test_the_apply_restarts_from_what_runs_and_stops_a_node_only_when_the_ring_c
         "below the holder once ready: its check passing later must not take the VIP by preemption")
 
 
-def test_the_restart_chain_is_one_node_after_another_the_vips_home_first(example):
-    """From the highest VRRP priority to the lowest: the VIP's home (the first node) starts first on
-    a first deploy and takes the VIP, and a roll hands the VIP to the second node and back, so that
-    it ends at home after every roll (components/vip_handover.py)."""
+def test_the_restart_chain_is_one_node_after_another_the_vips_home_last(example):
+    """From the lowest VRRP priority to the highest: the VIP's home (the first node) restarts last,
+    so that an upgrade from a version whose Loki served the VIP's port moves the VIP once, to a node
+    that runs the gateway already (components/vip_handover.py)."""
     monitor = example.engine.monitor
-    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in NODES]
+    applies = [monitor.find(CMD, f"loki-{h}-apply") for h in reversed(NODES)]
     for earlier, later in itertools.pairwise(applies):
         assert earlier.urn in later.dependencies, f"{later.name} must wait for {earlier.name} (and its /ready)"
     assert not any(a.urn in applies[0].dependencies for a in applies[1:]), f"{applies[0].name} waits for no other"
