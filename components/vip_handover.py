@@ -57,7 +57,7 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
   again after the next failover. The step ends when a ready node answers on the VIP: only then
   does the next node's step begin.
 - **A Loki that is not running** (a first deploy, a Loki stopped by hand) starts with its node in
-  FAULT too, unless the node holds the VIP, and rejoins as above. A first deploy starts keepalived
+  FAULT too, unless the node holds the VIP while another node is ready, and rejoins as above. A first deploy starts keepalived
   before Loki: without this, a node's check passing after its step had ended let it take the VIP
   by preemption, without a drain (the VIP's home, the last to start, took it from the first a few
   seconds after the deploy; a kept-alive push was cut in a rehearsal). So the VIP moves only by a

@@ -2,10 +2,38 @@
 # repository trusting exactly the pinned keys, and pinned, held packages.
 
 APT_LOCK_TIMEOUT_S=600
+APT_LISTS_FRESH_S=600
+APT_LISTS_STAMP=/var/lib/lokistack/apt-lists.stamp
 
 # apt_get ARGS...: apt-get that waits (bounded) for the dpkg and apt locks instead of failing at once.
 apt_get() {
   apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT_S" "$@"
+}
+
+# apt_sources_digest: what apt's package lists are made from (its sources files).
+apt_sources_digest() {
+  local file
+  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ ! -f "$file" ] || printf '%s\n' "$file" "$(cat "$file")"
+  done | sha256sum | cut -d ' ' -f 1
+}
+
+# apt_update [force]: apt-get update, unless one of ours succeeded less than APT_LISTS_FRESH_S ago
+# from the same sources (APT_LISTS_STAMP holds their digest; its time is the update's). A first
+# deploy's setup steps on a host each install packages, one after another: one update serves them
+# all. "force": update all the same (what an install from such lists could not find).
+apt_update() {
+  local digest age
+  digest=$(apt_sources_digest)
+  if [ "${1:-}" != force ] && [ -f "$APT_LISTS_STAMP" ] && [ "$(cat "$APT_LISTS_STAMP")" = "$digest" ]; then
+    age=$(($(date +%s) - $(stat -c %Y "$APT_LISTS_STAMP")))
+    if [ "$age" -ge 0 ] && [ "$age" -lt "$APT_LISTS_FRESH_S" ]; then
+      return 0
+    fi
+  fi
+  apt_get update -q || return  # no stamp for a failed update, also where errexit is off
+  mkdir -p "${APT_LISTS_STAMP%/*}"
+  printf '%s\n' "$digest" >"$APT_LISTS_STAMP"
 }
 
 # ensure_packages PACKAGE...: installs the packages that are not installed yet.
@@ -16,8 +44,12 @@ ensure_packages() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)" = installed ] || missing+=("$package")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
-    apt_get update -q
-    DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"
+    apt_update
+    if ! DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"; then
+      echo "installing ${missing[*]} failed; updating apt's lists and trying once more"
+      apt_update force
+      DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"
+    fi
   fi
 }
 
@@ -39,7 +71,7 @@ grafana_repository() {
   line="deb [signed-by=${keyring}] ${repo} stable main"
   if [ "$(cat "$sources" 2>/dev/null || true)" != "$line" ]; then
     echo "$line" >"$sources"
-    apt_get update -q
+    apt_update force
   fi
 }
 
@@ -100,7 +132,7 @@ pinned_keys_ending() {
 # package that calls systemctl itself needs a unit condition (see loki-setup.sh). Prints
 # "installed ..." when it changed anything.
 install_pinned() {
-  local package=$1 version=$2 state installed candidates exact status=0
+  local package=$1 version=$2 state installed exact status=0
   clear_stale_start_guard
   state=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$package" 2>/dev/null || true)
   installed=${state#installed }
@@ -108,21 +140,41 @@ install_pinned() {
     apt-mark hold "$package" >/dev/null
     return 0
   fi
-  apt_get update -q
-  candidates=$(apt-cache madison "$package")  # whole, before awk: awk's early exit must not fail a pipe
-  exact=$(awk -v v="$version" '{ u = $3; sub(/-[^-]*$/, "", u) } $3 == v || u == v { print $3; exit }' <<<"$candidates")
+  apt_update
+  exact=$(pinned_candidate "$package" "$version")
+  if [ -z "$exact" ]; then
+    apt_update force  # lists of a few minutes ago may not hold a version published since
+    exact=$(pinned_candidate "$package" "$version")
+  fi
   if [ -z "$exact" ]; then
     echo "${package} ${version} is not in the package repository" >&2
     return 1
   fi
   block_service_starts
   # The stack replaces the packages' config files: on upgrades dpkg keeps ours instead of asking.
-  DEBIAN_FRONTEND=noninteractive apt_get install -y -q --allow-change-held-packages --allow-downgrades \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${package}=${exact}" || status=$?
+  pinned_install "$package" "$exact" || {
+    echo "installing ${package} ${exact} failed; updating apt's lists and trying once more"
+    apt_update force
+    pinned_install "$package" "$exact"
+  } || status=$?
   unblock_service_starts
   [ "$status" -eq 0 ] || return "$status"
   apt-mark hold "$package" >/dev/null
   echo "installed ${package} ${exact}"
+}
+
+# pinned_candidate PACKAGE VERSION: the repository's build of PACKAGE whose upstream version is
+# VERSION, from apt's lists (nothing if they have none).
+pinned_candidate() {
+  local candidates
+  candidates=$(apt-cache madison "$1")  # whole, before awk: awk's early exit must not fail a pipe
+  awk -v v="$2" '{ u = $3; sub(/-[^-]*$/, "", u) } $3 == v || u == v { print $3; exit }' <<<"$candidates"
+}
+
+# pinned_install PACKAGE EXACT: installs that build; dpkg keeps the stack's config files.
+pinned_install() {
+  DEBIAN_FRONTEND=noninteractive apt_get install -y -q --allow-change-held-packages --allow-downgrades \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$1=$2"
 }
 
 POLICY_RC_D=/usr/sbin/policy-rc.d

@@ -138,13 +138,15 @@ if [ "${#reasons[@]}" -gt 0 ]; then
       systemctl stop "$UNIT"
     fi
     echo "${UNIT} stopped on ${host} in $(seconds_since "$t0") s"
-  elif vip_managed && ! vip_here; then
+  elif vip_managed && { ! vip_here || [ -z "$(vip_ready_peers)" ]; }; then
     # Not running (a first start: keepalived runs before Loki; a stopped Loki): the node takes no
-    # VIP until its Loki is ready, then rejoins below the holder (vip_rejoin, below). Otherwise its
-    # check, passing after this step, would take the VIP by preemption with no drain. A holder
-    # keeps the VIP: its gateway sends to the other nodes meanwhile.
+    # VIP until its Loki is ready, then rejoins (vip_rejoin, below) and the step ends once a ready
+    # node holds the VIP. Otherwise its check, passing after this step, would take the VIP by
+    # preemption with no drain. A holder keeps the VIP where another node is ready: its gateway
+    # sends there meanwhile. (Where none is, the VIP serves no one yet: the first Loki of a first
+    # deploy starts so, and takes the VIP before its step ends.)
     vip_mark 1
-    echo "${host} does not hold the VIP; it takes none until its Loki is ready"
+    echo "${host} takes no VIP until its Loki is ready"
   fi
   t0=$EPOCHREALTIME
   systemctl start "$UNIT"

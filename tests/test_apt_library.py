@@ -1,6 +1,7 @@
 """templates/lib-apt.sh: install_pinned picks the repository build of exactly the pinned upstream
-version and holds it, with apt stubbed (nothing is installed) in a private mount namespace; and
-grafana_repository trusts exactly the pinned keys, with the real gpg."""
+version and holds it, with apt stubbed (nothing is installed) in a private mount namespace; one
+`apt-get update` serves the package steps that follow it for a while; and grafana_repository
+trusts exactly the pinned keys, with the real gpg."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ for ((i = 0; i < {madison_padding}; i++)); do echo "   {package} | 0.0.$i-1 | ht
 apt-get() {{ echo "apt-get $*"; if [ {int(fail_install)} = 1 ] && [[ " $* " == *" install "* ]]; then return 100; fi; }}
 apt-mark() {{ echo "apt-mark $*" >&2; }}
 dpkg-query() {{ [ -n "{installed}" ] && echo -n "{installed}"; }}
+APT_LISTS_STAMP="$(mktemp -d)/apt-lists.stamp"  # not the host's
 """
     script = (f"set -euo pipefail\nstatus=0\n{(TEMPLATES / 'lib-apt.sh').read_text()}\n{stubs}\n"
               "mount -t tmpfs tmpfs /usr/sbin\n"  # policy-rc.d goes into a throwaway /usr/sbin
@@ -100,3 +102,73 @@ def test_a_guard_a_killed_install_left_is_removed_before_any_package_work(instal
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "guard: none" in proc.stdout and "removed /usr/sbin/policy-rc.d" in proc.stdout, (
         f"the guard an earlier run left must go: {proc.stdout}")
+
+
+def package_steps(body: str, *, fail_installs: int = 0,
+                  madison_after_update: int = 0) -> subprocess.CompletedProcess[str]:
+    """``body`` after lib-apt.sh with apt stubbed: nothing is installed; the first ``fail_installs``
+    installs fail (as one from lists that name a build the mirror no longer has); apt-cache knows
+    loki 3.7.6 only after ``madison_after_update`` updates. The sources are a file the body may
+    change (``$SOURCES``); the stamp is private."""
+    require_root()
+    require_tool("unshare")
+    stubs = f"""
+work=$(mktemp -d)
+SOURCES="$work/sources.list"; echo "deb http://deb.debian.org/debian bookworm main" >"$SOURCES"
+APT_LISTS_STAMP="$work/state/apt-lists.stamp"
+apt_sources_digest() {{ sha256sum <"$SOURCES" | cut -d ' ' -f 1; }}
+apt-get() {{
+  echo "apt-get $*"
+  if [[ " $* " == *" update "* ]]; then echo x >>"$work/updates"; fi
+  if [[ " $* " == *" install "* ]]; then
+    echo x >>"$work/installs"
+    [ "$(wc -l <"$work/installs")" -gt {fail_installs} ] || return 100
+  fi
+}}
+apt-cache() {{
+  [ "$(cat "$work/updates" 2>/dev/null | wc -l)" -ge {madison_after_update} ] || return 0
+  echo "    loki | 3.7.6 | https://apt.grafana.com stable/main amd64 Packages"
+}}
+apt-mark() {{ :; }}
+dpkg-query() {{ :; }}
+"""
+    script = (f"set -euo pipefail\n{(TEMPLATES / 'lib-apt.sh').read_text()}\n{stubs}\n"
+              "mount -t tmpfs tmpfs /usr/sbin\n" + body
+              + '\necho "updates: $(cat "$work/updates" 2>/dev/null | wc -l)"\n')
+    return subprocess.run(["unshare", "-m", "bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def updates(proc: subprocess.CompletedProcess[str]) -> int:
+    return int(proc.stdout.rsplit("updates: ", 1)[1].split()[0])
+
+
+def test_one_update_serves_the_package_steps_that_follow_it():
+    """A first deploy's setups on a Loki node (the firewall's packages, Loki, nginx, keepalived)
+    ran `apt-get update` four to six times in a row; the lists of a few minutes ago serve them."""
+    proc = package_steps("ensure_packages nftables\ninstall_pinned loki 3.7.6\nensure_packages nginx\n"
+                         "ensure_packages keepalived curl")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert updates(proc) == 1, f"one update for four package steps in a row, not {updates(proc)}: {proc.stdout}"
+
+
+def test_changed_sources_old_lists_or_a_failed_install_update_again():
+    proc = package_steps('ensure_packages nftables\necho "deb https://apt.grafana.com stable main" >>"$SOURCES"\n'
+                         "ensure_packages nginx")
+    assert proc.returncode == 0 and updates(proc) == 2, f"a new source needs its lists: {proc.stdout}"
+    proc = package_steps('ensure_packages nftables\ntouch -d "11 minutes ago" "$APT_LISTS_STAMP"\n'
+                         "ensure_packages nginx")
+    assert proc.returncode == 0 and updates(proc) == 2, f"lists older than APT_LISTS_FRESH_S: {proc.stdout}"
+    proc = package_steps('ensure_packages nftables\ntouch -d "1 hour" "$APT_LISTS_STAMP"\nensure_packages nginx')
+    assert proc.returncode == 0 and updates(proc) == 2, f"a stamp from the future (a clock set back): {proc.stdout}"
+    proc = package_steps("ensure_packages nftables\nensure_packages nginx", fail_installs=1)
+    assert proc.returncode == 0 and updates(proc) == 2 and "trying once more" in proc.stdout, (
+        f"an install that fails from fresh lists updates them and tries once more: {proc.stdout}")
+    proc = package_steps("ensure_packages nftables\ninstall_pinned loki 3.7.6", madison_after_update=2)
+    assert proc.returncode == 0 and "loki=3.7.6" in proc.stdout and updates(proc) == 2, (
+        f"a pinned version the fresh lists lack is looked for again after an update: {proc.stdout}")
+    proc = package_steps("apt_update\napt-get() { echo 'E: Could not get lock' >&2; return 100; }\n"
+                         'rm "$APT_LISTS_STAMP"\n(apt_update) || echo "failed as it should"\n'
+                         '[ ! -e "$APT_LISTS_STAMP" ] && echo "no stamp"')
+    assert "failed as it should" in proc.stdout and "no stamp" in proc.stdout, (
+        f"a failed update must leave no stamp behind: {proc.stdout} {proc.stderr}")

@@ -59,6 +59,7 @@ def run(body: str, key_file: Path) -> subprocess.CompletedProcess[str]:
         'curl() { local out; while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done; cp "$KEY_FILE" "$out"; }',
         'apt-get() { echo "apt-get $*"; }',
         "ensure_packages() { :; }",
+        'APT_LISTS_STAMP="$(mktemp -d)/apt-lists.stamp"  # not the host\'s',
         "mount -t tmpfs tmpfs /etc/apt && mkdir /etc/apt/sources.list.d  # as on every Debian host",
         body,
     ])

@@ -259,11 +259,12 @@ def test_the_apply_restarts_from_what_runs_and_stops_a_node_only_when_the_ring_c
         < stdin.index('-config.expand-env=true -verify-config\n'), (
         "a drain never outlives the step, and one an earlier run left goes first")
     start = stdin.index('\n  systemctl start "$UNIT"\n')
-    assert stdin.index("\n  elif vip_managed && ! vip_here; then\n") < stdin.index(
-        '\n    vip_mark 1\n    echo "${host} does not hold the VIP') < start < stdin.index(
+    assert stdin.index('\n  elif vip_managed && { ! vip_here || [ -z "$(vip_ready_peers)" ]; }; then\n') < stdin.index(
+        '\n    vip_mark 1\n    echo "${host} takes no VIP until its Loki is ready"') < start < stdin.index(
         "\nif vip_marked; then\n  vip_rejoin\n"), (
-        "a Loki that was not running starts with its node out of VRRP (unless it holds the VIP) and rejoins "
-        "below the holder once ready: its check passing later must not take the VIP by preemption")
+        "a Loki that was not running starts with its node out of VRRP (unless it holds the VIP and another node "
+        "is ready) and rejoins below the holder once ready: its check passing later must not take the VIP by "
+        "preemption")
 
 
 def test_the_restart_chain_is_one_node_after_another_the_vips_home_last(example):
