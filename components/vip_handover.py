@@ -52,16 +52,18 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
 - **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
   a node of higher priority than the holder would take the VIP straight back: a second move,
   started by the taker, which cuts what the holder is serving. So it first writes a *yield*
-  (``YIELD_FILE``, added to its priority) that puts it just below the holder; keepalived clears
+  (``YIELD_FILE``, added to its priority) that puts it below the holder, one more for each node
+  that outranks it (nodes that yield to the same holder keep apart and in order); keepalived clears
   the yield when the node next becomes master (``notify_master``), so the node is the VIP's home
   again after the next failover. The step ends when a ready node answers on the VIP: only then
   does the next node's step begin.
 - **A Loki that is not running** (a first deploy, a Loki stopped by hand) starts with its node in
-  FAULT too, unless the node holds the VIP while another node is ready, and rejoins as above. A first deploy starts keepalived
-  before Loki: without this, a node's check passing after its step had ended let it take the VIP
-  by preemption, without a drain (the VIP's home, the last to start, took it from the first a few
-  seconds after the deploy; a kept-alive push was cut in a rehearsal). So the VIP moves only by a
-  handover or a failure, and after a first deploy it is on the node that started first.
+  FAULT too, unless the node holds the VIP while another node is ready, and rejoins as above. A
+  first deploy starts keepalived before Loki: without this, a node's check passing after its step
+  had ended let it take the VIP by preemption, without a drain (the VIP's home, the last to start,
+  took it from the first a few seconds after the deploy; a kept-alive push was cut in a rehearsal).
+  So the VIP moves only by a handover or a failure, and after a first deploy it is on the node that
+  started first, which took it during its step.
 - **Order**: the nodes roll from the lowest VRRP priority to the highest, so that the VIP's home
   (the first node) rolls last. An upgrade from a version whose Loki served the VIP's port itself
   then moves the VIP once, from the home to a node that runs this version's gateway, and the nodes

@@ -438,8 +438,13 @@ vip_gateway_exit() {
   fi
 }
 
+# vip_rejoin: once Loki is ready, the node leaves FAULT. Where it outranks the holder it yields
+# first: its priority goes below the holder's, to the holder's less one less its own rank (how many
+# nodes outrank it), so that nodes that yield to the same holder stay apart and in their order (at
+# equal priorities two backups both took the VIP at a handover, then one gave it up: a move with no
+# drain, seen in a rehearsal's roll).
 vip_rejoin() {
-  local holder own theirs yield=0 deadline
+  local holder own theirs yield=0 deadline rank=0 entry
   if ! vip_managed; then
     return 0
   fi
@@ -448,7 +453,12 @@ vip_rejoin() {
     own=$(vip_priority "$VIP_SELF")
     theirs=$(vip_priority "$holder" 2>/dev/null) || theirs=""
     if [ -n "$theirs" ] && [ "$own" -ge "$theirs" ]; then
-      yield=$((theirs - 1 - own))
+      for entry in $VIP_PRIORITIES; do
+        if [ "${entry#*=}" -gt "$own" ]; then
+          rank=$((rank + 1))
+        fi
+      done
+      yield=$((theirs - 1 - rank - own))
     fi
   fi
   printf '%s\n' "$yield" >"$VIP_YIELD_FILE"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
+from components.scripts import TEMPLATES
 from components.vip_handover import DRAIN_TABLE, MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
 from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
@@ -529,3 +531,38 @@ def test_a_handover_beside_its_nodes_gateway_reload_waits_for_it_and_no_diversio
         f"{home}, which no longer holds the VIP, diverted a connection to it to its twin: {asked.stdout}")
     lab.handover(plan, home, 'vip_accept_new_connections "$VIP_RELOAD_TABLE"')
     rejoin(lab, plan, home)
+
+
+def rejoin_priority(node: str, holder: str, priorities: dict[str, int], tmp_path: Path) -> int:
+    """The priority ``node`` rejoins VRRP with while ``holder`` holds the VIP: its configured one
+    plus the yield vip_rejoin writes (keepalived adds the file's value), with the checks and
+    keepalived stubbed."""
+    yield_file = tmp_path / f"yield-{node}"
+    script = "\n".join([
+        "set -euo pipefail",
+        (TEMPLATES / "lib-clock.sh").read_text(),
+        (TEMPLATES / "lib-vip-handover.sh").read_text(),
+        f"VIP_PRIORITIES='{' '.join(f'{n}={p}' for n, p in priorities.items())}'",
+        f"VIP_SELF={node} VIP_PREEMPT=1 VIP_YIELD_FILE={yield_file} VIP_MAINTENANCE_FILE={tmp_path}/mark",
+        "VIP_CHECK_RISE=0 VIP_CHECK_INTERVAL=0 VIP_HANDOVER_TIMEOUT_S=1",
+        f"vip_managed() {{ :; }}; vip_holder() {{ echo {holder}; }}",
+        "vip_rejoin >/dev/null",
+    ])
+    subprocess.run(["bash", "-c", script], check=True, timeout=30)
+    return priorities[node] + int(yield_file.read_text())
+
+
+def test_nodes_that_yield_to_the_same_holder_stay_apart_and_in_their_order(tmp_path):
+    """After a first deploy both higher nodes rejoined just below the last node, at the same
+    priority; at its handover both took the VIP and one gave it up again (a move with no drain, in a
+    rehearsal's roll). Each now yields to its own place below the holder."""
+    for count in (3, 5, 18):
+        names = [f"loki-{i:02d}" for i in range(1, count + 1)]
+        prios = dict(zip(names, range(200, 200 - 10 * count, -10), strict=True))
+        holder = names[-1]
+        rejoined = {n: rejoin_priority(n, holder, prios, tmp_path) for n in names[:-1]}
+        assert all(p < prios[holder] for p in rejoined.values()), f"{count} nodes: a node outranks {holder}: {rejoined}"
+        assert sorted(rejoined.values(), reverse=True) == [rejoined[n] for n in names[:-1]], (
+            f"{count} nodes: the nodes that yield to {holder} must keep their order: {rejoined}")
+        assert len(set(rejoined.values()) | {p for n, p in prios.items() if n not in rejoined}) == count, (
+            f"{count} nodes: two nodes rejoin at the same priority: {rejoined}, configured {prios}")

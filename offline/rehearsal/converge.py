@@ -38,7 +38,7 @@ from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 if TYPE_CHECKING:
     from offline.rehearsal.run import Rehearsal
 
-RING_WAIT_S = 20
+RING_WAIT_S = 8
 """The refused roll's bound on the ring check (the program's is ``components.loki_ring.WAIT_S``, 180 s):
 the rehearsal passes it as the step's parameter, as it passes its own package repository."""
 READY_TIMEOUT_S = 120
