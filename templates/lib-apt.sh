@@ -45,12 +45,25 @@ ensure_packages() {
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
-    if ! DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"; then
-      echo "installing ${missing[*]} failed; updating apt's lists and trying once more"
-      apt_update force
-      DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "${missing[@]}"
-    fi
+    with_fresh_lists "${missing[*]}" packages_install "${missing[@]}"
   fi
+}
+
+# packages_install PACKAGE...: installs the packages as Debian has them.
+packages_install() {
+  DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends "$@"
+}
+
+# with_fresh_lists WHAT INSTALL...: runs the install command INSTALL...; if it fails (lists of a few
+# minutes ago may name a build the mirror no longer has), apt's lists are updated and it runs once
+# more. Its status is the last run's (or the update's, if that failed).
+with_fresh_lists() {
+  local what=$1
+  shift
+  "$@" && return 0
+  echo "installing ${what} failed; updating apt's lists and trying once more"
+  apt_update force || return
+  "$@"
 }
 
 # grafana_repository REPO_URL KEY_URL FINGERPRINTS
@@ -152,11 +165,7 @@ install_pinned() {
   fi
   block_service_starts
   # The stack replaces the packages' config files: on upgrades dpkg keeps ours instead of asking.
-  pinned_install "$package" "$exact" || {
-    echo "installing ${package} ${exact} failed; updating apt's lists and trying once more"
-    apt_update force
-    pinned_install "$package" "$exact"
-  } || status=$?
+  with_fresh_lists "${package} ${exact}" pinned_install "$package" "$exact" || status=$?
   unblock_service_starts
   [ "$status" -eq 0 ] || return "$status"
   apt-mark hold "$package" >/dev/null

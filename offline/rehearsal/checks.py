@@ -111,9 +111,8 @@ def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float,
             continue
         journal = machine.exec(["journalctl", "-u", "keepalived.service", "-o", "short-unix", "--no-pager",
                                 "-S", f"@{int(since)}"]).stdout
-        found += [(float(line.split()[0]), name) for line in journal.splitlines()
-                  if "Entering MASTER STATE" in line and float(line.split()[0]) >= since]
-    return sorted(found)
+        found += [(float(line.split()[0]), name) for line in journal.splitlines() if "Entering MASTER STATE" in line]
+    return sorted(entry for entry in found if entry[0] >= since)
 
 
 def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:
