@@ -72,15 +72,23 @@ SSH_DIAL_ATTEMPTS = 90
 """With 10 s per attempt: up to 15 minutes for a new VM to boot and run cloud-init."""
 
 
-def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str],
-                   host_key: pulumi.Input[str]) -> pulumi.Output[command.remote.ConnectionArgsDict]:
-    """A secret SSH connection that verifies the host against ``host_key`` (OpenSSH public key)."""
-    def build(keys: list[str]) -> command.remote.ConnectionArgsDict:
-        return {"host": host, "user": user, "private_key": keys[0], "host_key": keys[1].strip(),
+def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str], host_key: pulumi.Input[str],
+                   instance: pulumi.Input[str] = "") -> pulumi.Output[command.remote.ConnectionArgsDict]:
+    """A secret SSH connection that verifies the host against ``host_key`` (OpenSSH public key).
+
+    ``instance`` names the machine as created (``proxmox_vm.vm_instance``) in the pinned key's
+    comment (the provider parses the key as an ``authorized_keys`` line and ignores the comment):
+    the connection, an input of every step that uses it, changes when the machine is created
+    anew, and pulumi-command runs a step whose inputs changed again."""
+    def build(values: list[str]) -> command.remote.ConnectionArgsDict:
+        pinned = " ".join(values[1].split()[:2])
+        if values[2]:
+            pinned += f" lokistack:{values[2]}"
+        return {"host": host, "user": user, "private_key": values[0], "host_key": pinned,
                 "dial_error_limit": SSH_DIAL_ATTEMPTS, "per_dial_timeout": 10}
 
     connection: pulumi.Output[command.remote.ConnectionArgsDict] = pulumi.Output.secret(
-        pulumi.Output.all(private_key, host_key).apply(build))
+        pulumi.Output.all(private_key, host_key, instance).apply(build))
     return connection
 
 

@@ -138,8 +138,9 @@ class LokiClusterArgs:
     """The VIP in front of the nodes: a node hands it over before its Loki restarts, and the nodes
     roll from the lowest VRRP priority to the highest (``components.vip_handover``)."""
     roll_after: pulumi.Input[Any] | None = None
-    """A value the roll's first apply waits for, with the resources behind it: keepalived's steps
-    on every node (``VirtualIp.settled``), so that no keepalived reloads during a handover."""
+    """A value every apply waits for, with the resources behind it: keepalived's steps on every node
+    (``VirtualIp.settled``), so that no keepalived reloads during a handover and a new node's
+    keepalived starts before its Loki (in FAULT: ``keepalived-apply.sh``)."""
 
 
 class LokiCluster(pulumi.ComponentResource):
@@ -227,7 +228,10 @@ class LokiCluster(pulumi.ComponentResource):
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)
-            elif args.roll_after is not None:
+            # Every apply, not only the roll's first: where only this node's steps run (a VM created
+            # again, a node added), the previous node's apply does not run, and Loki would start
+            # before its own keepalived, which would then take the VIP by preemption.
+            if args.roll_after is not None:
                 connection = after_value(connection, args.roll_after)
             apply = command.remote.Command(f"{name}-{host.name}-apply", connection=connection,
                                            create="sudo bash -s", stdin=apply_script,

@@ -8,6 +8,14 @@ Proxmox node that the provider cannot upload with a file mode (only ``root@pam``
 so its key is good only until then. Every later SSH step pins the VM's own key. Depend on the
 component to start on a ready host.
 
+A VM created anew (lost and rebuilt: ``pulumi up`` after the VM is gone from the state) gets every
+step again: each step's connection names the VM instance (its id and its NIC's MAC, which Proxmox
+draws anew for a new VM, while the id may be reused) in the pinned key's comment, and a step whose
+connection changed runs again. Which key its first steps pin, a probe where Pulumi runs finds out
+(``templates/host-key-probe.sh``): a new VM presents the bootstrap key, one that already ran its
+host-key step its own (after an upgrade from a version without the probe, the first steps run
+again on VMs that have their own key).
+
 Provider docs: https://www.pulumi.com/registry/packages/proxmoxve/api-docs/vmlegacy/
 """
 
@@ -52,6 +60,10 @@ GUEST_PACKAGES = ("qemu-guest-agent",)
 CLOUD_INIT_RESULT = "/run/cloud-init/result.json"
 """Written by cloud-init when its last stage has finished, with every error it recorded."""
 CLOUD_INIT_TIMEOUT_S = 1800  # packages from the mirrors on a slow line
+PROBE_TIMEOUT_S = 900
+PROBE_SUFFIX = "-host-key-probe"
+"""The host-key probe's resource name after the VM component's name."""
+"""How long the host-key probe waits for a new VM's SSH server (boot, then cloud-init's first stage)."""
 WAIT_SCRIPT = render_script("wait-for-cloud-init.sh", {"RESULT_FILE": CLOUD_INIT_RESULT,
                                                        "TIMEOUT_S": CLOUD_INIT_TIMEOUT_S})
 
@@ -203,6 +215,31 @@ class ProxmoxVmArgs:
         return f"{self.hostname}.{self.domain}"
 
 
+def vm_instance(hostname: str, vm_id: str, network_devices: Sequence[Any] | None) -> str:
+    """The VM as created: ``vm-<id>-<mac of net0>`` (lower case). Fails without a MAC (the provider
+    reads it from the VM's config after creating it)."""
+    devices = list(network_devices or [])
+    first = devices[0] if devices else None
+    if isinstance(first, dict):
+        mac = first.get("mac_address") or first.get("macAddress") or ""
+    else:
+        mac = getattr(first, "mac_address", None) or ""
+    if not mac:
+        raise ValueError(f"{hostname}: the VM's {NIC} has no MAC address in the provider's answer "
+                         f"({network_devices!r}): the steps cannot tell this VM from one created before it")
+    return f"vm-{vm_id}-{mac.lower()}"
+
+
+def presented_key(hostname: str, address: str, stdout: str, bootstrap: str, own: str) -> str:
+    """The key the host-key probe found, if it is one of the VM's two (the probe refuses any other)."""
+    seen = " ".join(stdout.split()[:2])
+    known = {" ".join(bootstrap.split()[:2]), " ".join(own.split()[:2])}
+    if seen not in known:
+        raise ValueError(f"{hostname} ({address}): the host-key probe answered {stdout.strip()!r}, which is "
+                         "neither the VM's bootstrap SSH host key nor its own")
+    return seen
+
+
 class ProxmoxVm(pulumi.ComponentResource):
     """A Debian VM with a static address, the admin user and a pinned SSH host key."""
 
@@ -222,6 +259,8 @@ class ProxmoxVm(pulumi.ComponentResource):
     """The VM's own SSH host key (OpenSSH public key): for your ``known_hosts``."""
     host_key_step: command.remote.Command
     """Replaces the bootstrap host key with the VM's own."""
+    instance: pulumi.Output[str]
+    """The VM as created (``vm_instance``): changes when the VM is created anew."""
     data_disk_path: pulumi.Output[str]
     """Device path of the data disk inside the VM; empty when the VM has none."""
     host_files: list[HostFile]
@@ -297,20 +336,36 @@ class ProxmoxVm(pulumi.ComponentResource):
                                         protect=args.role in DATA_ROLES),
         )
 
+        # The VM as created now: a new VM gets another MAC (the id Proxmox may give again).
+        self.instance = pulumi.Output.all(vm.id, vm.network_devices).apply(
+            lambda pair: vm_instance(args.hostname, pair[0], pair[1]))
+        own_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=child)
+        probe = command.local.Command(
+            f"{name}{PROBE_SUFFIX}",
+            create="bash -s",
+            stdin=pulumi.Output.all(host_key.public_key_openssh, own_key.public_key_openssh).apply(
+                lambda keys: render_script("host-key-probe.sh", {
+                    "ADDRESS": args.address, "BOOTSTRAP_KEY": keys[0].strip(), "OWN_KEY": keys[1].strip(),
+                    "TIMEOUT_S": PROBE_TIMEOUT_S})),
+            triggers=[self.instance],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[vm]),
+        )
+        presented = pulumi.Output.all(probe.stdout, host_key.public_key_openssh, own_key.public_key_openssh).apply(
+            lambda keys: presented_key(args.hostname, args.address, keys[0], keys[1], keys[2]))
+
         bootstrap = ssh_connection(host=args.address, user=args.admin_user, private_key=args.deploy_private_key,
-                                   host_key=host_key.public_key_openssh)
+                                   host_key=presented, instance=self.instance)
         self.cloud_init = command.remote.Command(
             f"{name}-cloud-init",
             connection=bootstrap,
             create="bash -s",
             stdin=WAIT_SCRIPT,
-            triggers=[vm.id],
+            triggers=[self.instance],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[vm]),
         )
 
         # The VM's own host key replaces the bootstrap key (which sits in the snippet on the
         # Proxmox node) over the connection that pins the bootstrap key; every later step pins it.
-        own_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=child)
         install: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
             own_key.private_key_openssh, own_key.public_key_openssh).apply(
             lambda keys: render_script("install-host-key.sh", {
@@ -321,14 +376,15 @@ class ProxmoxVm(pulumi.ComponentResource):
             connection=pulumi.Output.all(bootstrap, self.cloud_init.id).apply(lambda pair: pair[0]),
             create="sudo bash -s",
             stdin=install,
-            triggers=[vm.id, own_key.public_key_openssh],
+            triggers=[self.instance, own_key.public_key_openssh],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cloud_init]),
         )
         self.host_public_key = own_key.public_key_openssh.apply(str.strip)
 
-        # Users of the connection start after the new host key is in place, and pin it.
+        # Users of the connection start after the new host key is in place, and pin it on this
+        # instance of the VM: on a VM created anew, every one of them runs again.
         own = ssh_connection(host=args.address, user=args.admin_user, private_key=args.deploy_private_key,
-                             host_key=own_key.public_key_openssh)
+                             host_key=own_key.public_key_openssh, instance=self.instance)
         self.connection = pulumi.Output.all(own, self.host_key_step.id).apply(lambda pair: pair[0])
         self.address = pulumi.Output.from_input(args.address)
         self.hostname = pulumi.Output.from_input(args.hostname)

@@ -31,6 +31,7 @@ import pulumi_random as random
 
 from components.delivery import FileDelivery, FileDeliveryArgs, after
 from components.hostfile import HostFile
+from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import HTTP_PORT
 from components.scripts import render_script
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
@@ -193,7 +194,8 @@ class VirtualIp(pulumi.ComponentResource):
         setup_script = render_script("keepalived-setup.sh", {
             "SCRIPT_USER": SCRIPT_USER, "CHECK_DIR": CHECK_DIR, "STAGE_DIR": STAGE_DIR}, libraries=["lib-apt.sh"])
         apply_script = render_script("keepalived-apply.sh", {
-            "STAGED": f"{STAGE_DIR}/keepalived.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT})
+            "STAGED": f"{STAGE_DIR}/keepalived.conf", "TARGET": CONFIG_FILE, "UNIT": UNIT, "LOKI_UNIT": LOKI_UNIT,
+            "MAINTENANCE_FILE": MAINTENANCE_FILE})
         self.host_files = []
         self.setups = {}
         self.settled = []

@@ -15,8 +15,9 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import shlex
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,47 @@ def canonical_hash(value: Any) -> str:
 
 
 # --- Fake providers -----------------------------------------------------------------------
+# (This module imports nothing of the project: the upgrade rehearsal runs earlier versions of the
+# program with it, whose trees may not have this version's other modules.)
+
+PROXMOX_OUI = "bc:24:11"
+"""Proxmox's prefix for the MACs it generates (a VM without ``mac_address`` gets one)."""
+PROBE_SUFFIX = "-host-key-probe"
+"""``components.proxmox_vm.PROBE_SUFFIX``: the local command that finds which SSH host key a VM presents."""
+
+
+def generated_mac(vm_name: str, index: int, generation: int = 0) -> str:
+    """A stand-in for the MAC Proxmox picks when none is configured (random there, fixed here): a VM
+    created anew (``generation`` 1, 2, ...) gets another one, as a real one would."""
+    tail = hashlib.sha256(f"{vm_name}/net{index}".encode() + (f"#{generation}".encode() if generation else b"")
+                          ).digest()[:3]
+    return f"{PROXMOX_OUI}:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def script_parameters(script: str) -> dict[str, str]:
+    """The ``NAME=value`` lines ``components.scripts.render_script`` puts at a script's top."""
+    found: dict[str, str] = {}
+    for line in script.splitlines()[1:]:
+        name, sep, value = line.partition("=")
+        if not sep or not name.isidentifier() or not name.isupper():
+            if found:
+                break
+            continue
+        found[name] = " ".join(shlex.split(value))
+    return found
+
+
+def probe_answer(name: str, stdin: str, presented: Mapping[str, str]) -> str:
+    """What the host-key probe prints: the key the VM at its address presents (``presented``: address ->
+    key; none there: a new VM, which presents its bootstrap key), if it is one of the two it may have."""
+    params = script_parameters(stdin)
+    bootstrap, own = (" ".join(params[k].split()[:2]) for k in ("BOOTSTRAP_KEY", "OWN_KEY"))
+    seen = " ".join(presented.get(params["ADDRESS"], bootstrap).split()[:2])
+    if seen not in (bootstrap, own):
+        raise RuntimeError(f"{name}: {params['ADDRESS']} presents the SSH host key {seen!r}, neither its "
+                           "bootstrap key nor its own")
+    return seen + "\n"
+
 
 
 def _seed(*parts: str) -> bytes:
@@ -286,11 +328,26 @@ class FakeCloud(pulumi.runtime.Mocks):
     computed output is unknown.
     """
 
-    def __init__(self, *, preview: bool = False, renewed: frozenset[str] = frozenset()):
+    def __init__(self, *, preview: bool = False, renewed: frozenset[str] = frozenset(),
+                 rebuilt: Mapping[str, int] | None = None, presented: Mapping[str, str] | None = None,
+                 kept: Mapping[str, tuple[str, str]] | None = None):
         self.preview = preview
         self.renewed = renewed
         """Names of ``tls.LocallySignedCert`` resources to issue as renewed (another serial and start): what a
         ``pulumi up`` within ``early_renewal_hours`` of their end does."""
+        self.rebuilt = dict(rebuilt or {})
+        """VM name (its host name) -> how many times it was created anew: each time Proxmox gives its NIC
+        another MAC."""
+        self.presented = dict(presented or {})
+        """Address -> the SSH host key the VM there presents (what the host-key probe finds); a VM not
+        named presents its bootstrap key, as a new one does."""
+        self.kept = dict(kept or {})
+        """Command name -> (hash of its inputs, its stdout) as an earlier run left them in the state: a
+        command whose inputs did not change does not run again and keeps its stdout."""
+        self.stdout: dict[str, str] = {}
+        """Command name -> the stdout handed out (the host-key probes' answers)."""
+        self.commands: dict[str, tuple[str, str]] = {}
+        """Command name -> (hash of its inputs, its stdout): what the state keeps of this run (``kept``)."""
         self.secret_values: dict[str, str] = {}
         """Every secret string handed out (or given as secret config) -> a label for it."""
 
@@ -327,9 +384,22 @@ class FakeCloud(pulumi.runtime.Mocks):
             state = {**inputs, "fileName": file_name}
         elif typ == "proxmoxve:index/vmLegacy:VmLegacy":
             vm_id = int(inputs.get("vmId") or 1000 + int(_seed("vm", name).hex(), 16) % 9000)
-            rid, state = str(vm_id), {**inputs, "vmId": vm_id}
+            generation = self.rebuilt.get(str(inputs.get("name", name)), 0)
+            devices = [{**device, "macAddress": (device.get("macAddress") or generated_mac(
+                str(inputs.get("name", name)), index, generation)).upper()}
+                for index, device in enumerate(inputs.get("networkDevices") or [])]
+            rid, state = str(vm_id), {**inputs, "vmId": vm_id, "networkDevices": devices}
         elif typ in ("command:remote:Command", "command:local:Command"):
-            rid, state = f"{name}-cmd", {**inputs, "stdout": "", "stderr": ""}
+            digest = canonical_hash(inputs)
+            if self.kept.get(name, ("", ""))[0] == digest:
+                stdout = self.kept[name][1]
+            elif typ == "command:local:Command" and name.endswith(PROBE_SUFFIX):
+                stdout = probe_answer(name, str(unwrap(inputs.get("stdin")) or ""), self.presented)
+            else:
+                stdout = ""
+            self.stdout[name] = stdout
+            self.commands[name] = (digest, stdout)
+            rid, state = f"{name}-cmd", {**inputs, "stdout": stdout, "stderr": ""}
         elif typ == "random:index/randomPassword:RandomPassword":
             alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
             drawn = hashlib.shake_256(_seed("random", name)).digest(int(inputs.get("length", 16)))
@@ -459,9 +529,10 @@ class Engine:
 
 def install(*, project: str, stack: str, preview: bool = False,
             config: dict[str, str] | None = None, secret_keys: list[str] | None = None,
-            renewed: frozenset[str] = frozenset()) -> Engine:
+            renewed: frozenset[str] = frozenset(), rebuilt: Mapping[str, int] | None = None,
+            presented: Mapping[str, str] | None = None, kept: Mapping[str, tuple[str, str]] | None = None) -> Engine:
     """Point the Pulumi runtime at a fresh fake cloud and recording monitor, with this config."""
-    cloud = FakeCloud(preview=preview, renewed=renewed)
+    cloud = FakeCloud(preview=preview, renewed=renewed, rebuilt=rebuilt, presented=presented, kept=kept)
     monitor = RecordingMonitor(cloud)
     pulumi.runtime.set_mocks(cloud, project=project, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(dict(config or {}), secret_keys=list(secret_keys or []))
@@ -502,14 +573,16 @@ class RunResult:
 
 def run(program: Callable[[], Any], collect: Callable[[Any], dict[str, Any]], *, project: str, stack: str,
         preview: bool = False, config: dict[str, str] | None = None,
-        secret_keys: list[str] | None = None, renewed: frozenset[str] = frozenset()) -> RunResult:
+        secret_keys: list[str] | None = None, renewed: frozenset[str] = frozenset(),
+        rebuilt: Mapping[str, int] | None = None, presented: Mapping[str, str] | None = None,
+        kept: Mapping[str, tuple[str, str]] | None = None) -> RunResult:
     """Run ``program`` against a fresh fake engine and wait for every registration.
 
     ``collect(returned)`` names the values to resolve once the program has been built (files,
     outputs); they come back in ``RunResult.resolved``. Exceptions from the program propagate.
     """
     engine = install(project=project, stack=stack, preview=preview, config=config, secret_keys=secret_keys,
-                     renewed=renewed)
+                     renewed=renewed, rebuilt=rebuilt, presented=presented, kept=kept)
     result = RunResult(engine=engine, returned=None)
 
     async def main() -> None:

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -144,8 +145,11 @@ def read_stack_config(stack: str, schema: ProjectSchema | None = None, *, path: 
 
 
 def run_program(stack: str, stack_config: StackConfig, *, preview: bool = False,
-                schema: ProjectSchema | None = None, renewed: frozenset[str] = frozenset()) -> engine.RunResult:
-    """Run the real program (settings, then build) and resolve its outputs and host files."""
+                schema: ProjectSchema | None = None, renewed: frozenset[str] = frozenset(),
+                rebuilt: Mapping[str, int] | None = None, presented: Mapping[str, str] | None = None,
+                kept: Mapping[str, tuple[str, str]] | None = None) -> engine.RunResult:
+    """Run the real program (settings, then build) and resolve its outputs and host files; the fake
+    cloud as ``engine.FakeCloud`` describes (``renewed``, ``rebuilt``, ``presented``, ``kept``)."""
     schema = schema or load_schema()
 
     def collect(deployment: Deployment) -> dict[str, Any]:
@@ -155,7 +159,7 @@ def run_program(stack: str, stack_config: StackConfig, *, preview: bool = False,
 
     return engine.run(lambda: build(load_settings(schema)), collect, project=schema.project, stack=stack,
                       preview=preview, config=stack_config.config, secret_keys=stack_config.secret_keys,
-                      renewed=renewed)
+                      renewed=renewed, rebuilt=rebuilt, presented=presented, kept=kept)
 
 
 # --- Writing --------------------------------------------------------------------------------

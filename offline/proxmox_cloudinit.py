@@ -10,22 +10,16 @@ Indentation and quoting follow the Perl code line by line.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from typing import Any
 
-PROXMOX_OUI = "bc:24:11"
-"""Proxmox's prefix for the MACs it generates (a VM without ``mac_address`` gets one)."""
+from offline.engine import PROXMOX_OUI, generated_mac
 
+__all__ = ["PROXMOX_OUI", "generated_mac", "nocloud_network"]
 
-def generated_mac(vm_name: str, index: int) -> str:
-    """A stand-in for the MAC Proxmox picks when none is configured (random there, fixed here)."""
-    tail = hashlib.sha256(f"{vm_name}/net{index}".encode()).digest()[:3]
-    return f"{PROXMOX_OUI}:" + ":".join(f"{b:02x}" for b in tail)
-
-
-def nocloud_network(vm_name: str, inputs: dict[str, Any]) -> str:
-    """``network-config`` for a VM, from the ``VmLegacy`` inputs as the engine saw them (camelCase)."""
+def nocloud_network(vm_name: str, inputs: dict[str, Any], generation: int = 0) -> str:
+    """``network-config`` for a VM, from the ``VmLegacy`` inputs as the engine saw them (camelCase);
+    ``generation``: how many times the VM was created anew (``generated_mac``)."""
     initialization = inputs.get("initialization") or {}
     ip_configs = initialization.get("ipConfigs") or []
     i = "    "
@@ -34,7 +28,7 @@ def nocloud_network(vm_name: str, inputs: dict[str, Any]) -> str:
         if index >= len(ip_configs) or not ip_configs[index]:
             continue  # `next if !$conf->{"ipconfig$id"}`
         ipv4 = ip_configs[index].get("ipv4") or {}
-        mac = (device.get("macAddress") or generated_mac(vm_name, index)).lower()
+        mac = (device.get("macAddress") or generated_mac(vm_name, index, generation)).lower()
         content += (f"{i}- type: physical\n"
                     f"{i}  name: eth{index}\n"
                     f"{i}  mac_address: '{mac}'\n"

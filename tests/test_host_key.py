@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,13 @@ class Vm:
         start = SSHD_START.replace('exec "$@"', f"PATH={path} exec bash -s")  # sshd -t wants /run/sshd too
         return subprocess.run(["unshare", "-m", "sh", "-c", start], input=script, capture_output=True, text=True,
                               timeout=60, check=False)
+
+    def probe(self, bootstrap: str, own: str, timeout_s: int = 20,
+              address: str = ADDRESSES[VM]) -> subprocess.CompletedProcess[str]:
+        """The rendered host-key probe, from the client host, as Pulumi runs it where it runs."""
+        script = render_script("host-key-probe.sh", {"ADDRESS": address, "BOOTSTRAP_KEY": bootstrap,
+                                                     "OWN_KEY": own, "TIMEOUT_S": timeout_s})
+        return self.network.run(CLIENT, ["bash", "-s"], stdin=script, timeout=timeout_s + 30)
 
     def reloads(self) -> list[str]:
         log = self.root / "systemctl.log"
@@ -154,3 +162,30 @@ def test_the_rendered_step_quotes_the_key_so_the_shell_reads_it_back_whole():
                                                    "SSH_UNIT": SSH_UNIT})
     quoted = re.search(r"^HOST_PRIVATE_KEY=('[^']*')$", script, re.MULTILINE)
     assert quoted and shlex.split(quoted.group(1))[0] == private.strip()
+
+
+def test_the_probe_names_the_key_the_vm_presents_before_and_after_the_host_key_step(vm):
+    """The VM's first steps pin what the probe prints: the bootstrap key on a new VM, its own once the
+    host-key step ran (the first steps run again after an upgrade, on a VM that has it)."""
+    bootstrap = public_of(vm.key_file.read_text())
+    own_private, own_public = keypair()
+    before = vm.probe(bootstrap, own_public)
+    assert before.returncode == 0 and before.stdout == bootstrap + "\n", (
+        f"host-key-probe.sh on a new VM must print its bootstrap key: {before.stdout!r} {before.stderr}")
+    assert vm.install(own_private, own_public).returncode == 0
+    after = vm.probe(bootstrap, own_public)
+    assert after.returncode == 0 and after.stdout == " ".join(own_public.split()[:2]) + "\n", (
+        f"host-key-probe.sh must print the VM's own key once it is installed: {after.stdout!r} {after.stderr}")
+
+
+def test_the_probe_refuses_a_key_that_is_neither_and_a_vm_that_does_not_answer(vm):
+    _, one = keypair()
+    _, other = keypair()
+    t0 = time.monotonic()
+    stranger = vm.probe(one, other, timeout_s=3)
+    assert stranger.returncode == 1 and stranger.stdout == "" and "neither its bootstrap key nor its own" in (
+        stranger.stderr), f"host-key-probe.sh must refuse a key it does not know: {stranger.stdout!r} {stranger.stderr}"
+    assert time.monotonic() - t0 < 30, "host-key-probe.sh must give up at its deadline"
+    silent = vm.probe(one, other, timeout_s=3, address="198.18.0.99")
+    assert silent.returncode == 1 and "did not answer on SSH within 3 s" in silent.stderr, (
+        f"host-key-probe.sh with no SSH server: {silent.stdout!r} {silent.stderr}")

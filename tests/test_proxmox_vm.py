@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization as ser
 
 from components.proxmox_vm import (
     DATA_DISK_PATH,
+    PROBE_SUFFIX,
     USER_DATA_PATH,
     WAIT_SCRIPT,
     HostEntry,
@@ -23,6 +24,8 @@ from components.proxmox_vm import (
     ProxmoxVmArgs,
 )
 from offline import engine
+from offline.plan import read_stack_config, run_program
+from tests.conftest import EXAMPLE_STACK
 
 HOSTS = [
     HostEntry(address="192.168.50.21", fqdn="loki-01.home.arpa", name="loki-01"),
@@ -118,11 +121,15 @@ async def test_the_snippets_bootstrap_key_is_pinned_only_until_the_vms_own_key_r
     assert doc["ssh_genkeytypes"] == ["ed25519"] and doc["ssh_deletekeys"] is True
     wait = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init")
     step = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-host-key")
-    assert wait.plain_inputs["connection"]["hostKey"] == bootstrap, "the cloud-init wait must pin the bootstrap key"
-    assert step.plain_inputs["connection"]["hostKey"] == bootstrap, "the key step must pin the bootstrap key"
+    vm_reg = fake_engine.monitor.find(VM_TYPE, "loki-01-vm")
+    instance = f"lokistack:vm-{vm_reg.id}-{engine.generated_mac('loki-01', 0)}"
+    assert wait.plain_inputs["connection"]["hostKey"] == f"{bootstrap} {instance}", (
+        "loki-01-cloud-init must pin the bootstrap key (a new VM presents it) on this instance of the VM")
+    assert step.plain_inputs["connection"]["hostKey"] == f"{bootstrap} {instance}", (
+        "loki-01-host-key must pin the bootstrap key on this instance of the VM")
     assert wait.urn in step.dependencies, "loki-01-host-key must wait for cloud-init"
-    assert connection["host_key"] == own_public != bootstrap, (
-        "loki-01: every later step must pin the VM's own key, not the snippet's")
+    assert connection["host_key"] == f"{own_public} {instance}" and own_public != bootstrap, (
+        "loki-01: every later step must pin the VM's own key, not the snippet's, on this instance of the VM")
     stdin = step.plain_inputs["stdin"]
     assert engine.is_secret(step.inputs["stdin"]), "loki-01-host-key carries a private key: its stdin must be secret"
     quoted = re.search(r"^HOST_PRIVATE_KEY=('[^']*')$", stdin, re.MULTILINE)
@@ -135,8 +142,8 @@ async def test_the_snippets_bootstrap_key_is_pinned_only_until_the_vms_own_key_r
     assert "HOST_PRIVATE_KEY" not in snippet_text and own_public.split()[1] not in snippet_text, (
         "the VM's own key must not be in the snippet")
     assert deploy_private not in stdin + step.plain_inputs["create"]
-    assert step.plain_inputs["triggers"][0] == fake_engine.monitor.find(VM_TYPE, "loki-01-vm").id, (
-        "a replaced VM (bootstrap key again) must re-run the key step")
+    assert step.plain_inputs["triggers"][0] == instance.removeprefix("lokistack:"), (
+        "loki-01-host-key: a VM created anew (bootstrap key again) must re-run the key step")
 
 
 @pulumi.runtime.test
@@ -194,7 +201,8 @@ async def test_the_cloud_init_wait_runs_after_the_vm_over_a_pinned_secret_connec
     wait = fake_engine.monitor.find(COMMAND_TYPE, "loki-01-cloud-init")
     assert vm_reg.urn in wait.dependencies, "loki-01-cloud-init must wait for loki-01-vm"
     assert wait.plain_inputs["create"] == "bash -s" and wait.plain_inputs["stdin"] == WAIT_SCRIPT
-    assert wait.plain_inputs["triggers"] == [vm_reg.id], "a replaced VM must re-run the wait"
+    assert wait.plain_inputs["triggers"] == [f"vm-{vm_reg.id}-{engine.generated_mac('loki-01', 0)}"], (
+        "loki-01-cloud-init: a VM created anew (its NIC's MAC, the id may be the same) must re-run the wait")
     assert engine.is_secret(wait.inputs["connection"]), "loki-01-cloud-init: connection input not secret"
     conn = wait.plain_inputs["connection"]
     assert conn["host"] == "192.168.50.21" and conn["user"] == "ops"
@@ -235,3 +243,46 @@ async def test_in_preview_the_user_data_is_unknown_but_the_address_is_known(fake
     content = vm.host_files[0].content
     assert isinstance(content, pulumi.Output)
     assert not await content.is_known(), "user-data depends on keys the provider makes; unknown in preview"
+
+
+def own_public_key() -> str:
+    """The VM's own key as the fake engine makes it (from the resource's name)."""
+    return str(engine.fake_private_key("loki-01-ssh-host-key", {"algorithm": "ED25519"})["publicKeyOpenssh"]).strip()
+
+
+@pulumi.runtime.test
+async def test_the_host_key_probe_runs_after_the_vm_where_pulumi_runs_on_each_new_instance(fake_engine):
+    vm, _ = build()
+    await registered(vm)
+    probe = fake_engine.monitor.find("command:local:Command", f"loki-01{PROBE_SUFFIX}")
+    vm_reg = fake_engine.monitor.find(VM_TYPE, "loki-01-vm")
+    assert vm_reg.urn in probe.dependencies, "loki-01-host-key-probe must wait for loki-01-vm"
+    assert probe.plain_inputs["triggers"] == [f"vm-{vm_reg.id}-{engine.generated_mac('loki-01', 0)}"], (
+        "loki-01-host-key-probe must run again for a VM created anew")
+    params = engine.script_parameters(probe.plain_inputs["stdin"])
+    assert params["ADDRESS"] == "192.168.50.21" and params["OWN_KEY"] == own_public_key(), (
+        f"loki-01-host-key-probe asks {params.get('ADDRESS')} for the wrong keys: {params}")
+    assert not engine.is_secret(probe.inputs["stdin"]), "loki-01-host-key-probe holds public keys only"
+
+
+@pulumi.runtime.test
+async def test_a_vm_that_presents_its_own_key_is_pinned_by_it_from_its_first_step(fake_engine):
+    """An upgrade from a version without the probe: the first steps run again (their triggers
+    changed) on a VM that has its own key already; pinning the bootstrap key would fail them."""
+    own = own_public_key()
+    fake_engine.cloud.presented["192.168.50.21"] = own
+    vm, _ = build()
+    await registered(vm)
+    await vm.host_key_step.id.future()
+    for name in ("loki-01-cloud-init", "loki-01-host-key"):
+        pinned = fake_engine.monitor.find(COMMAND_TYPE, name).plain_inputs["connection"]["hostKey"]
+        assert pinned.startswith(own + " lokistack:vm-"), f"{name} pins {pinned!r}, not the key the VM presents"
+
+
+def test_a_vm_that_presents_another_key_stops_the_deployment_before_any_step_connects():
+    config = read_stack_config(EXAMPLE_STACK)
+    stranger = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7"
+    hosts = run_program(EXAMPLE_STACK, config).resolved["output:hosts"].value
+    address = hosts["loki-02"]["address"]
+    with pytest.raises(Exception, match=rf"loki-02{PROBE_SUFFIX}: {re.escape(address)} presents the SSH host key"):
+        run_program(EXAMPLE_STACK, config, presented={address: stranger})

@@ -32,6 +32,7 @@ from offline.rehearsal.converge import gateway_port_taken_back, interrupted_appl
 from offline.rehearsal.hitless import refused_limit
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import CGROUP_ROOTS
+from offline.rehearsal.rebuild import node_rebuilt
 from offline.rehearsal.run import Rehearsal
 from offline.rehearsal.settings import VIP
 from tests.conftest import figure, require_root, require_tool
@@ -309,4 +310,14 @@ def test_a_reboot_of_the_vip_holder_hands_the_vip_over_and_it_comes_back_without
     with every node ACTIVE in its ring; no push fails and every accepted line reads back
     (``life_events.holder_reboot``)."""
     problems = holder_reboot(rehearsal)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_loki_vm_lost_with_its_disks_and_created_again_gets_every_step_and_rejoins_its_ring_entry(rehearsal):
+    """A node below the VIP holder lost at once with its disks, then ``pulumi up`` creates the VM again
+    (another MAC; the id may be the same): exactly its steps run again, its host-key probe first,
+    on a fresh machine; its Loki takes over its old ring entry (none lingers), holds its share of
+    new streams, the VIP stays where it was, and neither client sees a failed push nor a lost line
+    (``rebuild.node_rebuilt``)."""
+    problems = node_rebuilt(rehearsal)
     assert not problems, "\n".join(problems)

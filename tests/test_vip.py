@@ -186,3 +186,46 @@ def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
                       .replace(f"script_user {SCRIPT_USER}", "script_user root"))
     proc = keepalived_test(str(broken), GUEST_INTERFACE, str(check))
     assert proc.returncode != 0 and "300" in proc.stderr, "keepalived -t missed a bad router id"
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl as the test sees it: is-active answers from <dir>/active-<unit>; every call is logged
+# with the maintenance mark as it is at that moment.
+echo "$* mark=$(cat "{mark}" 2>/dev/null || echo none)" >>"{log}"
+if [ "$1" = is-active ]; then
+  [ "$2" = --quiet ] && shift
+  [ -f "{dir}/active-$2" ]
+  exit
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("loki_running", [False, True], ids=["new-node", "loki-running"])
+def test_keepalived_that_starts_beside_a_loki_not_running_starts_in_fault(example, tmp_path, loki_running):
+    """A new node (first deploy, a VM created again, a node added): its gateway check passes once
+    another node is ready, so keepalived must start in FAULT until Loki's apply rejoins it below the
+    holder; a node whose Loki runs starts keepalived as it is."""
+    require_root()
+    stdin = example.engine.monitor.find(CMD, "vip-loki-02-apply").plain_inputs["stdin"]
+    params = engine.script_parameters(stdin)
+    mark, log, target = tmp_path / "mark", tmp_path / "calls.log", tmp_path / "keepalived.conf"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL.format(mark=mark, log=log, dir=tmp_path))
+    (bin_dir / "keepalived").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    if loki_running:
+        (tmp_path / f"active-{params['LOKI_UNIT']}").touch()
+    (tmp_path / "staged.conf").write_text("global_defs {}\n")
+    for name, value in {"STAGED": tmp_path / "staged.conf", "TARGET": target, "MAINTENANCE_FILE": mark}.items():
+        stdin = re.sub(rf"^{name}=.*$", f"{name}={value}", stdin, flags=re.MULTILINE)
+    proc = subprocess.run(["bash", "-s"], input=stdin, capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert proc.returncode == 0, f"keepalived-apply.sh on loki-02: {proc.stdout}{proc.stderr}"
+    restart = next(line for line in log.read_text().splitlines() if line.startswith(f"restart {params['UNIT']}"))
+    expected = "mark=none" if loki_running else "mark=1"
+    assert restart.endswith(expected), (
+        f"keepalived-apply.sh on loki-02 (Loki {'running' if loki_running else 'not running'}) started keepalived "
+        f"with {restart.split()[-1]}, expected {expected}: {log.read_text()}")

@@ -56,6 +56,8 @@ class RehearsalNetwork:
     namespaces: list[str] = field(default_factory=list)
     services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """The proxy and the package repository, by label."""
+    plugged: int = 0
+    """Hosts plugged into the bridge so far (names its veth ends)."""
 
     @property
     def bridge(self) -> str:
@@ -80,7 +82,8 @@ class RehearsalNetwork:
     def _plug(self, host: str, nic: str, mac: str | None = None) -> str:
         ns = self.ns(host)
         self._add(ns)
-        veth = f"v{len(self.namespaces)}"
+        self.plugged += 1
+        veth = f"v{self.plugged}"
         ip("-n", self.bridge, "link", "add", veth, "type", "veth", "peer", "name", nic, "netns", ns)
         ip("-n", self.bridge, "link", "set", veth, "master", "br0", "up")
         if mac:
@@ -90,6 +93,14 @@ class RehearsalNetwork:
     def add_machine(self, host: str, mac: str) -> str:
         """A namespace for a VM: its NIC as the kernel names it, with its MAC, unconfigured."""
         return self._plug(host, KERNEL_NIC, mac)
+
+    def replace_machine(self, host: str, mac: str) -> str:
+        """A VM's namespace made anew (``add_machine``), as for a VM created again: the old one goes
+        with its NIC (named and configured by the machine that was there) and its end on the bridge."""
+        ns = self.ns(host)
+        ip("netns", "del", ns)
+        self.namespaces.remove(ns)
+        return self.add_machine(host, mac)
 
     def add_runner(self, host: str, address: str) -> str:
         """A namespace for the machine that runs the steps (``pulumi up``), with ``address``."""

@@ -31,7 +31,7 @@ from components.loki_gateway import ACCESS_LOG, PUSH_PATH
 from components.loki_limits import RELOAD_PERIOD_S
 from components.objectstore import API_PORT
 from offline.diff import diff_manifests
-from offline.engine import Registration, RunResult
+from offline.engine import PROBE_SUFFIX, Registration, RunResult
 from offline.plan import build_manifest, read_stack_config, run_program
 from offline.proxmox_cloudinit import generated_mac, nocloud_network
 from offline.real_loki import LOKI_VERSION, find_tools
@@ -50,6 +50,7 @@ from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
+from offline.rehearsal.rebuild import node_rebuilt
 from offline.rehearsal.repository import (
     KEY_FILE_NAME,
     build_loki_deb,
@@ -112,8 +113,10 @@ class VmPlan:
 
 def vm_plans(result: RunResult) -> list[VmPlan]:
     """Every VM of the program, from its registrations: the user-data its snippet holds and the
-    network config Proxmox would write from its settings."""
+    network config Proxmox would write from its settings (and the MAC the fake cloud gave it: another
+    one for a VM created anew)."""
     monitor = result.engine.monitor
+    generations = result.engine.cloud.rebuilt
     snippets = {r.plain_inputs["sourceRaw"]["fileName"]: r.plain_inputs["sourceRaw"]["data"]
                 for r in monitor.of_type(SNIPPET_TYPE)}
     plans = []
@@ -123,9 +126,10 @@ def vm_plans(result: RunResult) -> list[VmPlan]:
         user_data = snippets[f"lokistack-{name}-user-data.yaml"]
         device = (inputs.get("networkDevices") or [{}])[0]
         address = inputs["initialization"]["ipConfigs"][0]["ipv4"]["address"].split("/")[0]
-        mac = (device.get("macAddress") or generated_mac(name, 0)).lower()
+        generation = generations.get(name, 0)
+        mac = (device.get("macAddress") or generated_mac(name, 0, generation)).lower()
         plans.append(VmPlan(name=name, address=address, mac=mac, user_data=user_data,
-                            network_config=nocloud_network(name, inputs),
+                            network_config=nocloud_network(name, inputs, generation),
                             data_disk=len(inputs.get("disks") or []) > 1))
     return plans
 
@@ -143,9 +147,15 @@ class Rehearsal:
     """Certificates issued as renewed from now on (``tls.LocallySignedCert`` names)."""
     settings: dict[str, object] = field(default_factory=dict)
     """Settings changed so far (they stay changed for later runs of the program)."""
+    rebuilt: dict[str, int] = field(default_factory=dict)
+    """VM -> how many times it was created anew (``engine.FakeCloud.rebuilt``)."""
     parameters: dict[str, str] = field(default_factory=dict)
     """The setup scripts' parameters the rehearsal passes instead of the program's: Grafana's
     repository (URL, key URL, fingerprints) and the object store's server archive (URL, SHA-256)."""
+    template: Path | None = None
+    """The machines' template (``boot``)."""
+    repository_ca: bytes = b""
+    """The package repository server's CA certificate, which every machine trusts (``boot``)."""
     deployed: dict[str, Any] | None = None
     """The manifest of what the machines run, when an earlier version made it (``deploy_earlier``);
     ``None``: what ``result`` says (this version)."""
@@ -154,9 +164,51 @@ class Rehearsal:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     def program(self, **overrides: object) -> RunResult:
+        """Runs the program as ``pulumi up`` would now: with the certificates renewed so far, the VMs
+        created anew so far, the SSH host keys the running machines present (what a host-key probe
+        that runs finds; a machine not running presents its bootstrap key, as a new VM does), and
+        the commands' stdout as the last run left it (a probe whose inputs did not change does not
+        run again and keeps its answer)."""
+        kept = self.result.engine.cloud.commands if self.result is not None and self.deployed is None else {}
         self.result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}),
-                                  renewed=self.renewed)
+                                  renewed=self.renewed, rebuilt=self.rebuilt, presented=self.presented_keys(),
+                                  kept=kept)
         return self.result
+
+    def vm_plans(self) -> list[VmPlan]:
+        """The VMs of the program's last run (``vm_plans``)."""
+        assert self.result is not None
+        return vm_plans(self.result)
+
+    def presented_keys(self) -> dict[str, str]:
+        """Address -> the ed25519 host key each running machine presents, as ssh-keyscan from the runner sees it."""
+        if self.network is None:
+            return {}
+        found = {}
+        for plan in vm_plans(self.result) if self.result is not None else []:
+            machine = self.machines.get(plan.name)
+            if machine is None or machine.pid1() is None:
+                continue
+            proc = self.network.run(RUNNER, ["ssh-keyscan", "-T", "5", "-t", "ed25519", plan.address], timeout=30)
+            keys = [line.split()[1:3] for line in proc.stdout.splitlines() if not line.startswith("#")]
+            if keys and len(keys[0]) == 2:
+                found[plan.address] = " ".join(keys[0])
+        return found
+
+    def probe_problems(self, steps: Mapping[str, Step]) -> list[str]:
+        """A host-key probe that found another key on its machine than the program was run with
+        (``presented_keys``) is marked failed: the steps after it pinned the wrong key."""
+        assert self.result is not None
+        problems = []
+        for step in steps.values():
+            modeled = self.result.engine.cloud.stdout.get(step.name)
+            if step.registration.type != LOCAL or not step.name.endswith(PROBE_SUFFIX) or step.status != "ok":
+                continue
+            if step.stdout.strip() != (modeled or "").strip():
+                step.status = "failed"
+                problems.append(f"{step.name}: found {step.stdout.strip()!r} on its machine, the program was run "
+                                f"with {modeled!r}")
+        return problems
 
     def deploy_earlier(self, commit: str) -> None:
         """From now on ``result`` is ``commit``'s program (``earlier.py``): ``boot`` and ``run_steps``
@@ -183,24 +235,31 @@ class Rehearsal:
             repository_ca = self.start_repository()
         finally:
             self.save_state()
+        self.template, self.repository_ca = template, repository_ca
         for plan in vm_plans(self.result):
-            ns = self.network.add_machine(plan.name, plan.mac)
-            self.save_state()
-            machine = Machine(name=plan.name, netns=ns, run_dir=self.run_dir, template=template,
-                              user_data=plan.user_data, network_config=plan.network_config, data_disk=plan.data_disk)
-            self.machines[plan.name] = machine
-            machine.prepare()
-            # The rehearsal's repository server is trusted like a public CA (Grafana's is), and
-            # reached directly (apt would send HTTPS through the mirror proxy too).
-            (machine.root / REPOSITORY_CA).write_bytes(repository_ca)
-            (machine.root / "etc/apt/apt.conf.d/99-rehearsal-repository").write_text(
-                f'Acquire::https::Proxy::{GATEWAY} "DIRECT";\n')
-            with open(machine.root / SYSTEM_BUNDLE, "ab") as bundle:
-                bundle.write(repository_ca)
-            self.save_state()
+            self.add_machine(plan, self.network.add_machine(plan.name, plan.mac))
         for machine in self.machines.values():
             machine.start()
         self.save_state()
+
+    def add_machine(self, plan: VmPlan, netns: str) -> Machine:
+        """A new machine for ``plan`` in ``netns`` (not started): a fresh disk from the template with
+        its seed, a new data disk, and the rehearsal's repository trusted."""
+        assert self.template is not None
+        self.save_state()
+        machine = Machine(name=plan.name, netns=netns, run_dir=self.run_dir, template=self.template,
+                          user_data=plan.user_data, network_config=plan.network_config, data_disk=plan.data_disk)
+        self.machines[plan.name] = machine
+        machine.prepare()
+        # The rehearsal's repository server is trusted like a public CA (Grafana's is), and
+        # reached directly (apt would send HTTPS through the mirror proxy too).
+        (machine.root / REPOSITORY_CA).write_bytes(self.repository_ca)
+        (machine.root / "etc/apt/apt.conf.d/99-rehearsal-repository").write_text(
+            f'Acquire::https::Proxy::{GATEWAY} "DIRECT";\n')
+        with open(machine.root / SYSTEM_BUNDLE, "ab") as bundle:
+            bundle.write(self.repository_ca)
+        self.save_state()
+        return machine
 
     def start_repository(self) -> bytes:
         """Builds the package repository (the loki package cached by version and binary) and
@@ -260,6 +319,7 @@ class Rehearsal:
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
         wall = runner.run(self.steps)
+        self.probe_problems(self.steps)
         chain_s, chain = longest_chain(self.steps)
         self.figures.append(f"steps: wall {wall:.1f} s, longest chain {chain_s:.1f} s ({' > '.join(chain)})")
         return wall
@@ -269,14 +329,15 @@ class Rehearsal:
         returns the steps that changed something (a file placed, a service restarted), with the
         line that says so. The cloud-init wait and the host-key step are left out: they pin the
         snippet's bootstrap key, which the VM no longer has; Pulumi runs them again only for a new
-        VM (their trigger is the VM's id), which has the bootstrap key again."""
+        VM (their trigger names the VM as created), which has the bootstrap key again."""
         assert self.result is not None and self.network is not None
-        own_keys = {k.strip() for k in self.result.resolved["output:sshHostKeys"].value.values()}
+        own_keys = {" ".join(k.split()[:2]) for k in self.result.resolved["output:sshHostKeys"].value.values()}
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
         changed: dict[str, str] = {}
         again = [s for s in self.steps.values() if s.status in DONE and (
-            s.registration.type != REMOTE or s.registration.plain_inputs["connection"]["hostKey"].strip() in own_keys)]
+            s.registration.type != REMOTE
+            or " ".join(s.registration.plain_inputs["connection"]["hostKey"].split()[:2]) in own_keys)]
         for step in again:
             rerun = Step(registration=step.registration, needs=set())
             runner.run_one(rerun)
@@ -419,8 +480,9 @@ class Rehearsal:
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log, interrupts=interrupts or {})
         runner.run(steps)
-        problems = [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values()
-                    if s.status not in (*DONE, "not rehearsed", "skipped", "killed")]
+        problems = self.probe_problems(steps)
+        problems += [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values()
+                     if s.status not in (*DONE, "not rehearsed", "skipped", "killed")]
         problems += roll_report(list(steps.values()), list(LOKI_ADDRESSES)).overlaps
         return list(steps.values()), problems
 
@@ -617,7 +679,7 @@ def main(argv: list[str]) -> int:
             lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
             lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
             lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, lambda: data_disk_late(rehearsal),
-            lambda: holder_reboot(rehearsal)]
+            lambda: holder_reboot(rehearsal), lambda: node_rebuilt(rehearsal)]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()

@@ -43,6 +43,9 @@ class Step:
     killed (by the rehearsal, on purpose: ``Interrupt``)."""
     exit_code: int | None = None
     output: str = ""
+    """What the step printed, stdout then stderr."""
+    stdout: str = ""
+    """Its stdout alone (what Pulumi keeps as the command's ``stdout`` output)."""
     seconds: float = 0.0
     started: float = 0.0
 
@@ -157,8 +160,11 @@ class StepRunner:
             self._run_interrupted(step, stdin, interrupt)
             return
         for attempt in range(attempts):
-            argv = self._ssh(step) if step.registration.type == REMOTE else ["bash", "-c", inputs["create"]]
-            # A local step runs in the rehearsal's directory, not in the project (where Pulumi runs it).
+            # A local step runs where ``pulumi up`` runs: in the runner's namespace (it reaches the
+            # machines as the remote steps' SSH client does), in the rehearsal's directory, not in
+            # the project (where Pulumi runs it).
+            argv = self._ssh(step) if step.registration.type == REMOTE else [
+                "ip", "netns", "exec", self.runner_netns, "bash", "-c", inputs["create"]]
             proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=self.timeout_s,
                                   check=False, cwd=self.work)
             # ssh's own failures exit 255: a refused or dropped connection while the machine boots
@@ -171,6 +177,7 @@ class StepRunner:
             time.sleep(DIAL_DELAY_S)
         step.seconds = time.monotonic() - step.started
         step.exit_code = proc.returncode
+        step.stdout = proc.stdout
         step.output = proc.stdout + proc.stderr or f"(no output; exit {proc.returncode})"
         step.status = "ok" if proc.returncode == 0 else "failed"
 
