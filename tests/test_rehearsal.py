@@ -77,7 +77,6 @@ def booted_lab(tmp_path_factory: pytest.TempPathFactory, letter: str, section: s
         require_tool(tool)
     prefix = f"lk{letter}{os.getpid() % 10000}"
     lab = Rehearsal(run_dir=tmp_path_factory.mktemp(f"{prefix}-run"), prefix=prefix)
-    loops_before = set(subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout.split())
     try:
         yield lab
     finally:
@@ -86,8 +85,9 @@ def booted_lab(tmp_path_factory: pytest.TempPathFactory, letter: str, section: s
         for line in lab.figures:
             figure(section, line)
         assert not leftovers(prefix), f"the rehearsal left {leftovers(prefix)}"
-        loops_after = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout.split()
-        assert not [d for d in loops_after if d.endswith(":") and d not in loops_before], "loop devices left"
+        # Its own only (their backing files are in its directory): other labs may be up beside it.
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout.splitlines()
+        assert not [line for line in loops if str(lab.run_dir) in line], "loop devices left"
 
 
 @pytest.fixture(scope="module")

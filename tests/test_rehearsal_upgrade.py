@@ -8,22 +8,28 @@ a converged node must not, a second run changes nothing, every unit runs hardene
 through the VIP reads back with logcli. (The changes and events after a deploy, in
 ``test_rehearsal.py``, run on a fresh deployment of this version.)
 
-Each earlier version gets its own machines (one deployment each, about five minutes): the last
-commit before the gateway (Loki itself held port 3100; no per-VM SSH host key yet) and the last
-commit before this version learned to converge from any state (#22). Marked ``rehearsal``, as
-``test_rehearsal.py``: it needs root, systemd-container and debootstrap.
+Each earlier version gets its own machines: the last commit before the gateway (Loki itself held
+port 3100; no per-VM SSH host key yet) and the last commit before this version learned to converge
+from any state (#22). Both are deployed from nothing at the same time (each deploy mostly waits, on
+boots, apt and Loki: about two minutes each), then each is upgraded and checked in turn, and taken
+down once its checks are done. Marked ``rehearsal``, as ``test_rehearsal.py``: it needs root,
+systemd-container and debootstrap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 
 from offline.rehearsal.earlier import VERSIONS
 from offline.rehearsal.run import Rehearsal
+from offline.rehearsal.settings import GATEWAY
+from offline.rehearsal.template import build_template
 from offline.rehearsal.upgrade import UpgradeReport, upgrade
 from tests.conftest import figure
 from tests.test_rehearsal import booted_lab
@@ -39,18 +45,38 @@ class Upgraded:
     earlier_failed: dict[str, str]
 
 
+def deploy_earlier(lab: Rehearsal, commit: str) -> float:
+    """``commit``'s stack from nothing on ``lab``'s machines; returns the seconds it took."""
+    t0 = time.monotonic()
+    lab.deploy_earlier(commit)
+    lab.boot()
+    lab.run_steps()
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def earlier_labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Rehearsal]]:
+    """Every earlier version deployed on machines of its own, all at the same time."""
+    with contextlib.ExitStack() as labs_open:
+        labs = {commit: labs_open.enter_context(booted_lab(tmp_path_factory, letter, SECTION, "git"))
+                for commit, letter in zip(VERSIONS, "uvwxyz", strict=False)}
+        build_template(GATEWAY)  # once, before the labs boot from it
+        with ThreadPoolExecutor(max_workers=len(labs)) as pool:
+            deploys = {commit: pool.submit(deploy_earlier, lab, commit) for commit, lab in labs.items()}
+            for commit, deploy in deploys.items():
+                figure(SECTION, f"{commit} ({VERSIONS[commit]}) from nothing to a ready stack: {deploy.result():.1f} s "
+                       f"(beside {len(labs) - 1} other deployment(s))")
+        yield labs
+
+
 @pytest.fixture(scope="module", params=list(VERSIONS), ids=list(VERSIONS))
-def upgraded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgraded]:
+def upgraded(request: pytest.FixtureRequest, earlier_labs: dict[str, Rehearsal]) -> Iterator[Upgraded]:
     commit: str = request.param
-    with booted_lab(tmp_path_factory, "u", SECTION, "git") as lab:
-        t0 = time.monotonic()
-        lab.deploy_earlier(commit)
-        lab.boot()
-        lab.run_steps()
-        figure(SECTION, f"{commit} ({VERSIONS[commit]}) from nothing to a ready stack: {time.monotonic() - t0:.1f} s")
-        failed = {s.name: s.output[-1500:] for s in lab.steps.values() if s.status == "failed"}
-        report = upgrade(lab, commit) if not failed else UpgradeReport(commit=commit)
-        yield Upgraded(lab=lab, report=report, earlier_failed=failed)
+    lab = earlier_labs[commit]
+    failed = {s.name: s.output[-1500:] for s in lab.steps.values() if s.status == "failed"}
+    report = upgrade(lab, commit) if not failed else UpgradeReport(commit=commit)
+    yield Upgraded(lab=lab, report=report, earlier_failed=failed)
+    lab.close()  # its checks are done: its machines need not idle beside the next upgrade
 
 
 def test_the_earlier_version_deploys(upgraded):
