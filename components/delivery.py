@@ -81,9 +81,7 @@ def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str], host
     the connection, an input of every step that uses it, changes when the machine is created
     anew, and pulumi-command runs a step whose inputs changed again."""
     def build(values: list[str]) -> command.remote.ConnectionArgsDict:
-        pinned = " ".join(values[1].split()[:2])
-        if values[2]:
-            pinned += f" lokistack:{values[2]}"
+        pinned = f"{' '.join(values[1].split()[:2])} lokistack:{values[2]}" if values[2] else values[1].strip()
         return {"host": host, "user": user, "private_key": values[0], "host_key": pinned,
                 "dial_error_limit": SSH_DIAL_ATTEMPTS, "per_dial_timeout": 10}
 

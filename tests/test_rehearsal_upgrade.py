@@ -8,12 +8,13 @@ a converged node must not, a second run changes nothing, every unit runs hardene
 through the VIP reads back with logcli. (The changes and events after a deploy, in
 ``test_rehearsal.py``, run on a fresh deployment of this version.)
 
-Each earlier version gets its own machines: the last commit before the gateway (Loki itself held
-port 3100; no per-VM SSH host key yet) and the last commit before this version learned to converge
-from any state (#22). Both are deployed from nothing at the same time (each deploy mostly waits, on
-boots, apt and Loki: about two minutes each), then each is upgraded and checked in turn, and taken
-down once its checks are done. Marked ``rehearsal``, as ``test_rehearsal.py``: it needs root,
-systemd-container and debootstrap.
+Each earlier version gets its own machines: the last commit before this version learned to
+converge from any state (#22), and, with ``LOKISTACK_UPGRADE_FROM=all`` (or a comma-separated list of
+commits), the last commit before the gateway (Loki itself held port 3100; no per-VM SSH host key
+yet): each one costs a deployment from nothing, and CI upgrades from the nearest only. Several are
+deployed from nothing at the same time (each deploy mostly waits, on boots, apt and Loki: about two
+minutes each), then each is upgraded and checked in turn, and taken down once its checks are done.
+Marked ``rehearsal``, as ``test_rehearsal.py``: it needs root, systemd-container and debootstrap.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from offline.rehearsal.earlier import VERSIONS
+from offline.rehearsal.earlier import VERSIONS, upgrade_sources
 from offline.rehearsal.run import Rehearsal
 from offline.rehearsal.settings import GATEWAY
 from offline.rehearsal.template import build_template
@@ -36,6 +37,8 @@ from tests.test_rehearsal import booted_lab
 
 SECTION = "Upgrade rehearsal from earlier commits on booted Debian 12 systems (measured)"
 pytestmark = pytest.mark.rehearsal
+SOURCES = upgrade_sources()
+"""The earlier commits this run upgrades from (``UPGRADE_FROM``)."""
 
 
 @dataclass
@@ -59,7 +62,7 @@ def earlier_labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """Every earlier version deployed on machines of its own, all at the same time."""
     with contextlib.ExitStack() as labs_open:
         labs = {commit: labs_open.enter_context(booted_lab(tmp_path_factory, letter, SECTION, "git"))
-                for commit, letter in zip(VERSIONS, "uvwxyz", strict=False)}
+                for commit, letter in zip(SOURCES, "uvwxyz", strict=False)}
         build_template(GATEWAY)  # once, before the labs boot from it
         with ThreadPoolExecutor(max_workers=len(labs)) as pool:
             deploys = {commit: pool.submit(deploy_earlier, lab, commit) for commit, lab in labs.items()}
@@ -69,7 +72,7 @@ def earlier_labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         yield labs
 
 
-@pytest.fixture(scope="module", params=list(VERSIONS), ids=list(VERSIONS))
+@pytest.fixture(scope="module", params=SOURCES, ids=SOURCES)
 def upgraded(request: pytest.FixtureRequest, earlier_labs: dict[str, Rehearsal]) -> Iterator[Upgraded]:
     commit: str = request.param
     lab = earlier_labs[commit]
@@ -111,3 +114,4 @@ def test_after_the_upgrade_every_unit_runs_with_its_hardening(upgraded):
 def test_after_the_upgrade_a_line_pushed_through_the_vip_reads_back_with_logcli(upgraded):
     problems = upgraded.lab.push_and_read()
     assert not problems, "\n".join(problems)
+

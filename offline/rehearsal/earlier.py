@@ -19,9 +19,11 @@ attribute order, for one), and the upgrade would look like a new CA that no real
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,27 @@ BEFORE_CONVERGE = "2395182"
 """The last commit before the roll checked the ring and steps converged from what runs (#22)."""
 VERSIONS = {BEFORE_GATEWAY: "the last version before the gateway",
             BEFORE_CONVERGE: "the last version before converging from any state"}
+UPGRADE_FROM = "LOKISTACK_UPGRADE_FROM"
+"""Which of ``VERSIONS`` the upgrade rehearsal starts from: commits, comma-separated, or ``all``."""
+DEFAULT_UPGRADE_FROM = (BEFORE_CONVERGE,)
+"""The nearest earlier version only: each one costs a deployment from nothing (about four minutes of
+CI with its upgrade; CI must stay under 35 minutes)."""
+
+
+def upgrade_sources(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The earlier commits to upgrade from (``UPGRADE_FROM``; ``DEFAULT_UPGRADE_FROM`` when unset)."""
+    value = environ.get(UPGRADE_FROM, "").strip()
+    if not value:
+        return list(DEFAULT_UPGRADE_FROM)
+    if value == "all":
+        return list(VERSIONS)
+    chosen = [c.strip() for c in value.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in VERSIONS]
+    if unknown or not chosen:
+        raise ValueError(f"{UPGRADE_FROM}={value!r}: {unknown or 'nothing'} is not an earlier version the rehearsal "
+                         f"knows; use some of {', '.join(VERSIONS)} (comma-separated) or all, e.g. "
+                         f"{UPGRADE_FROM}={','.join(VERSIONS)}")
+    return chosen
 
 EXPORT = r"""
 import dataclasses, importlib.util, json, sys
