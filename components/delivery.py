@@ -72,6 +72,11 @@ SSH_DIAL_ATTEMPTS = 90
 """With 10 s per attempt: up to 15 minutes for a new VM to boot and run cloud-init."""
 
 
+def key_body(key: str) -> str:
+    """An OpenSSH public key's type and base64, without its comment: what identifies the key."""
+    return " ".join(key.split()[:2])
+
+
 def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str], host_key: pulumi.Input[str],
                    instance: pulumi.Input[str] = "") -> pulumi.Output[command.remote.ConnectionArgsDict]:
     """A secret SSH connection that verifies the host against ``host_key`` (OpenSSH public key).
@@ -81,7 +86,7 @@ def ssh_connection(*, host: str, user: str, private_key: pulumi.Input[str], host
     the connection, an input of every step that uses it, changes when the machine is created
     anew, and pulumi-command runs a step whose inputs changed again."""
     def build(values: list[str]) -> command.remote.ConnectionArgsDict:
-        pinned = f"{' '.join(values[1].split()[:2])} lokistack:{values[2]}" if values[2] else values[1].strip()
+        pinned = f"{key_body(values[1])} lokistack:{values[2]}" if values[2] else values[1].strip()
         return {"host": host, "user": user, "private_key": values[0], "host_key": pinned,
                 "dial_error_limit": SSH_DIAL_ATTEMPTS, "per_dial_timeout": 10}
 

@@ -31,7 +31,7 @@ import pulumi_proxmoxve as proxmoxve
 import pulumi_tls as tls
 import yaml
 
-from components.delivery import ssh_connection
+from components.delivery import key_body, ssh_connection
 from components.hostfile import HostFile
 from components.scripts import render_script
 
@@ -61,9 +61,9 @@ CLOUD_INIT_RESULT = "/run/cloud-init/result.json"
 """Written by cloud-init when its last stage has finished, with every error it recorded."""
 CLOUD_INIT_TIMEOUT_S = 1800  # packages from the mirrors on a slow line
 PROBE_TIMEOUT_S = 900
+"""How long the host-key probe waits for a new VM's SSH server (boot, then cloud-init's first stage)."""
 PROBE_SUFFIX = "-host-key-probe"
 """The host-key probe's resource name after the VM component's name."""
-"""How long the host-key probe waits for a new VM's SSH server (boot, then cloud-init's first stage)."""
 WAIT_SCRIPT = render_script("wait-for-cloud-init.sh", {"RESULT_FILE": CLOUD_INIT_RESULT,
                                                        "TIMEOUT_S": CLOUD_INIT_TIMEOUT_S})
 
@@ -232,8 +232,8 @@ def vm_instance(hostname: str, vm_id: str, network_devices: Sequence[Any] | None
 
 def presented_key(hostname: str, address: str, stdout: str, bootstrap: str, own: str) -> str:
     """The key the host-key probe found, if it is one of the VM's two (the probe refuses any other)."""
-    seen = " ".join(stdout.split()[:2])
-    known = {" ".join(bootstrap.split()[:2]), " ".join(own.split()[:2])}
+    seen = key_body(stdout)
+    known = {key_body(bootstrap), key_body(own)}
     if seen not in known:
         raise ValueError(f"{hostname} ({address}): the host-key probe answered {stdout.strip()!r}, which is "
                          "neither the VM's bootstrap SSH host key nor its own")

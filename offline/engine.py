@@ -344,10 +344,9 @@ class FakeCloud(pulumi.runtime.Mocks):
         self.kept = dict(kept or {})
         """Command name -> (hash of its inputs, its stdout) as an earlier run left them in the state: a
         command whose inputs did not change does not run again and keeps its stdout."""
-        self.stdout: dict[str, str] = {}
-        """Command name -> the stdout handed out (the host-key probes' answers)."""
         self.commands: dict[str, tuple[str, str]] = {}
-        """Command name -> (hash of its inputs, its stdout): what the state keeps of this run (``kept``)."""
+        """Command name -> (hash of its inputs, its stdout) handed out in this run: what the state keeps
+        (``kept`` of the next run); the stdout is the host-key probes' answers."""
         self.secret_values: dict[str, str] = {}
         """Every secret string handed out (or given as secret config) -> a label for it."""
 
@@ -397,7 +396,6 @@ class FakeCloud(pulumi.runtime.Mocks):
                 stdout = probe_answer(name, str(unwrap(inputs.get("stdin")) or ""), self.presented)
             else:
                 stdout = ""
-            self.stdout[name] = stdout
             self.commands[name] = (digest, stdout)
             rid, state = f"{name}-cmd", {**inputs, "stdout": stdout, "stderr": ""}
         elif typ == "random:index/randomPassword:RandomPassword":

@@ -259,6 +259,7 @@ async def test_the_host_key_probe_runs_after_the_vm_where_pulumi_runs_on_each_ne
     assert vm_reg.urn in probe.dependencies, "loki-01-host-key-probe must wait for loki-01-vm"
     assert probe.plain_inputs["triggers"] == [f"vm-{vm_reg.id}-{engine.generated_mac('loki-01', 0)}"], (
         "loki-01-host-key-probe must run again for a VM created anew")
+    assert engine.PROBE_SUFFIX == PROBE_SUFFIX, "the fake engine must answer for the probe by its name"
     params = engine.script_parameters(probe.plain_inputs["stdin"])
     assert params["ADDRESS"] == "192.168.50.21" and params["OWN_KEY"] == own_public_key(), (
         f"loki-01-host-key-probe asks {params.get('ADDRESS')} for the wrong keys: {params}")

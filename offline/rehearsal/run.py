@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from components.delivery import key_body
 from components.loki_config import HTTP_PORT
 from components.loki_gateway import ACCESS_LOG, PUSH_PATH
 from components.loki_limits import RELOAD_PERIOD_S
@@ -202,10 +203,10 @@ class Rehearsal:
         assert self.result is not None
         problems = []
         for step in steps.values():
-            modeled = self.result.engine.cloud.stdout.get(step.name)
+            modeled = self.result.engine.cloud.commands.get(step.name, ("", ""))[1]
             if step.registration.type != LOCAL or not step.name.endswith(PROBE_SUFFIX) or step.status != "ok":
                 continue
-            if step.stdout.strip() != (modeled or "").strip():
+            if step.stdout.strip() != modeled.strip():
                 step.status = "failed"
                 problems.append(f"{step.name}: found {step.stdout.strip()!r} on its machine, the program was run "
                                 f"with {modeled!r}")
@@ -332,13 +333,13 @@ class Rehearsal:
         snippet's bootstrap key, which the VM no longer has; Pulumi runs them again only for a new
         VM (their trigger names the VM as created), which has the bootstrap key again."""
         assert self.result is not None and self.network is not None
-        own_keys = {" ".join(k.split()[:2]) for k in self.result.resolved["output:sshHostKeys"].value.values()}
+        own_keys = {key_body(k) for k in self.result.resolved["output:sshHostKeys"].value.values()}
         runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
         changed: dict[str, str] = {}
         again = [s for s in self.steps.values() if s.status in DONE and (
             s.registration.type != REMOTE
-            or " ".join(s.registration.plain_inputs["connection"]["hostKey"].split()[:2]) in own_keys)]
+            or key_body(s.registration.plain_inputs["connection"]["hostKey"]) in own_keys)]
         by_host: dict[str, list[Step]] = {}
         for step in again:
             by_host.setdefault(step.host, []).append(step)
