@@ -177,6 +177,8 @@ class LokiCluster(pulumi.ComponentResource):
         order = roll_order(list(hosts), args.handover.priorities)
         disk_path_unit, disk_starter_unit = unit_names(UNIT)
         previous: command.remote.Command | None = None
+        firewalls: dict[str, FileDelivery] = {}
+        staged_by_host: dict[str, tuple[FileDelivery, command.remote.Command, str]] = {}
         for host in (hosts[n] for n in order):
             setup_script = render_script("loki-setup.sh", {
                 "DATA_DEVICE": args.data_device, "DATA_DIR": args.config.data_dir, "LOKI_VERSION": args.version,
@@ -213,6 +215,14 @@ class LokiCluster(pulumi.ComponentResource):
                 f"{name}-{host.name}-runtime-apply", connection=after(host.connection, runtime_staged.command),
                 create="sudo bash -s", stdin=runtime_script, triggers=[runtime_staged.digest, runtime_script],
                 opts=child)
+            firewalls[host.name] = firewall
+            staged_by_host[host.name] = (staged, runtime_apply, setup_script)
+            self.host_files += firewall.host_files + staged.host_files + runtime_staged.host_files
+        # A node's Loki starts (or restarts) only once every node's firewall lets every node in:
+        # a node added joins memberlist through the others, which must let it in first.
+        every_firewall = [f.command for f in firewalls.values()]
+        for host in (hosts[n] for n in order):
+            staged, runtime_apply, setup_script = staged_by_host[host.name]
             apply_script = render_script("loki-apply.sh", {
                 "STAGE_DIR": STAGE_DIR, "CONFIG_FILE": CONFIG_FILE, "ENV_FILE": ENV_FILE, "DROPIN_FILE": DROPIN_FILE,
                 # Loki itself, on loopback (not through the gateway, which may not be there yet).
@@ -226,6 +236,8 @@ class LokiCluster(pulumi.ComponentResource):
             }, libraries=["lib-safe-write.sh", "lib-place.sh", "lib-wait-ready.sh", "lib-clock.sh",
                           "lib-vip-handover.sh", "lib-ring-check.sh", "lib-gateway-port.sh"])
             connection: pulumi.Output[Any] = after(after(host.connection, staged.command), runtime_apply)
+            for firewall_step in every_firewall:
+                connection = after(connection, firewall_step)
             if previous is not None:  # rolling: only after the previous node is ready again
                 connection = after(connection, previous)
             # Every apply, not only the roll's first: where only this node's steps run (a VM created
@@ -237,7 +249,6 @@ class LokiCluster(pulumi.ComponentResource):
                                            create="sudo bash -s", stdin=apply_script,
                                            triggers=[staged.digest, setup_script, host.tls_digest], opts=child)
             self.applies.append(apply)
-            self.host_files += firewall.host_files + staged.host_files + runtime_staged.host_files
             previous = apply
 
         self.node_urls = pulumi.Output.from_input({h.name: f"https://{h.fqdn}:{HTTP_PORT}" for h in args.hosts})

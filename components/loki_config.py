@@ -139,13 +139,20 @@ def common(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
     }}
 
 
+JOIN_SEEDS = 3
+"""How many nodes (the first ones) a starting node asks to join memberlist: one that answers is
+enough, and the gossip brings every other member. Not every node: adding a node, or retiring one
+after the first three, then leaves every other node's config as it is, so that scaling restarts no
+Loki (the config's SHA-256 decides a restart: ``components/loki.py``)."""
+
+
 def memberlist(spec: LokiConfigSpec, node: LokiNodeSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/configure/#memberlist"""
     section: dict[str, Any] = {
         "node_name": node.name,
         "randomize_node_name": False,
         "bind_port": MEMBERLIST_PORT,
-        "join_members": [f"{n.address}:{MEMBERLIST_PORT}" for n in spec.nodes],
+        "join_members": [f"{n.address}:{MEMBERLIST_PORT}" for n in spec.nodes[:JOIN_SEEDS]],
         "cluster_label": spec.cluster_label,
     }
     if spec.internal_tls:

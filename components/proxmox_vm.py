@@ -209,6 +209,8 @@ class ProxmoxVmArgs:
     """The stack's own SSH private key (secret), used for the connection."""
     hosts: Sequence[HostEntry]
     """/etc/hosts entries: every stack host and the VIP."""
+    retiring: bool = False
+    """The VM is on its way out (``lokiRetiring``): not protected, so that the next run may delete it."""
 
     @property
     def fqdn(self) -> str:
@@ -330,10 +332,11 @@ class ProxmoxVm(pulumi.ComponentResource):
             # The user-data is for the first boot only (cloud-init runs once), so a changed snippet
             # must not replace a running VM (in a preview its new id is unknown, which reads as one).
             # A VM that keeps data (Loki's WAL, the object store's buckets) is protected: Pulumi
-            # refuses to delete or replace it until someone unprotects it on purpose.
+            # refuses to delete or replace it until someone unprotects it on purpose (for a Loki node:
+            # by retiring it, which first takes it out of the ring).
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["disks[0].importFrom",
                                                                      "initialization.userDataFileId"],
-                                        protect=args.role in DATA_ROLES),
+                                        protect=args.role in DATA_ROLES and not args.retiring),
         )
 
         # The VM as created now: a new VM gets another MAC (the id Proxmox may give again).

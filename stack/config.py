@@ -135,14 +135,22 @@ class LokiSettings:
     """MiB/s the cluster accepts through the VIP."""
     ingestion_burst_mb: int
     """MiB accepted at once above the rate (at least the rate)."""
-    nodes: tuple[VmSettings, ...]
-    """1 node (single-node mode) or 3 and more."""
+    vms: tuple[VmSettings, ...]
+    """Every Loki VM, in the order of ``lokiNodes``: the running nodes and those retiring."""
+    retiring: frozenset[str] = frozenset()
+    """Nodes of ``lokiNodes`` being taken out (``lokiRetiring``): their VMs stay until the next run, Loki
+    and everything around it stop there first, and no other node counts on them any more."""
     schema_from: str
     """First day of the schema period, YYYY-MM-DD."""
     internal_tls: bool
     """TLS and client certificates between the nodes."""
     require_client_certs: bool
     """Client certificates required on HTTP."""
+
+    @property
+    def nodes(self) -> tuple[VmSettings, ...]:
+        """The nodes that run Loki: 1 (single-node mode) or 3 and more."""
+        return tuple(vm for vm in self.vms if vm.name not in self.retiring)
 
     @property
     def replication_factor(self) -> int:
@@ -215,8 +223,9 @@ class Settings:
 
     @property
     def vms(self) -> tuple[VmSettings, ...]:
-        """Every VM of the stack, in a fixed order: Loki nodes, object store, Grafana."""
-        return (*self.loki.nodes, self.object_store.vm, self.grafana)
+        """Every VM of the stack, in a fixed order: Loki nodes (as listed in ``lokiNodes``, retiring ones
+        included), object store, Grafana."""
+        return (*self.loki.vms, self.object_store.vm, self.grafana)
 
 
 # --- Errors -----------------------------------------------------------------------------
@@ -694,11 +703,32 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
         check.fail("lokiSchemaFrom", "must be a date YYYY-MM-DD that is not in the future (Loki needs a schema "
                    "for today); keep it once data exists", schema_from, "2025-01-01")
         return None
-    if not nodes:
+    retiring = _retiring(v, check)
+    if not nodes or retiring is None:
         return None
     return LokiSettings(version=version, retention=v["lokiRetention"], ingestion_rate_mb=v["lokiIngestionRateMb"],
-                        ingestion_burst_mb=burst, nodes=nodes, schema_from=schema_from,
+                        ingestion_burst_mb=burst, vms=nodes, retiring=retiring, schema_from=schema_from,
                         internal_tls=v["lokiInternalTls"], require_client_certs=v["lokiRequireClientCerts"])
+
+
+def _retiring(v: dict[str, Any], check: _Checker) -> frozenset[str] | None:
+    """``lokiRetiring``: nodes of ``lokiNodes``, each once, leaving at least 3 (replication factor 3)."""
+    names, retiring = list(v["lokiNodes"]), list(v["lokiRetiring"])
+    example = json.dumps(names[-1:]) if len(names) > 3 else '[]'
+    problems = 0
+    for i, name in enumerate(retiring):
+        if name not in names:
+            check.fail(f"lokiRetiring[{i}]", "must name a node of lokiNodes (remove a node from lokiNodes only in the "
+                       "run after it retired)", name, example)
+            problems += 1
+        elif name in retiring[:i]:
+            check.fail(f"lokiRetiring[{i}]", "must name each node once", name, example)
+            problems += 1
+    if not problems and retiring and len(names) - len(retiring) < 3:
+        check.fail("lokiRetiring", f"must leave at least 3 of the {len(names)} nodes of lokiNodes running "
+                   "(replication factor 3; single-node mode cannot be reached by retiring nodes)", retiring, example)
+        problems += 1
+    return None if problems else frozenset(retiring)
 
 
 def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:

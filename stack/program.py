@@ -48,6 +48,7 @@ from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.loki_gateway import GatewayHost, LokiGateway, LokiGatewayArgs
 from components.loki_gateway import Peer as GatewayPeer
 from components.loki_limits import LokiLimits
+from components.loki_retire import LokiRetirement, LokiRetirementArgs, RetiringNode
 from components.monitoring import CertificateExpiry, MonitoringSpec, Target, render_rules, render_scrape_config
 from components.monitoring import signals as monitoring_signals
 from components.objectstore import (
@@ -140,7 +141,7 @@ def vm_args(settings: Settings, vm: VmSettings, image_id: pulumi.Input[str], dep
         vm_datastore=pve.vm_datastore, snippet_datastore=pve.snippet_datastore, image_id=image_id,
         admin_user=settings.ssh.admin_user, admin_keys=settings.ssh.admin_keys,
         deploy_public_key=deploy_key.public_key_openssh, deploy_private_key=deploy_key.private_key_openssh,
-        hosts=hosts,
+        hosts=hosts, retiring=vm.name in settings.loki.retiring,
     )
 
 
@@ -194,6 +195,19 @@ def build(settings: Settings) -> Deployment:
         for name, connection in connections.items()
     }
 
+    # Scale-in: a retiring node leaves (the VIP, the ring) before any step of the other Loki nodes.
+    retire_steps = LokiRetirement("loki-retiring", LokiRetirementArgs(
+        nodes=[RetiringNode(name=name, connection=after(vms[name].connection, deliveries[f"{name}-tls"].command))
+               for name in sorted(settings.loki.retiring)],
+        loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps if (
+        settings.loki.retiring) else []
+    loki_connections: dict[str, pulumi.Output[Any]] = {}
+    for node in settings.loki.nodes:
+        connection = after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command)
+        for step in retire_steps:
+            connection = after(connection, step)
+        loki_connections[node.name] = connection
+
     object_store, loki_bucket, metrics_reader = build_object_store(settings, vms, certificates, deliveries)
     loki_spec = loki_config_spec(settings)
     monitoring = monitoring_spec(settings, loki_spec)
@@ -204,8 +218,7 @@ def build(settings: Settings) -> Deployment:
     try:
         loki = LokiCluster("loki", LokiClusterArgs(
             config=loki_spec,
-            hosts=[LokiHost(name=node.name, fqdn=node.fqdn,
-                            connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+            hosts=[LokiHost(name=node.name, fqdn=node.fqdn, connection=loki_connections[node.name],
                             tls_digest=deliveries[f"{node.name}-tls"].digest)
                    for node in settings.loki.nodes],
             version=settings.loki.version, data_device=DATA_DISK_PATH,
@@ -218,8 +231,7 @@ def build(settings: Settings) -> Deployment:
         package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
                                                            **loki.setups}
         gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
-            hosts=[GatewayHost(name=node.name,
-                               connection=after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command),
+            hosts=[GatewayHost(name=node.name, connection=loki_connections[node.name],
                                tls_digest=deliveries[f"{node.name}-tls"].digest)
                    for node in settings.loki.nodes],
             require_client_certs=settings.loki.require_client_certs,
@@ -231,7 +243,7 @@ def build(settings: Settings) -> Deployment:
         # A handover and a keepalived reload on another node never overlap (``VirtualIp.settled``): the
         # gateway's applies (one may hand the VIP over, after an upgrade) come before every keepalived
         # apply, and Loki's roll after every node's last keepalived step.
-        vip = build_vip(settings, vms, certificates, deliveries, after_steps=package_steps,
+        vip = build_vip(settings, loki_connections, certificates, after_steps=package_steps,
                         apply_after=list(gateway.applies.values()))
     except BaseException as error:
         # Loki's first apply waits for this value: left unresolved, the program would hang, not fail.
@@ -366,8 +378,7 @@ def failed_output(error: BaseException) -> pulumi.Output[list[str]]:
     return pulumi.Output.from_input(None).apply(fail)
 
 
-def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-              deliveries: dict[str, FileDelivery], *,
+def build_vip(settings: Settings, connections: dict[str, pulumi.Output[Any]], certificates: StackCertificates, *,
               after_steps: dict[str, pulumi.CustomResource],
               apply_after: list[pulumi.CustomResource]) -> VirtualIp:
     """keepalived on the Loki nodes, each node's setup after ``after_steps[node]`` (the node's
@@ -381,8 +392,7 @@ def build_vip(settings: Settings, vms: dict[str, ProxmoxVm], certificates: Stack
             nopreempt=vip.nopreempt, check_interval=vip.check_interval, check_fall=vip.check_fall,
             check_rise=vip.check_rise, loki_grace_s=vip.loki_grace_s),
         nodes=[VipNode(name=n.name, address=str(n.address),
-                       connection=after(after(vms[n.name].connection, deliveries[f"{n.name}-tls"].command),
-                                        after_steps[n.name]),
+                       connection=after(connections[n.name], after_steps[n.name]),
                        client_cert_pem=certificates.health[n.name].cert_pem,
                        client_key_pem=certificates.health[n.name].private_key_pem)
                for n in settings.loki.nodes],

@@ -59,6 +59,17 @@ def test_per_vm_proxmox_nodes(use_config):
     assert s.grafana.proxmox_node == "pve2" and s.object_store.vm.proxmox_node == "pve"
 
 
+def test_a_retiring_node_keeps_its_vm_but_runs_no_loki(use_config):
+    use_config({"lokiNodes": ["loki-01", "loki-02", "loki-03", "loki-04"],
+                "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"],
+                "lokiRetiring": ["loki-02"]})
+    s = load_settings()
+    assert [n.name for n in s.loki.nodes] == ["loki-01", "loki-03", "loki-04"], "loki-02 still runs Loki"
+    assert [vm.name for vm in s.vms][:4] == ["loki-01", "loki-02", "loki-03", "loki-04"], (
+        "the retiring loki-02's VM must stay, in the order of lokiNodes")
+    assert s.loki.retiring == {"loki-02"} and s.loki.replication_factor == 3
+
+
 def test_forever_retention_is_allowed(use_config):
     use_config({"lokiRetention": "0s"})
     assert load_settings().loki.retention == "0s"
@@ -95,6 +106,13 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str, str]] = [
      "one address per entry of lokiNodes (3)"),
     ("Proxmox node count differs", {"lokiProxmoxNodes": ["pve1", "pve2"]}, (), "lokiProxmoxNodes",
      "one Proxmox node per entry"),
+    ("retiring a node not listed", {"lokiRetiring": ["loki-09"]}, (), "lokiRetiring[0]",
+     "must name a node of lokiNodes"),
+    ("retiring a node twice", {"lokiNodes": ["loki-01", "loki-02", "loki-03", "loki-04", "loki-05"],
+                               "lokiAddresses": [f"192.168.50.{21 + i}" for i in range(5)],
+                               "lokiRetiring": ["loki-05", "loki-05"]}, (), "lokiRetiring[1]", "each node once"),
+    ("retiring below three nodes", {"lokiRetiring": ["loki-03"]}, (), "lokiRetiring",
+     "must leave at least 3 of the 3 nodes"),
     ("router id 0", {"vipRouterId": 0}, (), "vipRouterId", "between 1 and 255"),
     ("router id 256", {"vipRouterId": 256}, (), "vipRouterId", "between 1 and 255"),
     ("hostname with underscore", {"lokiNodes": ["loki_01", "loki-02", "loki-03"]}, (), "lokiNodes[0]", "RFC 1123"),

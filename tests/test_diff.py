@@ -59,7 +59,10 @@ def test_a_grafana_version_change_touches_nothing_of_loki_the_vip_or_the_object_
     assert result.names() <= {"grafana-setup", "grafana-ready"}
 
 
-def test_adding_a_loki_node_replaces_no_vm_and_updates_the_peers(example):
+def test_adding_a_loki_node_replaces_no_vm_updates_the_peers_and_restarts_no_loki(example):
+    """Scale-out: the new VM and its steps; the others learn of the new peer (firewall, keepalived,
+    gateway) but their Loki configs stay as they are (memberlist joins through the first three
+    nodes), so that their applies restart no Loki."""
     result = diff(example, lokiNodes=[*LOKI, "loki-04"],
                   lokiAddresses=["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"])
     vms = {c.name for c in result.changes if c.type == "proxmoxve:index/vmLegacy:VmLegacy"}
@@ -68,8 +71,11 @@ def test_adding_a_loki_node_replaces_no_vm_and_updates_the_peers(example):
     assert not {c.name for c in result.changes if c.action in ("replace", "delete") and
                 c.type.startswith(("proxmoxve:index/vmLegacy", "tls:"))}, "an existing VM or certificate is replaced"
     for node in LOKI:
-        config = result.files[(node, "/etc/loki/lokistack-staged/config.yml")]
-        assert "+  - 192.168.50.24:7946" in config, f"{node}: the new peer is not in memberlist's join_members"
+        assert (node, "/etc/loki/lokistack-staged/config.yml") not in result.files, (
+            f"{node}'s Loki config changed, so its apply would restart Loki: "
+            f"{result.files[(node, '/etc/loki/lokistack-staged/config.yml')]}")
+        assert "192.168.50.24" in result.files[(node, "/etc/lokistack/firewall.nft")], (
+            f"{node}'s firewall does not let the new node in")
         keepalived = result.files[(node, "/etc/keepalived/lokistack-staged/keepalived.conf")]
         assert "+        192.168.50.24" in keepalived, f"{node}: the new peer is not a unicast peer"
     assert result.of("loki-loki-01-apply") and result.of("vip-loki-01-apply")
@@ -96,7 +102,8 @@ def test_diff_against_a_written_manifest_and_from_the_command_line(tmp_path):
 
 def test_losing_the_first_node_changes_the_others_only_in_their_peer_lists():
     """No node is special (the compactor is elected by Loki's ring): removing the first of four
-    nodes changes the others' Loki configs only where they list their peers."""
+    nodes changes the others' Loki configs only where they list the nodes memberlist joins through
+    (the first three)."""
     four = {"lokiNodes": [*LOKI, "loki-04"],
             "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"]}
     without_first = {"lokiNodes": four["lokiNodes"][1:], "lokiAddresses": four["lokiAddresses"][1:]}
@@ -105,7 +112,8 @@ def test_losing_the_first_node_changes_the_others_only_in_their_peer_lists():
         text = result.files[(node, "/etc/loki/lokistack-staged/config.yml")]
         changed = [line for line in text.splitlines()
                    if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
-        assert changed == ["-  - 192.168.50.21:7946"], f"{node}'s config changed beyond its peer list: {changed}"
+        assert changed == ["-  - 192.168.50.21:7946", "+  - 192.168.50.24:7946"], (
+            f"{node}'s config changed beyond the nodes it joins through: {changed}")
 
 
 def test_the_diff_is_the_same_whatever_the_old_stack_file_is_called(tmp_path):
@@ -145,3 +153,42 @@ def test_vms_that_keep_data_are_protected():
     for reg in program.engine.monitor.of_type("proxmoxve:index/vmLegacy:VmLegacy"):
         assert "initialization.userDataFileId" in reg.ignore_changes, (
             f"{reg.name}: a new snippet (its id unknown in a preview) would read as a replacement")
+
+
+FOUR = {"lokiNodes": [*LOKI, "loki-04"],
+        "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"]}
+RETIRED_STEPS = ("loki-loki-04-", "loki-gateway-loki-04-", "vip-loki-04-")
+
+
+def test_retiring_a_node_runs_its_retirement_restarts_no_loki_and_unprotects_only_its_vm():
+    """Scale-in, first run: loki-04's retirement step is new; its Loki, gateway and keepalived steps
+    leave the program (they have nothing to do when deleted); the other nodes drop it from their
+    firewalls, gateways and keepalived, but their Loki configs stay (no restart); its VM is the only
+    one Pulumi may delete next."""
+    result = run_program("homelab", read_stack_config("homelab", overrides={**FOUR, "lokiRetiring": ["loki-04"]}))
+    after = build_manifest(result, stack="homelab")
+    change = diff_manifests(manifest(**FOUR), after)
+    files = {(f["host"], f["path"]): f["content"] for f in after["files"]}
+    assert change.names("create") == {"loki-retiring", "loki-retiring-loki-04-retire"}, change.names("create")
+    deleted = change.names("delete")
+    assert deleted and all(n.startswith(RETIRED_STEPS) for n in deleted), (
+        f"deleted beyond loki-04's Loki, gateway and keepalived steps: {sorted(deleted)}")
+    assert {"loki-loki-04-apply", "loki-gateway-loki-04-apply", "vip-loki-04-apply"} <= deleted
+    assert not [f for f in change.files if f[1] == "/etc/loki/lokistack-staged/config.yml" and f[0] in LOKI], (
+        "a remaining node's Loki config changed: its apply would restart Loki")
+    for node in LOKI:
+        assert "192.168.50.24" not in files[(node, "/etc/lokistack/firewall.nft")], (
+            f"{node}'s firewall still lets the retired loki-04 in")
+    protected = {r.name for r in result.engine.monitor.of_type("proxmoxve:index/vmLegacy:VmLegacy") if r.protect}
+    assert protected == {"loki-01-vm", "loki-02-vm", "loki-03-vm", "s3-vm"}, f"protected VMs: {sorted(protected)}"
+
+
+def test_the_run_after_a_retirement_deletes_the_node_and_runs_no_step():
+    """Scale-in, second run: loki-04 out of both lists. Only deletes (its VM and what is left of its
+    steps) and the snippets' /etc/hosts; no step runs on any host."""
+    retiring = manifest(**FOUR, lokiRetiring=["loki-04"])
+    change = diff_manifests(retiring, manifest())
+    running = {c.name for c in change.changes if c.type.startswith("command:") and c.action != "delete"}
+    assert not running, f"the run after the retirement would run {sorted(running)}"
+    assert "loki-04-vm" in change.names("delete")
+    assert change.names() - change.names("delete") == {f"{vm}-user-data" for vm in [*LOKI, "s3", "grafana"]}

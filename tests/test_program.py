@@ -98,6 +98,44 @@ def test_no_keepalived_reloads_while_a_step_may_hand_the_vip_over(preview):
                 f"loki-{node}-apply waits for keepalived's steps on {other} only through another node's apply")
 
 
+def direct_dependencies(result: engine.RunResult) -> dict[str, set[str]]:
+    """Step name -> the steps it names as dependencies."""
+    commands = {r.name: r for r in result.engine.monitor.registrations if r.type.startswith("command:")}
+    by_urn = {r.urn: name for name, r in commands.items()}
+    return {name: {by_urn[u] for u in r.dependencies if u in by_urn} for name, r in commands.items()}
+
+
+def test_a_node_added_starts_loki_only_once_every_nodes_firewall_lets_it_in():
+    """Scale-out: the new node joins memberlist through the others, whose firewalls must let it in
+    first; each Loki apply waits for every node's firewall step directly (not only through the
+    roll, which does not run on the other nodes when only the new node's steps run)."""
+    four: dict[str, Any] = {"lokiNodes": ["loki-01", "loki-02", "loki-03", "loki-04"],
+                            "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"]}
+    direct = direct_dependencies(run(**four))
+    for node in four["lokiNodes"]:
+        missing = [f"loki-{o}-firewall-install" for o in four["lokiNodes"]
+                   if f"loki-{o}-firewall-install" not in direct[f"loki-{node}-apply"]]
+        assert not missing, f"loki-{node}-apply may start Loki before {missing}"
+
+
+def test_a_retiring_node_leaves_before_any_step_of_the_other_nodes_runs():
+    """Scale-in: the retirement of loki-04 (it leaves the VIP and the ring) comes before every step
+    on the other Loki nodes; else their firewalls drop its gossip and its ring entry lingers."""
+    four: dict[str, Any] = {"lokiNodes": ["loki-01", "loki-02", "loki-03", "loki-04"],
+                            "lokiAddresses": ["192.168.50.21", "192.168.50.22", "192.168.50.23", "192.168.50.24"]}
+    result = run(**four, lokiRetiring=["loki-04"])
+    direct = direct_dependencies(result)
+    hosts = {r.name: r.plain_inputs["connection"]["host"]
+             for r in result.engine.monitor.of_type("command:remote:Command")}
+    on_others = [n for n, h in hosts.items() if h in four["lokiAddresses"][:3]
+                 and n.startswith(("loki-loki-", "loki-gateway-", "vip-"))]
+    assert len(on_others) > 20, f"too few steps on the other nodes: {on_others}"
+    early = [n for n in on_others if "loki-retiring-loki-04-retire" not in direct[n]]
+    assert not early, f"these steps may run before loki-04 retired: {early}"
+    assert not [n for n in hosts if n.startswith(("loki-loki-04-", "loki-gateway-loki-04-", "vip-loki-04-"))], (
+        "loki-04 keeps Loki, gateway or keepalived steps while it retires")
+
+
 def test_one_cloud_image_per_proxmox_node_shared_by_its_vms():
     result = run(lokiProxmoxNodes=["pve1", "pve2", "pve3"], grafanaProxmoxNode="pve2")
     monitor = result.engine.monitor

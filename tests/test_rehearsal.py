@@ -34,6 +34,7 @@ from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import CGROUP_ROOTS
 from offline.rehearsal.rebuild import node_rebuilt
 from offline.rehearsal.run import Rehearsal
+from offline.rehearsal.scaling import scale_out_and_in
 from offline.rehearsal.settings import VIP
 from tests.conftest import figure, require_root, require_tool
 
@@ -320,4 +321,15 @@ def test_a_loki_vm_lost_with_its_disks_and_created_again_gets_every_step_and_rej
     new streams, the VIP stays where it was, and neither client sees a failed push nor a lost line
     (``rebuild.node_rebuilt``)."""
     problems = node_rebuilt(rehearsal)
+    assert not problems, "\n".join(problems)
+
+
+def test_scaling_out_to_four_nodes_and_back_in_runs_the_diffs_steps_restarts_no_loki_and_fails_no_push(rehearsal):
+    """loki-04 added through the settings, then retired (``lokiRetiring``) and removed, under both
+    clients: each run runs exactly the steps its diff names (the last none: it only deletes the
+    VM); the retirement comes before any step on the other nodes; no Loki of the three restarts;
+    afterwards every node's ring and memberlist hold exactly the nodes configured, ACTIVE; the VRRP
+    priorities are the settings'; the VIP stays; no push fails and every accepted line reads back
+    (``scaling.scale_out_and_in``)."""
+    problems = scale_out_and_in(rehearsal)
     assert not problems, "\n".join(problems)

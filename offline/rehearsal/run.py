@@ -60,6 +60,7 @@ from offline.rehearsal.repository import (
     build_standin_archive,
     server_certificate,
 )
+from offline.rehearsal.scaling import scale_out_and_in
 from offline.rehearsal.settings import (
     AVAILABLE_PACKAGES,
     GATEWAY,
@@ -694,7 +695,7 @@ def main(argv: list[str]) -> int:
             lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
             lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
             lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, lambda: data_disk_late(rehearsal),
-            lambda: holder_reboot(rehearsal), lambda: node_rebuilt(rehearsal)]
+            lambda: holder_reboot(rehearsal), lambda: node_rebuilt(rehearsal), lambda: scale_out_and_in(rehearsal)]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()

@@ -1,0 +1,193 @@
+"""Scaling out 3 -> 4 and in 4 -> 3 through the settings (#24), rehearsed while both clients push
+through the VIP.
+
+Out: ``loki-04`` is added to ``lokiNodes`` and ``lokiAddresses``; ``pulumi up`` creates its VM and
+runs exactly the steps the plan's diff names, in order: the new node's steps (its host-key probe
+first, its keepalived in FAULT until its Loki is ready, its Loki only once every node's firewall
+lets it in) and the other nodes' firewall, gateway and keepalived steps and their Loki applies,
+which restart no Loki (memberlist joins through the first three nodes: ``loki_config.JOIN_SEEDS``).
+
+In, first run: ``loki-04`` named in ``lokiRetiring``: its retirement runs before any step on the
+other nodes (``components/loki_retire.py``): it leaves the VIP, its Loki stops (flushing, leaving the
+ring), everything is masked; then the others drop it. Second run: ``loki-04`` out of both lists:
+nothing runs on any host; Pulumi deletes the VM (here: the machine powers off at once and is gone).
+
+Checked each time: exactly the diff's steps ran and none failed, no Loki restarted on the nodes
+that stay, every node's ring holds each node once and ACTIVE (and nothing else), memberlist counts
+the nodes, the VRRP priorities are what the settings give, the VIP stayed on its node, and neither
+client saw a failed push or lost a line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from components.loki import UNIT as LOKI_UNIT
+from components.loki_config import LOKI_LOCAL_PORT
+from components.loki_gateway import UNIT as GATEWAY_UNIT
+from components.vip import UNIT as KEEPALIVED_UNIT
+from components.vip import priorities
+from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
+from offline.rehearsal.life_events import vrrp_priority
+from offline.rehearsal.rebuild import memory_streams, ring_shards
+from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
+from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+
+if TYPE_CHECKING:
+    from offline.rehearsal.machines import Machine
+    from offline.rehearsal.run import Rehearsal
+    from offline.rehearsal.steps import Step
+
+ADDED = "loki-04"
+ADDED_ADDRESS = "198.18.0.14"
+RING_TIMEOUT_S = 90
+"""How long the nodes' views of the ring and of memberlist may take to agree after a change."""
+STREAMS_TIMEOUT_S = 30
+LEFT = "instance removed from the KV store"
+"""What dskit's lifecycler logs when a stopping ingester has taken itself out of the ring."""
+
+
+def members(machine: Machine) -> int:
+    """How many members the node's memberlist counts alive (dskit's ``cluster_members_count``)."""
+    proc = machine.exec(["curl", "-fsS", "--max-time", "5", "--cacert", CA_FILE, "--cert", SERVER_CERT_FILE,
+                         "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/metrics"])
+    found = re.search(r"^\w*memberlist_client_cluster_members_count (\S+)$", proc.stdout, re.MULTILINE)
+    return int(float(found[1])) if found else -1
+
+
+def cluster_problems(machines: dict[str, Machine], nodes: list[str]) -> tuple[list[str], float]:
+    """Waits until every node of ``nodes`` sees exactly ``nodes`` in its ring, each ACTIVE, and
+    memberlist counts as many members; returns what still differs after ``RING_TIMEOUT_S``, and
+    the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        problems = []
+        for viewer in nodes:
+            seen = ring_shards(machines[viewer])
+            if sorted(s["id"] for s in seen) != sorted(nodes) or {s["state"] for s in seen} != {"ACTIVE"}:
+                problems.append(f"{viewer}'s ring: {[(s['id'], s['state']) for s in seen]} (expected {nodes}, "
+                                "each once and ACTIVE)")
+            if (count := members(machines[viewer])) != len(nodes):
+                problems.append(f"{viewer}'s memberlist counts {count} members, not {len(nodes)}")
+        if not problems or time.monotonic() - t0 > RING_TIMEOUT_S:
+            return problems, time.monotonic() - t0
+        time.sleep(2)
+
+
+def priority_problems(machines: dict[str, Machine], nodes: list[str]) -> list[str]:
+    expected = priorities(nodes)
+    found = {n: vrrp_priority(machines[n]) for n in nodes}
+    return [] if found == expected else [f"VRRP priorities {found}, the settings give {expected}"]
+
+
+def step_problems(steps: list[Step], node: str, started: dict[str, str], after: dict[str, str]) -> list[str]:
+    """No Loki of the nodes that stay restarted (their configs did not change)."""
+    restarted = sorted(n for n in started if after.get(n) != started[n])
+    if restarted:
+        return [f"scaling {node} restarted Loki on {restarted} ({len(steps)} steps ran)"]
+    return []
+
+
+def scale_out_and_in(lab: Rehearsal) -> list[str]:
+    assert lab.network is not None
+    problems: list[str] = []
+    three = list(LOKI_ADDRESSES)
+    four = [*three, ADDED]
+    addresses = [*LOKI_ADDRESSES.values(), ADDED_ADDRESS]
+    holder = wait_settled(loki_machines(lab))
+    with lab.vip_clients("scaling") as clients:
+        time.sleep(2)
+        began = time.time()
+
+        # Out: 3 -> 4.
+        t0 = time.monotonic()
+        starts = lab.loki_starts()
+        before = lab.manifest()
+        lab.settings |= {"lokiNodes": four, "lokiAddresses": addresses}
+        result = lab.program(**lab.settings)
+        plan = next(p for p in lab.vm_plans() if p.name == ADDED)
+        machine = lab.add_machine(plan, lab.network.add_machine(ADDED, plan.mac))
+        machine.start()
+        lab.save_state()
+        steps, run_problems = lab.run_changed(before, result)
+        problems += run_problems
+        ran = {s.name for s in steps}
+        if not any(s.startswith(f"loki-{ADDED}-") for s in ran) or not any("loki-01" in s for s in ran):
+            problems.append(f"scaling out ran {sorted(ran)}: not the new node's steps and the others' changes")
+        problems += step_problems(steps, ADDED, starts, lab.loki_starts())
+        out_s = time.monotonic() - t0
+        ready = wait_loki_ready(machine)
+        machines = {n: lab.machines[n] for n in four}
+        cluster, ringed = cluster_problems(machines, four)
+        problems += [f"after scaling out: {p}" for p in cluster]
+        problems += [f"after scaling out: {p}" for p in priority_problems(machines, four)]
+        deadline = time.monotonic() + STREAMS_TIMEOUT_S
+        while (streams := memory_streams(machine)) <= 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        if streams <= 0:
+            problems.append(f"{ADDED}'s ingester holds no stream {STREAMS_TIMEOUT_S} s after it joined")
+        lab.figures.append(f"scale out to 4: {len(steps)} steps in {out_s:.1f} s (new machine included), no Loki "
+                           f"restarted, {ADDED} ready {ready:.1f} s later, rings and memberlist agree "
+                           f"{ringed:.1f} s after that, {streams:.0f} streams in its ingester")
+
+        # In, first run: loki-04 retires.
+        t0 = time.monotonic()
+        starts = lab.loki_starts()
+        before = lab.manifest()
+        lab.settings |= {"lokiRetiring": [ADDED]}
+        steps, run_problems = lab.run_changed(before, lab.program(**lab.settings))
+        problems += run_problems
+        problems += step_problems(steps, ADDED, starts, lab.loki_starts())
+        retire = next((s for s in steps if s.name == f"loki-retiring-{ADDED}-retire"), None)
+        if retire is None or retire.status != "ok":
+            problems.append(f"{ADDED}'s retirement: {retire.status if retire else 'did not run'} "
+                            f"{retire.output[-800:] if retire else ''}")
+        else:
+            ended = (retire.started or 0) + retire.seconds
+            early = [s.name for s in steps if s.host != ADDED_ADDRESS and (s.started or 0) < ended]
+            if early:
+                problems.append(f"steps on the other nodes started before {ADDED} had retired: {early}")
+        for unit in (LOKI_UNIT, GATEWAY_UNIT, KEEPALIVED_UNIT):
+            state = machine.exec(["systemctl", "is-enabled", unit]).stdout.strip()
+            active = machine.exec(["systemctl", "is-active", unit]).stdout.strip()
+            # loki.service's file is in /etc (Grafana's package puts it there): systemctl cannot mask it.
+            if active != "inactive" or state not in ("masked", "disabled"):
+                problems.append(f"{ADDED}: {unit} is {active} and {state} after its retirement (expected inactive, "
+                                "and masked or disabled)")
+        journal = machine.exec(["journalctl", "-u", LOKI_UNIT, "-o", "cat", "--no-pager", "-n", "400"]).stdout
+        if not re.search(rf"{LEFT}.*ring=ingester", journal):
+            problems.append(f"{ADDED}'s Loki did not log that it left the ingester ring ({LEFT!r}): {journal[-800:]}")
+        in_s = time.monotonic() - t0
+        machines = {n: lab.machines[n] for n in three}
+        cluster, ringed = cluster_problems(machines, three)
+        problems += [f"after {ADDED} retired: {p}" for p in cluster]
+        problems += [f"after {ADDED} retired: {p}" for p in priority_problems(machines, three)]
+        lab.figures.append(f"scale in, retirement: {len(steps)} steps in {in_s:.1f} s ({ADDED}'s retirement "
+                           f"{retire.seconds if retire else float('nan'):.1f} s), no Loki restarted, rings and "
+                           f"memberlist agree {ringed:.1f} s later")
+
+        # In, second run: loki-04 out of the lists; Pulumi deletes the VM.
+        before = lab.manifest()
+        lab.settings |= {"lokiNodes": three, "lokiAddresses": list(LOKI_ADDRESSES.values()), "lokiRetiring": []}
+        steps, run_problems = lab.run_changed(before, lab.program(**lab.settings))
+        problems += run_problems
+        if steps:
+            problems.append(f"the run after {ADDED}'s retirement ran {[s.name for s in steps]}: it must only delete")
+        moves = vip_masters({ADDED: machine}, began)
+        machine.poweroff(at_once=True)
+        machine.teardown()
+        del lab.machines[ADDED]
+        lab.save_state()
+        time.sleep(3)
+        cluster, _ = cluster_problems(machines, three)
+        problems += [f"after {ADDED}'s VM was deleted: {p}" for p in cluster]
+    after = wait_for_one_holder(loki_machines(lab), VIP)
+    moves += vip_masters(loki_machines(lab), began)
+    if after != holder or moves:
+        problems.append(f"the VIP moved while scaling: from {holder}, taken by {moves}, now on {after}")
+    problems += clients.problems
+    lab.figures += [f"  {line}" for line in clients.figures()]
+    return problems
