@@ -52,7 +52,7 @@ def of_type(name: str) -> list[str]:
 STRINGS, INTEGERS, BOOLEANS, ARRAYS = of_type("string"), of_type("integer"), of_type("boolean"), of_type("array")
 OPTIONAL = {"objectStoreProxmoxNode", "grafanaProxmoxNode"}
 """String keys whose empty value means "the default Proxmox node"."""
-MAY_BE_EMPTY = {"dnsServers", "lokiProxmoxNodes", "agentExtraHosts"}
+MAY_BE_EMPTY = {"dnsServers", "lokiProxmoxNodes", "lokiRetiring", "agentExtraHosts"}
 HOST_NAMES = {"vipHostname", "objectStoreName", "grafanaName"}
 UPPER = {"vlanId": 4094, "vipRouterId": 255, "vipAdvertInterval": 255, "vipCheckInterval": 60, "vipCheckFall": 10,
          "vipCheckRise": 10, "lokiCores": 64, "objectStoreCores": 64, "grafanaCores": 64,
@@ -108,6 +108,8 @@ ARRAY_CERTAINLY_INVALID: dict[str, Any] = {
     "lokiNodes": lambda v: len(v) in (0, 2) or any(LABEL_CHARS(x) for x in v),
     "lokiAddresses": lambda v: len(v) != len(example("lokiNodes")) or any(not re.fullmatch(r"[0-9.]+", x) for x in v),
     "lokiProxmoxNodes": lambda v: bool(v) and (len(v) != len(example("lokiNodes")) or any(LABEL_CHARS(x) for x in v)),
+    "lokiRetiring": lambda v: bool(v) and (len(set(v)) != len(v) or any(x not in example("lokiNodes") for x in v)
+                                           or len(example("lokiNodes")) - len(v) < 3),
     "agentExtraHosts": lambda v: bool(v) and any(len(x.split()) < 3 or not re.fullmatch(r"[0-9.]+", x.split()[1])
                                                  for x in v),
 }

@@ -30,7 +30,7 @@ from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import priorities
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
-from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
+from offline.rehearsal.converge import again, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import vrrp_priority
 from offline.rehearsal.rebuild import memory_streams, ring_shards
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
@@ -157,6 +157,12 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
             if active != "inactive" or state not in ("masked", "disabled"):
                 problems.append(f"{ADDED}: {unit} is {active} and {state} after its retirement (expected inactive, "
                                 "and masked or disabled)")
+        # Safe to run again (a run cut short, a later pulumi up with a changed connection): it finds
+        # everything stopped and does nothing.
+        rerun = again(lab, [retire], names={retire.name}) if retire is not None else []
+        if not rerun or rerun[0].status != "ok" or re.search(r"leaving the VIP|stopping Loki", rerun[0].output):
+            problems.append(f"{ADDED}'s retirement run again: "
+                            f"{(rerun[0].status, rerun[0].output[-600:]) if rerun else 'not run'}")
         journal = machine.exec(["journalctl", "-u", LOKI_UNIT, "-o", "cat", "--no-pager", "-n", "400"]).stdout
         if not re.search(rf"{LEFT}.*ring=ingester", journal):
             problems.append(f"{ADDED}'s Loki did not log that it left the ingester ring ({LEFT!r}): {journal[-800:]}")
