@@ -9,7 +9,9 @@ which restart no Loki (memberlist joins through the first three nodes: ``loki_co
 
 In, first run: ``loki-04`` named in ``lokiRetiring``: its retirement runs before any step on the
 other nodes (``components/loki_retire.py``): it leaves the VIP, its Loki stops (flushing, leaving the
-ring), everything is masked; then the others drop it. Second run: ``loki-04`` out of both lists:
+ring), everything is masked or disabled; then the others drop it. The retirement is killed while
+Loki stops, and the next run finishes it and runs the rest; once more, it finds nothing to do.
+Second run: ``loki-04`` out of both lists:
 nothing runs on any host; Pulumi deletes the VM (here: the machine powers off at once and is gone).
 
 Checked each time: exactly the diff's steps ran and none failed, no Loki restarted on the nodes
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
@@ -30,10 +33,11 @@ from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import priorities
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
-from offline.rehearsal.converge import again, loki_machines, wait_loki_ready, wait_settled
+from offline.rehearsal.converge import again, kill_session, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import vrrp_priority
 from offline.rehearsal.rebuild import memory_streams, ring_shards
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
+from offline.rehearsal.steps import DONE, Interrupt
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ ADDED_ADDRESS = "198.18.0.14"
 RING_TIMEOUT_S = 90
 """How long the nodes' views of the ring and of memberlist may take to agree after a change."""
 STREAMS_TIMEOUT_S = 30
+KILLED_AT = "stopping Loki"
+"""Where the retirement's SSH session is killed (``templates/loki-retire.sh``): while Loki stops."""
 LEFT = "instance removed from the KV store"
 """What dskit's lifecycler logs when a stopping ingester has taken itself out of the ring."""
 
@@ -138,8 +144,21 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         starts = lab.loki_starts()
         before = lab.manifest()
         lab.settings |= {"lokiRetiring": [ADDED]}
-        steps, run_problems = lab.run_changed(before, lab.program(**lab.settings))
+        # The retirement's SSH session dies while Loki stops (a network cut, a killed pulumi up): the
+        # steps after it do not run, and the next run runs them all, the retirement again first.
+        name = f"loki-retiring-{ADDED}-retire"
+        kill = Interrupt(KILLED_AT, partial(kill_session, lab, machine))
+        steps, run_problems = lab.run_changed(before, lab.program(**lab.settings), {name: kill})
         problems += run_problems
+        killed = next((s for s in steps if s.name == name), None)
+        waited = [s.name for s in steps if s is not killed and s.status != "skipped"]
+        if killed is None or killed.status != "killed" or waited:
+            problems.append(f"{name} was to be killed at {KILLED_AT!r} with every other step waiting: "
+                            f"{killed.status if killed else 'not run'}; ran anyway: {waited}")
+        finished = again(lab, steps)
+        problems += [f"the run after the killed retirement: {s.name}: {s.status} {s.output[-600:]}"
+                     for s in finished if s.status not in DONE]
+        steps = finished
         problems += step_problems(steps, ADDED, starts, lab.loki_starts())
         retire = next((s for s in steps if s.name == f"loki-retiring-{ADDED}-retire"), None)
         if retire is None or retire.status != "ok":
