@@ -15,7 +15,10 @@ plan: $(STAMP)  ## offline plan of the example stack: resource tree, build/plan/
 	$(PY) -m offline plan --stack homelab --out build/plan
 
 test: $(STAMP)  ## the whole test suite (REQUIRE_REAL_TOOLS=1 turns a missing tool into a failure)
-	$(PY) -m pytest
+	@# Two workers, each test file on one of them; then the rehearsal alone (it times what it sees).
+	$(PY) -m pytest -m "not rehearsal" -n 2 --dist loadfile; first=$$?; \
+	$(PY) -m pytest -m rehearsal; second=$$?; \
+	[ $$first -eq 0 ] && [ $$second -eq 0 ]
 
 lint: $(STAMP)  ## ruff and mypy
 	$(PY) -m ruff check .

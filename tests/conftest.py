@@ -32,6 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "preview: run the test's program in preview mode")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its figures to the controller, which prints them (``pytest_testnodedown``)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = FIGURES
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    for section, lines in (getattr(node, "workeroutput", None) or {}).get("figures", {}).items():
+        FIGURES.setdefault(section, []).extend(lines)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for section, lines in FIGURES.items():
         terminalreporter.section(section)
