@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from components.alloy import METRICS_PORT
+from offline.rehearsal.prometheus import prometheus_config, readme_files
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_FILE
 from tests.lab_stack import LOKI_ADDRESSES
 from tests.loki_lab import CLIENT, LokiLab
@@ -36,21 +37,6 @@ API = "http://127.0.0.1:9090"
 START_TIMEOUT_S = 30
 """How long Prometheus may take to answer /-/ready (a clean-clone CI run queried it before it
 listened: two tests failed with a refused connection, the next ones passed)."""
-SCRAPE_INTERVAL = "1s"
-
-
-def readme_files(outputs: dict[str, Any]) -> dict[str, str]:
-    """Relative path -> content of what the README's commands write next to prometheus.yml (its
-    paths, written out here rather than taken from the code, so that a scrape config naming other
-    files fails its checks)."""
-    return {
-        "loki-stack/ca.pem": outputs["caCertificate"],
-        "loki-stack/prometheus.pem": outputs["prometheusCertificate"],
-        "loki-stack/prometheus.key": outputs["prometheusPrivateKey"],
-        "loki-stack/objectstore.token": outputs["prometheusObjectStoreToken"],
-        "loki-stack/grafana.password": outputs["prometheusGrafanaPassword"],
-        "loki-stack/rules.yml": outputs["prometheusRules"],
-    }
 
 
 def write_files(directory: Path, files: dict[str, str]) -> None:
@@ -62,11 +48,8 @@ def write_files(directory: Path, files: dict[str, str]) -> None:
 def prometheus_files(lab: LokiLab) -> dict[str, str]:
     """The README's files, and prometheus.yml: the scrape config with 1 s scrapes and evaluations
     and the rules file."""
-    config = yaml.safe_load(lab.plan.outputs["prometheusScrapeConfig"])
-    config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
-                         "evaluation_interval": SCRAPE_INTERVAL},
-              "rule_files": ["loki-stack/rules.yml"], **config}
-    return {"prometheus.yml": yaml.safe_dump(config, sort_keys=False), **readme_files(lab.plan.outputs)}
+    return {"prometheus.yml": prometheus_config(lab.plan.outputs["prometheusScrapeConfig"]),
+            **readme_files(lab.plan.outputs)}
 
 
 def start_prometheus(lab: LokiLab, binary: str) -> None:

@@ -29,6 +29,7 @@ import pytest
 
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll
+from offline.rehearsal.disk_full import data_disk_full
 from offline.rehearsal.hitless import refused_limit
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import CGROUP_ROOTS
@@ -311,6 +312,17 @@ def test_a_reboot_of_the_vip_holder_hands_the_vip_over_and_it_comes_back_without
     with every node ACTIVE in its ring; no push fails and every accepted line reads back
     (``life_events.holder_reboot``)."""
     problems = holder_reboot(rehearsal)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_it_recovers_by_itself(rehearsal):
+    """A node's data disk filled to its last block under both clients, a real Prometheus scraping the
+    machines with the stack's scrape config and rules: its ingester refuses every push (the WAL is
+    not written on a full disk) and stays ready, the other two take them (no push fails), and
+    LokiWALDiskFull fires for it alone; freed, it takes writes again by itself and the alert clears;
+    restarted, its WAL replays with no corruption; the VIP stays (``disk_full.data_disk_full``)."""
+    require_tool("prometheus")
+    problems = data_disk_full(rehearsal)
     assert not problems, "\n".join(problems)
 
 

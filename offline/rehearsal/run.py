@@ -47,6 +47,7 @@ from offline.rehearsal.checks import (
 )
 from offline.rehearsal.clients import VipClients
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll, wait_loki_ready
+from offline.rehearsal.disk_full import data_disk_full
 from offline.rehearsal.earlier import export
 from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
@@ -695,7 +696,8 @@ def main(argv: list[str]) -> int:
             lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
             lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
             lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, lambda: data_disk_late(rehearsal),
-            lambda: holder_reboot(rehearsal), lambda: node_rebuilt(rehearsal), lambda: scale_out_and_in(rehearsal)]
+            lambda: holder_reboot(rehearsal), lambda: data_disk_full(rehearsal), lambda: node_rebuilt(rehearsal),
+            lambda: scale_out_and_in(rehearsal)]
         for check in checks if not failed_steps else []:
             try:
                 problems += check()
