@@ -18,16 +18,14 @@ a test fails.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from components.alloy import METRICS_PORT
-from offline.rehearsal.prometheus import prometheus_config, readme_files
+from offline.rehearsal.prometheus import instant_query, prometheus_config, readme_files
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_FILE
 from tests.lab_stack import LOKI_ADDRESSES
 from tests.loki_lab import CLIENT, LokiLab
@@ -85,14 +83,7 @@ def start_agent_stand_in(lab: LokiLab, node: str, binary: str) -> None:
 
 def query(lab: LokiLab, expr: str) -> list[dict[str, Any]]:
     """The instant vector ``expr`` evaluates to now, from the lab's Prometheus."""
-    url = f"{API}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-    proc = lab.network.run(CLIENT, ["curl", "-sS", "-m", "10", url], timeout=30)
-    if proc.returncode != 0:
-        raise AssertionError(f"Prometheus did not answer {expr}: {proc.stderr}")
-    answer = json.loads(proc.stdout)
-    if answer.get("status") != "success":
-        raise AssertionError(f"Prometheus refused {expr}: {answer}")
-    return list(answer["data"]["result"])
+    return instant_query(lambda argv: lab.network.run(CLIENT, argv, timeout=30), expr)
 
 
 def values(lab: LokiLab, expr: str, by: str = "") -> dict[str, float]:

@@ -20,7 +20,7 @@ from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
-from offline.rehearsal.life_events import DATA_DIR, vrrp_priority
+from offline.rehearsal.life_events import DATA_DIR, below_holder
 from offline.rehearsal.prometheus import rehearsal_prometheus
 from offline.rehearsal.settings import VIP
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -86,8 +86,7 @@ def data_disk_full(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
     holder = wait_settled(machines)
-    own = {n: vrrp_priority(m) for n, m in machines.items()}
-    node = min((n for n in machines if n != holder), key=lambda n: own[n])
+    node = below_holder(machines, holder)
     machine = machines[node]
     with rehearsal_prometheus(lab) as prometheus, lab.vip_clients("data disk full") as clients:
         prometheus.wait_for(f"{node}'s data disk in use scraped", lambda: node in prometheus.values(

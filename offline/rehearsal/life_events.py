@@ -58,6 +58,13 @@ def vrrp_priority(machine: Machine) -> int:
     return int(found[1])
 
 
+def below_holder(machines: dict[str, Machine], holder: str) -> str:
+    """The node of the lowest VRRP priority that does not hold the VIP: the one an event takes away
+    when it is about what comes back (a lost holder is a failover first, rehearsed on its own)."""
+    own = {n: vrrp_priority(m) for n, m in machines.items()}
+    return min((n for n in machines if n != holder), key=lambda n: own[n])
+
+
 def active_ring_members(machine: Machine) -> set[str]:
     """The addresses of the ACTIVE ingesters in the node's view of the ring."""
     proc = machine.exec(["curl", "-fsS", "--max-time", "5", "-H", "Accept: application/json", "--cacert", CA_FILE,

@@ -53,6 +53,18 @@ def prometheus_config(scrape_config: str) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def instant_query(run: Callable[[list[str]], subprocess.CompletedProcess[str]], expr: str) -> list[dict[str, Any]]:
+    """The instant vector ``expr`` evaluates to now, asked with curl through ``run`` (in the
+    namespace where the server listens)."""
+    proc = run(["curl", "-sS", "-m", "10", f"{API}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"])
+    if proc.returncode != 0:
+        raise AssertionError(f"Prometheus did not answer {expr}: {proc.stderr}")
+    answer = json.loads(proc.stdout)
+    if answer.get("status") != "success":
+        raise AssertionError(f"Prometheus refused {expr}: {answer}")
+    return list(answer["data"]["result"])
+
+
 @dataclass
 class RehearsalPrometheus:
     run: Callable[[list[str]], subprocess.CompletedProcess[str]]
@@ -61,13 +73,7 @@ class RehearsalPrometheus:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The instant vector ``expr`` evaluates to now."""
-        proc = self.run(["curl", "-sS", "-m", "10", f"{API}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"])
-        if proc.returncode != 0:
-            raise AssertionError(f"Prometheus did not answer {expr}: {proc.stderr}")
-        answer = json.loads(proc.stdout)
-        if answer.get("status") != "success":
-            raise AssertionError(f"Prometheus refused {expr}: {answer}")
-        return list(answer["data"]["result"])
+        return instant_query(self.run, expr)
 
     def values(self, expr: str, by: str) -> dict[str, float]:
         return {r["metric"].get(by, ""): float(r["value"][1]) for r in self.query(expr)}

@@ -29,7 +29,7 @@ from components.loki_config import LOKI_LOCAL_PORT
 from offline.engine import PROBE_SUFFIX
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
-from offline.rehearsal.life_events import back_problems, vrrp_priority
+from offline.rehearsal.life_events import back_problems, below_holder
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import REMOTE
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -68,10 +68,7 @@ def node_rebuilt(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
     holder = wait_settled(machines)
-    # Below the holder: a lost holder is a failover first (the power-off rehearsal); this event is
-    # about what comes back.
-    own = {n: vrrp_priority(m) for n, m in machines.items()}
-    node = min((n for n in machines if n != holder), key=lambda n: own[n])
+    node = below_holder(machines, holder)
     lost = machines[node]
     address = LOKI_ADDRESSES[node]
     with lab.vip_clients("node rebuilt") as clients:
