@@ -9,9 +9,9 @@ through the VIP reads back with logcli. (The changes and events after a deploy, 
 ``test_rehearsal.py``, run on a fresh deployment of this version.)
 
 Each earlier version gets its own machines: the last commit before this version learned to
-converge from any state (#22), and, with ``LOKISTACK_UPGRADE_FROM=all`` (or a comma-separated list of
-commits), the last commit before the gateway (Loki itself held port 3100; no per-VM SSH host key
-yet): each one costs a deployment from nothing, and CI upgrades from the nearest only. Several are
+converge from any state (#22), and the last commit before the gateway (Loki itself held port 3100;
+no per-VM SSH host key yet); ``LOKISTACK_UPGRADE_FROM`` (a comma-separated list of commits, or
+``all``) picks some: each one costs a deployment from nothing. Several are
 deployed from nothing at the same time (each deploy mostly waits, on boots, apt and Loki: about two
 minutes each), then each is upgraded and checked in turn, and taken down once its checks are done.
 Marked ``rehearsal``, as ``test_rehearsal.py``: it needs root, systemd-container and debootstrap.
