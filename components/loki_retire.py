@@ -7,7 +7,8 @@ Scale-in takes two runs of ``pulumi up`` (docs/runbook/scaling.md):
    stack's Loki nodes is the node's retirement (``templates/loki-retire.sh``): it hands the VIP
    over if it holds it (as at shutdown: with a drain), stops keepalived, then stops Loki, which
    flushes its chunks to the object store and leaves the ring (``flush_on_shutdown``,
-   ``unregister_on_shutdown``), then the gateway; each is masked so that nothing starts it again.
+   ``unregister_on_shutdown``), then the gateway; each is masked, or disabled where its unit file
+   is in /etc (Loki's), so that nothing starts it again.
    Only then do the other nodes' steps run: their firewalls, gateways, keepalived and ring checks
    without the node. In the other order the firewalls would drop the leaving node's gossip and its
    departure would not reach the ring: its entry would linger, unhealthy. The node's VM loses its

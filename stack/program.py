@@ -196,11 +196,12 @@ def build(settings: Settings) -> Deployment:
     }
 
     # Scale-in: a retiring node leaves (the VIP, the ring) before any step of the other Loki nodes.
-    retire_steps = LokiRetirement("loki-retiring", LokiRetirementArgs(
-        nodes=[RetiringNode(name=name, connection=after(vms[name].connection, deliveries[f"{name}-tls"].command))
-               for name in sorted(settings.loki.retiring)],
-        loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps if (
-        settings.loki.retiring) else []
+    retire_steps: list[pulumi.CustomResource] = []
+    if settings.loki.retiring:
+        retire_steps += LokiRetirement("loki-retiring", LokiRetirementArgs(
+            nodes=[RetiringNode(name=name, connection=after(vms[name].connection, deliveries[f"{name}-tls"].command))
+                   for name in sorted(settings.loki.retiring)],
+            loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps
     loki_connections: dict[str, pulumi.Output[Any]] = {}
     for node in settings.loki.nodes:
         connection = after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command)

@@ -5,6 +5,7 @@ where the VIP is (the life events, ``life_events.py``, use it)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import firewall, loki, loki_gateway, objectstore, vip, vip_reboot
-from components.loki_config import HTTP_PORT
+from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork
 from offline.rehearsal.traffic import push_body
+from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}
 UNITS = {
@@ -32,6 +34,20 @@ def unit_properties(machine: Machine, unit: str, *names: str) -> dict[str, str]:
     """``systemctl show`` of ``unit`` on ``machine``: the properties ``names``, by name."""
     show = machine.exec(["systemctl", "show", unit, *(f"-p{name}" for name in names)])
     return dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+
+
+def loki_metrics(machine: Machine) -> str | None:
+    """The node's Loki ``/metrics`` (its loopback listener, with the node's certificate); ``None``
+    when it does not answer."""
+    proc = machine.exec(["curl", "-fsS", "--max-time", "5", "--cacert", CA_FILE, "--cert", SERVER_CERT_FILE,
+                         "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/metrics"])
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def metric_sum(metrics: str, name: str) -> float:
+    """The sum of every series of ``name`` in ``metrics`` (0 where there is none: a counter vector
+    has no series until its first count)."""
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", metrics, re.MULTILINE))
 
 
 def unit_problems(machine: Machine, role: str) -> list[str]:

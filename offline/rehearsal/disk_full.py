@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
-from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import DATA_DIR, below_holder
 from offline.rehearsal.prometheus import rehearsal_prometheus
@@ -47,17 +47,15 @@ FULL_HOLD_S = 10
 
 
 def metrics(machine: Machine) -> str:
-    proc = machine.exec(["curl", "-fsS", "--max-time", "5", "--cacert", CA_FILE, "--cert", SERVER_CERT_FILE,
-                         "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/metrics"])
-    if proc.returncode != 0:
-        raise AssertionError(f"{machine.name}: Loki's /metrics did not answer: {proc.stderr}")
-    return proc.stdout
+    """The node's Loki metrics; a node that does not answer fails the event (its Loki must stay ready)."""
+    text = loki_metrics(machine)
+    if text is None:
+        raise AssertionError(f"{machine.name}: Loki's /metrics did not answer")
+    return text
 
 
 def metric(machine: Machine, name: str) -> float:
-    """The sum of ``name``'s series on the node's Loki (0 where it has none)."""
-    found = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", metrics(machine), re.MULTILINE)
-    return sum(float(v) for v in found)
+    return metric_sum(metrics(machine), name)
 
 
 def pushes(machine: Machine) -> tuple[float, float]:

@@ -20,14 +20,13 @@ again it takes its share of new streams, so replication is back to three for wha
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from offline.engine import PROBE_SUFFIX
-from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import back_problems, below_holder
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
@@ -57,10 +56,7 @@ def ring_shards(machine: Machine) -> list[dict[str, str]]:
 
 def memory_streams(machine: Machine) -> float:
     """``loki_ingester_memory_streams`` of the node's ingester (every tenant)."""
-    proc = machine.exec(["curl", "-fsS", "--max-time", "5", "--cacert", CA_FILE, "--cert", SERVER_CERT_FILE,
-                         "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/metrics"])
-    return sum(float(m[1]) for m in re.finditer(r"^loki_ingester_memory_streams(?:\{[^}]*\})? (\S+)$",
-                                                proc.stdout, re.MULTILINE))
+    return metric_sum(loki_metrics(machine) or "", "loki_ingester_memory_streams")
 
 
 def node_rebuilt(lab: Rehearsal) -> list[str]:

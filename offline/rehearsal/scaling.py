@@ -28,17 +28,15 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
-from components.loki_config import LOKI_LOCAL_PORT
 from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import priorities
-from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import again, kill_session, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import vrrp_priority
 from offline.rehearsal.rebuild import memory_streams, ring_shards
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import DONE, Interrupt
-from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 if TYPE_CHECKING:
     from offline.rehearsal.machines import Machine
@@ -58,9 +56,7 @@ LEFT = "instance removed from the KV store"
 
 def members(machine: Machine) -> int:
     """How many members the node's memberlist counts alive (dskit's ``cluster_members_count``)."""
-    proc = machine.exec(["curl", "-fsS", "--max-time", "5", "--cacert", CA_FILE, "--cert", SERVER_CERT_FILE,
-                         "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/metrics"])
-    found = re.search(r"^\w*memberlist_client_cluster_members_count (\S+)$", proc.stdout, re.MULTILINE)
+    found = re.search(r"^\w*memberlist_client_cluster_members_count (\S+)$", loki_metrics(machine) or "", re.MULTILINE)
     return int(float(found[1])) if found else -1
 
 
@@ -89,7 +85,7 @@ def priority_problems(machines: dict[str, Machine], nodes: list[str]) -> list[st
     return [] if found == expected else [f"VRRP priorities {found}, the settings give {expected}"]
 
 
-def step_problems(steps: list[Step], node: str, started: dict[str, str], after: dict[str, str]) -> list[str]:
+def restart_problems(steps: list[Step], node: str, started: dict[str, str], after: dict[str, str]) -> list[str]:
     """No Loki of the nodes that stay restarted (their configs did not change)."""
     restarted = sorted(n for n in started if after.get(n) != started[n])
     if restarted:
@@ -123,7 +119,7 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         ran = {s.name for s in steps}
         if not any(s.startswith(f"loki-{ADDED}-") for s in ran) or not any("loki-01" in s for s in ran):
             problems.append(f"scaling out ran {sorted(ran)}: not the new node's steps and the others' changes")
-        problems += step_problems(steps, ADDED, starts, lab.loki_starts())
+        problems += restart_problems(steps, ADDED, starts, lab.loki_starts())
         out_s = time.monotonic() - t0
         ready = wait_loki_ready(machine)
         machines = {n: lab.machines[n] for n in four}
@@ -159,7 +155,7 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         problems += [f"the run after the killed retirement: {s.name}: {s.status} {s.output[-600:]}"
                      for s in finished if s.status not in DONE]
         steps = finished
-        problems += step_problems(steps, ADDED, starts, lab.loki_starts())
+        problems += restart_problems(steps, ADDED, starts, lab.loki_starts())
         retire = next((s for s in steps if s.name == f"loki-retiring-{ADDED}-retire"), None)
         if retire is None or retire.status != "ok":
             problems.append(f"{ADDED}'s retirement: {retire.status if retire else 'did not run'} "
