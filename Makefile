@@ -15,9 +15,11 @@ plan: $(STAMP)  ## offline plan of the example stack: resource tree, build/plan/
 	$(PY) -m offline plan --stack homelab --out build/plan
 
 test: $(STAMP)  ## the whole test suite (REQUIRE_REAL_TOOLS=1 turns a missing tool into a failure)
-	@# Two workers, each test file on one of them; then the rehearsal alone (it times what it sees).
+	@# Two workers, each test file on one of them; then the rehearsal on two workers, each file on
+	@# one: the main deployment's events on one, the object store's outage and then the upgrades
+	@# on the other.
 	$(PY) -m pytest -m "not rehearsal" -n 2 --dist loadfile; first=$$?; \
-	$(PY) -m pytest -m rehearsal; second=$$?; \
+	$(PY) -m pytest -m rehearsal -n 2 --dist loadfile; second=$$?; \
 	[ $$first -eq 0 ] && [ $$second -eq 0 ]
 
 lint: $(STAMP)  ## ruff and mypy

@@ -92,14 +92,21 @@ def booted_lab(tmp_path_factory: pytest.TempPathFactory, letter: str, section: s
         assert not [line for line in loops if str(lab.run_dir) in line], "loop devices left"
 
 
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
-    with booted_lab(tmp_path_factory, "t", SECTION) as lab:
+@contextlib.contextmanager
+def deployed_lab(tmp_path_factory: pytest.TempPathFactory, letter: str, section: str) -> Iterator[Rehearsal]:
+    """A ``booted_lab`` with the example stack deployed from nothing, as the first ``pulumi up``."""
+    with booted_lab(tmp_path_factory, letter, section) as lab:
         t0 = time.monotonic()
         lab.program()
         lab.boot()
         lab.run_steps()
-        figure(SECTION, f"from nothing (cached template) to a ready stack: {time.monotonic() - t0:.1f} s")
+        figure(section, f"from nothing (cached template) to a ready stack: {time.monotonic() - t0:.1f} s")
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    with deployed_lab(tmp_path_factory, "t", SECTION) as lab:
         yield lab
 
 

@@ -10,5 +10,10 @@ way ``pulumi up`` would deploy it (``make rehearse``, ``python -m offline.rehear
   two pushers around a change; ``hitless.py``: what they and the apply steps saw during a change;
 - ``converge.py``: a roll on a degraded cluster, applies killed at each phase and run again, and the
   gateway's port after an upgrade;
+- the life events of a deployed stack (#24): ``life_events.py`` (a reboot of the VIP holder, a data
+  disk late at boot), ``rebuild.py`` (a node lost with its disks and created again),
+  ``scaling.py`` (3 -> 4 -> 3 nodes), ``disk_full.py`` (a full data disk), ``outage.py`` (the object
+  store away for ten minutes); ``prometheus.py``: the real Prometheus that sees their alerts;
+  ``s3_standin.py``: the object store's server, as far as Loki and Prometheus use it;
 - ``run.py``: all of it together, with the checks and the figures.
 """

@@ -44,6 +44,13 @@ def loki_metrics(machine: Machine) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def loki_ready(machine: Machine) -> str:
+    """'' when the node's Loki answers ``/ready`` on its loopback listener, else what curl said."""
+    proc = machine.exec(["curl", "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", CA_FILE, "--cert",
+                         SERVER_CERT_FILE, "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready"])
+    return "" if proc.returncode == 0 else proc.stderr.strip() or f"curl exited {proc.returncode}"
+
+
 def metric_sum(metrics: str, name: str) -> float:
     """The sum of every series of ``name`` in ``metrics`` (0 where there is none: a counter vector
     has no series until its first count)."""
@@ -87,11 +94,12 @@ class Operator:
         return cls(network=network, runner=runner, home=home, hosts=work / "operator-hosts", logcli=logcli,
                    environment=outputs["logcliEnvironment"], vip=vip_address)
 
-    def curl(self, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def curl(self, url: str, *args: str, max_time: float = 10) -> subprocess.CompletedProcess[str]:
         files = self.home / OPERATOR_DIR
-        return self.network.run(self.runner, ["curl", "-sS", "-m", "10", "--cacert", str(files / "ca.pem"), "--cert",
-                                              str(files / "operator.pem"), "--key", str(files / "operator.key"), *args,
-                                              url], timeout=30)
+        tls = ["--cacert", str(files / "ca.pem"), "--cert", str(files / "operator.pem"), "--key",
+               str(files / "operator.key")]
+        return self.network.run(self.runner, ["curl", "-sS", "-m", f"{max_time:g}", *tls, *args, url],
+                                timeout=max_time + 20)
 
     def push(self, line: str) -> str:
         body = push_body([({"job": "rehearsal"}, line)]).decode()

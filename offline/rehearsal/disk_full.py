@@ -17,13 +17,11 @@ import time
 from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
-from components.loki_config import LOKI_LOCAL_PORT
-from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import DATA_DIR, below_holder
 from offline.rehearsal.prometheus import rehearsal_prometheus
 from offline.rehearsal.settings import VIP
-from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
 if TYPE_CHECKING:
     from offline.rehearsal.machines import Machine
@@ -106,10 +104,8 @@ def data_disk_full(lab: Rehearsal) -> list[str]:
         if refused <= 0 or took > 0:
             problems.append(f"{node}'s ingester with its disk full ({df}) must refuse every push: in {FULL_HOLD_S} s "
                             f"it refused {refused:.0f} and took {took:.0f}")
-        ready = machine.exec(["curl", "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", CA_FILE, "--cert",
-                              SERVER_CERT_FILE, "--key", SERVER_KEY_FILE, f"https://127.0.0.1:{LOKI_LOCAL_PORT}/ready"])
-        if ready.returncode != 0:
-            problems.append(f"{node} is not ready with its disk full: {ready.stderr}")
+        if not_ready := loki_ready(machine):
+            problems.append(f"{node} is not ready with its disk full: {not_ready}")
 
         # The space comes back.
         machine.exec(["rm", "-f", FILLER])

@@ -82,7 +82,7 @@ from offline.rehearsal.steps import (
     step_graph,
     unreachable,
 )
-from offline.rehearsal.template import CACHE, DIFFERENCES, build_template
+from offline.rehearsal.template import CACHE, DIFFERENCES, build_template, cache_lock
 from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -103,6 +103,10 @@ NGINX_ERROR_LOG = "/var/log/nginx/error.log"
 SETTLE_AFTER_CRASH_S = 8
 """After a crashed Loki is ready again: keepalived's check passes rise times and the node may take the VIP back."""
 RELOAD_SLACK_S = 2
+QUERY_TIMEOUT_S = 60
+"""As long as Grafana and logcli wait for a query."""
+READ_PAGE = 5000
+"""Lines per query when reading a job back (Loki's default ``max_entries_limit_per_query``)."""
 
 
 @dataclass(frozen=True)
@@ -274,9 +278,10 @@ class Rehearsal:
         tools = find_tools(self.run_dir / "loki-tools")
         digest = hashlib.sha256(tools.loki.read_bytes()).hexdigest()[:12]
         cached = CACHE / f"loki_{LOKI_VERSION}_{digest}.deb"
-        if not cached.exists():
-            built = build_loki_deb(tools.loki, LOKI_VERSION, self.run_dir)
-            shutil.move(built, cached)
+        with cache_lock():
+            if not cached.exists():
+                built = build_loki_deb(tools.loki, LOKI_VERSION, self.run_dir)
+                shutil.move(built, cached)
         deb = self.run_dir / f"loki_{LOKI_VERSION}_amd64.deb"
         shutil.copy(cached, deb)
         root = self.run_dir / "repository"
@@ -566,24 +571,36 @@ class Rehearsal:
         return report, clients, problems
 
     def count_job(self, job: str) -> int:
-        """How many lines of ``job`` Loki has from the last hour (a LogQL count, through the VIP)."""
+        """How many lines of ``job`` Loki has from the last hour (a LogQL count, through the VIP, given
+        as long as Grafana gives a query)."""
         query = urllib.parse.urlencode({"query": f'sum(count_over_time({{job="{job}"}}[1h]))',
                                         "time": time.time_ns() + 10**9})
-        proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query?{query}", "-f")
+        proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query?{query}", "-f",
+                                    max_time=QUERY_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"counting {job} through the VIP failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
         result = json.loads(proc.stdout)["data"]["result"]
         return int(float(result[0]["value"][1])) if result else 0
 
     def read_job(self, job: str) -> list[str]:
-        """Every line of ``job`` in the last hour, read through the VIP with the operator's certificate."""
-        query = urllib.parse.urlencode({"query": f'{{job="{job}"}}', "limit": 5000, "direction": "forward",
-                                        "start": time.time_ns() - 3600 * 10**9, "end": time.time_ns() + 10**9})
-        proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query_range?{query}", "-f")
-        if proc.returncode != 0:
-            raise RuntimeError(f"reading {job} back through the VIP failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-        result = json.loads(proc.stdout)
-        return [v[1] for stream in result["data"]["result"] for v in stream["values"]]
+        """Every line of ``job`` in the last hour, read through the VIP with the operator's certificate,
+        a page of ``READ_PAGE`` lines at a time (oldest first; each page from just after the last)."""
+        lines: list[str] = []
+        start, end = time.time_ns() - 3600 * 10**9, time.time_ns() + 10**9
+        while True:
+            query = urllib.parse.urlencode({"query": f'{{job="{job}"}}', "limit": READ_PAGE, "direction": "forward",
+                                            "start": start, "end": end})
+            proc = self.operator().curl(f"https://{VIP}:{HTTP_PORT}/loki/api/v1/query_range?{query}", "-f",
+                                        max_time=QUERY_TIMEOUT_S)
+            if proc.returncode != 0:
+                raise RuntimeError(f"reading {job} back through the VIP failed: {proc.stdout[-500:]}"
+                                   f"{proc.stderr[-500:]}")
+            entries = sorted((int(v[0]), v[1]) for stream in json.loads(proc.stdout)["data"]["result"]
+                             for v in stream["values"])
+            lines += [line for _, line in entries]
+            if len(entries) < READ_PAGE:
+                return lines
+            start = entries[-1][0] + 1
 
     def load(self, *, mib_per_s: float, total_mib: float) -> dict[str, Any]:
         """Pushes through the VIP on one kept-open connection, batches of 1000 lines over 10 streams,

@@ -6,30 +6,43 @@ object store's setup downloads, run by the stack's unit as ``server --address :9
 It answers what the stack checks and what Loki uses, with Python's standard library only (it runs
 on the machine's own python3): HTTPS with ``DIR/public.crt`` and ``DIR/private.key``, the health
 endpoints ``/minio/health/live`` and ``/minio/health/ready``, readiness to systemd
-(``Type=notify``), and path-style S3 for buckets and objects in VOLUME: create and look at
+(``Type=notify``), the cluster metrics Prometheus scrapes (``/minio/v2/metrics/cluster``, with the
+series the stack's rules read: requests and 5xx answers by API, usable capacity of the volume's
+file system), and path-style S3 for buckets and objects in VOLUME: create and look at
 buckets, put (also aws-chunked), get (also ranges), head, delete, multi-object delete, list (v1
 and v2, prefix, delimiter, pages). It does not check signatures: any key is accepted, so the
-object store's user, policy and keys are not rehearsed.
+object store's user, policy and keys are not rehearsed. The metrics want a bearer token as
+MinIO's do: a JWT whose issuer is ``prometheus`` and that has not expired (its signature is not
+checked either); anything else gets 403, as from MinIO.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import collections
 import datetime
 import email.utils
 import hashlib
 import http.server
+import json
 import os
 import re
 import socket
 import ssl
 import sys
+import threading
+import time
 import urllib.parse
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 PAGE = 1000
+METRICS_PATH = "/minio/v2/metrics/cluster"
+METRICS_ISSUER = "prometheus"
+"""MinIO refuses a metrics token from any other issuer (cmd/metrics.go, AuthMiddleware)."""
 
 
 def notify_ready() -> None:
@@ -71,15 +84,78 @@ class Store:
                       if p.is_file() and not p.name.startswith(".tmp-"))
 
 
+def bearer_claims(authorization: str) -> dict[str, object] | None:
+    """The claims of an ``Authorization: Bearer <JWT>`` header, or None if it is not one."""
+    scheme, _, token = authorization.partition(" ")
+    parts = token.strip().split(".")
+    if scheme.lower() != "bearer" or len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class Requests:
+    """S3 requests answered, and those answered with a 5xx, by MinIO's API name."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.total: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def count(self, api: str, status: int) -> None:
+        with self.lock:
+            self.total[api] += 1
+            if status >= 500:
+                self.errors[api] += 1
+
+    def exposition(self, volume: Path) -> str:
+        stat = os.statvfs(volume)
+        lines = ["# HELP minio_s3_requests_total Total number of S3 requests",
+                 "# TYPE minio_s3_requests_total counter",
+                 "# HELP minio_s3_requests_5xx_errors_total Total number of S3 requests with (5xx) errors",
+                 "# TYPE minio_s3_requests_5xx_errors_total counter"]
+        with self.lock:
+            for api in sorted(self.total):
+                lines.append(f'minio_s3_requests_total{{api="{api}",server="standin"}} {self.total[api]}')
+                lines.append(f'minio_s3_requests_5xx_errors_total{{api="{api}",server="standin"}} {self.errors[api]}')
+        lines += ["# HELP minio_cluster_capacity_usable_free_bytes Total cluster usable storage free in bytes",
+                  "# TYPE minio_cluster_capacity_usable_free_bytes gauge",
+                  f"minio_cluster_capacity_usable_free_bytes {stat.f_bavail * stat.f_frsize}",
+                  "# HELP minio_cluster_capacity_usable_total_bytes Total cluster usable storage capacity in bytes",
+                  "# TYPE minio_cluster_capacity_usable_total_bytes gauge",
+                  f"minio_cluster_capacity_usable_total_bytes {stat.f_blocks * stat.f_frsize}"]
+        return "\n".join(lines) + "\n"
+
+
+def api_name(method: str, key: str, query: dict[str, list[str]]) -> str:
+    """MinIO's name for the S3 API a request calls (the ``api`` label of its request metrics)."""
+    if method == "POST":
+        return "deletemultipleobjects"
+    if not key:
+        names = {"PUT": "putbucket", "HEAD": "headbucket", "DELETE": "deletebucket"}
+        if method in names:
+            return names[method]
+        return "getbucketlocation" if "location" in query else (
+            "listobjectsv2" if query.get("list-type") == ["2"] else "listobjectsv1")
+    return {"GET": "getobject", "HEAD": "headobject", "PUT": "putobject", "DELETE": "deleteobject"}.get(method, method)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     store: Store
+    requests = Requests()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
     def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/xml") -> None:
+        if not self.path.startswith("/minio/"):
+            _, key, query = self.target()
+            self.requests.count(api_name(self.command, key, query), status)
         self.send_response(status)
         for name, value in {"Content-Type": content_type, **(headers or {})}.items():
             self.send_header(name, value)
@@ -116,6 +192,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/minio/health/"):
             self.reply(200, content_type="text/plain")
             return
+        if urllib.parse.urlsplit(self.path).path == METRICS_PATH:
+            self.metrics()
+            return
         bucket, key, query = self.target()
         if not self.store.bucket(bucket).is_dir():
             self.error(404, "NoSuchBucket")
@@ -128,6 +207,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.list_objects(bucket, query)
 
     do_HEAD = do_GET  # noqa: N815 (the stdlib's name)
+
+    def metrics(self) -> None:
+        claims = bearer_claims(self.headers.get("Authorization", ""))
+        expires = claims.get("exp") if claims else None
+        if (claims is None or claims.get("iss") != METRICS_ISSUER or not isinstance(expires, int | float)
+                or expires < time.time()):
+            self.error(403, "AccessDenied")
+            return
+        self.reply(200, self.requests.exposition(self.store.root).encode(),
+                   content_type="text/plain; version=0.0.4; charset=utf-8")
 
     def get_object(self, bucket: str, key: str) -> None:
         path = self.store.path(bucket, key)

@@ -8,9 +8,12 @@ OpenSSH, sudo, curl, gnupg, CA certificates, ifupdown. What differs, on purpose 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from offline.rehearsal.network import PROXY_PORT, apt_mirror_hosts
@@ -49,14 +52,30 @@ def template_key(gateway: str) -> str:
     return hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)} {gateway} 2".encode()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def cache_lock(cache: Path = CACHE) -> Iterator[None]:
+    """Held while something is put in the cache: a rehearsal in another process (another of pytest's
+    workers) waits for it, and then finds it there."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_template(gateway: str, cache: Path = CACHE, log: Path | None = None) -> Path:
     """The template's root directory: made with debootstrap unless the cache has it."""
     root = cache / f"rootfs-{template_key(gateway)}"
     if (root / ".lokistack-ready").exists():
         return root
+    with cache_lock(cache):
+        return _debootstrap(root, gateway, cache, log)
+
+
+def _debootstrap(root: Path, gateway: str, cache: Path, log: Path | None) -> Path:
+    if (root / ".lokistack-ready").exists():  # made meanwhile, by another process
+        return root
     if root.exists():
         shutil.rmtree(root)
-    cache.mkdir(parents=True, exist_ok=True)
     mirror = f"http://{apt_mirror_hosts()[0]}/debian"
     with open(log or cache / "debootstrap.log", "ab") as out:
         subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root),

@@ -8,7 +8,9 @@ until SIGTERM or SIGINT.
 
 ``python -m offline.rehearsal.traffic kept-alive URL OUT --ca ... --push JOB [--interval 1]
 [--batch-kib 1024]``: as Grafana Alloy's ``loki.write`` pushes: one TLS connection kept open, a batch
-of about 1 MiB every interval, no retries. A connection the server closed while it was idle (nginx
+of about 1 MiB every interval, no retries. Its lines read as a service's access log (a request
+id, a trace id, a client address, a duration each line its own), so that they compress in Loki's
+chunks about as real logs do, not as a repeated character would. A connection the server closed while it was idle (nginx
 closes them on a reload) is dialled again before the next batch, as Go's HTTP transport does without
 an error; any other failure is recorded. One JSON line per batch goes to OUT, as ``steady`` writes.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import random
 import select
 import signal
 import socket
@@ -125,12 +128,39 @@ def closed_by_server(sock: socket.socket | None) -> bool:
         sock.setblocking(True)
 
 
+LEVELS = ("info", "info", "info", "debug", "warn", "error")
+TAGS = tuple(f"{key}={value}" for key in ("service", "namespace", "pod", "region", "tenant", "upstream", "cache",
+                                          "feature")
+             for value in ("checkout", "payments", "search", "frontend", "eu-west", "blue", "green", "hit", "miss"))
+"""Fields a service's log lines carry again and again (what makes real logs compress)."""
+PATHS = ("/api/v1/orders", "/api/v1/orders/{id}", "/api/v1/users/{id}", "/healthz", "/api/v1/search", "/static/app.js")
+
+
+def access_line(prefix: str, rng: random.Random, size: int = 1024) -> str:
+    """``prefix`` and then a line of a service's access log, ``size`` characters long: fixed words,
+    and values that differ from line to line (ids, addresses, durations, sizes, a user agent)."""
+    path = rng.choice(PATHS).replace("{id}", str(rng.randrange(1, 10**6)))
+    line = (f'{prefix}ts={time.strftime("%Y-%m-%dT%H:%M:%S")}.{rng.randrange(1000):03d}Z level={rng.choice(LEVELS)} '
+            f'caller=http/server.go:{rng.randrange(80, 400)} msg="request served" method={rng.choice(("GET", "POST"))} '
+            f"path={path} status={rng.choice((200, 200, 200, 201, 204, 304, 404, 500))} "
+            f"duration_ms={rng.expovariate(1 / 40):.3f} bytes={rng.randrange(100, 200000)} "
+            f"client=10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)} "
+            f"request_id={rng.getrandbits(128):032x} trace_id={rng.getrandbits(128):032x} "
+            f"span_id={rng.getrandbits(64):016x} user_agent=\"Mozilla/5.0 (X11; Linux x86_64; "
+            f'rv:{rng.randrange(100, 140)}.0) Gecko/20100101 Firefox/{rng.randrange(100, 140)}.0" '
+            f"session={rng.getrandbits(96):024x}")
+    while len(line) < size:
+        line += " " + rng.choice(TAGS)
+    return line[:size]
+
+
 def kept_alive(url: str, out: Path, context: ssl.SSLContext, *, interval: float, job: str, batch_kib: int) -> None:
     parsed = urllib.parse.urlsplit(url)
     stop = stop_on_signals()
     connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port or 443, context=context,
                                              timeout=REQUEST_TIMEOUT_S)
     lines_per_batch = batch_kib  # lines of 1 KiB
+    rng = random.Random(job)  # noqa: S311 (log-like filler, not a secret)
     with out.open("a") as record:
         seq = 0
         next_at = time.monotonic()
@@ -140,7 +170,8 @@ def kept_alive(url: str, out: Path, context: ssl.SSLContext, *, interval: float,
                 connection.close()  # dialled again by the request, as Go's transport does
             redials = int(connection.sock is None)
             started, wall = time.monotonic(), time.time()
-            body = push_body([({"job": job}, f"{job} {seq} {i:04d} ".ljust(1024, "x")) for i in range(lines_per_batch)])
+            body = push_body([({"job": job}, access_line(f"{job} {seq} {i:04d} ", rng))
+                              for i in range(lines_per_batch)])
             status, error = exchange(connection, parsed.path, body)
             record.write(json.dumps({"seq": seq, "at": wall, "start": started, "seconds": time.monotonic() - started,
                                      "status": status, "error": error, "redials": redials,
