@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -11,7 +12,7 @@ from components.loki_config import WAL_DISK_FULL_THRESHOLD
 from offline.rehearsal.outage import Sample, per_minute, survival
 
 
-def samples(rss: list[float], every_s: float = 30) -> list[Sample]:
+def samples(rss: Sequence[float], every_s: float = 30) -> list[Sample]:
     return [Sample(at=i * every_s, rss=v, heap=0, wal=0, chunks=0, received=0, flushed=0, flush_failures=0)
             for i, v in enumerate(rss)]
 
