@@ -2,12 +2,39 @@
 # repository trusting exactly the pinned keys, and pinned, held packages.
 
 APT_LOCK_TIMEOUT_S=600
+APT_LOCK_POLL_S=2
 APT_LISTS_FRESH_S=600
 APT_LISTS_STAMP=/var/lib/lokistack/apt-lists.stamp
 
 # apt_get ARGS...: apt-get that waits (bounded) for the dpkg and apt locks instead of failing at once.
 apt_get() {
   apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT_S" "$@"
+}
+
+# apt_lists_update: apt-get update that waits (bounded by APT_LOCK_TIMEOUT_S, looking again every
+# APT_LOCK_POLL_S) while another apt holds the lock on its package lists: DPkg::Lock::Timeout
+# covers dpkg's locks only, and apt 2.6's update fails at once on /var/lib/apt/lists/lock, which
+# apt-daily, unattended-upgrades or cloud-init hold right after a first boot. Any other failure
+# ends it at once, with apt's status.
+apt_lists_update() {
+  local deadline out status waiting=0
+  deadline=$(($(date +%s) + APT_LOCK_TIMEOUT_S))
+  while :; do
+    status=0
+    out=$(apt_get update -q 2>&1) || status=$?
+    printf '%s\n' "$out"
+    if [ "$status" -eq 0 ] || ! grep -q '^E: Could not get lock .*/lists/lock' <<<"$out"; then
+      return "$status"
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "apt's package lists are still locked by another apt (named above) after ${APT_LOCK_TIMEOUT_S} s;" \
+        "not updating them: run this step again once it has ended" >&2
+      return "$status"
+    fi
+    [ "$waiting" = 1 ] || echo "another apt holds apt's package lists; waiting for it (at most ${APT_LOCK_TIMEOUT_S} s)"
+    waiting=1
+    sleep "$APT_LOCK_POLL_S"
+  done
 }
 
 # apt_sources_digest: what apt's package lists are made from (its sources files).
@@ -31,7 +58,7 @@ apt_update() {
       return 0
     fi
   fi
-  apt_get update -q || return  # no stamp for a failed update, also where errexit is off
+  apt_lists_update || return  # no stamp for a failed update, also where errexit is off
   mkdir -p "${APT_LISTS_STAMP%/*}"
   printf '%s\n' "$digest" >"$APT_LISTS_STAMP"
 }

@@ -1,11 +1,16 @@
 """templates/lib-apt.sh: install_pinned picks the repository build of exactly the pinned upstream
 version and holds it, with apt stubbed (nothing is installed) in a private mount namespace; one
-`apt-get update` serves the package steps that follow it for a while; and grafana_repository
-trusts exactly the pinned keys, with the real gpg."""
+`apt-get update` serves the package steps that follow it for a while, and waits (bounded) for
+another apt's lock on the lists, with the real apt-get; and grafana_repository trusts exactly the
+pinned keys, with the real gpg."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +177,69 @@ def test_changed_sources_old_lists_or_a_failed_install_update_again():
                          '[ ! -e "$APT_LISTS_STAMP" ] && echo "no stamp"')
     assert "failed as it should" in proc.stdout and "no stamp" in proc.stdout, (
         f"a failed update must leave no stamp behind: {proc.stdout} {proc.stderr}")
+
+
+APT_LOCK_HOLDER = """import fcntl, sys, time
+lock = open(sys.argv[1], "w")
+fcntl.lockf(lock, fcntl.LOCK_EX)  # as apt locks (fcntl): what another apt-get update holds
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def real_update(tmp_path: Path, *, hold_s: float, timeout_s: int, sources: str = "") -> tuple[
+        subprocess.CompletedProcess[str], float]:
+    """``apt_update force`` with the real apt-get, on lists and sources of its own (``APT_CONFIG``:
+    no source unless ``sources``, so it reaches no network), while another process holds the lock on
+    those lists for ``hold_s`` seconds (stopped by its pid afterwards). Returns the run and its
+    seconds."""
+    require_root()
+    require_tool("apt-get")
+    for d in ("lists/partial", "cache/archives/partial", "sources.list.d"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "sources.list").write_text(sources)
+    (tmp_path / "apt.conf").write_text(
+        f'Dir::State::Lists "{tmp_path}/lists";\nDir::Cache "{tmp_path}/cache";\n'
+        f'Dir::Etc::sourcelist "{tmp_path}/sources.list";\nDir::Etc::sourceparts "{tmp_path}/sources.list.d";\n')
+    holder = subprocess.Popen([sys.executable, "-c", APT_LOCK_HOLDER, str(tmp_path / "lists/lock"), str(hold_s)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        script = (f"set -euo pipefail\n{(TEMPLATES / 'lib-apt.sh').read_text()}\n"
+                  f"APT_LOCK_TIMEOUT_S={timeout_s}\nAPT_LOCK_POLL_S=0.5\nAPT_LISTS_STAMP={tmp_path}/stamp\n"
+                  "apt_update force\n")
+        t0 = time.monotonic()
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "APT_CONFIG": str(tmp_path / "apt.conf")})
+        return proc, time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_an_update_waits_while_another_apt_holds_the_lists_lock(tmp_path):
+    """apt 2.6's `apt-get update` fails at once on a held lists lock, whatever DPkg::Lock::Timeout
+    says (as right after a first boot, while apt-daily or cloud-init update the lists): the stack's
+    update waits for it, and then updates."""
+    proc, took = real_update(tmp_path, hold_s=3, timeout_s=60)
+    assert proc.returncode == 0, f"the update did not wait for the lists lock: {proc.stdout} {proc.stderr}"
+    assert took >= 2.5, f"the update ended after {took:.1f} s while the lists were locked for 3 s: {proc.stdout}"
+    assert "waiting for it" in proc.stdout, f"the update must say what it waits for: {proc.stdout}"
+    assert (tmp_path / "stamp").exists(), "a successful update leaves its stamp"
+
+
+def test_an_update_gives_up_on_a_lists_lock_held_too_long_with_a_clear_error(tmp_path):
+    proc, took = real_update(tmp_path, hold_s=60, timeout_s=3)
+    assert proc.returncode != 0, f"the update succeeded although the lists stayed locked: {proc.stdout}"
+    assert 2 <= took < 15, f"the update gave up after {took:.1f} s, its bound being 3 s (in whole seconds of the clock)"
+    assert "still locked by another apt" in proc.stderr and "It is held by process" in proc.stdout, (
+        f"the error must name the lock and its holder: {proc.stdout} {proc.stderr}")
+    assert not (tmp_path / "stamp").exists(), "a failed update must leave no stamp"
+
+
+def test_an_update_that_fails_for_another_reason_does_not_wait(tmp_path):
+    proc, took = real_update(tmp_path, hold_s=0, timeout_s=60, sources="deb this-is-not-a-uri\n")
+    assert proc.returncode != 0 and "waiting" not in proc.stdout and took < 10, (
+        f"a broken sources file is no lock to wait for ({took:.1f} s): {proc.stdout} {proc.stderr}")
