@@ -11,7 +11,15 @@ Loki's own HTTP listener is on loopback (3101) behind the gateway; locally, only
 workers may connect to it, so that no other user of the node (the VIP's check, the log agent, a
 compromised service) goes around the gateway with a certificate it holds.
 
-The rules load from a oneshot unit before the network comes up and before Loki starts.
+The rules load from a oneshot unit before the network comes up and before Loki starts; Loki's
+drop-in checks at every start that the table is loaded (``components/loki.py``), so rules that
+failed to load keep Loki down (``LokiNodeDown``) instead of leaving the cluster ports open. A
+change is loaded with ``systemctl reload`` (``nft -f``, which replaces the table in one
+transaction): at no moment are the ports without rules, and nothing that depends on the unit is
+restarted. Debian's own ``nftables.service`` (installed with the package, disabled by default)
+starts, reloads and stops with ``flush ruleset``: the unit is ordered after it at boot, and a
+drop-in for it loads the table again after each of its starts, reloads and stops (an administrator
+who enables it, reloads their own rules or stops them keeps the stack's).
 nftables: https://wiki.nftables.org/wiki-nftables/index.php/Scripting
 """
 
@@ -27,6 +35,8 @@ UNIT = "lokistack-firewall.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 TABLE = "inet lokistack"
 NFT = "/usr/sbin/nft"
+NFTABLES_UNIT = "nftables.service"
+"""Debian's firewall unit (package nftables): ``flush ruleset``, then /etc/nftables.conf."""
 LOCAL_USERS = f'root, "{NGINX_USER}"'
 """Local users that may connect to Loki's loopback listener: root (the apply step's checks) and nginx's workers."""
 
@@ -69,20 +79,43 @@ Description=loki-stack firewall: only the Loki nodes reach the cluster ports
 DefaultDependencies=no
 Wants=network-pre.target
 Before=network-pre.target loki.service
-After=local-fs.target
+# Debian's nftables.service flushes every ruleset when it starts: at boot, load ours after it (its
+# drop-in, NFTABLES_DROPIN_FILE, loads ours again when it starts or reloads later).
+After=local-fs.target {NFTABLES_UNIT}
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={NFT} -f {RULES_FILE}
 ExecReload={NFT} -f {RULES_FILE}
-ExecStop={NFT} delete table {TABLE}
+# The table may be gone already (a flush by another firewall).
+ExecStop=-{NFT} delete table {TABLE}
 
 [Install]
 WantedBy=multi-user.target
 """
 
 
+NFTABLES_DROPIN_FILE = f"/etc/systemd/system/{NFTABLES_UNIT}.d/50-lokistack.conf"
+
+
+def render_nftables_dropin() -> str:
+    """Debian's nftables.service loads /etc/nftables.conf, which begins with ``flush ruleset``, and
+    its stop is ``nft flush ruleset``: after each start, reload and stop it loads the stack's table
+    again (a failure shows in its status)."""
+    return f"""# loki-stack: nftables.service flushes every ruleset; load the Loki nodes' table again after it.
+[Service]
+ExecStartPost={NFT} -f {RULES_FILE}
+ExecReload={NFT} -f {RULES_FILE}
+ExecStopPost={NFT} -f {RULES_FILE}
+"""
+
+
 APPLY = (f"{NFT} -c -f {RULES_FILE} && systemctl daemon-reload && systemctl enable --quiet {UNIT} "
-         f"&& systemctl restart {UNIT}")
-"""Run after the rules or the unit changed: the rules are checked, then loaded."""
+         f"&& systemctl reload-or-restart {UNIT}")
+"""Run after the rules or the unit changed: the rules are checked, then loaded in one transaction
+(a reload; a restart would delete the table first, leaving the ports open for a moment)."""
+LOADED_CHECK = (f"ExecStartPre=+/bin/sh -c '{NFT} list table {TABLE} >/dev/null || "
+                f"{{ echo \"the firewall table {TABLE} is not loaded: Loki does not start without it "
+                f"(systemctl status {UNIT})\" >&2; exit 1; }}'")
+"""For Loki's drop-in: a start fails unless the table is loaded (as root, ``+``: reading rules needs it)."""

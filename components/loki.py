@@ -84,11 +84,16 @@ def render_dropin(*, data_dir: str, cert_file: str, key_file: str, ca_file: str)
 [Unit]
 # The data disk mounts with nofail: Loki must not start on the root disk without it.
 RequiresMountsFor={data_dir}
+# Nor without the firewall's rules: after their unit, and checked at each start below. (Not
+# Requires=: a restart of the firewall would restart Loki with it, outside any roll.)
+Wants={firewall_rules.UNIT}
+After={firewall_rules.UNIT}
 
 [Service]
 # What this start reads, for the apply step to compare with what should run (as root: "+"; a
 # failure here only costs one more restart later: "-").
 {RECORD_START}
+{firewall_rules.LOADED_CHECK}
 ExecStart=
 ExecStart={LOKI_BINARY} -config.file={CONFIG_FILE} -config.expand-env=true -target=all
 EnvironmentFile={ENV_FILE}
@@ -202,6 +207,8 @@ class LokiCluster(pulumi.ComponentResource):
                 host=host.name, connection=after(host.connection, setup), files=[
                     HostFile(host=host.name, path=firewall_rules.RULES_FILE, content=rules),
                     HostFile(host=host.name, path=firewall_rules.UNIT_FILE, content=firewall_rules.render_unit()),
+                    HostFile(host=host.name, path=firewall_rules.NFTABLES_DROPIN_FILE,
+                             content=firewall_rules.render_nftables_dropin()),
                 ], then=firewall_rules.APPLY), opts=child)
             staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, firewall.command), files=files), opts=child)

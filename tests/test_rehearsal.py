@@ -30,6 +30,7 @@ import pytest
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll
 from offline.rehearsal.disk_full import data_disk_full
+from offline.rehearsal.firewall_holds import firewall_holds
 from offline.rehearsal.hitless import refused_limit
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import CGROUP_ROOTS
@@ -297,6 +298,16 @@ def test_a_loki_crash_on_the_vip_holder_is_absorbed_by_its_gateway(rehearsal):
     sent again: Loki may have taken it; nginx logs each), and every accepted line reads back
     exactly once."""
     problems = rehearsal.loki_crash()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_cluster_ports_are_never_without_their_rules_and_loki_does_not_start_without_them(rehearsal):
+    """On a node below the VIP holder, under both clients: rule loads as the firewall step does them
+    never leave the table missing and restart no Loki; Debian's nftables.service started, reloaded,
+    restarted and stopped leaves the stack's table in place; with the table gone Loki does not
+    start, and the journal says why; loaded again, it starts and rejoins its ring; no push fails
+    (``firewall_holds.firewall_holds``)."""
+    problems = firewall_holds(rehearsal)
     assert not problems, "\n".join(problems)
 
 

@@ -1,0 +1,150 @@
+"""The Loki nodes' firewall on a booted node (#25 item 4), while both clients push through the VIP:
+the cluster ports are never without their rules, whatever loads rules on the node.
+
+On a node below the VIP holder:
+1. a rules change is loaded as the firewall step loads it (``firewall.APPLY``: a reload, ``nft -f``
+   replacing the table in one transaction), ten times, while a loop on the node looks for the table
+   without pause: it is never missing, and Loki is not restarted. (Ten restarts of the unit, which
+   delete the table before loading it, are watched the same way for comparison: a figure.)
+2. Debian's ``nftables.service`` (its ``/etc/nftables.conf`` begins with ``flush ruleset``, its stop
+   is a flush) started, reloaded, restarted and stopped: after each, the stack's table is there
+   (the drop-in ``firewall.NFTABLES_DROPIN_FILE``).
+3. Loki restarted with the table gone: it does not start (its drop-in's check names the table),
+   the node's ports stay closed; the rules loaded again, it starts and rejoins its ring.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+from components import firewall
+from components.loki import UNIT as LOKI_UNIT
+from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
+from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, below_holder, started_at
+from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
+
+if TYPE_CHECKING:
+    from offline.rehearsal.machines import Machine
+    from offline.rehearsal.run import Rehearsal
+
+CHANGES = 10
+"""Rule loads watched, each way."""
+WATCH = f"""missing=0 checks=0
+while [ ! -e /run/lokistack-watch-stop ]; do
+  checks=$((checks + 1))
+  {firewall.NFT} list table {firewall.TABLE} >/dev/null 2>&1 || missing=$((missing + 1))
+done
+echo "$checks $missing"
+"""
+"""Looks for the table without pause until told to stop; prints how often it looked and missed it."""
+STOP_WATCH = "/run/lokistack-watch-stop"
+DOWN_HOLD_S = 6
+"""How long Loki is watched not starting, with the table gone."""
+
+
+def table_loaded(machine: Machine) -> bool:
+    return machine.exec([firewall.NFT, "list", "table", *firewall.TABLE.split()]).returncode == 0
+
+
+def watched(machine: Machine, command: list[str]) -> tuple[int, int, list[str]]:
+    """Runs ``command`` in the machine ``CHANGES`` times while a loop there looks for the table;
+    returns (looks, misses, failures of the command)."""
+    machine.exec(["rm", "-f", STOP_WATCH])
+    pid = machine.pid1()
+    assert pid is not None
+    watcher = subprocess.Popen(["nsenter", "-t", str(pid), "-a", "bash", "-c", WATCH], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    failures = []
+    try:
+        time.sleep(0.5)
+        for _ in range(CHANGES):
+            proc = machine.exec(command, timeout=60)
+            if proc.returncode != 0:
+                failures.append(f"{' '.join(command)}: {proc.stdout[-300:]}{proc.stderr[-300:]}")
+        time.sleep(0.5)
+    finally:
+        machine.exec(["touch", STOP_WATCH])
+        out, _ = watcher.communicate(timeout=30)
+        machine.exec(["rm", "-f", STOP_WATCH])
+    looks, misses = (int(v) for v in out.split()[-2:])
+    return looks, misses, failures
+
+
+def nftables_problems(machine: Machine) -> list[str]:
+    """Debian's nftables.service started, reloaded, restarted and stopped: the table after each."""
+    problems = []
+    for action in ("start", "reload", "restart", "stop"):
+        proc = machine.exec(["systemctl", action, firewall.NFTABLES_UNIT], timeout=60)
+        if proc.returncode != 0:
+            problems.append(f"{machine.name}: systemctl {action} {firewall.NFTABLES_UNIT} failed: {proc.stderr[-500:]}")
+        if not table_loaded(machine):
+            problems.append(f"{machine.name}: after systemctl {action} {firewall.NFTABLES_UNIT}, the table "
+                            f"{firewall.TABLE} is gone (its flush; the drop-in must load it again)")
+            machine.exec(["systemctl", "reload", firewall.UNIT])
+    return problems
+
+
+def firewall_holds(lab: Rehearsal) -> list[str]:
+    problems: list[str] = []
+    machines = loki_machines(lab)
+    holder = wait_settled(machines)
+    node = below_holder(machines, holder)
+    machine = machines[node]
+    began = time.time()
+    with lab.vip_clients("firewall") as clients:
+        loki_since = started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic")
+        looks, misses, failures = watched(machine, ["sh", "-c", firewall.APPLY])
+        problems += failures
+        if misses:
+            problems.append(f"{node}: during {CHANGES} rule loads as the firewall step does them, {misses} of {looks} "
+                            f"looks found no table {firewall.TABLE}: the ports were open")
+        if started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic") != loki_since:
+            problems.append(f"{node}: loading the firewall's rules restarted Loki")
+        restart_looks, restart_misses, _ = watched(machine, ["systemctl", "restart", firewall.UNIT])
+        if started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic") != loki_since:
+            problems.append(f"{node}: restarting the firewall's unit restarted Loki")
+
+        problems += nftables_problems(machine)
+
+        # Loki with the table gone.
+        machine.exec([firewall.NFT, "delete", "table", *firewall.TABLE.split()])
+        t0 = time.monotonic()
+        refused = machine.exec(["systemctl", "restart", LOKI_UNIT], timeout=180)
+        time.sleep(DOWN_HOLD_S)
+        state = machine.exec(["systemctl", "is-active", LOKI_UNIT]).stdout.strip()
+        journal = machine.exec(["journalctl", "-u", LOKI_UNIT, "--no-pager", "-o", "cat", "-n", "50"]).stdout
+        if refused.returncode == 0 or state == "active":
+            problems.append(f"{node}: Loki started without the firewall's table (systemctl restart: "
+                            f"{refused.returncode}, then {state})")
+        if f"the firewall table {firewall.TABLE} is not loaded" not in journal:
+            problems.append(f"{node}: Loki's journal does not say why it did not start: {journal[-800:]}")
+        machine.exec(["systemctl", "reload", firewall.UNIT])
+        machine.exec(["systemctl", "reset-failed", LOKI_UNIT])
+        machine.exec(["systemctl", "start", LOKI_UNIT], timeout=180)
+        ready = wait_loki_ready(machine)
+        deadline = time.monotonic() + RING_TIMEOUT_S
+        while active_ring_members(machine) != set(LOKI_ADDRESSES.values()):
+            if time.monotonic() > deadline:
+                problems.append(f"{node}: its ring is not full {RING_TIMEOUT_S} s after Loki was ready again: "
+                                f"{sorted(active_ring_members(machine))}")
+                break
+            time.sleep(1)
+        back = time.monotonic() - t0
+    problems += leftovers(machine)
+    after = wait_for_one_holder(machines, VIP)
+    moves = vip_masters(machines, began)
+    if after != holder or moves:
+        problems.append(f"the VIP moved during the firewall event: from {holder}, taken by {moves}, now on {after}")
+    problems += clients.problems
+    lab.figures.append(
+        f"firewall on {node}: {CHANGES} rule loads as the step does them (reload): the table missing at {misses} of "
+        f"{looks} looks; {CHANGES} restarts of the unit, for comparison: missing at {restart_misses} of "
+        f"{restart_looks}; "
+        f"Loki not restarted by either; Debian's nftables.service started, reloaded, restarted and stopped: the "
+        f"table there after each; Loki restarted without the table: {state} after {DOWN_HOLD_S} s, the reason in its "
+        f"journal; rules loaded again: ready {ready:.1f} s later, ring full {back:.0f} s after the restart")
+    lab.figures += [f"  {line}" for line in clients.figures()]
+    return problems
