@@ -15,5 +15,7 @@ way ``pulumi up`` would deploy it (``make rehearse``, ``python -m offline.rehear
   ``scaling.py`` (3 -> 4 -> 3 nodes), ``disk_full.py`` (a full data disk), ``outage.py`` (the object
   store away for ten minutes); ``prometheus.py``: the real Prometheus that sees their alerts;
   ``s3_standin.py``: the object store's server, as far as Loki and Prometheus use it;
+- ``firewall_holds.py``: the cluster ports never without their rules (rule loads, Debian's
+  nftables.service, Loki without the table);
 - ``run.py``: all of it together, with the checks and the figures.
 """
