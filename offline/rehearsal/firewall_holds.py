@@ -110,15 +110,22 @@ def firewall_holds(lab: Rehearsal) -> list[str]:
         problems += nftables_problems(machine)
 
         # Loki with the table gone.
-        machine.exec([firewall.NFT, "delete", "table", *firewall.TABLE.split()])
+        deleted = machine.exec([firewall.NFT, "delete", "table", *firewall.TABLE.split()])
+        if deleted.returncode != 0 or table_loaded(machine):
+            problems.append(f"{node}: the table {firewall.TABLE} could not be taken away: {deleted.stderr}")
+        since = time.time()
         t0 = time.monotonic()
         refused = machine.exec(["systemctl", "restart", LOKI_UNIT], timeout=180)
         time.sleep(DOWN_HOLD_S)
         state = machine.exec(["systemctl", "is-active", LOKI_UNIT]).stdout.strip()
         journal = machine.exec(["journalctl", "-u", LOKI_UNIT, "--no-pager", "-o", "cat", "-n", "50"]).stdout
         if refused.returncode == 0 or state == "active":
+            others = machine.exec(["journalctl", "--no-pager", "-o", "short-unix", "-S", f"@{int(since)}",
+                                   "-u", firewall.UNIT, "-u", firewall.NFTABLES_UNIT, "-u", LOKI_UNIT, "-n", "40",
+                                   "-g", "lokistack|nftables|Start|Stop|firewall"]).stdout
             problems.append(f"{node}: Loki started without the firewall's table (systemctl restart: "
-                            f"{refused.returncode}, then {state})")
+                            f"{refused.returncode}, then {state}); tables now: "
+                            f"{machine.exec([firewall.NFT, 'list', 'tables']).stdout.split()}; journal:\n{others}")
         if f"the firewall table {firewall.TABLE} is not loaded" not in journal:
             problems.append(f"{node}: Loki's journal does not say why it did not start: {journal[-800:]}")
         machine.exec(["systemctl", "reload", firewall.UNIT])
