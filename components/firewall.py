@@ -37,6 +37,7 @@ TABLE = "inet lokistack"
 NFT = "/usr/sbin/nft"
 NFTABLES_UNIT = "nftables.service"
 """Debian's firewall unit (package nftables): ``flush ruleset``, then /etc/nftables.conf."""
+NFTABLES_DROPIN_FILE = f"/etc/systemd/system/{NFTABLES_UNIT}.d/50-lokistack.conf"
 LOCAL_USERS = f'root, "{NGINX_USER}"'
 """Local users that may connect to Loki's loopback listener: root (the apply step's checks) and nginx's workers."""
 
@@ -79,8 +80,9 @@ Description=loki-stack firewall: only the Loki nodes reach the cluster ports
 DefaultDependencies=no
 Wants=network-pre.target
 Before=network-pre.target loki.service
-# Debian's nftables.service flushes every ruleset when it starts: at boot, load ours after it (its
-# drop-in, NFTABLES_DROPIN_FILE, loads ours again when it starts or reloads later).
+# Debian's nftables.service flushes every ruleset when it starts: at boot, load ours after it.
+# A drop-in for it loads ours again after its later starts, reloads and stops:
+# {NFTABLES_DROPIN_FILE}
 After=local-fs.target {NFTABLES_UNIT}
 
 [Service]
@@ -94,9 +96,6 @@ ExecStop=-{NFT} delete table {TABLE}
 [Install]
 WantedBy=multi-user.target
 """
-
-
-NFTABLES_DROPIN_FILE = f"/etc/systemd/system/{NFTABLES_UNIT}.d/50-lokistack.conf"
 
 
 def render_nftables_dropin() -> str:

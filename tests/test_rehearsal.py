@@ -304,8 +304,8 @@ def test_a_loki_crash_on_the_vip_holder_is_absorbed_by_its_gateway(rehearsal):
 def test_the_cluster_ports_are_never_without_their_rules_and_loki_does_not_start_without_them(rehearsal):
     """On a node below the VIP holder, under both clients: rule loads as the firewall step does them
     never leave the table missing and restart no Loki; Debian's nftables.service started, reloaded,
-    restarted and stopped leaves the stack's table in place; with the table gone Loki does not
-    start, and the journal says why; loaded again, it starts and rejoins its ring; no push fails
+    restarted and stopped leaves the stack's table in place; with rules that fail to load Loki does
+    not start, and the journal says why; loaded again, it starts and rejoins its ring; no push fails
     (``firewall_holds.firewall_holds``)."""
     problems = firewall_holds(rehearsal)
     assert not problems, "\n".join(problems)
