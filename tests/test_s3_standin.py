@@ -27,6 +27,8 @@ from offline.rehearsal.s3_standin import METRICS_PATH
 from tests.conftest import require_tool
 
 STANDIN = Path(__file__).resolve().parent.parent / "offline/rehearsal/s3_standin.py"
+USER, SECRET = "prometheus-user", "a-secret-key-of-forty-characters-xxxxxxx"
+"""A made-up user and key: the stand-in checks no signature, only the token's shape, issuer and expiry."""
 
 
 @dataclass
@@ -89,20 +91,20 @@ def series(exposition: str) -> dict[str, float]:
 
 
 def test_its_metrics_want_a_metrics_token_as_the_object_stores_do(standin):
-    good = metrics_token("prometheus-user", "a-secret-key-of-forty-characters-xxxxxxx")
+    good = metrics_token(USER, SECRET)
     assert standin.metrics(None)[0] == 403, "the stand-in's metrics answered without a bearer token"
     assert standin.metrics("not-a-jwt")[0] == 403, "the stand-in's metrics took a bearer that is no JWT"
     header, _, signature = good.split(".")
     other = json.dumps({"exp": 2**31, "iss": "grafana", "sub": "x"}).encode()
     forged = f"{header}.{base64.urlsafe_b64encode(other).decode().rstrip('=')}.{signature}"
     assert standin.metrics(forged)[0] == 403, "the stand-in's metrics took a token of another issuer"
-    expired = metrics_token("prometheus-user", "a-secret-key-of-forty-characters-xxxxxxx", expires=1)
+    expired = metrics_token(USER, SECRET, expires=1)
     assert standin.metrics(expired)[0] == 403, "the stand-in's metrics took an expired token"
     assert standin.metrics(good)[0] == 200, "the stand-in's metrics refused the stack's metrics token"
 
 
 def test_its_metrics_count_what_it_answered_and_its_volumes_space_and_promtool_reads_them(standin):
-    token = metrics_token("prometheus-user", "a-secret-key-of-forty-characters-xxxxxxx")
+    token = metrics_token(USER, SECRET)
     assert standin.request("PUT", "/loki")[0] == 200
     assert standin.request("PUT", "/loki/chunk-1", b"data")[0] == 200
     assert standin.request("GET", "/loki/chunk-1")[0] == 200
