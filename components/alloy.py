@@ -46,14 +46,14 @@ _TEMPLATES = jinja2.Environment(
 def render_alloy_config(*, host: str, push_url: str) -> str:
     return _TEMPLATES.get_template("config.alloy.j2").render(
         host=host, push_url=push_url, ca_file=f"{CREDENTIALS_DIR}/ca.pem", cert_file=f"{CREDENTIALS_DIR}/agent.pem",
-        key_file=f"{CREDENTIALS_DIR}/agent.key", metrics_client_file=f"{CREDENTIALS_DIR}/metrics-client.pem")
+        key_file=f"{CREDENTIALS_DIR}/agent.key", metrics_client_ca_file=f"{CREDENTIALS_DIR}/metrics-client-ca.pem")
 
 
 def render_defaults(metrics_address: str) -> str:
     """/etc/default/alloy: the packaged unit runs ``alloy run $CUSTOM_ARGS ... $CONFIG_FILE``.
     No usage reports to Grafana Labs (on by default). Alloy's HTTP server (its UI, its API and its
     metrics) listens on the host's address instead of loopback, for Prometheus: the config's
-    ``http`` block puts it on TLS and accepts Prometheus' certificate only."""
+    ``http`` block puts it on TLS and accepts Prometheus' certificates only (their own CA)."""
     return f"""# loki-stack: Alloy's settings for the packaged alloy.service.
 CONFIG_FILE="{CONFIG_FILE}"
 CUSTOM_ARGS="--disable-reporting --server.http.listen-addr={metrics_address}:{METRICS_PORT}"
@@ -62,14 +62,14 @@ RESTART_ON_UPGRADE=true
 """
 
 
-def render_dropin(*, cert_file: str, key_file: str, ca_file: str, metrics_client_file: str) -> str:
+def render_dropin(*, cert_file: str, key_file: str, ca_file: str, metrics_client_ca_file: str) -> str:
     """systemd drop-in for the packaged alloy.service: the TLS files as credentials, hardening."""
     return f"""# loki-stack: TLS credentials and hardening for the packaged alloy.service.
 [Service]
 LoadCredential=agent.pem:{cert_file}
 LoadCredential=agent.key:{key_file}
 LoadCredential=ca.pem:{ca_file}
-LoadCredential=metrics-client.pem:{metrics_client_file}
+LoadCredential=metrics-client-ca.pem:{metrics_client_ca_file}
 {hardening(DATA_DIR)}"""
 
 
@@ -87,8 +87,8 @@ class LogAgentArgs:
     key_file: str
     ca_file: str
     """Host paths of the host's agent certificate, key and the stack's CA."""
-    metrics_client_file: str
-    """Host path of Prometheus' client certificate: the only client the metrics endpoint accepts."""
+    metrics_client_ca_file: str
+    """Host path of the CA of Prometheus' client certificates: the only issuer the metrics endpoint accepts."""
     metrics_address: str
     """The host's address, where Alloy serves its metrics (its certificate carries it)."""
     tls_digest: pulumi.Input[str]
@@ -112,7 +112,7 @@ class LogAgent(pulumi.ComponentResource):
                      content=render_alloy_config(host=args.host, push_url=args.push_url)),
             HostFile(host=args.host, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600",
                      content=render_dropin(cert_file=args.cert_file, key_file=args.key_file, ca_file=args.ca_file,
-                                           metrics_client_file=args.metrics_client_file)),
+                                           metrics_client_ca_file=args.metrics_client_ca_file)),
             HostFile(host=args.host, path=f"{STAGE_DIR}/alloy.defaults", mode="0600",
                      content=render_defaults(args.metrics_address)),
         ]

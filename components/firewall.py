@@ -1,10 +1,17 @@
-"""A host firewall on each Loki node: only the Loki nodes reach its cluster ports.
+"""A host firewall on each Loki node: only Loki on the Loki nodes reaches its cluster ports.
 
 Memberlist (7946, TCP and UDP) encrypts with TLS but does not ask peers for a certificate
 (grafana/dskit sets no client CA on its listener), so any host that reaches the port could gossip
 fake ring state; gRPC (9095) asks for one, but has no reason to be open to anyone else either.
 An nftables table of its own (``inet lokistack``, leaving any other rules of the host alone) drops
-both ports for every source but the Loki nodes. The gateway's HTTP port (3100, and its twin's 3102)
+both ports for every source but the Loki nodes. On the nodes themselves, only Loki's user
+(``loki``) may open a connection to either port, its own node's or a peer's, or send a datagram to
+memberlist's: another local user would otherwise come from a Loki node's address, and gRPC's
+certificate check lets in any certificate of the stack's CA (the node holds the log agent's and
+the VIP check's), and with ``-target=all`` it serves the ingesters' push and query services, as
+the single tenant. Matched on a connection's first segment (SYN without ACK: unprivileged users
+cannot send any other without a connection; the kernel's own resets, sent as root, pass), refused
+at once (a TCP reset, a datagram's ``EPERM``). The gateway's HTTP port (3100, and its twin's 3102)
 stays open: agents on any host, Grafana, Prometheus and the operator use it, each with a client
 certificate and its role.
 Loki's own HTTP listener is on loopback (3101) behind the gateway; locally, only root and nginx's
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from components.loki_config import GRPC_PORT, LOKI_LOCAL_PORT, MEMBERLIST_PORT
+from components.loki_config import GRPC_PORT, LOKI_LOCAL_PORT, MEMBERLIST_PORT, SERVICE_USER
 from components.loki_gateway import NGINX_USER
 
 RULES_FILE = "/etc/lokistack/firewall.nft"
@@ -42,13 +49,17 @@ LOCAL_USERS = f'root, "{NGINX_USER}"'
 """Local users that may connect to Loki's loopback listener: root (the apply step's checks) and nginx's workers."""
 
 
-def render_rules(node_addresses: Sequence[str]) -> str:
+def render_rules(node_addresses: Sequence[str], cluster_user: str = SERVICE_USER) -> str:
     """The ruleset: the first two lines make any earlier version of the table go, so that loading
-    the file again replaces it in one transaction."""
+    the file again replaces it in one transaction. ``cluster_user``, the one local user that opens
+    cluster connections, is named, not numbered (the package makes it, its uid is not known here):
+    ``nft`` resolves it when it loads the file, so it must exist by then (loki-setup.sh, run
+    before the firewall's step, makes it)."""
     nodes = ", ".join(node_addresses)
     return f"""#!{NFT} -f
-# loki-stack: only the Loki nodes reach memberlist ({MEMBERLIST_PORT}) and gRPC ({GRPC_PORT}); only
-# root and the gateway reach Loki's loopback HTTP listener ({LOKI_LOCAL_PORT}).
+# loki-stack: only the Loki nodes reach memberlist ({MEMBERLIST_PORT}) and gRPC ({GRPC_PORT}), and on
+# them only Loki's user opens those connections; only root and the gateway reach Loki's loopback
+# HTTP listener ({LOKI_LOCAL_PORT}).
 table {TABLE}
 delete table {TABLE}
 table {TABLE} {{
@@ -69,6 +80,9 @@ table {TABLE} {{
     chain output {{
         type filter hook output priority filter; policy accept;
         oif "lo" tcp dport {LOKI_LOCAL_PORT} meta skuid != {{ {LOCAL_USERS} }} counter reject with tcp reset
+        tcp dport {{ {MEMBERLIST_PORT}, {GRPC_PORT} }} tcp flags & (syn | ack) == syn \\
+            meta skuid != "{cluster_user}" counter reject with tcp reset
+        udp dport {MEMBERLIST_PORT} meta skuid != "{cluster_user}" counter drop
     }}
 }}
 """

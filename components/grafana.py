@@ -26,6 +26,8 @@ from components.grafana_repository import repository_parameters
 from components.hostfile import HostFile
 from components.monitoring import Signal
 from components.scripts import render_script
+from components.timeouts import DEFAULT as DEFAULT_TIMEOUTS
+from components.timeouts import Timeouts
 
 SERVER_TYPE = "lokistack:grafana:GrafanaServer"
 CONTENT_TYPE = "lokistack:grafana:GrafanaContent"
@@ -150,6 +152,8 @@ class GrafanaContentArgs:
     """Grafana's client certificate for Loki (the key is secret)."""
     signals: Mapping[str, Signal]
     """What the stack's alert rules watch (``components.monitoring``): the cluster dashboard draws them."""
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    """The data source waits longer than the gateway (``components.timeouts``)."""
 
 
 class GrafanaContent(pulumi.ComponentResource):
@@ -167,7 +171,8 @@ class GrafanaContent(pulumi.ComponentResource):
         datasource = grafana.oss.DataSource(
             f"{name}-loki", type="loki", name="Loki", uid=LOKI_DATASOURCE_UID, url=args.loki_url,
             access_mode="proxy", is_default=True,
-            json_data_encoded=json.dumps({"tlsAuth": True, "tlsAuthWithCACert": True, "maxLines": 1000}),
+            json_data_encoded=json.dumps({"tlsAuth": True, "tlsAuthWithCACert": True, "maxLines": 1000,
+                                          "timeout": args.timeouts.grafana_s}),
             secure_json_data_encoded=secret_json, opts=child)
         folder = grafana.oss.Folder(f"{name}-folder", title="loki-stack", uid="lokistack", opts=child)
         boards = {"cluster": loki_cluster_dashboard(args.signals), "logs": logs_overview_dashboard(LOKI_DATASOURCE_UID)}

@@ -31,6 +31,7 @@ from components.loki_config import (
     CREDENTIALS_DIR,
     HTTP_PORT,
     LOKI_LOCAL_PORT,
+    SERVICE_USER,
     LokiConfigSpec,
     render_env_file,
     render_loki_config,
@@ -100,8 +101,8 @@ EnvironmentFile={ENV_FILE}
 LoadCredential=server.pem:{cert_file}
 LoadCredential=server.key:{key_file}
 LoadCredential=ca.pem:{ca_file}
-User=loki
-Group=loki
+User={SERVICE_USER}
+Group={SERVICE_USER}
 LimitNOFILE=65536
 # A stop flushes the ingester's chunks to the object store, leaves the rings and waits for peers
 # to drop their gRPC streams (1.4-9.6 s measured); in-flight queries end within Loki's query

@@ -16,11 +16,16 @@ from typing import Any
 import yaml
 
 from components.loki_limits import LokiLimits, runtime_config_section
+from components.timeouts import DEFAULT as DEFAULT_TIMEOUTS
+from components.timeouts import Timeouts
 
 HTTP_PORT, GRPC_PORT, MEMBERLIST_PORT = 3100, 9095, 7946
 """Loki's public HTTP port is served by the node's gateway (``components.loki_gateway``)."""
 LOKI_LOCAL_ADDRESS, LOKI_LOCAL_PORT = "127.0.0.1", 3101
 """Where Loki itself listens for HTTP: loopback only, behind the gateway."""
+SERVICE_USER = "loki"
+"""The user Loki runs as: the one Grafana's loki package names in its unit (``User=loki``,
+tools/packaging/loki.service) and makes in its post-install; loki-setup.sh makes it first."""
 CREDENTIALS_DIR = "/run/credentials/loki.service"
 """Where systemd hands the service its TLS files (``LoadCredential=``)."""
 CERT_FILE, KEY_FILE, CA_FILE = (f"{CREDENTIALS_DIR}/server.pem", f"{CREDENTIALS_DIR}/server.key",
@@ -84,6 +89,8 @@ class LokiConfigSpec:
     """Memory of each Loki VM: bounds what a WAL replay may hold before it flushes."""
     internal_tls: bool
     """TLS (with client certificates) on gRPC between nodes and on memberlist."""
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    """Loki's query timeout and its HTTP server's, below the gateway's (``components.timeouts``)."""
 
     @property
     def replication_factor(self) -> int:
@@ -111,7 +118,10 @@ def server(spec: LokiConfigSpec) -> dict[str, Any]:
                 "client_auth_type": "RequireAndVerifyClientCert"}
     section: dict[str, Any] = {"http_listen_address": LOKI_LOCAL_ADDRESS, "http_listen_port": LOKI_LOCAL_PORT,
                                "grpc_listen_port": GRPC_PORT, "log_level": "info", "http_tls_config": http_tls,
-                               "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN_TIMEOUT}
+                               "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN_TIMEOUT,
+                               # Longer than a query may take, so that Loki can answer its timeout (504).
+                               "http_server_read_timeout": f"{spec.timeouts.loki_http_s}s",
+                               "http_server_write_timeout": f"{spec.timeouts.loki_http_s}s"}
     if spec.internal_tls:
         section["grpc_tls_config"] = {"cert_file": CERT_FILE, "key_file": KEY_FILE, "client_ca_file": CA_FILE,
                                       "client_auth_type": "RequireAndVerifyClientCert"}
@@ -237,10 +247,11 @@ so Loki keeps its default and every gateway refuses the deletion API with the re
 (``components.loki_gateway.DELETE_REFUSAL``); retention removes old logs everywhere."""
 
 
-def limits() -> dict[str, Any]:
+def limits(spec: LokiConfigSpec) -> dict[str, Any]:
     """https://grafana.com/docs/loki/latest/configure/#limits_config: what Loki reads only at start.
     Retention and ingestion rates are in the runtime configuration (``components.loki_limits``)."""
-    return _merge({"limits_config": {"deletion_mode": DELETION_MODE}}, runtime_config_section())
+    return _merge({"limits_config": {"deletion_mode": DELETION_MODE, "query_timeout": f"{spec.timeouts.query_s}s"}},
+                  runtime_config_section())
 
 
 def analytics() -> dict[str, Any]:
@@ -279,7 +290,7 @@ def loki_config(spec: LokiConfigSpec, node_name: str) -> dict[str, Any]:
     node = spec.node(node_name)
     config: dict[str, Any] = {"target": "all", "auth_enabled": False}
     for section in (server(spec), common(spec, node), memberlist(spec, node), schema(spec), storage(spec),
-                    ingester(spec), compactor(spec), limits(), analytics(), grpc_clients(spec)):
+                    ingester(spec), compactor(spec), limits(spec), analytics(), grpc_clients(spec)):
         _merge(config, section)
     return config
 

@@ -52,6 +52,8 @@ from components.hostfile import HostFile
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.pki import ORGANIZATION
 from components.scripts import render_script
+from components.timeouts import DEFAULT as DEFAULT_TIMEOUTS
+from components.timeouts import Timeouts
 from components.vip_handover import NODE_HEADER, VipHandover
 
 RESOURCE_TYPE = "lokistack:gateway:LokiGateway"
@@ -69,8 +71,6 @@ MAX_BODY = "64m"
 """Largest request body (a push batch; Alloy sends about 1 MiB)."""
 BODY_BUFFER = "2m"
 """Request bodies up to this size stay in memory (a push batch), larger ones go to a temporary file."""
-UPSTREAM_TIMEOUT_S = 600
-"""Longest a query or a tail may take through the gateway."""
 CLIENT_STALL_S = 10
 """A client that sends nothing more of its request (headers, body), or takes nothing of an answer
 nginx is blocked sending, for this long has gone (nginx's client_header_timeout,
@@ -178,8 +178,11 @@ map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_from_peer {{
 
 
 def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file: str, ca_file: str,
-                        peers: Sequence[Peer] = ()) -> str:
-    """The nginx config (an ``http``-level file for ``conf.d``) of a node whose fellow Loki nodes are ``peers``."""
+                        client_ca_file: str, peers: Sequence[Peer] = (),
+                        timeouts: Timeouts = DEFAULT_TIMEOUTS) -> str:
+    """The nginx config (an ``http``-level file for ``conf.d``) of a node whose fellow Loki nodes are
+    ``peers``. ``ca_file``: the stack's CA, which Loki's certificate is checked against;
+    ``client_ca_file``: the CAs whose client certificates are taken (the stack's and Prometheus')."""
     verify = "on" if require_client_certs else "optional"
     anonymous = f'    "NONE|" {ANONYMOUS};\n' if not require_client_certs else ""
     grants = "\n".join(line for g in GRANTS for line in _map_entries(g))
@@ -201,7 +204,7 @@ server {{
 
     ssl_certificate {cert_file};
     ssl_certificate_key {key_file};
-    ssl_client_certificate {ca_file};
+    ssl_client_certificate {client_ca_file};
     ssl_verify_client {verify};
     ssl_verify_depth 1;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -225,8 +228,10 @@ server {{
     proxy_set_header Connection $lokistack_connection;
     proxy_set_header {ROLE_HEADER} $lokistack_role;
     proxy_buffering off;
-    proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
-    proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
+    # Longer than Loki's own (components/timeouts.py): Loki's 504 for a query that took too long
+    # reaches the client, and no query that timed out here is sent on to a peer to run again.
+    proxy_read_timeout {timeouts.gateway_s}s;
+    proxy_send_timeout {timeouts.gateway_s}s;
     proxy_ssl_certificate {cert_file};
     proxy_ssl_certificate_key {key_file};
     proxy_ssl_trusted_certificate {ca_file};
@@ -347,6 +352,8 @@ class LokiGatewayArgs:
     key_file: str
     ca_file: str
     """Host paths of the node's server certificate (also its client certificate towards Loki), key, CA."""
+    client_ca_file: str
+    """Host path of the CAs whose client certificates the gateway takes: the stack's and Prometheus'."""
     after_steps: Mapping[str, pulumi.CustomResource]
     """Host name -> the step its setup waits for (one package step at a time on a host)."""
     peers: Mapping[str, Peer]
@@ -354,6 +361,8 @@ class LokiGatewayArgs:
     others when its own Loki does not answer."""
     handover: VipHandover
     """On the VIP holder, a reload first lets the kept-alive connections to the VIP end (``vip_reload_gateway``)."""
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    """How long the gateway waits for Loki: longer than Loki itself (``components.timeouts``)."""
 
 
 class LokiGateway(pulumi.ComponentResource):
@@ -386,7 +395,9 @@ class LokiGateway(pulumi.ComponentResource):
                            "lib-clock.sh", "lib-vip-handover.sh"])
             conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
                                        key_file=args.key_file, ca_file=args.ca_file,
-                                       peers=[p for n, p in args.peers.items() if n != host.name])
+                                       client_ca_file=args.client_ca_file,
+                                       peers=[p for n, p in args.peers.items() if n != host.name],
+                                       timeouts=args.timeouts)
             connection = host.connection
             if host.name in args.after_steps:
                 connection = after(connection, args.after_steps[host.name])

@@ -6,8 +6,8 @@ Two documents for an operator's existing Prometheus, both built as dicts and dum
   ``loki`` (every node's gateway, Prometheus' client certificate, role ``metrics``),
   ``loki-objectstore`` (the object store's cluster metrics, a bearer token of a user that may do
   nothing but read metrics), ``loki-grafana`` (Grafana's ``/metrics`` with a password of its own)
-  and ``loki-agents`` (every log agent's own metrics, which accept Prometheus' certificate and no
-  other). Every target carries ``cluster`` and ``node`` (the host name).
+  and ``loki-agents`` (every log agent's own metrics, which accept Prometheus' certificates, of a
+  CA of their own, and no other). Every target carries ``cluster`` and ``node`` (the host name).
 - ``prometheusRules``: alert rules for this topology, thresholds derived from the settings (node
   count, replication factor, ingestion rate, certificates' early-renewal windows), and one
   recording rule per certificate the stack issued (when it ends), because no component exports
@@ -68,9 +68,10 @@ a healthy cluster (the rehearsal's kept-alive client: slowest 0.2 s through a ro
 gives up on a push after 10 s. Above 1 s for 15 minutes the ingesters or their WAL disks are
 falling behind (the Loki mixin's ``LokiRequestLatency`` uses 1 s too)."""
 QUERY_P99_S = 20.0
-"""Query latency (p99 over 5 minutes) that users feel: Grafana and logcli wait up to a minute
-(Loki's ``query_timeout``), so above 20 s for 15 minutes the slowest queries are a third of the
-way to failing; look at what is queried, the nodes' CPU and the object store."""
+"""Query latency (p99 over 5 minutes) that users feel: Loki ends a query's evaluation at its
+``query_timeout`` (1 m by default, ``components.timeouts``), so above 20 s for 15 minutes the
+slowest queries are a third of the way to failing; look at what is queried, the nodes' CPU and the
+object store."""
 WAL_CORRUPTION_ALERT_S = 86400
 """How long LokiWALCorrupted fires after the start whose WAL replay found corruption."""
 LATENCY_RECORD = "cluster_route:loki_request_duration_seconds:99quantile"
@@ -169,7 +170,7 @@ def scrape_config(spec: MonitoringSpec) -> dict[str, Any]:
         # Grafana's /metrics behind basic auth (grafana.ini [metrics]); no client certificates.
         _job(spec, JOB_GRAFANA, [spec.grafana], spec.grafana_port, "/metrics", client_cert=False,
              basic_auth={"username": GRAFANA_METRICS_USER, "password_file": GRAFANA_PASSWORD_FILE}),
-        # Each agent's HTTP server accepts Prometheus' certificate and no other (components.alloy).
+        # Each agent's HTTP server accepts Prometheus' certificates (their own CA) and no other (components.alloy).
         _job(spec, JOB_AGENTS, spec.agents, spec.agent_port, "/metrics", client_cert=True),
     ]}
 

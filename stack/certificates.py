@@ -21,13 +21,21 @@ TLS_DIR = "/etc/lokistack/tls"
 CA_FILE = f"{TLS_DIR}/ca.pem"
 SERVER_CERT_FILE, SERVER_KEY_FILE = f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server.key"
 AGENT_CERT_FILE, AGENT_KEY_FILE = f"{TLS_DIR}/agent.pem", f"{TLS_DIR}/agent.key"
-METRICS_CLIENT_FILE = f"{TLS_DIR}/metrics-client.pem"
-"""Prometheus' client certificate (public): the one certificate the log agent's metrics endpoint
-accepts (``components.alloy``)."""
-RETIRED_FILES = ("/usr/local/share/ca-certificates/loki-stack-ca.crt",)
+METRICS_CLIENT_CA_FILE = f"{TLS_DIR}/metrics-client-ca.pem"
+"""The CA of Prometheus' client certificates (public), a CA of their own that signs nothing else:
+the one issuer the log agent's metrics endpoint accepts (``components.alloy``). A renewed
+Prometheus certificate has the same issuer, so the agents take the old one and the new one alike
+until the old one ends: the operator exports the new one when it suits (no scrape is refused
+meanwhile)."""
+GATEWAY_CLIENT_CA_FILE = f"{TLS_DIR}/gateway-client-ca.pem"
+"""On the Loki nodes: the CAs the gateway accepts client certificates of, the stack's and
+Prometheus' (``components.loki_gateway``; each certificate's role is its subject's OU)."""
+RETIRED_FILES = ("/usr/local/share/ca-certificates/loki-stack-ca.crt", f"{TLS_DIR}/metrics-client.pem")
 """Earlier versions put the CA into every host's system trust store; nothing needs it there (every
 client of the stack names the CA itself), and whoever holds the CA's key could then intercept any
-TLS on the host, apt included. The TLS delivery removes it."""
+TLS on the host, apt included. And they gave the agents Prometheus' certificate itself as their
+client pool (``metrics-client.pem``), which a renewal of that certificate broke until the operator
+exported it again (the agents' pool is now Prometheus' CA). The TLS delivery removes both."""
 TRUST_UPDATE = "update-ca-certificates"
 """Run after the TLS delivery changed anything: the system bundle drops the removed CA."""
 LOCALHOST_NAMES, LOCALHOST_ADDRESSES = ["localhost"], ["127.0.0.1"]
@@ -76,6 +84,8 @@ def client_specs(settings: Settings) -> dict[str, CertificateSpec]:
 @dataclass
 class StackCertificates:
     ca: CertificateAuthority
+    metrics_ca: CertificateAuthority
+    """Issues Prometheus' client certificate and nothing else (``METRICS_CLIENT_CA_FILE``)."""
     servers: dict[str, Certificate]
     """Host name -> its server certificate."""
     agents: dict[str, Certificate]
@@ -92,18 +102,24 @@ class StackCertificates:
         leaves += [(f"{h}-health", h, c) for h, c in self.health.items()]
         leaves += [(name, "", c) for name, c in self.clients.items()]
         return [("ca", "", self.ca.not_after, self.ca.early_renewal_hours),
+                ("metrics-ca", "", self.metrics_ca.not_after, self.metrics_ca.early_renewal_hours),
                 *((name, host, c.not_after, c.early_renewal_hours) for name, host, c in leaves)]
 
     def host_files(self, host: str) -> list[HostFile]:
         """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only), its
-        agent certificate and Prometheus' client certificate; keys 0600, root only."""
+        agent certificate and the CA of Prometheus' client certificates; on a Loki node, the CAs
+        its gateway takes client certificates of; keys 0600, root only."""
         ca, agent = self.ca.cert_pem, self.agents[host]
         files = [
             HostFile(host=host, path=CA_FILE, content=ca),
-            HostFile(host=host, path=METRICS_CLIENT_FILE, content=self.clients["prometheus"].cert_pem),
+            HostFile(host=host, path=METRICS_CLIENT_CA_FILE, content=self.metrics_ca.cert_pem),
             HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
             HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
         ]
+        if host in self.health:  # a Loki node
+            both: pulumi.Output[str] = pulumi.Output.all(ca, self.metrics_ca.cert_pem).apply(
+                lambda pems: "".join(p if p.endswith("\n") else p + "\n" for p in pems))
+            files.append(HostFile(host=host, path=GATEWAY_CLIENT_CA_FILE, content=both))
         if host in self.servers:
             server = self.servers[host]
             files += [HostFile(host=host, path=SERVER_CERT_FILE, content=server.cert_pem),
@@ -122,14 +138,28 @@ def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None =
         ),
         opts=opts,
     )
+    # Prometheus' client certificate has an issuer of its own: the agents trust it alone, so that a
+    # renewed certificate is taken at once, and no other certificate of the stack gets in.
+    metrics_ca = CertificateAuthority(
+        "metrics-ca",
+        CertificateAuthorityArgs(
+            common_name=f"loki-stack metrics clients {settings.network.domain}",
+            validity_hours=pki.ca_validity_hours, early_renewal_hours=pki.ca_early_renewal_hours,
+            leaf_validity_hours=pki.validity_hours, leaf_early_renewal_hours=pki.early_renewal_hours,
+        ),
+        opts=opts,
+    )
+    clients = {name: (metrics_ca if name == "prometheus" else ca).issue(f"{name}-client", spec)
+               for name, spec in client_specs(settings).items()}
     return StackCertificates(
         ca=ca,
+        metrics_ca=metrics_ca,
         servers={vm.name: ca.issue(f"{vm.name}-server", server_spec(settings, vm)) for vm in settings.vms},
         agents={
             **{vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm.fqdn, str(vm.address))) for vm in settings.vms},
             **{h.name: ca.issue(f"{h.name}-agent", agent_spec(h.name, str(h.address)))
                for h in settings.agents.extra_hosts},
         },
-        clients={name: ca.issue(f"{name}-client", spec) for name, spec in client_specs(settings).items()},
+        clients=clients,
         health={vm.name: ca.issue(f"{vm.name}-health", health_spec(vm)) for vm in settings.vms if vm.role == "loki"},
     )

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pulumi.runtime import config as runtime_config
 
 from components.objectstore import LOKI_USER, METRICS_USER
+from components.timeouts import DEFAULT_QUERY_TIMEOUT_S, MAX_QUERY_TIMEOUT_S, MIN_QUERY_TIMEOUT_S
 from stack.schema import ProjectSchema, load_schema
 
 # --- Settings ---------------------------------------------------------------------------
@@ -146,6 +147,8 @@ class LokiSettings:
     """TLS and client certificates between the nodes."""
     require_client_certs: bool
     """Client certificates required on HTTP."""
+    query_timeout_s: int = DEFAULT_QUERY_TIMEOUT_S
+    """Longest a query may run; the layers outside Loki wait longer (``components.timeouts``)."""
 
     @property
     def nodes(self) -> tuple[VmSettings, ...]:
@@ -694,6 +697,10 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
         check.in_range("lokiIngestionBurstMb", burst, rate, MAX_INGESTION_MB, example=str(max(64, rate)),
                        rule=f"must be at least lokiIngestionRateMb ({rate}) and at most {MAX_INGESTION_MB}: the "
                             "burst is what Loki takes at once above the rate, and a push larger than it is refused")
+    query_timeout = check.in_range("lokiQueryTimeoutSeconds", v["lokiQueryTimeoutSeconds"], MIN_QUERY_TIMEOUT_S,
+                                   MAX_QUERY_TIMEOUT_S, example=str(DEFAULT_QUERY_TIMEOUT_S),
+                                   rule=f"must be whole seconds between {MIN_QUERY_TIMEOUT_S} and "
+                                        f"{MAX_QUERY_TIMEOUT_S}")
     schema_from = v["lokiSchemaFrom"]
     try:
         day = datetime.date.fromisoformat(schema_from)
@@ -704,11 +711,12 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
                    "for today); keep it once data exists", schema_from, "2025-01-01")
         return None
     retiring = _retiring(v, check)
-    if not nodes or retiring is None:
+    if not nodes or retiring is None or query_timeout is None:
         return None
     return LokiSettings(version=version, retention=v["lokiRetention"], ingestion_rate_mb=v["lokiIngestionRateMb"],
                         ingestion_burst_mb=burst, vms=nodes, retiring=retiring, schema_from=schema_from,
-                        internal_tls=v["lokiInternalTls"], require_client_certs=v["lokiRequireClientCerts"])
+                        internal_tls=v["lokiInternalTls"], require_client_certs=v["lokiRequireClientCerts"],
+                        query_timeout_s=query_timeout)
 
 
 def _retiring(v: dict[str, Any], check: _Checker) -> frozenset[str] | None:

@@ -63,6 +63,7 @@ from components.objectstore import (
     ObjectStoreArgs,
 )
 from components.proxmox_vm import DATA_DISK_PATH, GUEST_INTERFACE, HostEntry, ProxmoxVm, ProxmoxVmArgs
+from components.timeouts import Timeouts
 from components.vip import CONFIG_FILE as KEEPALIVED_CONFIG
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
@@ -73,7 +74,8 @@ from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
     CA_FILE,
-    METRICS_CLIENT_FILE,
+    GATEWAY_CLIENT_CA_FILE,
+    METRICS_CLIENT_CA_FILE,
     RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
@@ -236,9 +238,10 @@ def build(settings: Settings) -> Deployment:
                                tls_digest=deliveries[f"{node.name}-tls"].digest)
                    for node in settings.loki.nodes],
             require_client_certs=settings.loki.require_client_certs,
-            cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE, after_steps=package_steps,
+            cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE,
+            client_ca_file=GATEWAY_CLIENT_CA_FILE, after_steps=package_steps,
             peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
-            handover=vip_handover(settings),
+            handover=vip_handover(settings), timeouts=timeouts(settings),
         ))
         package_steps |= gateway.setups
         # A handover and a keepalived reload on another node never overlap (``VirtualIp.settled``): the
@@ -264,7 +267,7 @@ def build(settings: Settings) -> Deployment:
         agents[name] = LogAgent(f"agent-{name}", LogAgentArgs(
             host=name, connection=after(ready, package_steps[name]) if name in package_steps else ready,
             version=settings.agents.alloy_version, push_url=push_url, cert_file=AGENT_CERT_FILE,
-            key_file=AGENT_KEY_FILE, ca_file=CA_FILE, metrics_client_file=METRICS_CLIENT_FILE,
+            key_file=AGENT_KEY_FILE, ca_file=CA_FILE, metrics_client_ca_file=METRICS_CLIENT_CA_FILE,
             metrics_address=addresses[name], tls_digest=deliveries[f"{name}-tls"].digest))
 
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
@@ -363,7 +366,8 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
     datasource_client = certificates.clients["grafana-datasource"]
     GrafanaContent("grafana-content", GrafanaContentArgs(
         loki_url=loki_url, ca_cert_pem=certificates.ca.cert_pem, client_cert_pem=datasource_client.cert_pem,
-        client_key_pem=datasource_client.private_key_pem, signals=monitoring_signals(monitoring)),
+        client_key_pem=datasource_client.private_key_pem, signals=monitoring_signals(monitoring),
+        timeouts=timeouts(settings)),
         opts=pulumi.ResourceOptions(providers=[provider]))
     return server
 
@@ -434,7 +438,13 @@ def loki_config_spec(settings: Settings) -> LokiConfigSpec:
         data_dir=LOKI_DATA_DIR,
         memory_mib=loki.nodes[0].memory_mib,
         internal_tls=loki.internal_tls,
+        timeouts=timeouts(settings),
     )
+
+
+def timeouts(settings: Settings) -> Timeouts:
+    """From Loki's query timeout out to Grafana's data source, each layer longer than the one inside."""
+    return Timeouts(query_s=settings.loki.query_timeout_s)
 
 
 def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from components import loki_gateway
+from components import firewall, loki_gateway
+from components.loki_config import SERVICE_USER
 from components.monitoring import MonitoringSpec
 from components.proxmox_vm import USER_DATA_PATH
 from components.vip import CHECK_DIR, GATEWAY_CHECK, SCRIPT_USER
@@ -56,9 +57,11 @@ class LabPlan:
         return next(f["content"] for f in user_data["write_files"] if f["path"] == "/etc/hosts")
 
 
-def lab_plan(**overrides: Any) -> LabPlan:
-    """The example stack in the test range, with ``overrides`` (settings by their key)."""
-    result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}))
+def lab_plan(*, renewed: frozenset[str] = frozenset(), **overrides: Any) -> LabPlan:
+    """The example stack in the test range, with ``overrides`` (settings by their key); the
+    certificates named in ``renewed`` issued again, as a run inside their renewal window does."""
+    result = run_program("homelab", read_stack_config("homelab", overrides={**TEST_RANGE, **overrides}),
+                         renewed=renewed)
     files: dict[str, dict[str, str]] = {}
     for i, hf in enumerate(result.returned.host_files):
         resolved = result.resolved[f"file:{i}"]
@@ -98,13 +101,23 @@ http {{
 includes conf.d), with the pid file and logs in the lab."""
 
 
+def lab_firewall_rules(files: dict[str, str]) -> str:
+    """A node's rendered nftables rules as a lab loads them: where they name Loki's user (``loki``,
+    which this machine need not have: nft resolves names when it loads a file) as the one local
+    user that opens cluster connections, they name root, as which the labs run Loki."""
+    rendered = files[firewall.RULES_FILE]
+    named = f'meta skuid != "{SERVICE_USER}"'
+    assert rendered.count(named) == 2, f"the rules no longer name Loki's user twice: {rendered}"
+    return rendered.replace(named, 'meta skuid != "root"')
+
+
 def gateway_command(directory: Path, files: dict[str, str]) -> list[str]:
     """nginx in the foreground with a node's rendered gateway config and TLS files in ``directory``.
 
     Only paths differ from the node: the TLS directory and the access log are the lab's."""
     conf = files[f"{loki_gateway.STAGE_DIR}/gateway.conf"]
     (directory / "tls").mkdir(parents=True, exist_ok=True)
-    for name in ("ca.pem", "server.pem", "server.key"):
+    for name in ("ca.pem", "gateway-client-ca.pem", "server.pem", "server.key"):
         (directory / "tls" / name).write_text(files[f"{TLS_DIR}/{name}"])
     assert f"{TLS_DIR}/" in conf and loki_gateway.ACCESS_LOG in conf, "the gateway config names other files"
     (directory / "gateway.conf").write_text(conf.replace(f"{TLS_DIR}/", f"{directory}/tls/")

@@ -13,7 +13,8 @@ host of its own: its address, its host name, its ``/etc/hosts`` from its cloud-i
 - keepalived runs with ``script_user root`` (see ``lab_stack.prepare_keepalived``);
 - nginx (the gateway) runs with its rendered config in a main config like Debian's, its pid file,
   logs and TLS files in the lab (see ``lab_stack.gateway_command``);
-- the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit);
+- the node's firewall rules are loaded with ``nft -f`` (no systemd to run their unit), naming root
+  as the one local user that opens cluster connections (``lab_stack.lab_firewall_rules``);
 - the node's config names the runtime config (the limits) in the lab's directory, not in /etc/loki;
 - Loki may be started with extra flags (``loki_flags``, after the config file, so they win): a
   test that must see the compactor work in minutes, not hours, shortens its intervals so.
@@ -38,12 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-from components import firewall
 from components.loki import CONFIG_FILE, DROPIN_FILE, STAGE_DIR
-from components.loki_config import CREDENTIALS_DIR, HTTP_PORT, LOKI_LOCAL_PORT
+from components.loki_config import (
+    CREDENTIALS_DIR,
+    HTTP_PORT,
+    LOKI_LOCAL_PORT,
+)
 from components.loki_gateway import ROLE_OPERATOR
 from components.loki_limits import RUNTIME_FILE
 from components.objectstore import API_PORT
+from offline import cluster_ports
 from offline.real_loki import LokiTools
 from tests.lab_stack import (
     CLIENT_ADDRESS,
@@ -52,6 +57,7 @@ from tests.lab_stack import (
     LabPlan,
     gateway_command,
     keepalived_command,
+    lab_firewall_rules,
 )
 from tests.lab_stack import prepare_keepalived as prepare_keepalived_files
 from tests.netns import PrivateNetwork
@@ -265,7 +271,7 @@ class LokiLab:
         """The node's rendered nftables rules, loaded in its namespace as its firewall unit does."""
         rules = self.run / node / "firewall.nft"
         rules.parent.mkdir(parents=True, exist_ok=True)
-        rules.write_text(self.plan.files[node][firewall.RULES_FILE])
+        rules.write_text(lab_firewall_rules(self.plan.files[node]))
         proc = self.network.run(node, ["nft", "-f", str(rules)])
         assert proc.returncode == 0, f"{node}: nft -f rejected the rendered rules: {proc.stderr}"
 
@@ -274,6 +280,15 @@ class LokiLab:
         probe = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), "
                  f"timeout={timeout}).close()\nexcept OSError:\n    sys.exit(1)\n")
         return self.network.run(host, [sys.executable, "-c", probe, address, str(port)], timeout=30).returncode == 0
+
+    def cluster_ports_as(self, host: str, user: str, addresses: list[str]) -> dict[str, str]:
+        """What a local ``user`` of ``host`` gets from the cluster ports of each address (the
+        firewall's output rules): ``offline.cluster_ports``' results per address."""
+        probe = ["/usr/bin/python3", "-c", cluster_ports.CLUSTER_PORT_PROBE, *addresses]
+        proc = self.network.run(host, ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *probe],
+                                timeout=60)
+        assert proc.returncode == 0, f"{host}: the probe as {user} failed: {proc.stderr}"
+        return cluster_ports.parse(proc.stdout)
 
     def stop_node(self, node: str, sig: signal.Signals = signal.SIGTERM) -> float:
         return self.network.stop(f"loki-{node}", sig)
@@ -296,13 +311,13 @@ class LokiLab:
 
     def request(self, node: str, path: str, *, method: str = "GET", data: str | None = None,
                 content_type: str = "application/json", client_cert: bool = True,
-                role: str = ROLE_OPERATOR) -> Response:
-        """An HTTPS request from the client host to ``node``'s gateway, with a certificate of ``role``
-        (the operator's by default) or none. A failed connection has status 0 and curl's message
-        as its body."""
+                role: str = ROLE_OPERATOR, address: str | None = None, max_time: float = 30) -> Response:
+        """An HTTPS request from the client host to ``node``'s gateway (or to ``address``: the VIP),
+        with a certificate of ``role`` (the operator's by default) or none, given up after
+        ``max_time`` seconds. A failed connection has status 0 and curl's message as its body."""
         operator = self.client_home / OPERATOR_DIR
-        argv = ["curl", "-sS", "-m", "30", "-w", "\n%{http_code} %{time_total}", "--cacert", str(operator / "ca.pem"),
-                "-X", method]
+        argv = ["curl", "-sS", "-m", str(max_time), "-w", "\n%{http_code} %{time_total}", "--cacert",
+                str(operator / "ca.pem"), "-X", method]
         if client_cert and role == ROLE_OPERATOR:
             argv += ["--cert", str(operator / "operator.pem"), "--key", str(operator / "operator.key")]
         elif client_cert:
@@ -310,8 +325,8 @@ class LokiLab:
             argv += ["--cert", str(cert), "--key", str(key)]
         if data is not None:
             argv += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
-        proc = self.network.run(CLIENT, [*argv, f"https://{LOKI_ADDRESSES[node]}:{HTTP_PORT}{path}"], timeout=60,
-                                stdin=data)
+        proc = self.network.run(CLIENT, [*argv, f"https://{address or LOKI_ADDRESSES[node]}:{HTTP_PORT}{path}"],
+                                timeout=max_time + 30, stdin=data)
         return curl_response(proc)
 
     def local_request(self, node: str, path: str, *, method: str = "GET") -> Response:
@@ -359,13 +374,13 @@ class LokiLab:
         return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", response.body,
                                                  re.MULTILINE))
 
-    def logcli(self, *args: str) -> tuple[int, str]:
+    def logcli(self, *args: str, timeout: float = 60) -> tuple[int, str]:
         """logcli on the client host, configured only by ``eval "$(pulumi stack output logcliEnvironment)"``
         with the operator's files where the README puts them; names resolve as on a stack host."""
         script = 'mount --bind "$1" /etc/hosts && eval "$2" && shift 2 && exec "$@"'
         proc = self.network.run(CLIENT, ["unshare", "-m", "sh", "-c", script, "sh", str(self.run / CLIENT / "hosts"),
                                          self.plan.outputs["logcliEnvironment"], str(self.tools.logcli), *args],
-                                timeout=60, env={"HOME": str(self.client_home)})
+                                timeout=timeout, env={"HOME": str(self.client_home)})
         return proc.returncode, proc.stdout + proc.stderr
 
     def wait_ready(self, nodes: list[str], timeout: float = READY_TIMEOUT_S) -> dict[str, float]:

@@ -6,8 +6,8 @@ evaluates the stack's rules, as an operator's Prometheus would with the README's
   rule evaluations, so that a test sees them within seconds) and ``rule_files`` naming the output
   ``prometheusRules``; ``loki-stack/`` beside it holds the files the README has written there.
 - ``start_agent_stand_in``: a Go TLS server where a log agent serves its metrics, with the files
-  the agent's config names: the host's agent certificate and key, and Prometheus' certificate
-  (``metrics-client.pem``) as the client pool. Alloy itself is not installable here (Grafana's
+  the agent's config names: the host's agent certificate and key, and the CA of Prometheus'
+  certificates (``metrics-client-ca.pem``) as the client pool. Alloy itself is not installable here (Grafana's
   repository is unreachable); the stand-in is the Prometheus server's own HTTPS (exporter-toolkit),
   which builds its client pool the way Alloy's ``http.tls`` block does (``x509.CertPool`` from the
   file's PEM, ``RequireAndVerifyClientCert``): it shows what Go's TLS does with that pool.
@@ -26,7 +26,7 @@ import yaml
 
 from components.alloy import METRICS_PORT
 from offline.rehearsal.prometheus import instant_query, prometheus_config, readme_files
-from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_FILE
+from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_CA_FILE
 from tests.lab_stack import LOKI_ADDRESSES
 from tests.loki_lab import CLIENT, LokiLab
 
@@ -64,19 +64,25 @@ def start_prometheus(lab: LokiLab, binary: str) -> None:
         time.sleep(0.2)
 
 
-def start_agent_stand_in(lab: LokiLab, node: str, binary: str) -> None:
-    """On ``node``'s address and the agent's port, with the files ``node``'s agent gets."""
-    files = lab.plan.files[node]
-    d = lab.run / node / "agent-stand-in"
+AGENT_STAND_IN = "agent-stand-in-{node}"
+"""The stand-in's daemon label."""
+
+
+def start_agent_stand_in(lab: LokiLab, node: str, binary: str, files: dict[str, str] | None = None,
+                         run_name: str = "agent-stand-in") -> None:
+    """On ``node``'s address and the agent's port, with the files ``node``'s agent gets (in the
+    lab's plan, or ``files``: another run's), in the directory ``run_name``."""
+    files = files if files is not None else lab.plan.files[node]
+    d = lab.run / node / run_name
     d.mkdir(parents=True)
     for name, path in (("agent.pem", AGENT_CERT_FILE), ("agent.key", AGENT_KEY_FILE),
-                       ("metrics-client.pem", METRICS_CLIENT_FILE)):
+                       ("metrics-client-ca.pem", METRICS_CLIENT_CA_FILE)):
         (d / name).write_text(files[path])
     (d / "web.yml").write_text(yaml.safe_dump({"tls_server_config": {
         "cert_file": str(d / "agent.pem"), "key_file": str(d / "agent.key"),
-        "client_ca_file": str(d / "metrics-client.pem"), "client_auth_type": "RequireAndVerifyClientCert"}}))
+        "client_ca_file": str(d / "metrics-client-ca.pem"), "client_auth_type": "RequireAndVerifyClientCert"}}))
     (d / "prometheus.yml").write_text("global: {}\n")
-    lab.network.start(f"agent-stand-in-{node}", node, [
+    lab.network.start(AGENT_STAND_IN.format(node=node), node, [
         binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
         f"--web.config.file={d / 'web.yml'}", f"--web.listen-address={LOKI_ADDRESSES[node]}:{METRICS_PORT}"])
 

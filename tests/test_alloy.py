@@ -12,7 +12,7 @@ import pytest
 from components.alloy import CREDENTIALS_DIR, METRICS_PORT, STAGE_DIR, render_dropin
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from stack.certificates import AGENT_CERT_FILE, CA_FILE, METRICS_CLIENT_FILE, SERVER_KEY_FILE
+from stack.certificates import AGENT_CERT_FILE, CA_FILE, METRICS_CLIENT_CA_FILE, SERVER_KEY_FILE
 from tests.conftest import files_of, require_tool
 from tests.systemd_checks import verify_dropin
 from tests.x509_checks import client_verification_error, load, server_verification_error
@@ -72,7 +72,7 @@ def test_the_agent_certificate_handed_to_alloy_is_this_hosts(example, host):
 
 def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
     dropin = render_dropin(cert_file=AGENT_CERT_FILE, key_file="/etc/lokistack/tls/agent.key", ca_file=CA_FILE,
-                           metrics_client_file=METRICS_CLIENT_FILE)
+                           metrics_client_ca_file=METRICS_CLIENT_CA_FILE)
     proc = verify_dropin(tmp_path, "alloy.service", PACKAGED_UNIT, dropin, "/usr/bin/alloy")
     assert proc.returncode == 0 and proc.stderr.strip() == "", f"alloy drop-in: {proc.stderr}"
     broken = verify_dropin(tmp_path, "alloy.service", PACKAGED_UNIT,
@@ -132,8 +132,9 @@ def test_alloy_reports_nothing_to_grafana_labs(example):
 @pytest.mark.parametrize("host", HOSTS)
 def test_the_metrics_endpoint_is_tls_on_the_hosts_address_for_prometheus_only(example, host):
     """Alloy's HTTP server listens on the host's address (not loopback, not every address) and
-    serves TLS with the host's agent certificate, which is valid there; its client pool is
-    Prometheus' certificate (delivered with the TLS files), not the CA that signed every client."""
+    serves TLS with the host's agent certificate, which is valid there; its client pool is the CA
+    of Prometheus' certificates (delivered with the TLS files), which Prometheus' certificate
+    chains to and no other certificate of the stack does (not the CA that signed every client)."""
     files = files_of(example, host)
     address = example.resolved["output:hosts"].value[host]["address"]
     defaults = files[f"{STAGE_DIR}/alloy.defaults"][1].value
@@ -141,14 +142,19 @@ def test_the_metrics_endpoint_is_tls_on_the_hosts_address_for_prometheus_only(ex
     ca = example.resolved["output:caCertificate"].value
     agent_cert = files[AGENT_CERT_FILE][1].value
     assert server_verification_error(ca, agent_cert, address) is None, f"{host}: agent certificate not for {address}"
-    assert files[METRICS_CLIENT_FILE][1].value == example.resolved["output:prometheusCertificate"].value, (
-        f"{host}: {METRICS_CLIENT_FILE} is not Prometheus' client certificate")
+    pool = files[METRICS_CLIENT_CA_FILE][1].value
+    prometheus = example.resolved["output:prometheusCertificate"].value
+    assert client_verification_error(pool, prometheus) is None, (
+        f"{host}: Prometheus' certificate does not chain to {METRICS_CLIENT_CA_FILE}")
+    for other in (example.resolved["output:operatorCertificate"].value, agent_cert):
+        assert client_verification_error(pool, other) is not None, (
+            f"{host}: {METRICS_CLIENT_CA_FILE} lets in a certificate that is not Prometheus'")
     config = config_of(example, host)
     http = re.search(r"^http \{\n  tls \{\n(.*?)\n  \}\n\}", config, re.MULTILINE | re.DOTALL)
     assert http, f"{host}: no http {{ tls {{ ... }} }} block in config.alloy"
     tls = dict(re.findall(r'^\s+(\w+)\s+= "([^"]*)"$', http.group(1), re.MULTILINE))
     assert tls == {"cert_file": f"{CREDENTIALS_DIR}/agent.pem", "key_file": f"{CREDENTIALS_DIR}/agent.key",
-                   "client_ca_file": f"{CREDENTIALS_DIR}/metrics-client.pem",
+                   "client_ca_file": f"{CREDENTIALS_DIR}/metrics-client-ca.pem",
                    "client_auth_type": "RequireAndVerifyClientCert", "min_version": "TLS12"}, f"{host}: {tls}"
     dropin = files[f"{STAGE_DIR}/10-lokistack.conf"][1].value
-    assert f"LoadCredential=metrics-client.pem:{METRICS_CLIENT_FILE}" in dropin, f"{host}: {dropin}"
+    assert f"LoadCredential=metrics-client-ca.pem:{METRICS_CLIENT_CA_FILE}" in dropin, f"{host}: {dropin}"

@@ -14,6 +14,8 @@ from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,
     CA_FILE,
+    GATEWAY_CLIENT_CA_FILE,
+    METRICS_CLIENT_CA_FILE,
     RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
@@ -104,36 +106,73 @@ def test_agent_certificates_push_and_serve_the_agents_metrics_on_the_hosts_addre
 
 
 def test_operator_and_prometheus_certificates_are_secret_client_certificates(stack):
+    """The operator's certificate is of the stack's CA; Prometheus' of a CA of its own (the agents
+    trust it alone), which the Loki nodes' gateways take beside the stack's."""
     outputs = stack["outputs"]
     ca = outputs["caCertificate"].value
+    metrics_ca = text(stack, "loki-01", METRICS_CLIENT_CA_FILE)
     assert outputs["caCertificate"].known and not outputs["caCertificate"].secret, "the CA certificate is public"
-    for who in ("operator", "prometheus"):
+    for who, issuer, other in (("operator", ca, metrics_ca), ("prometheus", metrics_ca, ca)):
         cert, key = outputs[f"{who}Certificate"], outputs[f"{who}PrivateKey"]
         assert cert.secret and key.secret, f"{who} certificate and key must be secret outputs"
-        assert client_verification_error(ca, cert.value) is None, f"{who} certificate does not verify"
+        assert client_verification_error(issuer, cert.value) is None, f"{who} certificate does not verify"
+        assert client_verification_error(other, cert.value) is not None, f"{who} certificate verifies with the other CA"
         assert extended_usages(cert.value) == {"clientAuth"}
         assert "PRIVATE KEY" in key.value
+    for host in ("loki-01", "loki-02", "loki-03"):
+        assert text(stack, host, GATEWAY_CLIENT_CA_FILE) == ca + metrics_ca, (
+            f"{host}: {GATEWAY_CLIENT_CA_FILE} is not the stack's CA and Prometheus' CA")
+    assert not [h for h in ("grafana", "s3") if (h, GATEWAY_CLIENT_CA_FILE) in stack["files"]], "only Loki nodes"
 
 
-def test_the_ca_key_never_leaves_the_stack(stack):
+@pytest.mark.parametrize("ca_name", ["ca", "metrics-ca"])
+def test_the_ca_key_never_leaves_the_stack(stack, ca_name):
+    """Each CA's key reaches only its own certificate and the certificates it signs: the stack's CA
+    every one but Prometheus', Prometheus' CA that one alone."""
     result: engine.RunResult = stack["result"]
-    ca_key = result.engine.monitor.find("tls:index/privateKey:PrivateKey", "ca-key")
-    secret = next(v for v, label in result.engine.cloud.secret_values.items() if label == "ca-key.privateKeyPem")
+    ca_key = result.engine.monitor.find("tls:index/privateKey:PrivateKey", f"{ca_name}-key")
+    secret = next(v for v, label in result.engine.cloud.secret_values.items()
+                  if label == f"{ca_name}-key.privateKeyPem")
     body = secret.strip().splitlines()[1]
     assert ca_key.custom
     for name, resolved in stack["outputs"].items():
-        assert body not in json.dumps(resolved.value), f"stack output {name} holds the CA key"
+        assert body not in json.dumps(resolved.value), f"stack output {name} holds the {ca_name} key"
     for (host, path), (_, resolved) in stack["files"].items():
-        assert body not in resolved.value, f"{host}:{path} holds the CA key"
+        assert body not in resolved.value, f"{host}:{path} holds the {ca_name} key"
     holders = [(r.type, r.name) for r in result.engine.registrations if body in json.dumps(r.plain_inputs)]
-    signers = {r.name for r in result.engine.monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")}
-    assert {n for t, n in holders if t.endswith("LocallySignedCert")} == signers
+    every = {r.name for r in result.engine.monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")}
+    signers = {"prometheus-client-cert"} if ca_name == "metrics-ca" else every - {"prometheus-client-cert"}
+    assert {n for t, n in holders if t.endswith("LocallySignedCert")} == signers, f"{ca_name} signs {holders}"
     assert {(t, n) for t, n in holders if not t.endswith("LocallySignedCert")} == {
-        ("tls:index/selfSignedCert:SelfSignedCert", "ca-cert")}, f"the CA key reaches {holders}"
+        ("tls:index/selfSignedCert:SelfSignedCert", f"{ca_name}-cert")}, f"the {ca_name} key reaches {holders}"
     for reg in result.engine.registrations:
         if body in json.dumps(reg.plain_inputs):
             prop = "caPrivateKeyPem" if reg.type.endswith("LocallySignedCert") else "privateKeyPem"
             assert engine.is_secret(reg.inputs[prop]), f"{reg.name}.{prop} holds the CA key unmarked"
+
+
+def test_a_renewed_prometheus_certificate_changes_no_host_file_and_the_agents_take_it_and_its_predecessor(stack):
+    """Prometheus' certificate renewed (the fake engine issues it again: another serial and
+    start): no host receives anything new (the agents' pool, the gateways' CAs: no Alloy restart,
+    no gateway reload), and both the renewed certificate and the one Prometheus still presents
+    chain to every agent's pool and to every gateway's CAs: no scrape is refused before the
+    operator exports the new one. (The live Prometheus shows it: tests/test_monitoring_live.py.)"""
+    renewed = run_program("homelab", read_stack_config("homelab"), renewed=frozenset({"prometheus-client-cert"}))
+    old = stack["outputs"]["prometheusCertificate"].value
+    new = renewed.resolved["output:prometheusCertificate"].value
+    assert new != old, "the fake engine did not renew Prometheus' certificate"
+    files = {(hf.host, hf.path): renewed.resolved[f"file:{i}"].value
+             for i, hf in enumerate(renewed.returned.host_files)}
+    changed = sorted(key for key, (_, resolved) in stack["files"].items() if files.get(key) != resolved.value)
+    assert not changed, f"renewing Prometheus' certificate changes host files: {changed}"
+    for host in HOSTS:
+        pool = text(stack, host, METRICS_CLIENT_CA_FILE)
+        for which, cert in (("the old", old), ("the renewed", new)):
+            assert client_verification_error(pool, cert) is None, (
+                f"{host}'s agent refuses {which} Prometheus certificate")
+            if host in LOKI:
+                gateway = text(stack, host, GATEWAY_CLIENT_CA_FILE)
+                assert client_verification_error(gateway, cert) is None, f"{host}'s gateway refuses {which} one"
 
 
 def test_changing_a_node_address_changes_only_that_nodes_certificate(stack):
@@ -152,6 +191,8 @@ def test_the_tls_delivery_removes_the_ca_from_the_system_trust_store(example):
     for host in HOSTS:
         stdin = example.engine.monitor.find("command:remote:Command", f"{host}-tls-install").plain_inputs["stdin"]
         assert "remove_file /usr/local/share/ca-certificates/loki-stack-ca.crt" in stdin, host
+        assert "remove_file /etc/lokistack/tls/metrics-client.pem" in stdin, (
+            f"{host}: the pinned Prometheus certificate of earlier versions stays")
         follow_up = stdin.rstrip().splitlines()[-6:-1]
         assert follow_up[0].startswith('if [ "$changed" -gt 0 ]') and "  update-ca-certificates" in follow_up \
             and follow_up[-1] == "fi", f"{host}: the bundle is not rebuilt after the removal: {follow_up}"

@@ -22,19 +22,34 @@ from components.firewall import (
     render_rules,
     render_unit,
 )
+from components.loki_config import SERVICE_USER
+from offline.cluster_ports import CLUSTER_PORT_PROBE, refused
 from tests.conftest import files_of, require_root, require_tool
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 
 
+WITH_SERVICE_USER = """passwd=$(mktemp); trap 'rm -f "$passwd"' EXIT
+cp /etc/passwd "$passwd"
+id -u "$1" >/dev/null 2>&1 || echo "$1:x:64999:64999::/nonexistent:/usr/sbin/nologin" >>"$passwd"
+mount --bind "$passwd" /etc/passwd
+shift
+"$@"
+"""
+"""Runs a command where the user ``$1`` exists, as on a Loki node (loki-setup.sh makes it): nft
+resolves the rules' user names when it loads them. A copy of /etc/passwd with the user is mounted
+over it in a mount namespace of the caller's (``unshare -m``); the machine's own is not touched."""
+
+
 def nft_check(text: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    """`nft -c -f` (parse and check against the kernel, load nothing) in a throwaway network namespace."""
+    """`nft -c -f` (parse and check against the kernel, load nothing) in a throwaway network
+    namespace, where Loki's user exists."""
     require_root()
     nft = require_tool("nft")
     rules = tmp_path / "rules.nft"
     rules.write_text(text)
-    return subprocess.run(["unshare", "-n", nft, "-c", "-f", str(rules)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(["unshare", "-n", "-m", "bash", "-c", WITH_SERVICE_USER, "with-user", SERVICE_USER,
+                           nft, "-c", "-f", str(rules)], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_every_loki_node_gets_rules_that_admit_exactly_the_loki_nodes(example, tmp_path):
@@ -43,11 +58,57 @@ def test_every_loki_node_gets_rules_that_admit_exactly_the_loki_nodes(example, t
         rules = files[RULES_FILE][1].value
         assert f"elements = {{ {', '.join(NODES.values())} }}" in rules, f"{host}: the rules name other peers"
         assert "tcp dport { 7946, 9095 } counter drop" in rules and "udp dport 7946 counter drop" in rules
+        for line in ('tcp dport { 7946, 9095 } tcp flags & (syn | ack) == syn \\\n'
+                     f'            meta skuid != "{SERVICE_USER}" counter reject with tcp reset',
+                     f'udp dport 7946 meta skuid != "{SERVICE_USER}" counter drop'):
+            assert line in rules, f"{host}: {RULES_FILE} lets local users other than Loki's reach the cluster ports"
         assert "3100" not in rules, f"{host}: Loki's HTTP API must stay reachable for agents and clients"
         proc = nft_check(rules, tmp_path)
         assert proc.returncode == 0, f"{host}: nft -c rejects the rules: {proc.stderr}"
         assert files[UNIT_FILE][1].value == render_unit()
     assert not [h for h in ("grafana", "s3") if RULES_FILE in files_of(example, h)], "only Loki nodes need it"
+
+
+def test_nft_refuses_rules_that_name_a_user_the_node_does_not_have(tmp_path):
+    """nft resolves the user when it loads the file: the rules must load after loki-setup.sh made
+    Loki's user (the firewall's step runs after the setup), and a typo fails the load."""
+    proc = nft_check(render_rules(["192.168.50.21"], cluster_user="lokistack-no-such-user"), tmp_path)
+    assert proc.returncode != 0 and "User does not exist" in proc.stderr, proc.stderr
+
+
+def test_only_the_cluster_user_opens_cluster_connections_and_other_local_users_are_refused_at_once(tmp_path):
+    """The rules loaded in a network namespace with listeners on 9095 and 7946 (TCP and UDP), the
+    cluster user standing in as ``daemon``: ``nobody`` is refused at once (a reset for TCP,
+    ``EPERM`` for a datagram), ``daemon`` connects and sends. (Towards peers, and with Loki
+    itself as ``loki`` on booted nodes: the live lab and the rehearsal's firewall event.)"""
+    require_root()
+    require_tool("nft")
+    rules = tmp_path / "rules.nft"
+    rules.write_text(render_rules(["127.0.0.1"], cluster_user="daemon"))
+    python = "/usr/bin/python3"
+    listen = ("import socket, time\nl = []\nfor p in (9095, 7946):\n    s = socket.socket(); "
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', p)); s.listen(); "
+              "l.append(s)\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 7946))\n"
+              "print('listening', flush=True)\ntime.sleep(60)\n")
+    script = f"""set -e
+ip link set lo up
+{NFT} -f {shlex.quote(str(rules))}
+{python} -c {shlex.quote(listen)} & listener=$!
+trap 'kill $listener' EXIT
+for _ in $(seq 50); do ss -ltn | grep -q ':7946 ' && break; sleep 0.1; done
+for user in nobody daemon; do
+  echo "$user $(setpriv --reuid="$user" --regid=nogroup --clear-groups {python} -c {shlex.quote(CLUSTER_PORT_PROBE)} \\
+    127.0.0.1)"
+done
+"""
+    proc = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, f"the namespace's probe failed: {proc.stdout} {proc.stderr}"
+    seen = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("nobody", "daemon")))
+    assert seen.get("nobody") == f"127.0.0.1 {refused()}", (
+        f"a local user other than Loki's reaches the cluster ports: {seen}")
+    assert seen.get("daemon") == "127.0.0.1 tcp/9095:open tcp/7946:open udp/7946:sent", (
+        f"the cluster user (Loki's) is refused on its own cluster ports: {seen}")
 
 
 def test_nft_rejects_a_broken_ruleset(tmp_path):
@@ -74,7 +135,7 @@ def test_lokis_start_check_refuses_a_node_without_the_table_and_passes_once_it_i
     require_tool("nft")
     command = shlex.split(LOADED_CHECK.split("=", 1)[1].removeprefix("+"))
     rules = tmp_path / "rules.nft"
-    rules.write_text(render_rules(list(NODES.values())))
+    rules.write_text(render_rules(list(NODES.values()), cluster_user="daemon"))  # a user this machine has
     script = ('"$@"; echo "without: $?"; ' f"{NFT} -f {shlex.quote(str(rules))} && " '"$@"; echo "with: $?"')
     proc = subprocess.run(["unshare", "-n", "bash", "-c", script, "check", *command], capture_output=True, text=True,
                           timeout=60, check=False)

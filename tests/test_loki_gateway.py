@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import firewall
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import (
     ANONYMOUS,
@@ -51,9 +50,9 @@ from components.loki_gateway import (
     Peer,
     render_gateway_conf,
 )
-from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+from stack.certificates import CA_FILE, GATEWAY_CLIENT_CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 from tests.conftest import require_root, require_tool, shellcheck_commands
-from tests.lab_stack import LabPlan, gateway_command, lab_plan
+from tests.lab_stack import LabPlan, gateway_command, lab_firewall_rules, lab_plan
 from tests.netns import PrivateNetwork, private_network
 
 STRICT, OPEN, CLIENT = "loki-01", "loki-02", "client"
@@ -164,7 +163,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
             files = plan.files[node]
             command = gateway_command(run / node, files)
             rules = run / node / "firewall.nft"
-            rules.write_text(files[firewall.RULES_FILE])
+            rules.write_text(lab_firewall_rules(files))
             loaded = network.run(node, ["nft", "-f", str(rules)])
             assert loaded.returncode == 0, f"{node}: nft -f rejected the rendered rules: {loaded.stderr}"
             network.start(f"loki-{node}", node, [sys.executable, "-c", UPSTREAM, str(run / node / "tls"),
@@ -274,9 +273,9 @@ def test_grants_name_only_known_roles_and_the_reader_paths_are_loki_query_routes
 
 def test_certificates_are_required_unless_the_setting_says_otherwise():
     strict = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                                 ca_file=CA_FILE)
+                                 ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE)
     loose = render_gateway_conf(require_client_certs=False, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                                ca_file=CA_FILE)
+                                ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE)
     assert "ssl_verify_client on;" in strict and ANONYMOUS not in strict.split("map $request_uri")[0], strict
     assert "ssl_verify_client optional;" in loose and f'"NONE|" {ANONYMOUS};' in loose, loose
 
@@ -310,7 +309,7 @@ def test_each_node_sends_pushes_and_reads_to_its_peers_only_when_its_own_loki_ca
     peers = [Peer(fqdn="loki-01.home.arpa", address="198.18.0.11"),
              Peer(fqdn="loki-03.home.arpa", address="198.18.0.13")]
     conf = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                               ca_file=CA_FILE, peers=peers)
+                               ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE, peers=peers)
     upstream = conf.split("upstream lokistack_loki {", 1)[1].split("}", 1)[0]
     assert f"server 127.0.0.1:{LOKI_LOCAL_PORT} max_fails=1" in upstream, upstream
     assert [line.split()[1] for line in upstream.splitlines() if line.strip().endswith("backup;")] == [

@@ -39,10 +39,12 @@ from components.loki_gateway import (
     ROLE_METRICS,
     ROLE_READER,
 )
+from components.timeouts import MIN_QUERY_TIMEOUT_S, Timeouts
+from offline import cluster_ports
 from offline.real_loki import LokiTools
 from tests.conftest import figure, missing, require_root, require_tool
-from tests.lab_stack import LOKI_ADDRESSES, lab_plan, vip_holders
-from tests.loki_lab import CLIENT, LokiLab
+from tests.lab_stack import LOKI_ADDRESSES, VIP, lab_plan, vip_holders
+from tests.loki_lab import CLIENT, S3, LokiLab
 from tests.netns import private_network
 
 NODES = list(LOKI_ADDRESSES)
@@ -58,6 +60,10 @@ The crash test measures the rule, not the rendered figure, to keep the run short
 AUTO_FORGET_PERIODS = 10  # pkg/compactor/compactor.go: ringAutoForgetUnhealthyPeriods
 CRASH_TAKEOVER_TIMEOUT_S = AUTO_FORGET_PERIODS * LAB_HEARTBEAT_TIMEOUT_S + 40  # + heartbeat, ring poll, election
 VIP_TIMEOUT_S = 30
+TIMEOUT_ADVICE = "request timed out, decrease the duration of the request"
+"""Loki's answer to a query past its ``query_timeout`` (504)."""
+LAB_TIMEOUTS = Timeouts(query_s=MIN_QUERY_TIMEOUT_S)
+"""The lab's line of timeouts (``lokiQueryTimeoutSeconds``, its least): a slow query ends in seconds."""
 RETENTION = "24h"  # the shortest lokiRetention: lines pushed two days back are past it
 COMPACTION_INTERVAL_S = 10
 RETENTION_DELETE_DELAY_S = 20
@@ -117,7 +123,8 @@ def wait_for_one_compactor(lab: LokiLab, nodes: list[str], timeout: float, since
 def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokiLab]:
     require_lab_tools()
     with private_network(f"lkl{os.getpid() % 100000}-", tmp_path_factory.mktemp("live")) as network:
-        lab = LokiLab(network, lab_plan(lokiRetention=RETENTION), loki_tools,
+        lab = LokiLab(network, lab_plan(lokiRetention=RETENTION, lokiQueryTimeoutSeconds=LAB_TIMEOUTS.query_s),
+                      loki_tools,
                       loki_flags=(f"-compactor.compaction-interval={COMPACTION_INTERVAL_S}s",
                                   f"-compactor.ring.heartbeat-period={LAB_HEARTBEAT_PERIOD_S}s",
                                   f"-compactor.ring.heartbeat-timeout={LAB_HEARTBEAT_TIMEOUT_S}s",
@@ -147,6 +154,32 @@ def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
         peer = next(n for n in NODES if n != node)
         for port in (MEMBERLIST_PORT, GRPC_PORT):
             assert live.reachable(peer, address, port), f"{node}:{port} refuses its peer {peer}"
+
+
+def test_on_a_node_only_loki_opens_cluster_connections_and_the_cluster_stays_whole(live):
+    """A local user of a Loki node comes from a Loki node's address: without the output rules it
+    would reach gRPC (any certificate of the stack's CA, the agent's on the node, is enough there)
+    and memberlist (no certificate at all). As ``nobody`` on each node: refused at once on its own
+    node and on every peer (TCP reset, a datagram's EPERM); Loki itself (root in the lab, ``loki``
+    on a VM) keeps every node in its ring and a push read back from another node."""
+    expected = cluster_ports.refused()
+    for node in NODES:
+        seen = live.cluster_ports_as(node, "nobody", list(LOKI_ADDRESSES.values()))
+        wrong = {address: got for address, got in seen.items() if got != expected}
+        assert len(seen) == len(NODES) and not wrong, (
+            f"{node}: a local user other than Loki's reaches cluster ports (want {expected}): {wrong or seen}")
+    for node in NODES:
+        metrics = live.request(node, "/metrics").body
+        active = re.search(r'^loki_ring_members\{name="ingester",state="ACTIVE"\} (\S+)$', metrics, re.MULTILINE)
+        members = re.search(r"^loki_memberlist_client_cluster_members_count (\S+)$", metrics, re.MULTILINE)
+        assert active and float(active.group(1)) == len(NODES), f"{node}: ACTIVE ingesters: {active and active[0]}"
+        assert members and float(members.group(1)) == len(NODES), (
+            f"{node}: memberlist members: {members and members[0]}")
+    marker = uuid.uuid4().hex[:8]
+    pushed = live.push(NODES[0], {"job": "live-local-users", "marker": marker}, [f"line {marker}"])
+    assert pushed.status == 204, f"push to {NODES[0]} after the probes: {pushed}"
+    got, response = live.query_lines(NODES[-1], f'{{job="live-local-users", marker="{marker}"}}')
+    assert (response.status, got) == (200, [f"line {marker}"]), f"read back from {NODES[-1]}: {response}"
 
 
 def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
@@ -218,6 +251,42 @@ def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     assert "https://loki.home.arpa:3100" in live.plan.outputs["logcliEnvironment"]
     rc, output = live.logcli("query", "--quiet", "--since=1h", '{job="live-logcli"}')
     assert rc == 0 and line in output, f"logcli through the VIP (held by {holders}): rc={rc}\n{output}"
+
+
+def test_a_query_that_takes_too_long_ends_with_lokis_timeout_through_the_vip_not_a_502(live):
+    """The object store stopped (SIGSTOP: it takes connections and answers nothing), a query over a
+    day whose index is only there hangs until Loki's query timeout. Through the VIP, curl (as
+    Grafana's data source asks) and logcli both get Loki's 504 and its advice, within Loki's bound
+    (``Timeouts.loki_answer_s``), before its HTTP server's and the gateway's timeouts: no 502
+    (Loki's HTTP server cut by its own write timeout), no 504 page of nginx's, no query sent on to
+    a peer to run again."""
+    deadline = time.monotonic() + VIP_TIMEOUT_S
+    while len(vip_holders(live.network)) != 1:
+        assert time.monotonic() < deadline, f"the VIP is held by {vip_holders(live.network)} after {VIP_TIMEOUT_S}s"
+        time.sleep(0.2)
+    day = int(time.time()) - 20 * 86400
+    query = urllib.parse.quote('{job="live-test"}')
+    store = live.network.daemons[S3].process.pid
+    os.kill(store, signal.SIGSTOP)
+    try:
+        response = live.request(NODES[0], f"/loki/api/v1/query_range?query={query}&start={day}&end={day + 3600}",
+                                address=VIP, role=ROLE_READER, max_time=LAB_TIMEOUTS.grafana_s)
+        started = time.monotonic()
+        rc, output = live.logcli("query", "--quiet", f"--from={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(day))}",
+                                 f"--to={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(day + 3600))}",
+                                 '{job="live-test"}', timeout=LAB_TIMEOUTS.grafana_s + 30)
+        logcli_s = time.monotonic() - started
+    finally:
+        os.kill(store, signal.SIGCONT)
+    figure(SECTION, f"a query held by a stopped object store, through the VIP: {response.status} after "
+                    f"{response.seconds:.1f} s (query timeout {LAB_TIMEOUTS.query_s} s, gateway "
+                    f"{LAB_TIMEOUTS.gateway_s} s); logcli: exit {rc} after {logcli_s:.1f} s")
+    assert response.status == 504 and TIMEOUT_ADVICE in response.body, (
+        f"a slow query through the VIP answered {response.status}, not Loki's timeout: {response.body[:300]}")
+    assert LAB_TIMEOUTS.query_s <= response.seconds <= LAB_TIMEOUTS.loki_answer_s, (
+        f"the slow query ended after {response.seconds:.1f} s, not within Loki's bound "
+        f"({LAB_TIMEOUTS.query_s}-{LAB_TIMEOUTS.loki_answer_s} s)")
+    assert rc != 0 and TIMEOUT_ADVICE in output, f"logcli did not show Loki's timeout: {output}"
 
 
 def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):

@@ -136,13 +136,13 @@ def test_every_certificate_has_its_end_and_renewal_recorded(example):
                 if r.get("record") in (monitoring.CERTIFICATE_METRIC, monitoring.RENEWAL_METRIC)]
     names = {r["labels"]["certificate"] for r in recorded}
     hosts = example.resolved["output:hosts"].value
-    expected = {"ca", "grafana-datasource", "prometheus", "operator", *(f"{h}-server" for h in hosts),
+    expected = {"ca", "metrics-ca", "grafana-datasource", "prometheus", "operator", *(f"{h}-server" for h in hosts),
                 *(f"{h}-agent" for h in hosts), *(f"loki-0{i}-health" for i in (1, 2, 3))}
     assert names == expected, f"recorded certificates: missing {expected - names}, extra {names - expected}"
     for name in names:
         end, renew = (int(re.fullmatch(r"vector\((\d+)\)", r["expr"]).group(1))  # type: ignore[union-attr]
                       for r in recorded if r["labels"]["certificate"] == name)
-        hours = 8760 if name == "ca" else 720  # the example: the CA renews one leaf lifetime before its end
+        hours = 8760 if name in ("ca", "metrics-ca") else 720  # the example: a CA renews a leaf lifetime early
         assert end - renew == hours * HOUR, f"{name}: renews {end - renew} s before its end, not {hours} h"
 
 

@@ -30,7 +30,14 @@ from tests.conftest import figure, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan
 from tests.loki_lab import CLIENT, LokiLab, small_data_disk
 from tests.netns import private_network
-from tests.prometheus_lab import active_alerts, start_agent_stand_in, start_prometheus, values, wait_for
+from tests.prometheus_lab import (
+    AGENT_STAND_IN,
+    active_alerts,
+    start_agent_stand_in,
+    start_prometheus,
+    values,
+    wait_for,
+)
 from tests.test_loki_live import LOAD_DELETES, NODES, SWEPT, WAL_CORRUPTIONS, require_lab_tools, start_cluster
 
 SECTION = "Prometheus with the stack's scrape config and rules, on the live cluster (measured)"
@@ -130,6 +137,40 @@ def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(wat
             f"{AGENT_NODE}'s agent endpoint with a {role} certificate: {proc.stdout} {proc.stderr}")
     proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-m", "10", "--cacert", str(ca), url])
     assert proc.returncode != 0, f"{AGENT_NODE}'s agent endpoint answered without a certificate"
+
+
+def test_a_renewed_prometheus_certificate_blinds_no_agent(watched, tmp_path):
+    """Prometheus' certificate renewed by a run (the fake engine issues it again): the agent
+    restarted with that run's files, as Alloy restarts after any TLS change, is scraped on by the
+    live Prometheus, which still presents the old certificate (the operator has not exported the
+    new one), and takes the renewed one too; so does a Loki gateway. (Earlier versions pinned the
+    certificate itself: the agent would have refused the old one, ``LokiStackAgentDown``.)"""
+    renewed = lab_plan(renewed=frozenset({"prometheus-client-cert"}))
+    old_cert = watched.plan.outputs["prometheusCertificate"]
+    new_cert, new_key = renewed.outputs["prometheusCertificate"], renewed.outputs["prometheusPrivateKey"]
+    assert new_cert != old_cert, "the renewed run did not issue Prometheus' certificate again"
+    binary = require_tool("prometheus")
+    watched.network.stop(AGENT_STAND_IN.format(node=AGENT_NODE))
+    stopped = time.monotonic()
+    wait_for(watched, f"{AGENT_NODE}'s agent seen down", lambda: values(
+        watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 0.0, timeout=30)
+    start_agent_stand_in(watched, AGENT_NODE, binary, files=renewed.files[AGENT_NODE], run_name="agent-renewed")
+    wait_for(watched, f"{AGENT_NODE}'s agent, restarted with the renewed run's files, scraped with the old certificate",
+             lambda: values(watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 1.0, timeout=30)
+    back = time.monotonic() - stopped
+    (tmp_path / "new.pem").write_text(new_cert)
+    (tmp_path / "new.key").write_text(new_key)
+    (tmp_path / "new.key").chmod(0o600)
+    ca = watched.client_home / ".config/loki-stack/ca.pem"
+    for url in (f"https://{LOKI_ADDRESSES[AGENT_NODE]}:{METRICS_PORT}/metrics",
+                f"https://{LOKI_ADDRESSES[NODES[1]]}:3100/metrics"):
+        proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+                                            "--cacert", str(ca), "--cert", str(tmp_path / "new.pem"),
+                                            "--key", str(tmp_path / "new.key"), url])
+        assert proc.stdout == "200", f"{url} with the renewed Prometheus certificate: {proc.stdout} {proc.stderr}"
+    figure(SECTION, f"Prometheus' certificate renewed: the agent restarted with the renewed files was scraped again "
+                    f"with the old certificate {back:.1f} s after it stopped; the renewed one gets 200 there and from "
+                    f"a Loki gateway")
 
 
 def fill(directory: Path) -> Path:

@@ -28,8 +28,9 @@ def server_verification_error(ca_pem: str, cert_pem: str, name: str) -> str | No
 
 
 def client_verification_error(ca_pem: str, cert_pem: str) -> str | None:
-    """None when ``cert_pem`` verifies as a TLS client certificate under the CA."""
-    verifier = PolicyBuilder().store(Store([load(ca_pem)])).build_client_verifier()
+    """None when ``cert_pem`` verifies as a TLS client certificate under the CA (or one of the CAs
+    of a bundle, as a server's client CA file holds them)."""
+    verifier = PolicyBuilder().store(Store(x509.load_pem_x509_certificates(ca_pem.encode()))).build_client_verifier()
     try:
         verifier.verify(load(cert_pem), [])
     except VerificationError as error:

@@ -2,6 +2,9 @@
 the cluster ports are never without their rules, whatever loads rules on the node.
 
 On a node below the VIP holder:
+0. a local user other than Loki's (``nobody``) is refused on the cluster ports (gRPC, memberlist
+   over TCP and UDP) of its own node and of every peer, at once; Loki's user (``loki``) connects to
+   them (the rules name it; the cluster is whole: the ring is checked at the end of the event);
 1. a rules change is loaded as the firewall step loads it (``firewall.APPLY``: a reload, ``nft -f``
    replacing the table in one transaction), ten times, while a loop on the node looks for the table
    without pause: it is never missing, and Loki is not restarted. (Ten restarts of the unit, which
@@ -22,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from components import firewall
 from components.loki import UNIT as LOKI_UNIT
+from components.loki_config import GRPC_PORT, MEMBERLIST_PORT, SERVICE_USER
+from offline import cluster_ports
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, below_holder, started_at
@@ -88,6 +93,35 @@ def nftables_problems(machine: Machine) -> list[str]:
     return problems
 
 
+def local_user_problems(machine: Machine) -> tuple[list[str], str]:
+    """The cluster ports of every Loki node as ``nobody`` and as Loki's user, from ``machine``;
+    (problems, a figure)."""
+    problems = []
+    addresses = list(LOKI_ADDRESSES.values())
+    seen = {}
+    for user, group in (("nobody", "nogroup"), (SERVICE_USER, SERVICE_USER)):
+        proc = machine.exec(["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", "python3", "-c",
+                             cluster_ports.CLUSTER_PORT_PROBE, *addresses], timeout=120)
+        if proc.returncode != 0:
+            problems.append(f"{machine.name}: the cluster-port probe as {user} failed: {proc.stderr[-500:]}")
+            continue
+        seen[user] = cluster_ports.parse(proc.stdout)
+    for address, got in seen.get("nobody", {}).items():
+        if got != cluster_ports.refused():
+            problems.append(f"{machine.name}: the local user nobody reaches {address}'s cluster ports: {got} "
+                            f"(want {cluster_ports.refused()})")
+    for address, got in seen.get(SERVICE_USER, {}).items():
+        if not got.startswith(f"tcp/{GRPC_PORT}:open tcp/{MEMBERLIST_PORT}:open"):
+            problems.append(f"{machine.name}: Loki's user {SERVICE_USER} is refused on {address}'s cluster ports: "
+                            f"{got}")
+    if len(seen.get("nobody", {})) != len(addresses):
+        problems.append(f"{machine.name}: the probe as nobody did not answer for every node: {seen.get('nobody')}")
+    figure = (f"as nobody on {machine.name}, towards {len(addresses)} nodes (its own among them): "
+              f"{sorted(set(seen.get('nobody', {}).values()))}; as {SERVICE_USER}: "
+              f"{sorted(set(seen.get(SERVICE_USER, {}).values()))}")
+    return problems, figure
+
+
 def firewall_holds(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
@@ -96,6 +130,8 @@ def firewall_holds(lab: Rehearsal) -> list[str]:
     machine = machines[node]
     began = time.time()
     with lab.vip_clients("firewall") as clients:
+        local_problems, local_figure = local_user_problems(machine)
+        problems += local_problems
         loki_since = started_at(machine, LOKI_UNIT, "ExecMainStartTimestampMonotonic")
         looks, misses, failures = watched(machine, ["sh", "-c", firewall.APPLY])
         problems += failures
@@ -160,6 +196,7 @@ def firewall_holds(lab: Rehearsal) -> list[str]:
         f"Loki not restarted by either; Debian's nftables.service started, reloaded, restarted and stopped: the "
         f"table there after each; the unit {unit_state} then; rules that fail to load (the unit "
         f"{firewall_state}): Loki restarted is {state} after {DOWN_HOLD_S} s, the reason in its journal; rules "
-        f"loaded again: ready {ready:.1f} s later, ring full {back:.0f} s after the restart")
+        f"loaded again: ready {ready:.1f} s later, ring full {back:.0f} s after the restart; local users: "
+        f"{local_figure}")
     lab.figures += [f"  {line}" for line in clients.figures()]
     return problems
