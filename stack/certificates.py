@@ -26,7 +26,11 @@ METRICS_CLIENT_CA_FILE = f"{TLS_DIR}/metrics-client-ca.pem"
 the one issuer the log agent's metrics endpoint accepts (``components.alloy``). A renewed
 Prometheus certificate has the same issuer, so the agents take the old one and the new one alike
 until the old one ends: the operator exports the new one when it suits (no scrape is refused
-meanwhile)."""
+meanwhile). Beside the CA, the file holds the certificate earlier versions issued Prometheus
+(``StackCertificates.earlier_prometheus``): Go takes a client certificate that is itself in the
+pool, so the one an operator's Prometheus presents when the stack is upgraded keeps working."""
+PROMETHEUS_CLIENT = "prometheus-scrape-client"
+"""Prometheus' client certificate, of ``metrics-ca`` (earlier versions' ``prometheus-client`` was of the stack's CA)."""
 GATEWAY_CLIENT_CA_FILE = f"{TLS_DIR}/gateway-client-ca.pem"
 """On the Loki nodes: the CAs the gateway accepts client certificates of, the stack's and
 Prometheus' (``components.loki_gateway``; each certificate's role is its subject's OU)."""
@@ -86,6 +90,12 @@ class StackCertificates:
     ca: CertificateAuthority
     metrics_ca: CertificateAuthority
     """Issues Prometheus' client certificate and nothing else (``METRICS_CLIENT_CA_FILE``)."""
+    earlier_prometheus: Certificate
+    """Prometheus' certificate as earlier versions issued it (by the stack's CA, the resource
+    ``prometheus-client``, unchanged, so Pulumi keeps it as it is): the agents keep it in their pool
+    and the gateways take it (role ``metrics``), so that the Prometheus of a stack deployed by an
+    earlier version scrapes on after the upgrade until its operator exports the new certificate.
+    Nothing else uses it; a later version drops it."""
     servers: dict[str, Certificate]
     """Host name -> its server certificate."""
     agents: dict[str, Certificate]
@@ -105,6 +115,11 @@ class StackCertificates:
                 ("metrics-ca", "", self.metrics_ca.not_after, self.metrics_ca.early_renewal_hours),
                 *((name, host, c.not_after, c.early_renewal_hours) for name, host, c in leaves)]
 
+    def metrics_client_pool(self) -> pulumi.Output[str]:
+        """What the agents' metrics endpoint takes: Prometheus' CA, and the certificate earlier
+        versions issued Prometheus."""
+        return concatenated(self.metrics_ca.cert_pem, self.earlier_prometheus.cert_pem)
+
     def host_files(self, host: str) -> list[HostFile]:
         """The TLS files ``host`` receives: the CA, its server certificate (stack VMs only), its
         agent certificate and the CA of Prometheus' client certificates; on a Loki node, the CAs
@@ -112,19 +127,23 @@ class StackCertificates:
         ca, agent = self.ca.cert_pem, self.agents[host]
         files = [
             HostFile(host=host, path=CA_FILE, content=ca),
-            HostFile(host=host, path=METRICS_CLIENT_CA_FILE, content=self.metrics_ca.cert_pem),
+            HostFile(host=host, path=METRICS_CLIENT_CA_FILE, content=self.metrics_client_pool()),
             HostFile(host=host, path=AGENT_CERT_FILE, content=agent.cert_pem),
             HostFile(host=host, path=AGENT_KEY_FILE, content=agent.private_key_pem, mode="0600"),
         ]
         if host in self.health:  # a Loki node
-            both: pulumi.Output[str] = pulumi.Output.all(ca, self.metrics_ca.cert_pem).apply(
-                lambda pems: "".join(p if p.endswith("\n") else p + "\n" for p in pems))
-            files.append(HostFile(host=host, path=GATEWAY_CLIENT_CA_FILE, content=both))
+            files.append(HostFile(host=host, path=GATEWAY_CLIENT_CA_FILE,
+                                  content=concatenated(ca, self.metrics_ca.cert_pem)))
         if host in self.servers:
             server = self.servers[host]
             files += [HostFile(host=host, path=SERVER_CERT_FILE, content=server.cert_pem),
                       HostFile(host=host, path=SERVER_KEY_FILE, content=server.private_key_pem, mode="0600")]
         return files
+
+
+def concatenated(*pems: pulumi.Input[str]) -> pulumi.Output[str]:
+    """PEM blocks one after the other, each ending in a newline (a bundle)."""
+    return pulumi.Output.all(*pems).apply(lambda texts: "".join(t if t.endswith("\n") else t + "\n" for t in texts))
 
 
 def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None = None) -> StackCertificates:
@@ -149,11 +168,13 @@ def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None =
         ),
         opts=opts,
     )
-    clients = {name: (metrics_ca if name == "prometheus" else ca).issue(f"{name}-client", spec)
-               for name, spec in client_specs(settings).items()}
+    specs = client_specs(settings)
+    clients = {name: metrics_ca.issue(PROMETHEUS_CLIENT, spec) if name == "prometheus" else
+               ca.issue(f"{name}-client", spec) for name, spec in specs.items()}
     return StackCertificates(
         ca=ca,
         metrics_ca=metrics_ca,
+        earlier_prometheus=ca.issue("prometheus-client", specs["prometheus"]),
         servers={vm.name: ca.issue(f"{vm.name}-server", server_spec(settings, vm)) for vm in settings.vms},
         agents={
             **{vm.name: ca.issue(f"{vm.name}-agent", agent_spec(vm.fqdn, str(vm.address))) for vm in settings.vms},

@@ -4,6 +4,7 @@ its clients use, and nothing else; the CA key stays inside the stack."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -16,11 +17,12 @@ from stack.certificates import (
     CA_FILE,
     GATEWAY_CLIENT_CA_FILE,
     METRICS_CLIENT_CA_FILE,
+    PROMETHEUS_CLIENT,
     RETIRED_FILES,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
 )
-from tests.x509_checks import client_verification_error, extended_usages, server_verification_error
+from tests.x509_checks import client_verification_error, extended_usages, load, server_verification_error
 
 LOKI = ["loki-01", "loki-02", "loki-03"]
 HOSTS = [*LOKI, "s3", "grafana"]
@@ -52,6 +54,12 @@ def stack() -> dict[str, Any]:
         files[(hf.host, hf.path)] = (hf, resolved)
     outputs = {k.split(":", 1)[1]: v for k, v in result.resolved.items() if k.startswith("output:")}
     return {"files": files, "outputs": outputs, "result": result}
+
+
+def pem_blocks(bundle: str) -> list[str]:
+    """The certificates of a PEM bundle, each as its own PEM text."""
+    return [f"-----BEGIN CERTIFICATE-----{b}-----END CERTIFICATE-----\n"
+            for b in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", bundle, re.DOTALL)]
 
 
 def text(stack: dict[str, Any], host: str, path: str) -> str:
@@ -110,7 +118,7 @@ def test_operator_and_prometheus_certificates_are_secret_client_certificates(sta
     trust it alone), which the Loki nodes' gateways take beside the stack's."""
     outputs = stack["outputs"]
     ca = outputs["caCertificate"].value
-    metrics_ca = text(stack, "loki-01", METRICS_CLIENT_CA_FILE)
+    metrics_ca, earlier = pem_blocks(text(stack, "loki-01", METRICS_CLIENT_CA_FILE))
     assert outputs["caCertificate"].known and not outputs["caCertificate"].secret, "the CA certificate is public"
     for who, issuer, other in (("operator", ca, metrics_ca), ("prometheus", metrics_ca, ca)):
         cert, key = outputs[f"{who}Certificate"], outputs[f"{who}PrivateKey"]
@@ -122,6 +130,8 @@ def test_operator_and_prometheus_certificates_are_secret_client_certificates(sta
     for host in ("loki-01", "loki-02", "loki-03"):
         assert text(stack, host, GATEWAY_CLIENT_CA_FILE) == ca + metrics_ca, (
             f"{host}: {GATEWAY_CLIENT_CA_FILE} is not the stack's CA and Prometheus' CA")
+    # The agents' pool also holds the certificate earlier versions issued Prometheus (by the stack's CA).
+    assert client_verification_error(ca, earlier) is None and "OU=metrics" in load(earlier).subject.rfc4514_string()
     assert not [h for h in ("grafana", "s3") if (h, GATEWAY_CLIENT_CA_FILE) in stack["files"]], "only Loki nodes"
 
 
@@ -141,7 +151,7 @@ def test_the_ca_key_never_leaves_the_stack(stack, ca_name):
         assert body not in resolved.value, f"{host}:{path} holds the {ca_name} key"
     holders = [(r.type, r.name) for r in result.engine.registrations if body in json.dumps(r.plain_inputs)]
     every = {r.name for r in result.engine.monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")}
-    signers = {"prometheus-client-cert"} if ca_name == "metrics-ca" else every - {"prometheus-client-cert"}
+    signers = {f"{PROMETHEUS_CLIENT}-cert"} if ca_name == "metrics-ca" else every - {f"{PROMETHEUS_CLIENT}-cert"}
     assert {n for t, n in holders if t.endswith("LocallySignedCert")} == signers, f"{ca_name} signs {holders}"
     assert {(t, n) for t, n in holders if not t.endswith("LocallySignedCert")} == {
         ("tls:index/selfSignedCert:SelfSignedCert", f"{ca_name}-cert")}, f"the {ca_name} key reaches {holders}"
@@ -157,7 +167,7 @@ def test_a_renewed_prometheus_certificate_changes_no_host_file_and_the_agents_ta
     no gateway reload), and both the renewed certificate and the one Prometheus still presents
     chain to every agent's pool and to every gateway's CAs: no scrape is refused before the
     operator exports the new one. (The live Prometheus shows it: tests/test_monitoring_live.py.)"""
-    renewed = run_program("homelab", read_stack_config("homelab"), renewed=frozenset({"prometheus-client-cert"}))
+    renewed = run_program("homelab", read_stack_config("homelab"), renewed=frozenset({f"{PROMETHEUS_CLIENT}-cert"}))
     old = stack["outputs"]["prometheusCertificate"].value
     new = renewed.resolved["output:prometheusCertificate"].value
     assert new != old, "the fake engine did not renew Prometheus' certificate"

@@ -26,6 +26,8 @@ from components.alloy import METRICS_PORT
 from components.loki_gateway import ROLE_AGENT, ROLE_METRICS, ROLE_OPERATOR
 from components.monitoring import metric_names, recording_rules, signals
 from offline.real_loki import LokiTools
+from offline.rehearsal.earlier import BEFORE_CONVERGE, export
+from stack.certificates import PROMETHEUS_CLIENT
 from tests.conftest import figure, require_tool
 from tests.lab_stack import LOKI_ADDRESSES, lab_plan
 from tests.loki_lab import CLIENT, LokiLab, small_data_disk
@@ -143,9 +145,10 @@ def test_a_renewed_prometheus_certificate_blinds_no_agent(watched, tmp_path):
     """Prometheus' certificate renewed by a run (the fake engine issues it again): the agent
     restarted with that run's files, as Alloy restarts after any TLS change, is scraped on by the
     live Prometheus, which still presents the old certificate (the operator has not exported the
-    new one), and takes the renewed one too; so does a Loki gateway. (Earlier versions pinned the
+    new one), and takes the renewed one too, and the one an earlier version issued (an upgraded
+    stack's Prometheus presents it); so does a Loki gateway. (Earlier versions pinned the
     certificate itself: the agent would have refused the old one, ``LokiStackAgentDown``.)"""
-    renewed = lab_plan(renewed=frozenset({"prometheus-client-cert"}))
+    renewed = lab_plan(renewed=frozenset({f"{PROMETHEUS_CLIENT}-cert"}))
     old_cert = watched.plan.outputs["prometheusCertificate"]
     new_cert, new_key = renewed.outputs["prometheusCertificate"], renewed.outputs["prometheusPrivateKey"]
     assert new_cert != old_cert, "the renewed run did not issue Prometheus' certificate again"
@@ -158,19 +161,25 @@ def test_a_renewed_prometheus_certificate_blinds_no_agent(watched, tmp_path):
     wait_for(watched, f"{AGENT_NODE}'s agent, restarted with the renewed run's files, scraped with the old certificate",
              lambda: values(watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 1.0, timeout=30)
     back = time.monotonic() - stopped
-    (tmp_path / "new.pem").write_text(new_cert)
-    (tmp_path / "new.key").write_text(new_key)
-    (tmp_path / "new.key").chmod(0o600)
+    # And the certificate an earlier version issued Prometheus (the stack's CA), which an upgraded
+    # stack's Prometheus presents until its operator exports the new one.
+    earlier = export(BEFORE_CONVERGE, {}, tmp_path / "earlier").result.resolved
+    identities = {"renewed": (new_cert, new_key), f"{BEFORE_CONVERGE}'s": (
+        earlier["output:prometheusCertificate"].value, earlier["output:prometheusPrivateKey"].value)}
     ca = watched.client_home / ".config/loki-stack/ca.pem"
-    for url in (f"https://{LOKI_ADDRESSES[AGENT_NODE]}:{METRICS_PORT}/metrics",
-                f"https://{LOKI_ADDRESSES[NODES[1]]}:3100/metrics"):
-        proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
-                                            "--cacert", str(ca), "--cert", str(tmp_path / "new.pem"),
-                                            "--key", str(tmp_path / "new.key"), url])
-        assert proc.stdout == "200", f"{url} with the renewed Prometheus certificate: {proc.stdout} {proc.stderr}"
+    for which, (cert, key) in identities.items():
+        (tmp_path / "cert.pem").write_text(cert)
+        (tmp_path / "cert.key").write_text(key)
+        (tmp_path / "cert.key").chmod(0o600)
+        for url in (f"https://{LOKI_ADDRESSES[AGENT_NODE]}:{METRICS_PORT}/metrics",
+                    f"https://{LOKI_ADDRESSES[NODES[1]]}:3100/metrics"):
+            proc = watched.network.run(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+                                                "--cacert", str(ca), "--cert", str(tmp_path / "cert.pem"),
+                                                "--key", str(tmp_path / "cert.key"), url])
+            assert proc.stdout == "200", f"{url} with the {which} Prometheus certificate: {proc.stdout} {proc.stderr}"
     figure(SECTION, f"Prometheus' certificate renewed: the agent restarted with the renewed files was scraped again "
-                    f"with the old certificate {back:.1f} s after it stopped; the renewed one gets 200 there and from "
-                    f"a Loki gateway")
+                    f"with the old certificate {back:.1f} s after it stopped; the renewed one and the one "
+                    f"{BEFORE_CONVERGE} issued get 200 there and from a Loki gateway")
 
 
 def fill(directory: Path) -> Path:
