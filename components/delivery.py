@@ -126,6 +126,12 @@ def after(connection: pulumi.Input[Any], resource: pulumi.CustomResource) -> pul
     return after_value(connection, resource.id)
 
 
+def after_all(connection: pulumi.Input[Any], resources: Sequence[pulumi.CustomResource]) -> pulumi.Output[Any]:
+    """``connection``, resolving only once every one of ``resources`` exists."""
+    return after_value(connection, pulumi.Output.all(*[r.id for r in resources])) if resources else \
+        pulumi.Output.from_input(connection)
+
+
 def after_value(connection: pulumi.Input[Any], value: pulumi.Input[Any]) -> pulumi.Output[Any]:
     """``connection``, resolving only once ``value`` has: whatever uses it depends on the resources
     behind ``value`` (also a ``pulumi.deferred_output``, for steps made later in the program)."""

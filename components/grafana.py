@@ -180,5 +180,7 @@ class GrafanaContent(pulumi.ComponentResource):
             grafana.oss.Dashboard(f"{name}-{key}-dashboard", config_json=json.dumps(board, sort_keys=True),
                                   folder=folder.uid, overwrite=True,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[datasource]))
+        self.datasource = datasource
+        """What Grafana's data source reads with: its client certificate changes here."""
         self.datasource_uid = datasource.uid
         self.register_outputs({"datasource_uid": self.datasource_uid})

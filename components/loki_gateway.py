@@ -66,6 +66,8 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 """Debian's nginx-common post-install links the default site (port 80) here on a first install,
 unless something is there already: the setup puts a placeholder first."""
 STAGE_DIR = "/etc/lokistack/staged/gateway"
+CERTIFICATE_LIST = "/etc/lokistack/gateway/certificates.map"
+"""The serials of the stack CA's client certificates the gateway takes (``components.gateway_certificates``)."""
 ACCESS_LOG = "/var/log/nginx/lokistack-gateway.log"
 MAX_BODY = "64m"
 """Largest request body (a push batch; Alloy sends about 1 MiB)."""
@@ -167,10 +169,11 @@ def _peer_blocks(peers: Sequence[Peer]) -> tuple[str, str]:
     """The ``map`` of the peers' certificates and the ``backup`` servers of Loki's upstream."""
     names = "|".join(re.escape(p.fqdn) for p in peers)
     subject = f"CN=({names}),OU={ROLE_SERVER},O={ORGANIZATION}"
-    peer_map = f"""# Another Loki node's gateway, forwarding what its own Loki could not take (its server certificate).
-map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_from_peer {{
+    peer_map = f"""# Another Loki node's gateway, forwarding what its own Loki could not take (its server certificate,
+# one the stack issues now).
+map "$lokistack_issued|$ssl_client_verify|$ssl_client_s_dn" $lokistack_from_peer {{
     default 0;
-{f'    "~^SUCCESS[|]{subject}$" 1;' if peers else ""}
+{f'    "~^1[|]SUCCESS[|]{subject}$" 1;' if peers else ""}
 }}
 """
     backups = "".join(f"    server {p.address}:{HTTP_PORT} backup;\n" for p in peers)
@@ -178,17 +181,19 @@ map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_from_peer {{
 
 
 def render_gateway_conf(*, require_client_certs: bool, cert_file: str, key_file: str, ca_file: str,
-                        client_ca_file: str, peers: Sequence[Peer] = (),
+                        client_ca_file: str, metrics_issuer: str, peers: Sequence[Peer] = (),
                         timeouts: Timeouts = DEFAULT_TIMEOUTS) -> str:
     """The nginx config (an ``http``-level file for ``conf.d``) of a node whose fellow Loki nodes are
     ``peers``. ``ca_file``: the stack's CA, which Loki's certificate is checked against;
-    ``client_ca_file``: the CAs whose client certificates are taken (the stack's and Prometheus')."""
+    ``client_ca_file``: the CAs whose client certificates are taken (the stack's and Prometheus');
+    ``metrics_issuer``: the subject of Prometheus' CA as nginx shows it (RFC 2253)."""
     verify = "on" if require_client_certs else "optional"
-    anonymous = f'    "NONE|" {ANONYMOUS};\n' if not require_client_certs else ""
+    anonymous = f'    "00|NONE|" {ANONYMOUS};\n' if not require_client_certs else ""
     grants = "\n".join(line for g in GRANTS for line in _map_entries(g))
     # A subject exactly "CN=<name>,OU=<role>,O=loki-stack" (RFC 2253: the certificate's order
     # reversed); the name may hold no comma and no escaped character (\x5c is the backslash).
     subject = f"CN=[^,\\x5c]+,OU=(?<lokistack_ou>[a-z]+),O={ORGANIZATION}"
+    metrics_subject = f"CN=[^,\\x5c]+,OU={ROLE_METRICS},O={ORGANIZATION}"
     peer_map, backups = _peer_blocks(peers)
     shared = "\n".join([f'    "~^POST {PUSH_PATH}$" 1;', *(f'    "~^(GET|POST) {path}$" 1;' for path in READ_PATHS)])
     # What a peer may pass on: the roles that reach more than /ready (which is never forwarded).
@@ -267,9 +272,25 @@ log_format lokistack_gateway '$remote_addr [$time_local] "$request" $status $bod
                              '$request_time role=$lokistack_role subject="$ssl_client_s_dn" '
                              'upstream=$upstream_addr';
 
-map "$ssl_client_verify|$ssl_client_s_dn" $lokistack_client_role {{
+# A client certificate of the stack's CA counts only while the stack issues it (not a removed
+# host's, not one a renewal replaced): its serial is 1 in the list, from the state, kept by the
+# certificate steps; a revoked serial (certRevokedSerials) is 2 there, whichever CA issued it.
+map $ssl_client_serial $lokistack_issued {{
+    default 0;
+    include {CERTIFICATE_LIST};
+}}
+# Prometheus' certificates have a CA of their own, which signs nothing else: each counts until it
+# ends (a renewal blinds no scrape), for the role metrics only. (A pattern: an exact key this long
+# would need a larger map_hash_bucket_size, a setting of the whole http block.)
+map $ssl_client_i_dn $lokistack_metrics_issued {{
+    default 0;
+    "~^{re.escape(metrics_issuer)}$" 1;
+}}
+
+map "$lokistack_issued$lokistack_metrics_issued|$ssl_client_verify|$ssl_client_s_dn" $lokistack_client_role {{
     default "";
-    "~^SUCCESS[|]{subject}$" $lokistack_ou;
+    "~^10[|]SUCCESS[|]{subject}$" $lokistack_ou;
+    "~^01[|]SUCCESS[|]{metrics_subject}$" {ROLE_METRICS};
 {anonymous}}}
 
 {peer_map}
@@ -354,6 +375,8 @@ class LokiGatewayArgs:
     """Host paths of the node's server certificate (also its client certificate towards Loki), key, CA."""
     client_ca_file: str
     """Host path of the CAs whose client certificates the gateway takes: the stack's and Prometheus'."""
+    metrics_issuer: str
+    """The subject of Prometheus' CA, as nginx shows an issuer (RFC 2253)."""
     after_steps: Mapping[str, pulumi.CustomResource]
     """Host name -> the step its setup waits for (one package step at a time on a host)."""
     peers: Mapping[str, Peer]
@@ -395,7 +418,7 @@ class LokiGateway(pulumi.ComponentResource):
                            "lib-clock.sh", "lib-vip-handover.sh"])
             conf = render_gateway_conf(require_client_certs=args.require_client_certs, cert_file=args.cert_file,
                                        key_file=args.key_file, ca_file=args.ca_file,
-                                       client_ca_file=args.client_ca_file,
+                                       client_ca_file=args.client_ca_file, metrics_issuer=args.metrics_issuer,
                                        peers=[p for n, p in args.peers.items() if n != host.name],
                                        timeouts=args.timeouts)
             connection = host.connection

@@ -17,12 +17,30 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
+_SERIAL = re.compile(r"^[0-9A-F]+$")
 CA_TYPE = "lokistack:pki:CertificateAuthority"
 CERTIFICATE_TYPE = "lokistack:pki:Certificate"
 KEY_ALGORITHM = "ECDSA"
 KEY_CURVE = "P256"
 CA_USES = ("cert_signing", "crl_signing")
 ORGANIZATION = "loki-stack"
+
+
+def nginx_serial(serial: int) -> str:
+    """A serial as nginx's ``$ssl_client_serial`` shows it (OpenSSL's ``i2a_ASN1_INTEGER``): the
+    number's bytes in upper-case hex, two digits each."""
+    digits = f"{serial:X}"
+    return digits if len(digits) % 2 == 0 else f"0{digits}"
+
+
+def normalized_serial(text: str) -> str | None:
+    """An operator's serial (hex, with or without colons, ``0x``, any case: as ``openssl x509
+    -serial`` or a browser shows it) as nginx shows it; None unless it is one."""
+    digits = text.strip().removeprefix("0x").removeprefix("0X").replace(":", "").upper()
+    if not digits or not _SERIAL.match(digits) or int(digits, 16) == 0:
+        return None
+    return nginx_serial(int(digits, 16))
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +161,7 @@ class CertificateAuthority(pulumi.ComponentResource):
     def __init__(self, name: str, args: CertificateAuthorityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(CA_TYPE, name, None, opts)
         self._args = args
+        self.common_name = args.common_name
         child = pulumi.ResourceOptions(parent=self)
         key = tls.PrivateKey(f"{name}-key", algorithm=KEY_ALGORITHM, ecdsa_curve=KEY_CURVE, opts=child)
         cert = tls.SelfSignedCert(

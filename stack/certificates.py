@@ -13,7 +13,7 @@ import pulumi
 
 from components.hostfile import HostFile
 from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_OPERATOR, ROLE_READER, ROLE_SERVER
-from components.pki import Certificate, CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
+from components.pki import ORGANIZATION, Certificate, CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
 from stack.config import Settings, VmSettings
 
 TLS_DIR = "/etc/lokistack/tls"
@@ -114,6 +114,23 @@ class StackCertificates:
         return [("ca", "", self.ca.not_after, self.ca.early_renewal_hours),
                 ("metrics-ca", "", self.metrics_ca.not_after, self.metrics_ca.early_renewal_hours),
                 *((name, host, c.not_after, c.early_renewal_hours) for name, host, c in leaves)]
+
+    @property
+    def metrics_issuer(self) -> str:
+        """The subject of Prometheus' CA as nginx shows a client certificate's issuer (RFC 2253)."""
+        return f"CN={self.metrics_ca.common_name},O={ORGANIZATION}"
+
+    def gateway_clients(self) -> dict[str, pulumi.Output[str]]:
+        """Every client certificate of the stack's CA that the Loki gateways take (name -> PEM): the
+        agents', the VIP checks', the Loki nodes' server certificates (a node forwards with its
+        own), Grafana's data source's, the operator's and Prometheus' earlier one. (Prometheus'
+        own have their CA: ``metrics_issuer``.)"""
+        certificates = {f"{h}-agent": c for h, c in self.agents.items()}
+        certificates |= {f"{h}-health": c for h, c in self.health.items()}
+        certificates |= {f"{h}-server": self.servers[h] for h in self.health}
+        certificates |= {name: c for name, c in self.clients.items() if name != "prometheus"}
+        certificates["prometheus-earlier"] = self.earlier_prometheus
+        return {name: c.cert_pem for name, c in certificates.items()}
 
     def metrics_client_pool(self) -> pulumi.Output[str]:
         """What the agents' metrics endpoint takes: Prometheus' CA, and the certificate earlier

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pulumi.runtime import config as runtime_config
 
 from components.objectstore import LOKI_USER, METRICS_USER
+from components.pki import normalized_serial
 from components.timeouts import DEFAULT_QUERY_TIMEOUT_S, MAX_QUERY_TIMEOUT_S, MIN_QUERY_TIMEOUT_S
 from stack.schema import ProjectSchema, load_schema
 
@@ -113,6 +114,8 @@ class SshSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PkiSettings:
+    revoked_serials: tuple[str, ...] = ()
+    """Serials of certificates the gateways refuse (as nginx shows them: upper-case hex)."""
     validity_hours: int
     """Lifetime of every leaf certificate."""
     early_renewal_hours: int
@@ -751,9 +754,21 @@ def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:
         check.fail("caValidityHours", f"must be at least twice certValidityHours ({2 * validity}): the CA "
                    "is renewed certValidityHours before its end", ca, "87600")
         return None
-    if validity is None or early is None:
+    revoked: list[str] = []
+    bad = False
+    for i, text in enumerate(v["certRevokedSerials"]):
+        serial = normalized_serial(str(text))
+        if serial is None:
+            bad = True
+            check.fail(f"certRevokedSerials[{i}]", "must be a certificate's serial number in hex (as `openssl x509 "
+                       "-noout -serial` or the output clientCertificateSerials shows it)", text,
+                       '"5A3C9E1F0B7D2468ACE13579BDF02468"')
+        elif serial not in revoked:
+            revoked.append(serial)
+    if validity is None or early is None or bad:
         return None
-    return PkiSettings(validity_hours=validity, early_renewal_hours=early, ca_validity_hours=ca)
+    return PkiSettings(validity_hours=validity, early_renewal_hours=early, ca_validity_hours=ca,
+                       revoked_serials=tuple(revoked))
 
 
 def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> ObjectStoreSettings | None:

@@ -20,7 +20,13 @@ import pulumiverse_grafana as grafana
 
 from components.alloy import METRICS_PORT as AGENT_METRICS_PORT
 from components.alloy import LogAgent, LogAgentArgs
-from components.delivery import FileDelivery, FileDeliveryArgs, after, ssh_connection
+from components.delivery import FileDelivery, FileDeliveryArgs, after, after_all, ssh_connection
+from components.gateway_certificates import (
+    GatewayCertificates,
+    GatewayCertificatesArgs,
+    GatewayNode,
+    certificate_serial,
+)
 from components.grafana import (
     ADMIN_USER,
     GrafanaContent,
@@ -102,6 +108,7 @@ class Deployment:
     loki_bucket: LokiBucket
     loki: LokiCluster
     gateway: LokiGateway
+    gateway_certificates: GatewayCertificates
     vip: VirtualIp
     grafana: GrafanaServer
     agents: dict[str, LogAgent]
@@ -188,10 +195,19 @@ def build(settings: Settings) -> Deployment:
     connections |= {h.name: ssh_connection(host=str(h.address), user=settings.ssh.admin_user,
                                            private_key=deploy_key.private_key_openssh, host_key=h.host_key)
                     for h in settings.agents.extra_hosts}
+    # The gateways take the client certificates the stack issues now: a new one before any client
+    # switches to it (admit, before every host's TLS files), a superseded one no longer once every
+    # client has switched (settle, at the end).
+    gateway_certificates = GatewayCertificates("gateway-certificates", GatewayCertificatesArgs(
+        nodes=[GatewayNode(name=n.name, connection=vms[n.name].connection) for n in settings.loki.nodes],
+        certificates=certificates.gateway_clients(), revoked=settings.pki.revoked_serials,
+        handover=vip_handover(settings),
+        tls={"CA_FILE": CA_FILE, "CERT_FILE": SERVER_CERT_FILE, "KEY_FILE": SERVER_KEY_FILE}))
+    admitted: list[pulumi.CustomResource] = list(gateway_certificates.admits.values())
     deliveries = {
         f"{name}-tls": FileDelivery(
             f"{name}-tls",
-            FileDeliveryArgs(host=name, connection=connection, files=certificates.host_files(name),
+            FileDeliveryArgs(host=name, connection=after_all(connection, admitted), files=certificates.host_files(name),
                              remove=RETIRED_FILES, then=TRUST_UPDATE),
         )
         for name, connection in connections.items()
@@ -239,7 +255,8 @@ def build(settings: Settings) -> Deployment:
                    for node in settings.loki.nodes],
             require_client_certs=settings.loki.require_client_certs,
             cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE,
-            client_ca_file=GATEWAY_CLIENT_CA_FILE, after_steps=package_steps,
+            client_ca_file=GATEWAY_CLIENT_CA_FILE, metrics_issuer=certificates.metrics_issuer,
+            after_steps=package_steps,
             peers={node.name: GatewayPeer(fqdn=node.fqdn, address=str(node.address)) for node in settings.loki.nodes},
             handover=vip_handover(settings), timeouts=timeouts(settings),
         ))
@@ -256,7 +273,8 @@ def build(settings: Settings) -> Deployment:
     start_roll(pulumi.Output.all(*[step.id for step in vip.settled]))
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
-    grafana_server = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url, monitoring=monitoring)
+    grafana_server, grafana_content = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url,
+                                                    monitoring=monitoring)
     package_steps[settings.grafana.name] = grafana_server.setup
     # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
     push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
@@ -270,6 +288,9 @@ def build(settings: Settings) -> Deployment:
             key_file=AGENT_KEY_FILE, ca_file=CA_FILE, metrics_client_ca_file=METRICS_CLIENT_CA_FILE,
             metrics_address=addresses[name], tls_digest=deliveries[f"{name}-tls"].digest))
 
+    gateway_certificates.settle_after([
+        *(d.command for d in deliveries.values()), *(a.apply for a in agents.values()), *vip.settled,
+        *gateway.applies.values(), grafana_content.datasource])
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
         "hosts": {
@@ -285,6 +306,7 @@ def build(settings: Settings) -> Deployment:
         "operatorCertificate": pulumi.Output.secret(operator.cert_pem),
         "operatorPrivateKey": operator.private_key_pem,
         "prometheusCertificate": pulumi.Output.secret(prometheus.cert_pem),
+        "clientCertificateSerials": certificate_serials(certificates),
         "prometheusPrivateKey": prometheus.private_key_pem,
         "objectStoreEndpoint": object_store.endpoint,
         "lokiBucket": loki_bucket.bucket,
@@ -306,11 +328,13 @@ def build(settings: Settings) -> Deployment:
     host_files += object_store.host_files
     host_files += loki.host_files
     host_files += gateway.host_files
+    host_files += gateway_certificates.host_files
     host_files += vip.host_files
     host_files += grafana_server.host_files
     host_files += [f for agent in agents.values() for f in agent.host_files]
     return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
-                      loki_bucket=loki_bucket, loki=loki, gateway=gateway, vip=vip, grafana=grafana_server,
+                      loki_bucket=loki_bucket, loki=loki, gateway=gateway,
+                      gateway_certificates=gateway_certificates, vip=vip, grafana=grafana_server,
                       agents=agents, monitoring=monitoring, outputs=outputs, host_files=host_files)
 
 
@@ -345,8 +369,18 @@ def prometheus_rules(spec: MonitoringSpec, certificates: StackCertificates) -> p
     return pulumi.Output.all(*(end for _, _, end, _ in expiries)).apply(render)
 
 
+def certificate_serials(certificates: StackCertificates) -> pulumi.Output[dict[str, str]]:
+    """Every client certificate the gateways take, by name, with its serial as nginx and
+    ``certRevokedSerials`` write it (not secret): what to revoke."""
+    pems = {**certificates.gateway_clients(), "prometheus": certificates.clients["prometheus"].cert_pem}
+    names = sorted(pems)
+    return pulumi.Output.all(*[pems[n] for n in names]).apply(
+        lambda texts: {n: certificate_serial(t) for n, t in zip(names, texts, strict=True)})
+
+
 def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-                  deliveries: dict[str, FileDelivery], *, loki_url: str, monitoring: MonitoringSpec) -> GrafanaServer:
+                  deliveries: dict[str, FileDelivery], *, loki_url: str,
+                  monitoring: MonitoringSpec) -> tuple[GrafanaServer, GrafanaContent]:
     """Grafana on its VM, then (through its API, trusting only our CA) the data source and dashboards."""
     vm = settings.grafana
     server = GrafanaServer("grafana", GrafanaServerArgs(
@@ -364,12 +398,12 @@ def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: S
         opts=pulumi.ResourceOptions(depends_on=[server.ready]),
     )
     datasource_client = certificates.clients["grafana-datasource"]
-    GrafanaContent("grafana-content", GrafanaContentArgs(
+    content = GrafanaContent("grafana-content", GrafanaContentArgs(
         loki_url=loki_url, ca_cert_pem=certificates.ca.cert_pem, client_cert_pem=datasource_client.cert_pem,
         client_key_pem=datasource_client.private_key_pem, signals=monitoring_signals(monitoring),
         timeouts=timeouts(settings)),
         opts=pulumi.ResourceOptions(providers=[provider]))
-    return server
+    return server, content
 
 
 def object_store_host(settings: Settings) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from components import firewall, loki_gateway
+from components.gateway_certificates import STAGED_LIST
 from components.loki_config import SERVICE_USER
 from components.monitoring import MonitoringSpec
 from components.proxmox_vm import USER_DATA_PATH
@@ -112,15 +113,19 @@ def lab_firewall_rules(files: dict[str, str]) -> str:
 
 
 def gateway_command(directory: Path, files: dict[str, str]) -> list[str]:
-    """nginx in the foreground with a node's rendered gateway config and TLS files in ``directory``.
+    """nginx in the foreground with a node's rendered gateway config and TLS files in ``directory``,
+    and the list of the certificates it takes as its ``settle`` step leaves it (the staged list).
 
-    Only paths differ from the node: the TLS directory and the access log are the lab's."""
+    Only paths differ from the node: the TLS directory, the list and the access log are the lab's."""
     conf = files[f"{loki_gateway.STAGE_DIR}/gateway.conf"]
     (directory / "tls").mkdir(parents=True, exist_ok=True)
     for name in ("ca.pem", "gateway-client-ca.pem", "server.pem", "server.key"):
         (directory / "tls" / name).write_text(files[f"{TLS_DIR}/{name}"])
-    assert f"{TLS_DIR}/" in conf and loki_gateway.ACCESS_LOG in conf, "the gateway config names other files"
+    (directory / "certificates.map").write_text(files[STAGED_LIST])
+    assert f"{TLS_DIR}/" in conf and loki_gateway.ACCESS_LOG in conf and loki_gateway.CERTIFICATE_LIST in conf, (
+        "the gateway config names other files")
     (directory / "gateway.conf").write_text(conf.replace(f"{TLS_DIR}/", f"{directory}/tls/")
+                                            .replace(loki_gateway.CERTIFICATE_LIST, f"{directory}/certificates.map")
                                             .replace(loki_gateway.ACCESS_LOG, f"{directory}/access.log"))
     (directory / "nginx.conf").write_text(GATEWAY_MAIN.format(user=loki_gateway.NGINX_USER, d=directory))
     return ["nginx", "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(directory / "nginx.conf")]

@@ -75,9 +75,15 @@ def test_a_vm_created_anew_runs_every_step_on_it_again_and_no_other():
         f"a rebuilt loki-02 would not get {sorted(on_it - changed)}; would re-run elsewhere {sorted(changed - on_it)}")
 
 
+LISTS = {f"gateway-certificates-{n}-{step}" for n in ("loki-01", "loki-02", "loki-03")
+         for step in ("staged-install", "admit", "settle")}
+"""Every gateway's list of the client certificates it takes: the new serial admitted before any
+client switches, the old one gone once every client has (components/gateway_certificates.py)."""
+
+
 def test_renewing_a_loki_nodes_certificates_restarts_exactly_what_reads_them():
     changed = changed_commands(frozenset({"loki-02-server-cert", "loki-02-agent-cert", "loki-02-health-cert"}))
-    assert changed == {
+    assert changed == LISTS | {
         "loki-02-tls-install",        # the files themselves
         "loki-loki-02-apply",         # Loki: server certificate, as credentials -> restart
         "loki-gateway-loki-02-apply",  # nginx: server certificate, read when it loads -> reload
@@ -88,7 +94,8 @@ def test_renewing_a_loki_nodes_certificates_restarts_exactly_what_reads_them():
 
 def test_renewing_the_grafana_hosts_certificates_restarts_grafana_and_its_agent():
     changed = changed_commands(frozenset({"grafana-server-cert", "grafana-agent-cert"}))
-    assert changed == {"grafana-tls-install", "grafana-config-install", "grafana-ready", "agent-grafana-apply"}, (
+    assert changed == LISTS | {"grafana-tls-install", "grafana-config-install", "grafana-ready",
+                               "agent-grafana-apply"}, (
         f"renewal re-runs {sorted(changed)}")
 
 

@@ -16,9 +16,11 @@ import datetime
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from components.gateway_certificates import STAGED_LIST, certificate_serial
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import (
     ANONYMOUS,
@@ -50,12 +53,22 @@ from components.loki_gateway import (
     Peer,
     render_gateway_conf,
 )
-from stack.certificates import CA_FILE, GATEWAY_CLIENT_CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+from stack.certificates import (
+    AGENT_CERT_FILE,
+    AGENT_KEY_FILE,
+    CA_FILE,
+    GATEWAY_CLIENT_CA_FILE,
+    SERVER_CERT_FILE,
+    SERVER_KEY_FILE,
+)
 from tests.conftest import require_root, require_tool, shellcheck_commands
 from tests.lab_stack import LabPlan, gateway_command, lab_firewall_rules, lab_plan
 from tests.netns import PrivateNetwork, private_network
 
 STRICT, OPEN, CLIENT = "loki-01", "loki-02", "client"
+METRICS_ISSUER = "CN=loki-stack metrics clients home.arpa,O=loki-stack"
+EXTRA_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJpr/dRGxU8CQFAAYlnNpNTENGvp7bPiqQowbP0PnG7"
+"""A real SSH host public key, for an extra host."""
 ADDRESSES = {STRICT: "198.18.0.11", OPEN: "198.18.0.12", CLIENT: "198.18.0.50"}
 
 UPSTREAM = r"""
@@ -273,11 +286,11 @@ def test_grants_name_only_known_roles_and_the_reader_paths_are_loki_query_routes
 
 def test_certificates_are_required_unless_the_setting_says_otherwise():
     strict = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                                 ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE)
+                                 ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE, metrics_issuer=METRICS_ISSUER)
     loose = render_gateway_conf(require_client_certs=False, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                                ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE)
+                                ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE, metrics_issuer=METRICS_ISSUER)
     assert "ssl_verify_client on;" in strict and ANONYMOUS not in strict.split("map $request_uri")[0], strict
-    assert "ssl_verify_client optional;" in loose and f'"NONE|" {ANONYMOUS};' in loose, loose
+    assert "ssl_verify_client optional;" in loose and f'"00|NONE|" {ANONYMOUS};' in loose, loose
 
 
 FORWARDED = f"{ROLE_HEADER}: {ROLE_OPERATOR}"
@@ -309,7 +322,8 @@ def test_each_node_sends_pushes_and_reads_to_its_peers_only_when_its_own_loki_ca
     peers = [Peer(fqdn="loki-01.home.arpa", address="198.18.0.11"),
              Peer(fqdn="loki-03.home.arpa", address="198.18.0.13")]
     conf = render_gateway_conf(require_client_certs=True, cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE,
-                               ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE, peers=peers)
+                               ca_file=CA_FILE, client_ca_file=GATEWAY_CLIENT_CA_FILE,
+                               metrics_issuer=METRICS_ISSUER, peers=peers)
     upstream = conf.split("upstream lokistack_loki {", 1)[1].split("}", 1)[0]
     assert f"server 127.0.0.1:{LOKI_LOCAL_PORT} max_fails=1" in upstream, upstream
     assert [line.split()[1] for line in upstream.splitlines() if line.strip().endswith("backup;")] == [
@@ -426,3 +440,91 @@ def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_
     assert trap < stdin.index('\nvip_recover "$VIP_RELOAD_TABLE"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
         stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
     assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"
+
+
+def serial_lines(text: str) -> dict[str, str]:
+    """A certificate list's entries, serial -> its whole line."""
+    return {line.split('"')[1]: line for line in text.splitlines() if line.startswith('"')}
+
+
+def admitted(staged: str, held: str) -> str:
+    """What ``admit`` makes of a node's list (templates/gateway-certificates.sh): the staged list's
+    lines, and the serials the list held that the staged one does not name."""
+    kept = serial_lines(held)
+    kept.update(serial_lines(staged))
+    return "".join(f"{line}\n" for line in kept.values())
+
+
+def load_list(gateways: Gateways, node: str, text: str, until: Callable[[], bool], what: str) -> None:
+    """``node``'s gateway with ``text`` as its certificate list (nginx reloads, SIGHUP, as its unit
+    does), once ``until()`` holds: a request whose answer the new list changes (the old workers
+    answer until the reload is through: five answers in a row)."""
+    (gateways.run / node / "certificates.map").write_text(text)
+    gateways.network.daemons[f"gateway-{node}"].process.send_signal(signal.SIGHUP)
+    held = 0
+    for _ in range(100):
+        held = held + 1 if until() else 0
+        if held == 5:  # five in a row: an old worker may take a connection while the new ones start
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{node}: with the list of {what} loaded, {until.__doc__ or 'the expected answer'} never came")
+
+
+def test_the_gateway_takes_the_certificates_the_stack_issues_now_and_no_revoked_one(gateways, tmp_path):
+    """With the real nginx: a removed extra host's agent certificate gets 403 (with the list of the
+    run that still had the host, it pushes); after the operator's certificate is renewed, ``admit``'s
+    list takes the old one and the new one (no gap), ``settle``'s only the new one (the old gets
+    403); a serial in certRevokedSerials gets 403 whoever issued it (Grafana's, of the stack's CA;
+    Prometheus', of its own CA), and the rest keep their roles."""
+    strict = gateways.plans[STRICT]
+    current = strict.files[STRICT][STAGED_LIST]
+    identity = tmp_path / "identity"
+    identity.mkdir()
+
+    def as_(who: tuple[str, str], method: str, path: str) -> int:
+        cert, key = who
+        (identity / "c.pem").write_text(cert)
+        (identity / "c.key").write_text(key)
+        (identity / "c.key").chmod(0o600)
+        proc = gateways.network.run(CLIENT, [
+            "curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+            "--cacert", str(gateways.run / CLIENT / STRICT / "ca.pem"), "--cert", str(identity / "c.pem"),
+            "--key", str(identity / "c.key"), *(["--data-binary", "{}", "-H", "Content-Type: application/json"]
+                                              if method == "POST" else []),
+            f"https://{ADDRESSES[STRICT]}:{HTTP_PORT}{path}"], timeout=60)
+        return int(proc.stdout or 0)
+
+    with_extra = lab_plan(agentExtraHosts=[f"backup-01 198.18.0.60 {EXTRA_KEY}"])
+    extra = (with_extra.files["backup-01"][AGENT_CERT_FILE], with_extra.files["backup-01"][AGENT_KEY_FILE])
+    renewed = lab_plan(renewed=frozenset({"operator-client-cert"}))
+    old_operator, new_operator = strict.identities[ROLE_OPERATOR], renewed.identities[ROLE_OPERATOR]
+    assert old_operator[0] != new_operator[0], "the operator's certificate was not renewed"
+    reader, metrics = strict.identities[ROLE_READER], strict.identities[ROLE_METRICS]
+    revoking = lab_plan(certRevokedSerials=[certificate_serial(reader[0]), certificate_serial(metrics[0])])
+    seen = {}
+    try:
+        seen["removed extra host, pushing"] = as_(extra, *PUSH)
+        load_list(gateways, STRICT, with_extra.files[STRICT][STAGED_LIST],
+                  lambda: as_(extra, *PUSH) == 200, "the run with the extra host")
+        seen["extra host listed, pushing"] = as_(extra, *PUSH)
+        load_list(gateways, STRICT, admitted(renewed.files[STRICT][STAGED_LIST], current),
+                  lambda: as_(new_operator, "GET", "/config") == 200, "admit, the operator's renewed")
+        seen["admit: old operator"], seen["admit: new operator"] = (as_(old_operator, "GET", "/config"),
+                                                                    as_(new_operator, "GET", "/config"))
+        load_list(gateways, STRICT, renewed.files[STRICT][STAGED_LIST],
+                  lambda: as_(old_operator, "GET", "/config") != 200, "settle, the operator's renewed")
+        seen["settle: old operator"], seen["settle: new operator"] = (as_(old_operator, "GET", "/config"),
+                                                                      as_(new_operator, "GET", "/config"))
+        load_list(gateways, STRICT, revoking.files[STRICT][STAGED_LIST],
+                  lambda: as_(reader, "GET", "/loki/api/v1/labels") != 200, "certRevokedSerials")
+        seen["revoked: Grafana's reader"] = as_(reader, "GET", "/loki/api/v1/labels")
+        seen["revoked: Prometheus"] = as_(metrics, *METRICS)
+        seen["revoked list: the operator"] = as_(old_operator, "GET", "/config")
+    finally:
+        load_list(gateways, STRICT, current, lambda: as_(reader, "GET", "/loki/api/v1/labels") == 200
+                  and as_(old_operator, "GET", "/config") == 200, "the fixture's run")
+    want = {"removed extra host, pushing": 403, "extra host listed, pushing": 200,
+            "admit: old operator": 200, "admit: new operator": 200,
+            "settle: old operator": 403, "settle: new operator": 200,
+            "revoked: Grafana's reader": 403, "revoked: Prometheus": 403, "revoked list: the operator": 200}
+    assert seen == want, f"what the gateway answered: {seen}"

@@ -44,7 +44,9 @@ def test_update_builds_every_vm_of_the_example_stack():
                for step in ("setup", "staged-install", "apply")}
     agents = {f"agent-{n}-{step}" for n in EXAMPLE_VMS for step in ("setup", "staged-install", "apply")}
     grafana = {"grafana-setup", "grafana-config-install", "grafana-ready"}
-    assert commands == per_vm | loki | gateway | vip | agents | grafana | {
+    lists = {f"gateway-certificates-{n}-{step}" for n in EXAMPLE_VMS if n.startswith("loki")
+             for step in ("staged-install", "admit", "settle")}
+    assert commands == per_vm | loki | gateway | vip | agents | grafana | lists | {
         "objectstore-setup", "objectstore-config-install", "objectstore-ready",
         "objectstore-disk-arrival-install"}
 
@@ -256,7 +258,8 @@ def test_main_program_exports_the_outputs(fake_engine):
     assert set(exported) == {"hosts", "vmIds", "vipAddress", "sshAdminUser", "deploySshPublicKey", "sshHostKeys",
                              "caCertificate",
                              "operatorCertificate", "operatorPrivateKey", "prometheusCertificate",
-                             "prometheusPrivateKey", "objectStoreEndpoint", "lokiBucket", "lokiS3AccessKey",
+                             "prometheusPrivateKey", "clientCertificateSerials", "objectStoreEndpoint", "lokiBucket",
+                             "lokiS3AccessKey",
                              "lokiS3SecretKey", "lokiNodeUrls", "lokiUrl", "prometheusScrapeConfig",
                              "prometheusRules", "prometheusObjectStoreToken", "prometheusGrafanaPassword",
                              "logcliEnvironment", "grafanaUrl", "grafanaAdminUser", "grafanaAdminPassword"}

@@ -161,7 +161,8 @@ def test_every_step_not_rehearsed_says_why_and_its_dependents_are_skipped(rehear
 LOKI_NODE_STEPS = ("loki-{n}-setup", "loki-{n}-firewall-install", "loki-{n}-staged-install", "loki-{n}-apply",
                    "loki-gateway-{n}-setup",
                    "loki-gateway-{n}-staged-install", "loki-gateway-{n}-apply", "vip-{n}-setup",
-                   "vip-{n}-staged-install", "vip-{n}-apply")
+                   "vip-{n}-staged-install", "vip-{n}-apply", "gateway-certificates-{n}-staged-install",
+                   "gateway-certificates-{n}-admit", "gateway-certificates-{n}-settle")
 
 
 def test_each_loki_node_is_set_up_under_systemd_as_the_steps_say(rehearsal):

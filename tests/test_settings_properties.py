@@ -52,11 +52,11 @@ def of_type(name: str) -> list[str]:
 STRINGS, INTEGERS, BOOLEANS, ARRAYS = of_type("string"), of_type("integer"), of_type("boolean"), of_type("array")
 OPTIONAL = {"objectStoreProxmoxNode", "grafanaProxmoxNode"}
 """String keys whose empty value means "the default Proxmox node"."""
-MAY_BE_EMPTY = {"dnsServers", "lokiProxmoxNodes", "lokiRetiring", "agentExtraHosts"}
+MAY_BE_EMPTY = {"dnsServers", "lokiProxmoxNodes", "lokiRetiring", "agentExtraHosts", "certRevokedSerials"}
 HOST_NAMES = {"vipHostname", "objectStoreName", "grafanaName"}
 UPPER = {"vlanId": 4094, "vipRouterId": 255, "vipAdvertInterval": 255, "vipCheckInterval": 60, "vipCheckFall": 10,
          "vipCheckRise": 10, "lokiCores": 64, "objectStoreCores": 64, "grafanaCores": 64,
-         "certValidityHours": 5 * 8760}
+         "certValidityHours": 5 * 8760, "lokiQueryTimeoutSeconds": 3600}
 USED_NAMES = {*example("lokiNodes"), example("objectStoreName"), example("grafanaName"), example("vipHostname")}
 USED_ADDRESSES = [example("networkGateway"), *example("lokiAddresses"), example("objectStoreAddress"),
                   example("grafanaAddress"), example("vipAddress")]
@@ -112,6 +112,8 @@ ARRAY_CERTAINLY_INVALID: dict[str, Any] = {
                                            or len(example("lokiNodes")) - len(v) < 3),
     "agentExtraHosts": lambda v: bool(v) and any(len(x.split()) < 3 or not re.fullmatch(r"[0-9.]+", x.split()[1])
                                                  for x in v),
+    "certRevokedSerials": lambda v: bool(v) and any(not re.fullmatch(r"[0-9A-Fa-f:]+", x.removeprefix("0x"))
+                                                    for x in v),
 }
 
 

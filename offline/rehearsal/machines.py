@@ -210,7 +210,10 @@ class Machine:
         unit stops; for a lab that is taken down)."""
         pid = self.pid1()
         if pid is not None:
-            os.kill(pid, signal.SIGRTMIN + (14 if at_once else 3))
+            # The machine's init may end between finding it and signalling it (it was powering off
+            # already): nothing is left to ask, and poweroff() waits for the machine as usual.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGRTMIN + (14 if at_once else 3))
 
     def poweroff(self, timeout: float = STOP_TIMEOUT_S, *, at_once: bool = False) -> float:
         """Power the machine off (``request_poweroff``) and wait for it, killing it after ``timeout``;

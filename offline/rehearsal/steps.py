@@ -29,6 +29,12 @@ STOOD_IN_TYPES = ("minio:",)
 """Provider resources the rehearsal makes itself, against its stand-in (``StepRunner.actions``)."""
 DONE = ("ok", "stood in")
 """What lets a step's dependents run."""
+NOT_RUN = ("not rehearsed", "skipped")
+RUNS_PAST = {re.compile(r"^gateway-certificates-.+-settle$"):
+             "the gateways' lists settle once every client has switched certificates; the clients this "
+             "machine cannot run (Alloy, Grafana's API) switch nothing here"}
+"""Steps that run once every step they wait for has run or cannot run here (not rehearsed, or
+waiting for such a step), not only once all have run: name pattern -> why that is faithful."""
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Step:
     """URNs of the steps this one waits for."""
     not_rehearsed: str = ""
     """Why this machine cannot run it (empty: it can)."""
+    runs_past: str = ""
+    """Why it runs past the steps it waits for that cannot run here (``RUNS_PAST``; empty: it does not)."""
     status: str = "waiting"
     """waiting, running, ok, stood in (done against a stand-in, with a note), failed, not rehearsed, skipped,
     killed (by the rehearsal, on purpose: ``Interrupt``)."""
@@ -101,7 +109,8 @@ def step_graph(registrations: list[Registration],
             continue
         reason = next((why for prefix, why in UNREACHABLE_TYPES.items() if r.type.startswith(prefix)), "")
         needs = set().union(*(expand(d) for d in waits_for(r))) - {r.urn}
-        steps[r.urn] = Step(registration=r, needs=needs, not_rehearsed=reason or not_rehearsed(r))
+        past = next((why for pattern, why in RUNS_PAST.items() if pattern.match(r.name)), "")
+        steps[r.urn] = Step(registration=r, needs=needs, not_rehearsed=reason or not_rehearsed(r), runs_past=past)
     return steps
 
 
@@ -225,8 +234,12 @@ class StepRunner:
             while True:
                 self._settle(steps)
                 for step in steps.values():
-                    if step.status == "waiting" and all(steps[n].status in DONE for n in step.needs if n in steps):
-                        self.log(f"start  {step.name} on {step.host}")
+                    if step.status == "waiting" and all(
+                            steps[n].status in DONE or (step.runs_past and steps[n].status in NOT_RUN)
+                            for n in step.needs if n in steps):
+                        past = [steps[n].name for n in step.needs if n in steps and steps[n].status in NOT_RUN]
+                        self.log(f"start  {step.name} on {step.host}"
+                                 + (f" (past {len(past)} steps not run here: {step.runs_past})" if past else ""))
                         step.status = "running"
                         running[pool.submit(self.run_one, step, self.interrupts.get(step.name))] = step
                 if not running:
@@ -251,7 +264,7 @@ class StepRunner:
                     step.status, changed = "not rehearsed", True
                     continue
                 blocked = [steps[n] for n in step.needs if n in steps
-                           and steps[n].status in ("failed", "killed", "not rehearsed", "skipped")]
+                           and steps[n].status in ("failed", "killed", *(() if step.runs_past else NOT_RUN))]
                 if blocked:
                     step.status, changed = "skipped", True
                     step.output = f"waits for {blocked[0].name} ({blocked[0].status})"
