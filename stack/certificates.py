@@ -165,26 +165,18 @@ def concatenated(*pems: pulumi.Input[str]) -> pulumi.Output[str]:
 
 def issue_certificates(settings: Settings, opts: pulumi.ResourceOptions | None = None) -> StackCertificates:
     pki = settings.pki
-    ca = CertificateAuthority(
-        "ca",
-        CertificateAuthorityArgs(
-            common_name=f"loki-stack CA {settings.network.domain}",
+
+    def authority(name: str, common_name: str) -> CertificateAuthority:
+        return CertificateAuthority(name, CertificateAuthorityArgs(
+            common_name=common_name,
             validity_hours=pki.ca_validity_hours, early_renewal_hours=pki.ca_early_renewal_hours,
             leaf_validity_hours=pki.validity_hours, leaf_early_renewal_hours=pki.early_renewal_hours,
-        ),
-        opts=opts,
-    )
+        ), opts=opts)
+
+    ca = authority("ca", f"loki-stack CA {settings.network.domain}")
     # Prometheus' client certificate has an issuer of its own: the agents trust it alone, so that a
     # renewed certificate is taken at once, and no other certificate of the stack gets in.
-    metrics_ca = CertificateAuthority(
-        "metrics-ca",
-        CertificateAuthorityArgs(
-            common_name=f"loki-stack metrics clients {settings.network.domain}",
-            validity_hours=pki.ca_validity_hours, early_renewal_hours=pki.ca_early_renewal_hours,
-            leaf_validity_hours=pki.validity_hours, leaf_early_renewal_hours=pki.early_renewal_hours,
-        ),
-        opts=opts,
-    )
+    metrics_ca = authority("metrics-ca", f"loki-stack metrics clients {settings.network.domain}")
     specs = client_specs(settings)
     clients = {name: metrics_ca.issue(PROMETHEUS_CLIENT, spec) if name == "prometheus" else
                ca.issue(f"{name}-client", spec) for name, spec in specs.items()}
