@@ -195,31 +195,34 @@ def build(settings: Settings) -> Deployment:
     connections |= {h.name: ssh_connection(host=str(h.address), user=settings.ssh.admin_user,
                                            private_key=deploy_key.private_key_openssh, host_key=h.host_key)
                     for h in settings.agents.extra_hosts}
+
+    def tls_delivery(name: str, connection: pulumi.Input[Any]) -> FileDelivery:
+        return FileDelivery(f"{name}-tls", FileDeliveryArgs(
+            host=name, connection=connection, files=certificates.host_files(name), remove=RETIRED_FILES,
+            then=TRUST_UPDATE))
+
+    # Scale-in: a retiring node leaves (the VIP, the ring) before any step of the other Loki nodes,
+    # after its own TLS files.
+    delivered = {name: tls_delivery(name, connections[name]) for name in sorted(settings.loki.retiring)}
+    retire_steps: list[pulumi.CustomResource] = []
+    if settings.loki.retiring:
+        retire_steps += LokiRetirement("loki-retiring", LokiRetirementArgs(
+            nodes=[RetiringNode(name=name, connection=after(vms[name].connection, delivered[name].command))
+                   for name in sorted(settings.loki.retiring)],
+            loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps
     # The gateways take the client certificates the stack issues now: a new one before any client
-    # switches to it (admit, before every host's TLS files), a superseded one no longer once every
-    # client has switched (settle, at the end).
+    # switches to it (admit, before every other host's TLS files), a superseded one no longer once
+    # every client has switched (settle, at the end).
     gateway_certificates = GatewayCertificates("gateway-certificates", GatewayCertificatesArgs(
-        nodes=[GatewayNode(name=n.name, connection=vms[n.name].connection) for n in settings.loki.nodes],
+        nodes=[GatewayNode(name=n.name, connection=after_all(vms[n.name].connection, retire_steps))
+               for n in settings.loki.nodes],
         certificates=certificates.gateway_clients(), revoked=settings.pki.revoked_serials,
         handover=vip_handover(settings),
         tls={"CA_FILE": CA_FILE, "CERT_FILE": SERVER_CERT_FILE, "KEY_FILE": SERVER_KEY_FILE}))
     admitted: list[pulumi.CustomResource] = list(gateway_certificates.admits.values())
-    deliveries = {
-        f"{name}-tls": FileDelivery(
-            f"{name}-tls",
-            FileDeliveryArgs(host=name, connection=after_all(connection, admitted), files=certificates.host_files(name),
-                             remove=RETIRED_FILES, then=TRUST_UPDATE),
-        )
-        for name, connection in connections.items()
-    }
-
-    # Scale-in: a retiring node leaves (the VIP, the ring) before any step of the other Loki nodes.
-    retire_steps: list[pulumi.CustomResource] = []
-    if settings.loki.retiring:
-        retire_steps += LokiRetirement("loki-retiring", LokiRetirementArgs(
-            nodes=[RetiringNode(name=name, connection=after(vms[name].connection, deliveries[f"{name}-tls"].command))
-                   for name in sorted(settings.loki.retiring)],
-            loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps
+    delivered |= {name: tls_delivery(name, after_all(connection, admitted)) for name, connection in connections.items()
+                  if name not in delivered}
+    deliveries = {f"{name}-tls": delivered[name] for name in connections}
     loki_connections: dict[str, pulumi.Output[Any]] = {}
     for node in settings.loki.nodes:
         connection = after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command)
