@@ -31,11 +31,14 @@ case "$MODE" in
   *) echo "MODE must be admit or settle, not ${MODE}" >&2; exit 2 ;;
 esac
 
+# What nginx last loaded through this step: a run killed after placing the list and before the
+# reload leaves them apart, and the next run reloads although the list is already in place.
+loaded="${LIST_FILE%.map}.loaded"
 changed=0
 if [ -f "$LIST_FILE" ]; then cp -p "$LIST_FILE" "${work}/before"; fi
 place "${work}/list" "$LIST_FILE" 0644 root root
 taken=$(grep -c '^"[0-9A-F]*" 1;' "$LIST_FILE" || true)
-if [ "$changed" -eq 0 ]; then
+if [ "$changed" -eq 0 ] && cmp -s "$LIST_FILE" "$loaded"; then
   echo "gateway certificates on ${host} (${MODE}): ${taken} taken, unchanged"
   exit 0
 fi
@@ -49,4 +52,6 @@ if ! nginx -q -t; then
   exit 1
 fi
 vip_reload_gateway "$UNIT"
+cp "$LIST_FILE" "${loaded}.new"
+mv -f "${loaded}.new" "$loaded"
 echo "gateway certificates on ${host} (${MODE}): ${taken} taken, nginx reloaded"
