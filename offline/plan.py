@@ -29,8 +29,9 @@ import yaml
 from components.scripts import template_lines
 from offline import engine
 from offline.diff import diff_manifests, render
-from stack.config import Problem, SettingsError, load_settings
+from stack.config import load_settings
 from stack.program import Deployment, build
+from stack.rules import Problem, SettingsError
 from stack.schema import PROJECT_DIR, ProjectSchema, load_schema
 
 PLAN_STAND_INS = {"proxmoxApiToken": "root@pam!offline-plan=00000000-0000-0000-0000-000000000000"}

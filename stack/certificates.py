@@ -14,7 +14,7 @@ import pulumi
 from components.hostfile import HostFile
 from components.loki_gateway import ROLE_AGENT, ROLE_HEALTH, ROLE_METRICS, ROLE_OPERATOR, ROLE_READER, ROLE_SERVER
 from components.pki import ORGANIZATION, Certificate, CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
-from stack.config import Settings, VmSettings
+from stack.settings import Settings, VmSettings
 
 TLS_DIR = "/etc/lokistack/tls"
 """Where every host keeps the stack's CA, its server certificate and its agent certificate."""

@@ -1,371 +1,67 @@
 """Settings: the only reader of ``pulumi.Config``.
 
 ``load_settings()`` reads every key declared in Pulumi.yaml (falling back to its default, as the
-CLI does), checks it, and returns frozen dataclasses. Every problem is reported before any
-resource exists, all at once, each naming the key, the rule, the value and a valid example.
+CLI does), checks it against the rules (``stack.rules``), and returns the frozen dataclasses of
+``stack.settings``. Every problem is reported before any resource exists, all at once, each naming
+the key, the rule, the value and a valid example; ``SettingsError`` is a ``pulumi.RunError``, which
+the Pulumi CLI prints without a traceback.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import pulumi
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pulumi.runtime import config as runtime_config
 
 from components.objectstore import LOKI_USER, METRICS_USER
 from components.pki import normalized_serial
-from components.timeouts import DEFAULT_QUERY_TIMEOUT_S, MAX_QUERY_TIMEOUT_S, MIN_QUERY_TIMEOUT_S
+from stack.rules import (
+    _API_TOKEN,
+    _BUCKET,
+    _CHECKSUM_LENGTHS,
+    _LOKI_VERSION,
+    _RESERVED_USERS,
+    _ROOT_USER,
+    _UNIX_USER,
+    MAX_INGESTION_MB,
+    MAX_LOKI_NODES,
+    MIN_LOKI_MINOR,
+    MIN_RETENTION_SECONDS,
+    PATTERNS,
+    RANGES,
+    Problem,
+    SettingsError,
+    _is_ip,
+    duration_seconds,
+    is_domain,
+    is_hostname_label,
+    public_key_problem,
+    url_problem,
+)
 from stack.schema import ProjectSchema, load_schema
-
-# --- Settings ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class NetworkSettings:
-    domain: str
-    """DNS domain of every host."""
-    cidr: IPv4Network
-    """Network of every VM and the VIP."""
-    gateway: IPv4Address
-    """Default gateway, inside ``cidr``."""
-    dns_servers: tuple[IPv4Address, ...]
-    """Resolvers for the VMs (the gateway when none were given)."""
-    bridge: str
-    """Proxmox bridge the VMs attach to."""
-    vlan_id: int | None
-    """VLAN tag, or None for untagged."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class CloudImageSettings:
-    url: str
-    """Pinned (dated) cloud image URL."""
-    checksum: str
-    """Hex digest of the image."""
-    checksum_algorithm: str
-    """``sha256`` or ``sha512``."""
-
-    @property
-    def file_name(self) -> str:
-        """File name in the Proxmox datastore; content type ``import`` needs a .qcow2 name."""
-        base = urlsplit(self.url).path.rsplit("/", 1)[-1]
-        return base if base.endswith(".qcow2") else f"{base.rsplit('.', 1)[0]}.qcow2"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProxmoxSettings:
-    endpoint: str
-    """Proxmox VE API URL."""
-    api_token: pulumi.Output[str]
-    """API token (secret)."""
-    insecure: bool
-    """Skip TLS verification of the API (off by default)."""
-    ssh_user: str
-    """SSH user on the Proxmox nodes, for snippet uploads."""
-    image_datastore: str
-    """Datastore for the cloud image (content type import)."""
-    snippet_datastore: str
-    """Datastore for cloud-init snippets."""
-    vm_datastore: str
-    """Datastore for VM disks."""
-    cloud_image: CloudImageSettings
-    """The image every VM boots from."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class VmSettings:
-    name: str
-    """Host name (RFC 1123 label); also the VM name in Proxmox."""
-    fqdn: str
-    """``<name>.<domain>``."""
-    role: str
-    """``loki``, ``objectstore`` or ``grafana``."""
-    address: IPv4Address
-    """Static IPv4 address."""
-    proxmox_node: str
-    """Proxmox node that runs the VM."""
-    cores: int
-    memory_mib: int
-    disk_gib: int
-    """System disk, grown from the cloud image."""
-    data_disk_gib: int
-    """Second disk for the role's data; 0 for none."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SshSettings:
-    admin_user: str
-    """Admin user on every VM."""
-    admin_keys: tuple[str, ...]
-    """The operator's OpenSSH public keys."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class PkiSettings:
-    revoked_serials: tuple[str, ...] = ()
-    """Serials of certificates the gateways refuse (as nginx shows them: upper-case hex)."""
-    validity_hours: int
-    """Lifetime of every leaf certificate."""
-    early_renewal_hours: int
-    """A leaf this close to its end is renewed by the next ``pulumi up``."""
-    ca_validity_hours: int
-    """Lifetime of the CA certificate."""
-
-    @property
-    def ca_early_renewal_hours(self) -> int:
-        """The CA is renewed one leaf lifetime before its end, so no leaf outlives its CA."""
-        return self.validity_hours
-
-
-@dataclass(frozen=True, kw_only=True)
-class LokiSettings:
-    version: str
-    """Pinned Loki release, X.Y.Z."""
-    retention: str
-    """Loki duration; ``0s`` keeps logs forever."""
-    ingestion_rate_mb: int
-    """MiB/s the cluster accepts through the VIP."""
-    ingestion_burst_mb: int
-    """MiB accepted at once above the rate (at least the rate)."""
-    vms: tuple[VmSettings, ...]
-    """Every Loki VM, in the order of ``lokiNodes``: the running nodes and those retiring."""
-    retiring: frozenset[str] = frozenset()
-    """Nodes of ``lokiNodes`` being taken out (``lokiRetiring``): their VMs stay until the next run, Loki
-    and everything around it stop there first, and no other node counts on them any more."""
-    schema_from: str
-    """First day of the schema period, YYYY-MM-DD."""
-    internal_tls: bool
-    """TLS and client certificates between the nodes."""
-    require_client_certs: bool
-    """Client certificates required on HTTP."""
-    query_timeout_s: int = DEFAULT_QUERY_TIMEOUT_S
-    """Longest a query may run; the layers outside Loki wait longer (``components.timeouts``)."""
-
-    @property
-    def nodes(self) -> tuple[VmSettings, ...]:
-        """The nodes that run Loki: 1 (single-node mode) or 3 and more."""
-        return tuple(vm for vm in self.vms if vm.name not in self.retiring)
-
-    @property
-    def replication_factor(self) -> int:
-        return 1 if len(self.nodes) == 1 else 3
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectStoreSettings:
-    vm: VmSettings
-    """The object store's VM."""
-    bucket: str
-    """Loki's bucket."""
-    root_user: str
-    """Root user name (the password is generated)."""
-    package_url: str
-    """Pinned server release archive."""
-    package_sha256: str
-    """Its SHA-256."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExtraHost:
-    """A host outside the stack that gets a log agent."""
-
-    name: str
-    address: IPv4Address
-    host_key: str
-    """Its SSH host public key (OpenSSH format), pinned for every connection."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class AgentSettings:
-    alloy_version: str
-    extra_hosts: tuple[ExtraHost, ...]
-
-
-@dataclass(frozen=True, kw_only=True)
-class VipSettings:
-    address: IPv4Address
-    hostname: str
-    fqdn: str
-    router_id: int
-    """VRRP virtual router id, 1-255."""
-    advert_interval: int
-    """Seconds between adverts."""
-    nopreempt: bool
-    """Leave the VIP where it is when a higher-priority node returns."""
-    check_interval: int
-    check_fall: int
-    check_rise: int
-    """The health checks: every ``check_interval`` s, give the VIP away after ``check_fall``
-    failures, take it again after ``check_rise`` successes."""
-    loki_grace_s: int
-    """How long a node whose own Loki is not ready keeps the VIP while its gateway serves."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    network: NetworkSettings
-    proxmox: ProxmoxSettings
-    ssh: SshSettings
-    pki: PkiSettings
-    loki: LokiSettings
-    vip: VipSettings
-    object_store: ObjectStoreSettings
-    grafana: VmSettings
-    grafana_version: str
-    """Pinned Grafana release."""
-    agents: AgentSettings
-
-    @property
-    def vms(self) -> tuple[VmSettings, ...]:
-        """Every VM of the stack, in a fixed order: Loki nodes (as listed in ``lokiNodes``, retiring ones
-        included), object store, Grafana."""
-        return (*self.loki.vms, self.object_store.vm, self.grafana)
-
-
-# --- Errors -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    key: str
-    """Qualified key, e.g. ``loki-stack:lokiAddresses[1]``."""
-    rule: str
-    value: str
-    """The offending value as shown to the user (never a secret)."""
-    example: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.rule}; got {self.value}. Example: {self.example}"
-
-
-class SettingsError(ValueError):
-    """Raised by ``load_settings`` with every problem found; nothing has been created yet."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid stack settings ({len(problems)} problem(s)):\n{lines}")
-
-
-# --- Rules --------------------------------------------------------------------------------
-
-_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # RFC 1123 host label
-_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ - 1
-_DATASTORE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")  # Proxmox storage id
-_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_API_TOKEN = re.compile(r"^[^@\s!=]+@[^@\s!=]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{36}$")
-_LOKI_VERSION = re.compile(r"^3\.(\d+)\.(\d+)$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3 bucket naming rules
-_ROOT_USER = re.compile(r"^[A-Za-z0-9_.-]{3,64}$")
-_DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
-_DURATION_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
-_CHECKSUM_LENGTHS = {"sha256": 64, "sha512": 128}
-_RESERVED_USERS = {"root", "daemon", "bin", "sys", "nobody", "loki", "grafana", "alloy", "minio", "keepalived_script"}
-MIN_LOKI_MINOR = 7
-MIN_MEMORY_MIB = 1024
-MIN_DISK_GIB = 8
-MIN_DATA_DISK_GIB = 10
-MIN_RETENTION_SECONDS = 24 * 3600
-MAX_INGESTION_MB = 1024
-MAX_LOKI_NODES = 50
-
-
-def duration_seconds(text: str) -> float | None:
-    """Seconds in a Loki/Prometheus duration (``744h``, ``31d``, ``1h30m``); None if malformed."""
-    match = _DURATION.match(text)
-    if not text or not match:
-        return None
-    total = 0.0
-    for part in match.groups():
-        if part:
-            unit = part.lstrip("0123456789")
-            total += int(part[: -len(unit)]) * _DURATION_UNITS[unit]
-    return total
-
-
-def is_hostname_label(text: str) -> bool:
-    return bool(_LABEL.match(text))
-
-
-def is_domain(text: str) -> bool:
-    return len(text) <= 253 and all(is_hostname_label(label) for label in text.split("."))
-
-
-_SECURITY_KEY_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
-
-
-def public_key_problem(text: str) -> str | None:
-    """Why ``text`` is not an OpenSSH public key in its one-line form (``TYPE BASE64 [COMMENT]``),
-    or None. Every parser failure is a reason here, never an exception."""
-    fields = text.split()
-    if text.lstrip().startswith(("---- BEGIN SSH2", "-----BEGIN")):
-        return ("it is in PEM/RFC 4716 form; give the one-line OpenSSH form "
-                "(ssh-keygen -i -f key.pub converts it)")
-    if len(fields) < 2:
-        return "it is not in OpenSSH's one-line form: TYPE BASE64 [COMMENT]"
-    kind, body = fields[0], fields[1]
-    if kind in _SECURITY_KEY_TYPES:
-        return _security_key_problem(kind, body)
-    try:
-        load_ssh_public_key(f"{kind} {body}".encode())
-    except UnsupportedAlgorithm:
-        return f"{kind[:40]!r} is not an OpenSSH public key type (ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa, ...)"
-    except (ValueError, TypeError) as err:
-        return f"it does not parse ({err})"
-    return None
-
-
-def _security_key_problem(kind: str, body: str) -> str | None:
-    """FIDO keys (``sk-...``): valid for OpenSSH, unknown to ``cryptography``; the key data must
-    at least be base64 of a blob that names the same type."""
-    try:
-        blob = base64.b64decode(body, validate=True)
-    except (ValueError, binascii.Error):
-        return f"its key data is not base64 ({kind})"
-    length = int.from_bytes(blob[:4], "big")
-    return None if blob[4:4 + length] == kind.encode() else f"its key data is not a {kind} key"
-
-
-def url_problem(text: str, *, path_suffixes: tuple[str, ...] = ()) -> str | None:
-    """Why ``text`` is not a whole https:// URL (scheme, host, port 1-65535, no credentials,
-    query or fragment, the path ending as asked), or None."""
-    try:
-        parts: SplitResult = urlsplit(text)
-        port = parts.port
-    except ValueError as err:  # a bad port or IPv6 literal
-        return f"must be a well-formed https:// URL ({err})"
-    host = parts.hostname or ""
-    rules = (
-        (any(c.isspace() for c in text), "must be an https:// URL without spaces"),
-        (parts.scheme != "https", "must be an https:// URL"),
-        (not host or not (is_domain(host) or _is_ip(host)), "must name a host: a DNS name or an IP address"),
-        (port == 0, "must have a port between 1 and 65535 (or none)"),
-        (parts.username is not None or parts.password is not None, "must not carry credentials (user:password@)"),
-        (bool(parts.query or parts.fragment), "must not have a query (?...) or fragment (#...)"),
-        (bool(path_suffixes) and not parts.path.endswith(path_suffixes),
-         f"must be the URL of a {' or '.join(path_suffixes)} file"),
-    )
-    return next((message for failed, message in rules if failed), None)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ip_address(text)
-    except ValueError:
-        return False
-    return True
+from stack.settings import (
+    AgentSettings,
+    CloudImageSettings,
+    ExtraHost,
+    LokiSettings,
+    NetworkSettings,
+    ObjectStoreSettings,
+    PkiSettings,
+    ProxmoxSettings,
+    Settings,
+    SshSettings,
+    VipSettings,
+    VmSettings,
+)
 
 
 class _Checker:
@@ -402,11 +98,19 @@ class _Checker:
                 return None
         return addr
 
-    def in_range(self, key: str, value: int, low: int, high: int | None, *, example: str,
-                 rule: str = "") -> int | None:
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.fail(key, rule or f"must be {bounds}", value, example)
+    def in_range(self, key: str, value: int) -> int | None:
+        """``value`` if ``RANGES[key]`` holds it."""
+        allowed = RANGES[key]
+        if value < allowed.low or (allowed.high is not None and value > allowed.high):
+            self.fail(key, allowed.describe(), value, allowed.example)
+            return None
+        return value
+
+    def matches(self, key: str, value: str) -> str | None:
+        """``value`` if it has the form ``PATTERNS[key]``."""
+        form = PATTERNS[key]
+        if not form.regex.match(value):
+            self.fail(key, form.rule, value, form.example)
             return None
         return value
 
@@ -489,11 +193,8 @@ def _network(v: dict[str, Any], check: _Checker) -> NetworkSettings | None:
         a for i, s in enumerate(v["dnsServers"])
         if (a := check.address(f"dnsServers[{i}]", s, "192.168.50.1", None)) is not None
     )
-    if not _IFACE.match(v["bridge"]):
-        check.fail("bridge", "must be a network interface name: 1-15 of letters, digits, '_', '.', '-'",
-                   v["bridge"], "vmbr0")
-    vlan = check.in_range("vlanId", v["vlanId"], 0, 4094, example="0 (untagged) or 20",
-                          rule="must be 0 (untagged) or a VLAN tag between 1 and 4094")
+    check.matches("bridge", v["bridge"])
+    vlan = check.in_range("vlanId", v["vlanId"])
     if gateway is None or vlan is None:
         return None
     return NetworkSettings(domain=domain, cidr=cidr, gateway=gateway, dns_servers=dns or (gateway,),
@@ -516,12 +217,8 @@ def _proxmox(v: dict[str, Any], check: _Checker, token: pulumi.Output[str] | Non
             check.label(key, v[key], "pve")
     for i, node in enumerate(v["lokiProxmoxNodes"]):
         check.label(f"lokiProxmoxNodes[{i}]", node, "pve")
-    for key in ("proxmoxImageDatastore", "proxmoxSnippetDatastore", "proxmoxVmDatastore"):
-        if not _DATASTORE.match(v[key]):
-            check.fail(key, "must be a Proxmox storage id (a letter, then letters, digits, '-', '_', '.')",
-                       v[key], "local-lvm")
-    if not _UNIX_USER.match(v["proxmoxSshUser"]):
-        check.fail("proxmoxSshUser", "must be a user name on the Proxmox nodes", v["proxmoxSshUser"], "root")
+    for key in ("proxmoxImageDatastore", "proxmoxSnippetDatastore", "proxmoxVmDatastore", "proxmoxSshUser"):
+        check.matches(key, v[key])
     image = _cloud_image(v, check)
     if endpoint is None or token is None or image is None:
         return None
@@ -594,19 +291,11 @@ def _role_vms(
     domain = v["domain"]
     host = str(cidr.network_address + 21) if cidr else "192.168.50.21"
 
-    def sizes(prefix: str, *, needs_data: bool) -> dict[str, int] | None:
-        cores = check.in_range(f"{prefix}Cores", v[f"{prefix}Cores"], 1, 64, example="2")
-        memory = check.in_range(f"{prefix}MemoryMiB", v[f"{prefix}MemoryMiB"], MIN_MEMORY_MIB, None, example="4096")
-        disk = check.in_range(f"{prefix}DiskGiB", v[f"{prefix}DiskGiB"], MIN_DISK_GIB, None, example="16")
-        data = v[f"{prefix}DataDiskGiB"]
-        if needs_data:
-            data = check.in_range(f"{prefix}DataDiskGiB", data, MIN_DATA_DISK_GIB, None, example="50",
-                                  rule=f"must be at least {MIN_DATA_DISK_GIB}: this role keeps its data there")
-        else:
-            data = check.in_range(f"{prefix}DataDiskGiB", data, 0, None, example="0")
-        if None in (cores, memory, disk, data):
-            return None
-        return {"cores": cores, "memory_mib": memory, "disk_gib": disk, "data_disk_gib": data}  # type: ignore[dict-item]
+    def sizes(prefix: str) -> dict[str, int] | None:
+        size = {field: check.in_range(f"{prefix}{key}", v[f"{prefix}{key}"])
+                for field, key in (("cores", "Cores"), ("memory_mib", "MemoryMiB"), ("disk_gib", "DiskGiB"),
+                                   ("data_disk_gib", "DataDiskGiB"))}
+        return None if None in size.values() else size  # type: ignore[return-value]
 
     def vm(role: str, *, name_key: str, name: str, addr_key: str, addr: str, node: str,
            size: dict[str, int] | None) -> list[_Placed]:
@@ -629,7 +318,7 @@ def _role_vms(
         check.fail("lokiProxmoxNodes", f"must be empty or give one Proxmox node per entry of lokiNodes "
                    f"({len(names)})", pnodes, json.dumps(["pve1", "pve2", "pve3"][: len(names)]))
         pnodes = []
-    loki_size = sizes("loki", needs_data=True)
+    loki_size = sizes("loki")
     loki = [
         placed
         for i, (name, address) in enumerate(zip(names, addresses or [], strict=False))
@@ -638,23 +327,17 @@ def _role_vms(
     ]
     store = vm("objectstore", name_key="objectStoreName", name=v["objectStoreName"], addr_key="objectStoreAddress",
                addr=v["objectStoreAddress"], node=v["objectStoreProxmoxNode"],
-               size=sizes("objectStore", needs_data=True))
+               size=sizes("objectStore"))
     grafana = vm("grafana", name_key="grafanaName", name=v["grafanaName"], addr_key="grafanaAddress",
-                 addr=v["grafanaAddress"], node=v["grafanaProxmoxNode"], size=sizes("grafana", needs_data=False))
+                 addr=v["grafanaAddress"], node=v["grafanaProxmoxNode"], size=sizes("grafana"))
     return (loki if len(loki) == len(names) else []), store, grafana
 
 
 def _vip(v: dict[str, Any], check: _Checker, network: NetworkSettings | None) -> VipSettings | None:
     hostname = check.label("vipHostname", v["vipHostname"], "loki")
-    router_id = check.in_range("vipRouterId", v["vipRouterId"], 1, 255, example="51",
-                               rule="must be a VRRP virtual router id between 1 and 255")
-    advert = check.in_range("vipAdvertInterval", v["vipAdvertInterval"], 1, 255, example="1",
-                            rule="must be whole seconds between 1 and 255 (VRRPv2)")
-    interval = check.in_range("vipCheckInterval", v["vipCheckInterval"], 1, 60, example="2")
-    fall = check.in_range("vipCheckFall", v["vipCheckFall"], 1, 10, example="2")
-    rise = check.in_range("vipCheckRise", v["vipCheckRise"], 1, 10, example="2")
-    grace = check.in_range("vipLokiGraceSeconds", v["vipLokiGraceSeconds"], 0, 600, example="60",
-                           rule="must be whole seconds between 0 and 600 (0: no grace)")
+    router_id, advert, interval, fall, rise, grace = (
+        check.in_range(key, v[key]) for key in ("vipRouterId", "vipAdvertInterval", "vipCheckInterval", "vipCheckFall",
+                                                "vipCheckRise", "vipLokiGraceSeconds"))
     if len(v["lokiNodes"]) > MAX_LOKI_NODES:
         check.fail("lokiNodes", f"must list at most {MAX_LOKI_NODES} nodes (each needs its own VRRP priority "
                    "below 255 and a health-check weight that outweighs them all)", v["lokiNodes"],
@@ -694,16 +377,13 @@ def _loki(v: dict[str, Any], check: _Checker, nodes: tuple[VmSettings, ...]) -> 
     elif 0 < seconds < MIN_RETENTION_SECONDS:
         check.fail("lokiRetention", "must be at least 24h (Loki's index period), or 0s to keep logs forever",
                    v["lokiRetention"], "744h")
-    rate = check.in_range("lokiIngestionRateMb", v["lokiIngestionRateMb"], 1, MAX_INGESTION_MB, example="16")
+    rate = check.in_range("lokiIngestionRateMb", v["lokiIngestionRateMb"])
     burst = v["lokiIngestionBurstMb"]
-    if rate is not None:
-        check.in_range("lokiIngestionBurstMb", burst, rate, MAX_INGESTION_MB, example=str(max(64, rate)),
-                       rule=f"must be at least lokiIngestionRateMb ({rate}) and at most {MAX_INGESTION_MB}: the "
-                            "burst is what Loki takes at once above the rate, and a push larger than it is refused")
-    query_timeout = check.in_range("lokiQueryTimeoutSeconds", v["lokiQueryTimeoutSeconds"], MIN_QUERY_TIMEOUT_S,
-                                   MAX_QUERY_TIMEOUT_S, example=str(DEFAULT_QUERY_TIMEOUT_S),
-                                   rule=f"must be whole seconds between {MIN_QUERY_TIMEOUT_S} and "
-                                        f"{MAX_QUERY_TIMEOUT_S}")
+    if rate is not None and not rate <= burst <= MAX_INGESTION_MB:
+        check.fail("lokiIngestionBurstMb", f"must be at least lokiIngestionRateMb ({rate}) and at most "
+                   f"{MAX_INGESTION_MB}: the burst is what Loki takes at once above the rate, and a push larger "
+                   "than it is refused", burst, str(max(64, rate)))
+    query_timeout = check.in_range("lokiQueryTimeoutSeconds", v["lokiQueryTimeoutSeconds"])
     schema_from = v["lokiSchemaFrom"]
     try:
         day = datetime.date.fromisoformat(schema_from)
@@ -743,8 +423,8 @@ def _retiring(v: dict[str, Any], check: _Checker) -> frozenset[str] | None:
 
 
 def _pki(v: dict[str, Any], check: _Checker) -> PkiSettings | None:
-    validity = check.in_range("certValidityHours", v["certValidityHours"], 24, 5 * 8760, example="8760")
-    early = check.in_range("certEarlyRenewalHours", v["certEarlyRenewalHours"], 1, None, example="720")
+    validity = check.in_range("certValidityHours", v["certValidityHours"])
+    early = check.in_range("certEarlyRenewalHours", v["certEarlyRenewalHours"])
     ca = v["caValidityHours"]
     if validity is not None and early is not None and early >= validity:
         check.fail("certEarlyRenewalHours", f"must be less than certValidityHours ({validity}), or every "
@@ -792,27 +472,15 @@ def _object_store(v: dict[str, Any], check: _Checker, vm: VmSettings | None) -> 
                    url, "https://github.com/pgsty/silo/releases/download/RELEASE.2026-08-06T00-00-00Z/"
                    "silo_20260806000000.0.0_linux_amd64.tar.gz")
         ok = False
-    if not re.fullmatch("[0-9a-f]{64}", digest):
-        check.fail("objectStorePackageSha256", "must be the 64-digit lower-case hex SHA-256 of the archive", digest,
-                   "d63d57cc7f0535e1aa116f9e5f42117dbfc4f63492da692b64d3ba6ded30e574")
+    if check.matches("objectStorePackageSha256", digest) is None:
         ok = False
     if not ok or vm is None:
         return None
     return ObjectStoreSettings(vm=vm, bucket=bucket, root_user=user, package_url=url, package_sha256=digest)
 
 
-_RELEASE = re.compile(r"^\d+\.\d+\.\d+$")
-
-
-def _release(v: dict[str, Any], check: _Checker, key: str, example: str) -> str | None:
-    if not _RELEASE.match(v[key]):
-        check.fail(key, "must be a pinned release X.Y.Z (not 'latest')", v[key], example)
-        return None
-    return str(v[key])
-
-
 def _agents(v: dict[str, Any], check: _Checker) -> AgentSettings | None:
-    version = _release(v, check, "alloyVersion", "1.21.2")
+    version = check.matches("alloyVersion", v["alloyVersion"])
     hosts = []
     example = "backup-01 192.168.50.60 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."
     for i, entry in enumerate(v["agentExtraHosts"]):
@@ -858,7 +526,7 @@ def load_settings(schema: ProjectSchema | None = None) -> Settings:
     vip = _vip(v, check, network)
     loki = _loki(v, check, tuple(p.vm for p in loki_nodes))
     object_store = _object_store(v, check, store[0].vm if store else None)
-    grafana_version = _release(v, check, "grafanaVersion", "13.2.3")
+    grafana_version = check.matches("grafanaVersion", v["grafanaVersion"])
     agents = _agents(v, check)
 
     placed = [*loki_nodes, *store, *grafana]

@@ -89,7 +89,7 @@ from stack.certificates import (
     StackCertificates,
     issue_certificates,
 )
-from stack.config import ProxmoxSettings, Settings, VmSettings
+from stack.settings import ProxmoxSettings, Settings, VmSettings
 
 IMAGE_UPLOAD_TIMEOUT_S = 1800
 LOCAL_CA_FILE = ".lokistack/ca.pem"

@@ -11,7 +11,8 @@ import pulumi
 import pytest
 
 from offline.plan import read_stack_config
-from stack.config import SettingsError, duration_seconds, load_settings
+from stack.config import load_settings
+from stack.rules import SettingsError, duration_seconds
 
 
 def test_example_stack_loads_with_three_replicated_loki_nodes(use_config):

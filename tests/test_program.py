@@ -6,6 +6,7 @@ import asyncio
 import json
 import runpy
 import threading
+import traceback
 from typing import Any
 
 import pulumi
@@ -236,13 +237,50 @@ def test_a_failure_before_keepalived_is_declared_fails_the_program_and_does_not_
 
 
 def test_invalid_settings_stop_the_program_before_any_resource():
-    with pytest.raises(ValueError, match="loki-stack:vipRouterId: must be a VRRP virtual router id") as raised:
+    with pytest.raises(pulumi.RunError, match="loki-stack:vipRouterId: must be a VRRP virtual router id") as raised:
         run(vipRouterId=0)
     assert raised.type.__name__ == "SettingsError"
     # The failed run's engine is the one installed last: nothing may have been registered.
     monitor = SETTINGS.monitor
     assert isinstance(monitor, engine.RecordingMonitor)
     assert monitor.registrations == [], f"resources created before validation: {monitor.registrations}"
+
+
+def run_as_the_language_host(program: str) -> tuple[bool, list[str]]:
+    """What ``pulumi up`` does with the program, as Pulumi's Python language host runs it (its
+    ``pulumi-language-python-exec``, read in pulumi/pulumi ``sdk/python/cmd``): the program in a
+    stack; a ``pulumi.RunError`` is logged as ``str(e)``, any other exception as
+    ``traceback.format_exc()``. Returns whether it succeeded and what it logged as errors."""
+    logged: list[str] = []
+    SETTINGS.rpc_manager.clear()  # the language host starts in a process of its own; earlier tests'
+    SETTINGS.outputs.clear()  # outputs belong to other event loops, and its stack is the only one
+    pulumi.runtime.settings.set_root_resource(None)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(pulumi.runtime.run_in_stack(lambda: runpy.run_path(program, run_name="__main__")))
+        return True, logged
+    except pulumi.RunError as error:
+        logged.append(str(error))
+    except Exception:  # the language host's own rule, imitated
+        logged.append(traceback.format_exc())
+    finally:
+        loop.close()
+    return False, logged
+
+
+def test_pulumi_up_shows_bad_settings_as_a_list_without_a_traceback(fake_engine):
+    cfg = read_stack_config("homelab", overrides={"vipRouterId": 0, "lokiRetention": "1 week"})
+    pulumi.runtime.set_all_config(cfg.config, secret_keys=cfg.secret_keys)
+    ok, logged = run_as_the_language_host(str(PROJECT_DIR / "__main__.py"))
+    assert not ok and len(logged) == 1, f"__main__.py must fail with one logged error: {logged}"
+    message = logged[0]
+    assert "Traceback" not in message and "File \"" not in message, (
+        f"the CLI would print a traceback under the settings problems (not a pulumi.RunError):\n{message}")
+    assert message.splitlines()[0] == "invalid stack settings (2 problem(s)):", message
+    assert "loki-stack:vipRouterId: must be a VRRP virtual router id between 1 and 255; got 0. Example: 51" in message
+    assert "loki-stack:lokiRetention: must be a Loki duration" in message, message
+    assert fake_engine.monitor.registrations == [], (
+        f"resources registered before the settings were checked: {fake_engine.monitor.registrations}")
 
 
 def test_main_program_exports_the_outputs(fake_engine):

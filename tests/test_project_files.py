@@ -26,8 +26,9 @@ def test_every_key_has_a_description_and_only_the_token_is_secret():
 def test_every_declared_key_is_read_by_the_settings():
     source = (PROJECT_DIR / "stack" / "config.py").read_text()
     for name in SCHEMA.keys:
-        prefix_read = any(f'f"{{prefix}}{suffix}"' in source for suffix in ("Cores", "MemoryMiB", "DiskGiB",
-                                                                         "DataDiskGiB") if name.endswith(suffix))
+        prefix_read = 'v[f"{prefix}{key}"]' in source and any(
+            f'"{suffix}")' in source for suffix in ("Cores", "MemoryMiB", "DiskGiB", "DataDiskGiB")
+            if name.endswith(suffix))
         assert f'"{name}"' in source or prefix_read, f"Pulumi.yaml declares {name} but stack/config.py never reads it"
 
 
