@@ -257,7 +257,8 @@ def run_as_the_language_host(program: str) -> tuple[bool, list[str]]:
     pulumi.runtime.settings.set_root_resource(None)  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(pulumi.runtime.run_in_stack(lambda: runpy.run_path(program, run_name="__main__")))
+        loop.run_until_complete(pulumi.runtime.run_in_stack(
+            lambda: runpy.run_path(program, run_name="__main__")))  # type: ignore[arg-type,return-value]
         return True, logged
     except pulumi.RunError as error:
         logged.append(str(error))
