@@ -1,5 +1,5 @@
 """What a local user of a Loki node gets from the cluster ports (components/firewall.py's output
-rules), asked on a node: a lab's network namespace (tests/loki_lab.py) or a booted machine of the
+rules), asked on a node: a lab's network namespace (tests/labs/loki_lab.py) or a booted machine of the
 rehearsal (offline/rehearsal/firewall_holds.py)."""
 
 from __future__ import annotations

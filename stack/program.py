@@ -7,7 +7,7 @@ outputs and the offline plan can read the components' host files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,13 +97,52 @@ LOCAL_CA_FILE = ".lokistack/ca.pem"
 
 
 @dataclass
+class Host:
+    """A host the stack works on over SSH: one of its VMs, or an extra host that gets an agent."""
+
+    name: str
+    connection: pulumi.Input[Any]
+    """Its SSH connection (a VM's resolves once cloud-init finished and its own host key is in place)."""
+    vm: ProxmoxVm | None = None
+    """Its VM; None for an extra host."""
+    tls: FileDelivery | None = None
+    """The delivery of its TLS files, once declared."""
+
+    @property
+    def delivery(self) -> FileDelivery:
+        if self.tls is None:
+            raise RuntimeError(f"{self.name}: its TLS files are not declared yet")
+        return self.tls
+
+    @property
+    def with_tls(self) -> pulumi.Output[Any]:
+        """Its connection once its TLS files are in place: what every later step on it uses."""
+        return after(self.connection, self.delivery.command)
+
+
+@dataclass
+class Hosts:
+    """Every host by name, in the order of the settings: the VMs, then the extra hosts."""
+
+    by_name: dict[str, Host]
+
+    def __getitem__(self, name: str) -> Host:
+        return self.by_name[name]
+
+    def __iter__(self) -> Iterator[Host]:
+        return iter(self.by_name.values())
+
+    @property
+    def vms(self) -> dict[str, ProxmoxVm]:
+        return {h.name: h.vm for h in self if h.vm is not None}
+
+
+@dataclass
 class Deployment:
-    vms: dict[str, ProxmoxVm]
-    """Every VM by host name."""
+    hosts: Hosts
+    """Every host, its VM and its TLS files' delivery."""
     certificates: StackCertificates
     """The CA and every certificate."""
-    deliveries: dict[str, FileDelivery]
-    """Files delivered over SSH, by resource name."""
     object_store: ObjectStore
     loki_bucket: LokiBucket
     loki: LokiCluster
@@ -179,58 +218,54 @@ def build(settings: Settings) -> Deployment:
         for node in sorted({vm.proxmox_node for vm in settings.vms})
     }
 
-    hosts = host_entries(settings)
-    vms = {
-        vm.name: ProxmoxVm(
-            vm.name,
-            vm_args(settings, vm, images[vm.proxmox_node].id, deploy_key, hosts),
-            opts=pulumi.ResourceOptions(providers=[proxmox]),
-        )
-        for vm in settings.vms
-    }
+    entries = host_entries(settings)
+    vms = [ProxmoxVm(vm.name, vm_args(settings, vm, images[vm.proxmox_node].id, deploy_key, entries),
+                     opts=pulumi.ResourceOptions(providers=[proxmox]))
+           for vm in settings.vms]
 
     certificates = issue_certificates(settings)
     # Every host's SSH connection: the VMs' resolve after cloud-init; extra hosts pin the given key.
-    connections: dict[str, Any] = {name: vm.connection for name, vm in vms.items()}
-    connections |= {h.name: ssh_connection(host=str(h.address), user=settings.ssh.admin_user,
-                                           private_key=deploy_key.private_key_openssh, host_key=h.host_key)
-                    for h in settings.agents.extra_hosts}
+    hosts = Hosts({spec.name: Host(name=spec.name, connection=vm.connection, vm=vm)
+                   for spec, vm in zip(settings.vms, vms, strict=True)})
+    hosts.by_name |= {h.name: Host(name=h.name, connection=ssh_connection(
+        host=str(h.address), user=settings.ssh.admin_user, private_key=deploy_key.private_key_openssh,
+        host_key=h.host_key)) for h in settings.agents.extra_hosts}
 
-    def tls_delivery(name: str, connection: pulumi.Input[Any]) -> FileDelivery:
-        return FileDelivery(f"{name}-tls", FileDeliveryArgs(
-            host=name, connection=connection, files=certificates.host_files(name), remove=RETIRED_FILES,
+    def deliver_tls(host: Host, connection: pulumi.Input[Any]) -> None:
+        host.tls = FileDelivery(f"{host.name}-tls", FileDeliveryArgs(
+            host=host.name, connection=connection, files=certificates.host_files(host.name), remove=RETIRED_FILES,
             then=TRUST_UPDATE))
 
     # Scale-in: a retiring node leaves (the VIP, the ring) before any step of the other Loki nodes,
     # after its own TLS files.
-    delivered = {name: tls_delivery(name, connections[name]) for name in sorted(settings.loki.retiring)}
+    for name in sorted(settings.loki.retiring):
+        deliver_tls(hosts[name], hosts[name].connection)
     retire_steps: list[pulumi.CustomResource] = []
     if settings.loki.retiring:
         retire_steps += LokiRetirement("loki-retiring", LokiRetirementArgs(
-            nodes=[RetiringNode(name=name, connection=after(vms[name].connection, delivered[name].command))
-                   for name in sorted(settings.loki.retiring)],
+            nodes=[RetiringNode(name=name, connection=hosts[name].with_tls) for name in sorted(settings.loki.retiring)],
             loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps
     # The gateways take the client certificates the stack issues now: a new one before any client
     # switches to it (admit, before every other host's TLS files), a superseded one no longer once
     # every client has switched (settle, at the end).
     gateway_certificates = GatewayCertificates("gateway-certificates", GatewayCertificatesArgs(
-        nodes=[GatewayNode(name=n.name, connection=after_all(vms[n.name].connection, retire_steps))
+        nodes=[GatewayNode(name=n.name, connection=after_all(hosts[n.name].connection, retire_steps))
                for n in settings.loki.nodes],
         certificates=certificates.gateway_clients(), revoked=settings.pki.revoked_serials,
         handover=vip_handover(settings),
         tls={"CA_FILE": CA_FILE, "CERT_FILE": SERVER_CERT_FILE, "KEY_FILE": SERVER_KEY_FILE}))
     admitted: list[pulumi.CustomResource] = list(gateway_certificates.admits.values())
-    delivered |= {name: tls_delivery(name, after_all(connection, admitted)) for name, connection in connections.items()
-                  if name not in delivered}
-    deliveries = {f"{name}-tls": delivered[name] for name in connections}
+    for host in hosts:
+        if host.tls is None:
+            deliver_tls(host, after_all(host.connection, admitted))
     loki_connections: dict[str, pulumi.Output[Any]] = {}
     for node in settings.loki.nodes:
-        connection = after(vms[node.name].connection, deliveries[f"{node.name}-tls"].command)
+        connection = hosts[node.name].with_tls
         for step in retire_steps:
             connection = after(connection, step)
         loki_connections[node.name] = connection
 
-    object_store, loki_bucket, metrics_reader = build_object_store(settings, vms, certificates, deliveries)
+    object_store, loki_bucket, metrics_reader = build_object_store(settings, hosts, certificates)
     loki_spec = loki_config_spec(settings)
     monitoring = monitoring_spec(settings, loki_spec)
     # Loki's roll hands the VIP over: it waits for keepalived's steps on every node (below).
@@ -241,7 +276,7 @@ def build(settings: Settings) -> Deployment:
         loki = LokiCluster("loki", LokiClusterArgs(
             config=loki_spec,
             hosts=[LokiHost(name=node.name, fqdn=node.fqdn, connection=loki_connections[node.name],
-                            tls_digest=deliveries[f"{node.name}-tls"].digest)
+                            tls_digest=hosts[node.name].delivery.digest)
                    for node in settings.loki.nodes],
             version=settings.loki.version, data_device=DATA_DISK_PATH,
             s3_access_key=loki_bucket.access_key, s3_secret_key=loki_bucket.secret_key,
@@ -254,7 +289,7 @@ def build(settings: Settings) -> Deployment:
                                                            **loki.setups}
         gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
             hosts=[GatewayHost(name=node.name, connection=loki_connections[node.name],
-                               tls_digest=deliveries[f"{node.name}-tls"].digest)
+                               tls_digest=hosts[node.name].delivery.digest)
                    for node in settings.loki.nodes],
             require_client_certs=settings.loki.require_client_certs,
             cert_file=SERVER_CERT_FILE, key_file=SERVER_KEY_FILE, ca_file=CA_FILE,
@@ -276,23 +311,23 @@ def build(settings: Settings) -> Deployment:
     start_roll(pulumi.Output.all(*[step.id for step in vip.settled]))
     package_steps |= vip.setups
     vip_url = f"https://{settings.vip.fqdn}:{HTTP_PORT}"
-    grafana_server, grafana_content = build_grafana(settings, vms, certificates, deliveries, loki_url=vip_url,
+    grafana_server, grafana_content = build_grafana(settings, hosts, certificates, loki_url=vip_url,
                                                     monitoring=monitoring)
     package_steps[settings.grafana.name] = grafana_server.setup
     # By address: extra hosts need not resolve the stack's names; Loki's certificates carry it.
     push_url = f"https://{settings.vip.address}:{HTTP_PORT}/loki/api/v1/push"
     addresses = {t.name: t.address for t in monitoring.agents}
     agents = {}
-    for name, connection in connections.items():
-        ready = after(connection, deliveries[f"{name}-tls"].command)
+    for host in hosts:
+        name, ready = host.name, host.with_tls
         agents[name] = LogAgent(f"agent-{name}", LogAgentArgs(
             host=name, connection=after(ready, package_steps[name]) if name in package_steps else ready,
             version=settings.agents.alloy_version, push_url=push_url, cert_file=AGENT_CERT_FILE,
             key_file=AGENT_KEY_FILE, ca_file=CA_FILE, metrics_client_ca_file=METRICS_CLIENT_CA_FILE,
-            metrics_address=addresses[name], tls_digest=deliveries[f"{name}-tls"].digest))
+            metrics_address=addresses[name], tls_digest=host.delivery.digest))
 
     gateway_certificates.settle_after([
-        *(d.command for d in deliveries.values()), *(a.apply for a in agents.values()), *vip.settled,
+        *(h.delivery.command for h in hosts), *(a.apply for a in agents.values()), *vip.settled,
         *gateway.applies.values(), grafana_content.datasource])
     operator, prometheus = certificates.clients["operator"], certificates.clients["prometheus"]
     outputs: dict[str, Any] = {
@@ -300,11 +335,11 @@ def build(settings: Settings) -> Deployment:
             vm.name: {"address": str(vm.address), "fqdn": vm.fqdn, "role": vm.role, "proxmoxNode": vm.proxmox_node}
             for vm in settings.vms
         },
-        "vmIds": {name: vm.vm_id for name, vm in vms.items()},
+        "vmIds": {name: vm.vm_id for name, vm in hosts.vms.items()},
         "vipAddress": vip.address,
         "sshAdminUser": settings.ssh.admin_user,
         "deploySshPublicKey": deploy_key.public_key_openssh.apply(str.strip),
-        "sshHostKeys": {name: vm.host_public_key for name, vm in vms.items()},
+        "sshHostKeys": {name: vm.host_public_key for name, vm in hosts.vms.items()},
         "caCertificate": certificates.ca.cert_pem,
         "operatorCertificate": pulumi.Output.secret(operator.cert_pem),
         "operatorPrivateKey": operator.private_key_pem,
@@ -326,8 +361,8 @@ def build(settings: Settings) -> Deployment:
         "grafanaAdminUser": ADMIN_USER,
         "grafanaAdminPassword": grafana_server.admin_password,
     }
-    host_files = [f for vm in vms.values() for f in vm.host_files]
-    host_files += [f for delivery in deliveries.values() for f in delivery.host_files]
+    host_files = [f for vm in hosts.vms.values() for f in vm.host_files]
+    host_files += [f for host in hosts for f in host.delivery.host_files]
     host_files += object_store.host_files
     host_files += loki.host_files
     host_files += gateway.host_files
@@ -335,7 +370,7 @@ def build(settings: Settings) -> Deployment:
     host_files += vip.host_files
     host_files += grafana_server.host_files
     host_files += [f for agent in agents.values() for f in agent.host_files]
-    return Deployment(vms=vms, certificates=certificates, deliveries=deliveries, object_store=object_store,
+    return Deployment(hosts=hosts, certificates=certificates, object_store=object_store,
                       loki_bucket=loki_bucket, loki=loki, gateway=gateway,
                       gateway_certificates=gateway_certificates, vip=vip, grafana=grafana_server,
                       agents=agents, monitoring=monitoring, outputs=outputs, host_files=host_files)
@@ -381,14 +416,13 @@ def certificate_serials(certificates: StackCertificates) -> pulumi.Output[dict[s
         lambda texts: {n: certificate_serial(t) for n, t in zip(names, texts, strict=True)})
 
 
-def build_grafana(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-                  deliveries: dict[str, FileDelivery], *, loki_url: str,
+def build_grafana(settings: Settings, hosts: Hosts, certificates: StackCertificates, *, loki_url: str,
                   monitoring: MonitoringSpec) -> tuple[GrafanaServer, GrafanaContent]:
     """Grafana on its VM, then (through its API, trusting only our CA) the data source and dashboards."""
     vm = settings.grafana
     server = GrafanaServer("grafana", GrafanaServerArgs(
         hostname=vm.name, fqdn=vm.fqdn, version=settings.grafana_version,
-        connection=after(vms[vm.name].connection, deliveries[f"{vm.name}-tls"].command),
+        connection=hosts[vm.name].with_tls,
         cert_pem=certificates.servers[vm.name].cert_pem, key_pem=certificates.servers[vm.name].private_key_pem,
         ca_file=CA_FILE))
     auth: pulumi.Output[str] = pulumi.Output.secret(server.admin_password.apply(lambda pw: f"{ADMIN_USER}:{pw}"))
@@ -484,8 +518,8 @@ def timeouts(settings: Settings) -> Timeouts:
     return Timeouts(query_s=settings.loki.query_timeout_s)
 
 
-def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificates: StackCertificates,
-                       deliveries: dict[str, FileDelivery]) -> tuple[ObjectStore, LokiBucket, MetricsReader]:
+def build_object_store(settings: Settings, hosts: Hosts,
+                       certificates: StackCertificates) -> tuple[ObjectStore, LokiBucket, MetricsReader]:
     """The object store host, then (through the MinIO API, trusting only our CA) Loki's bucket and
     keys, and Prometheus' metrics-only user."""
     store = settings.object_store
@@ -493,7 +527,7 @@ def build_object_store(settings: Settings, vms: dict[str, ProxmoxVm], certificat
     object_store = ObjectStore("objectstore", ObjectStoreArgs(
         hostname=host, fqdn=store.vm.fqdn,
         # After the host's TLS files: the readiness check trusts the CA they install.
-        connection=after(vms[host].connection, deliveries[f"{host}-tls"].command),
+        connection=hosts[host].with_tls,
         data_device=DATA_DISK_PATH, root_user=store.root_user, package_url=store.package_url,
         package_sha256=store.package_sha256, server_cert_pem=certificates.servers[host].cert_pem,
         server_key_pem=certificates.servers[host].private_key_pem, ca_cert_pem=certificates.ca.cert_pem,

@@ -7,7 +7,6 @@ type and default are written down exactly once.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -90,17 +89,3 @@ def load_schema(path: Path = PROJECT_FILE) -> ProjectSchema:
             raise ValueError(f"{path.name}: default of {name!r} is not of type {spec.type_name()}")
         keys[name] = spec
     return ProjectSchema(project=doc["name"], keys=keys)
-
-
-def markdown_table(schema: ProjectSchema) -> str:
-    """The README's table of every key: type, default (or "required") and description."""
-    rows = ["| key | type | default | what it is |", "|---|---|---|---|"]
-    for spec in schema.keys.values():
-        if spec.required:
-            default = "required"
-        elif isinstance(spec.default, str):
-            default = f"`{spec.default}`" if spec.default else '`""`'
-        else:
-            default = f"`{json.dumps(spec.default)}`"
-        rows.append(f"| `{spec.name}` | {spec.type_name()} | {default} | {spec.description} |")
-    return "\n".join(rows) + "\n"

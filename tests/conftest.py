@@ -1,13 +1,15 @@
-"""Every test runs against a fresh fake engine (offline/engine.py) loaded with the example stack."""
+"""Fixtures and hooks only; what tests share is in ``tests/labs`` (nothing is imported from here).
+
+Every test runs against a fresh fake engine (offline/engine.py) loaded with the example stack.
+The markers of ``tests/labs/needs.py`` are registered here, and a ``needs_root`` test is skipped
+here, with the reason, when not root (a failure with ``REQUIRE_REAL_TOOLS=1``, as in CI).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pulumi
 import pytest
@@ -15,21 +17,35 @@ import pytest
 from offline import engine
 from offline.plan import read_stack_config, run_program
 from offline.real_loki import LokiTools, MissingBinaryError, find_tools
-from stack.schema import load_schema
-
-SCHEMA = load_schema()
-EXAMPLE_STACK = "homelab"
-FIGURES: dict[str, list[str]] = {}
-"""What the real-tool tests measured, by section; printed at the end of the run."""
-
-
-def figure(section: str, line: str) -> None:
-    """Record a measured figure for the end-of-run summary."""
-    FIGURES.setdefault(section, []).append(line)
+from tests.labs import needs
+from tests.labs.example import EXAMPLE_STACK, SCHEMA
+from tests.labs.figures import FIGURES
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "preview: run the test's program in preview mode")
+    for marker, meaning in needs.MARKERS.items():
+        config.addinivalue_line("markers", f"{marker}: {meaning}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    needs.running(item)
+    if item.get_closest_marker("needs_root") is not None and (reason := needs.root_missing()):
+        needs.missing(reason)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    needs.running(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    needs.running(None)  # a module fixture's teardown asks for nothing new
+    return (yield)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -66,12 +82,6 @@ def example() -> engine.RunResult:
     return run_program(EXAMPLE_STACK, read_stack_config(EXAMPLE_STACK))
 
 
-def files_of(result: engine.RunResult, host: str) -> dict[str, tuple[Any, engine.Resolved]]:
-    """Path -> (HostFile, resolved content) of every file ``host`` receives in ``result``."""
-    return {hf.path: (hf, result.resolved[f"file:{i}"]) for i, hf in enumerate(result.returned.host_files)
-            if hf.host == host}
-
-
 @pytest.fixture
 def use_config(fake_engine: engine.Engine) -> Callable[..., None]:
     """Replace the config with the example stack's, changed by ``overrides`` and ``remove``."""
@@ -83,42 +93,11 @@ def use_config(fake_engine: engine.Engine) -> Callable[..., None]:
     return apply
 
 
-def shellcheck_commands(result: engine.RunResult, names: list[str], tmp_path: Any) -> None:
-    """Every named command's script (its stdin, as rendered) passes shellcheck."""
-    tool = require_tool("shellcheck")
-    for name in names:
-        script = tmp_path / f"{name}.sh"
-        script.write_text(result.engine.monitor.find("command:remote:Command", name).plain_inputs["stdin"])
-        proc = subprocess.run([tool, "-s", "bash", "-S", "style", str(script)], capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert proc.returncode == 0, f"shellcheck {name}:\n{proc.stdout}"
-
-
-def missing(message: str) -> NoReturn:
-    """Skip, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
-    if os.environ.get("REQUIRE_REAL_TOOLS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_root() -> None:
-    """Skip unless root, or fail when REQUIRE_REAL_TOOLS=1 (CI runs as root)."""
-    if os.geteuid() != 0:
-        missing("this test needs root (mounts, loop devices, file owners); CI runs as root")
-
-
 @pytest.fixture(scope="session")
 def loki_tools(tmp_path_factory: pytest.TempPathFactory) -> LokiTools:
     """The real Loki, logcli and deprecated-config checker (offline/real_loki.py says from where)."""
+    needs.expect_marker("real_tools", "the real Loki")
     try:
         return find_tools(Path(tmp_path_factory.mktemp("real-loki")))
     except MissingBinaryError as error:
-        missing(f"real Loki binaries: {error}")
-
-
-def require_tool(name: str) -> str:
-    """Path of a real tool; skip without it, or fail when REQUIRE_REAL_TOOLS=1 (as in CI)."""
-    path = shutil.which(name)
-    if path is None:
-        missing(f"real tool {name!r} is not installed (.ci/run installs it)")
-    return path
+        needs.missing(f"real Loki binaries: {error}")

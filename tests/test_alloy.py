@@ -13,9 +13,10 @@ from components.alloy import CREDENTIALS_DIR, METRICS_PORT, STAGE_DIR, render_dr
 from offline import engine
 from offline.plan import read_stack_config, run_program
 from stack.certificates import AGENT_CERT_FILE, CA_FILE, METRICS_CLIENT_CA_FILE, SERVER_KEY_FILE
-from tests.conftest import files_of, require_tool
-from tests.systemd_checks import verify_dropin
-from tests.x509_checks import client_verification_error, load, server_verification_error
+from tests.labs.example import files_of
+from tests.labs.needs import require_tool
+from tests.labs.systemd_checks import verify_dropin
+from tests.labs.x509_checks import client_verification_error, load, server_verification_error
 
 HOSTS = ["loki-01", "loki-02", "loki-03", "s3", "grafana"]
 CMD = "command:remote:Command"
@@ -70,6 +71,8 @@ def test_the_agent_certificate_handed_to_alloy_is_this_hosts(example, host):
     assert f"agent {host}.home.arpa" in load(cert).subject.rfc4514_string(), f"{host}: someone else's certificate"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
     dropin = render_dropin(cert_file=AGENT_CERT_FILE, key_file="/etc/lokistack/tls/agent.key", ca_file=CA_FILE,
                            metrics_client_ca_file=METRICS_CLIENT_CA_FILE)
@@ -82,6 +85,7 @@ def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
         assert directive in dropin
 
 
+@pytest.mark.real_tools
 def test_setup_and_apply(example, tmp_path):
     tool = require_tool("shellcheck")
     monitor = example.engine.monitor

@@ -22,7 +22,7 @@ from stack.certificates import (
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
 )
-from tests.x509_checks import client_verification_error, extended_usages, load, server_verification_error
+from tests.labs.x509_checks import client_verification_error, extended_usages, load, server_verification_error
 
 LOKI = ["loki-01", "loki-02", "loki-03"]
 HOSTS = [*LOKI, "s3", "grafana"]

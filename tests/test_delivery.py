@@ -14,7 +14,7 @@ import pytest
 from components.delivery import FileDelivery, FileDeliveryArgs, delivery_digest, render_install_script
 from components.hostfile import HostFile
 from offline import engine
-from tests.conftest import require_root, require_tool
+from tests.labs.needs import require_root, require_tool
 
 CONNECTION: command.remote.ConnectionArgsDict = {"host": "192.168.50.21", "user": "ops", "private_key": "not-a-key"}
 AWKWARD = "line 'one' \"two\" $HOME `date` \\ end\n\ttab\n"
@@ -38,6 +38,8 @@ def run_script(script: str, staging: Path | None = None) -> subprocess.Completed
                                "FOLLOW_UP_DIR": str(staging.parent / "follow-up")})
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_path):
     require_root()
     marker = tmp_path / "then-ran"
@@ -59,6 +61,8 @@ def test_the_script_installs_files_with_owner_and_mode_and_is_idempotent(tmp_pat
     assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == ["ca.pem", "server.key"], "temporary files left"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_changed_mode_or_content_is_installed_again(tmp_path):
     require_root()
     files = files_in(tmp_path)
@@ -71,6 +75,8 @@ def test_a_changed_mode_or_content_is_installed_again(tmp_path):
     assert oct(Path(files[1][0].path).stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_an_existing_private_directory_keeps_its_mode(tmp_path):
     require_root()
     private = tmp_path / "certs"
@@ -81,6 +87,8 @@ def test_an_existing_private_directory_keeps_its_mode(tmp_path):
     assert (private / "private.key").read_text() == "KEY\n"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_failing_install_stops_the_script(tmp_path):
     require_root()
     bad = [(HostFile(host="h", path=f"{tmp_path}/x.pem", content="", owner="no-such-user-here"), "x")]
@@ -88,6 +96,7 @@ def test_a_failing_install_stops_the_script(tmp_path):
     assert proc.returncode != 0 and "should-not-run" not in proc.stdout
 
 
+@pytest.mark.real_tools
 def test_the_rendered_script_passes_shellcheck(tmp_path):
     tool = require_tool("shellcheck")
     script = tmp_path / "install.sh"
@@ -138,6 +147,8 @@ async def test_the_component_sends_the_script_on_stdin_as_a_secret(fake_engine):
     assert delivery.host_files == files
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_retired_file_is_removed_once_and_runs_the_follow_up(tmp_path):
     require_root()
     files = files_in(tmp_path)
@@ -152,6 +163,8 @@ def test_a_retired_file_is_removed_once_and_runs_the_follow_up(tmp_path):
     assert delivery_digest(files, remove=[str(retired)]) != delivery_digest(files), "a removal must change the digest"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_follow_up_that_failed_or_was_killed_is_finished_by_the_next_run_and_only_then(tmp_path):
     """The files are in place after the first run, but its follow-up failed (or the run was killed
     before it): the next run, with nothing left to install, runs the follow-up until it succeeds,

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from components.disk_arrival import render_path_unit, render_starter_unit, unit_names
-from tests.conftest import require_tool
+from tests.labs.needs import require_tool
 
 DEVICE = "/dev/disk/by-id/virtio-lokistack-data"
 
@@ -24,6 +24,7 @@ def verify(tmp_path, path_text: str, starter_text: str) -> subprocess.CompletedP
                           env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.real_tools
 def test_the_path_unit_and_its_oneshot_pass_systemd_analyze(tmp_path):
     path_text, starter_text = render_path_unit("loki.service", DEVICE), render_starter_unit("loki.service")
     proc = verify(tmp_path, path_text, starter_text)

@@ -7,7 +7,7 @@ import pytest
 from offline.plan import read_stack_config, run_program
 from offline.rehearsal.earlier import BEFORE_CONVERGE, UPGRADE_FROM, VERSIONS, export, upgrade_sources
 from stack.certificates import METRICS_CLIENT_CA_FILE
-from tests.conftest import EXAMPLE_STACK
+from tests.labs.example import EXAMPLE_STACK
 
 
 def test_which_earlier_versions_to_upgrade_from_is_checked():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 
+import pytest
+
 from components.firewall import (
     APPLY,
     LOADED_CHECK,
@@ -24,7 +26,8 @@ from components.firewall import (
 )
 from components.loki_config import SERVICE_USER
 from offline.cluster_ports import CLUSTER_PORT_PROBE, refused
-from tests.conftest import files_of, require_root, require_tool
+from tests.labs.example import files_of
+from tests.labs.needs import require_root, require_tool
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 
@@ -52,6 +55,8 @@ def nft_check(text: str, tmp_path) -> subprocess.CompletedProcess[str]:
                            nft, "-c", "-f", str(rules)], capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_every_loki_node_gets_rules_that_admit_exactly_the_loki_nodes(example, tmp_path):
     for host in NODES:
         files = files_of(example, host)
@@ -69,6 +74,8 @@ def test_every_loki_node_gets_rules_that_admit_exactly_the_loki_nodes(example, t
     assert not [h for h in ("grafana", "s3") if RULES_FILE in files_of(example, h)], "only Loki nodes need it"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_nft_refuses_rules_that_name_a_user_the_node_does_not_have(tmp_path):
     """nft resolves the user when it loads the file: the rules must load after loki-setup.sh made
     Loki's user (the firewall's step runs after the setup), and a typo fails the load."""
@@ -76,6 +83,8 @@ def test_nft_refuses_rules_that_name_a_user_the_node_does_not_have(tmp_path):
     assert proc.returncode != 0 and "User does not exist" in proc.stderr, proc.stderr
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_only_the_cluster_user_opens_cluster_connections_and_other_local_users_are_refused_at_once(tmp_path):
     """The rules loaded in a network namespace with listeners on 9095 and 7946 (TCP and UDP), the
     cluster user standing in as ``daemon``: ``nobody`` is refused at once (a reset for TCP,
@@ -111,11 +120,14 @@ done
         f"the cluster user (Loki's) is refused on its own cluster ports: {seen}")
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_nft_rejects_a_broken_ruleset(tmp_path):
     proc = nft_check(render_rules(["192.168.50.21"]).replace("ipv4_addr", "ipv4_adr"), tmp_path)
     assert proc.returncode != 0 and "ipv4_adr" in proc.stderr
 
 
+@pytest.mark.real_tools
 def test_the_unit_passes_systemd_analyze(tmp_path):
     require_tool("nft")
     tool = require_tool("systemd-analyze")
@@ -127,6 +139,8 @@ def test_the_unit_passes_systemd_analyze(tmp_path):
         assert (proc.returncode == 0 and not proc.stderr.strip()) == ok, f"ok={ok}: {proc.stderr}"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_lokis_start_check_refuses_a_node_without_the_table_and_passes_once_it_is_loaded(tmp_path):
     """The check Loki's drop-in runs before each start (``LOADED_CHECK``), run as systemd would run
     it, in a network namespace of its own: without the stack's table it fails, naming the table and

@@ -5,7 +5,7 @@ a unit an earlier boot got for an entry the fstab no longer has goes."""
 from __future__ import annotations
 
 from offline.rehearsal.fstab_mounts import GENERATOR, MARK, install_fstab_mounts
-from tests.conftest import missing
+from tests.labs.needs import missing
 
 UUID = "0b8f6c1e-1111-2222-3333-444455556666"
 

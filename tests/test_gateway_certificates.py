@@ -16,7 +16,7 @@ from offline import engine
 from offline.plan import read_stack_config, run_program
 from offline.rehearsal.settings import AVAILABLE_PACKAGES
 from offline.rehearsal.steps import StepRunner, step_graph, unreachable
-from tests.conftest import EXAMPLE_STACK, files_of
+from tests.labs.example import EXAMPLE_STACK, files_of
 
 LOKI = ("loki-01", "loki-02", "loki-03")
 CMD = "command:remote:Command"

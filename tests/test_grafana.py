@@ -7,13 +7,14 @@ import configparser
 import json
 from typing import Any
 
+import pytest
 import yaml
 
 from components.dashboards import HEALTH_ROW_TITLE, PROMETHEUS
 from components.grafana import CONFIG_FILE, LOKI_DATASOURCE_UID, TLS_DIR
 from offline import engine
-from tests.conftest import files_of, shellcheck_commands
-from tests.x509_checks import client_verification_error, server_verification_error
+from tests.labs.example import files_of, shellcheck_commands
+from tests.labs.x509_checks import client_verification_error, server_verification_error
 
 CMD = "command:remote:Command"
 GRAFANA_DEFAULT_SECRET_KEY = "SW2YcwTIb9zpOOhoPsMm"  # noqa: S105 (Grafana's public default, asserted absent)
@@ -157,5 +158,6 @@ def test_outputs(example):
     assert password.known and password.secret and len(password.value) == 32
 
 
+@pytest.mark.real_tools
 def test_the_grafana_setup_passes_shellcheck(example, tmp_path):
     shellcheck_commands(example, ["grafana-setup", "grafana-ready"], tmp_path)

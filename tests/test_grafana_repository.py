@@ -15,7 +15,7 @@ import pytest
 
 from components.grafana_repository import GRAFANA_KEY_FINGERPRINTS, GRAFANA_KEY_URL
 from components.scripts import TEMPLATES
-from tests.conftest import require_root, require_tool
+from tests.labs.needs import require_root, require_tool
 
 KEYRING = "/etc/apt/keyrings/grafana.gpg"
 
@@ -75,6 +75,8 @@ def primary_keys(listing: str) -> list[str]:
 SHOW = f'gpg --batch --with-colons --show-keys {KEYRING}; echo "stamp: $(cat /etc/apt/keyrings/grafana.pinned)"'
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_file_with_the_pinned_key_and_another_trusts_only_the_pinned_one(keys):
     fpr = keys["fpr"]
     proc = run(f'grafana_repository https://apt.example.org https://apt.example.org/gpg-full.key "{fpr["pinned"]}"\n'
@@ -84,6 +86,8 @@ def test_a_file_with_the_pinned_key_and_another_trusts_only_the_pinned_one(keys)
     assert f"also holds key {fpr['other']}, which is not pinned: not trusted" in proc.stdout
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_file_without_the_pinned_key_is_refused(keys):
     fpr = keys["fpr"]
     proc = run(f'grafana_repository https://a https://a/gpg-full.key "{fpr["pinned"]}"', keys["file"]["other"])
@@ -91,6 +95,8 @@ def test_a_file_without_the_pinned_key_is_refused(keys):
     assert "apt-get" not in proc.stdout, "the repository was added without a trusted key"
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_keyring_is_made_again_when_the_pinned_set_or_the_url_changes(keys):
     fpr = keys["fpr"]
     first = f'grafana_repository https://a https://a/k1 "{fpr["pinned"]}"'
@@ -108,6 +114,8 @@ def test_the_keyring_is_made_again_when_the_pinned_set_or_the_url_changes(keys):
     assert "trusting" in runs[3] and "stamp: https://a/k2" in runs[3]
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_pinned_key_that_is_about_to_end_is_fetched_again(keys):
     fpr = keys["fpr"]["ending"]
     once = f'grafana_repository https://a https://a/k "{fpr}"'

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from components.proxmox_vm import CLOUD_CFG_FILE, HOST_KEY_FILE, SSH_UNIT
 from components.scripts import render_script
-from tests.conftest import require_root, require_tool
-from tests.netns import PrivateNetwork, private_network
+from tests.labs.needs import require_root, require_tool
+from tests.labs.netns import PrivateNetwork, private_network
 
 VM, CLIENT = "vm", "client"
 ADDRESSES = {VM: "198.18.0.21", CLIENT: "198.18.0.50"}
@@ -127,6 +127,9 @@ def public_of(private: str) -> str:
     return " ".join(key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode().split()[:2])
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_vm_presents_its_own_key_after_the_step_and_a_second_run_changes_nothing(vm):
     bootstrap = public_of(vm.key_file.read_text())
     assert vm.presented_key() == bootstrap, "before the step the VM presents the snippet's bootstrap key"
@@ -145,6 +148,9 @@ def test_the_vm_presents_its_own_key_after_the_step_and_a_second_run_changes_not
     assert vm.reloads() == [f"reload {SSH_UNIT}"], "a second run must not reload sshd"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_key_that_does_not_match_its_public_half_changes_nothing(vm):
     before = vm.key_file.read_text()
     own_private, _ = keypair()
@@ -164,6 +170,9 @@ def test_the_rendered_step_quotes_the_key_so_the_shell_reads_it_back_whole():
     assert quoted and shlex.split(quoted.group(1))[0] == private.strip()
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_probe_names_the_key_the_vm_presents_before_and_after_the_host_key_step(vm):
     """The VM's first steps pin what the probe prints: the bootstrap key on a new VM, its own once the
     host-key step ran (the first steps run again after an upgrade, on a VM that has it)."""
@@ -178,6 +187,9 @@ def test_the_probe_names_the_key_the_vm_presents_before_and_after_the_host_key_s
         f"host-key-probe.sh must print the VM's own key once it is installed: {after.stdout!r} {after.stderr}")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_probe_refuses_a_key_that_is_neither_and_a_vm_that_does_not_answer(vm):
     _, one = keypair()
     _, other = keypair()

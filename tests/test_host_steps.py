@@ -15,7 +15,7 @@ from functools import cache
 
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import EXAMPLE_STACK
+from tests.labs.example import EXAMPLE_STACK
 
 CMD = "command:remote:Command"
 LOCAL_CMD = "command:local:Command"

@@ -17,7 +17,6 @@ from components.loki import (
     CONFIG_FILE,
     DROPIN_FILE,
     ENV_FILE,
-    STAGE_DIR,
     STARTED_RECORD,
     LokiCluster,
     LokiClusterArgs,
@@ -36,8 +35,8 @@ from components.loki_limits import LokiLimits
 from components.vip_handover import VipHandover
 from offline import engine
 from offline.rehearsal.repository import LOKI_UNIT
-from tests.conftest import shellcheck_commands
-from tests.systemd_checks import verify_dropin
+from tests.labs.example import config_of, shellcheck_commands, staged
+from tests.labs.systemd_checks import verify_dropin
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 CMD = "command:remote:Command"
@@ -48,18 +47,6 @@ GRPC_CLIENT_PATHS = [
     ("pattern_ingester", "client_config", "grpc_client_config"), ("ruler", "ruler_client"),
 ]
 
-
-
-def staged(result: engine.RunResult, host: str, name: str) -> tuple[Any, engine.Resolved]:
-    for i, hf in enumerate(result.returned.host_files):
-        if hf.host == host and hf.path == f"{STAGE_DIR}/{name}":
-            return hf, result.resolved[f"file:{i}"]
-    raise LookupError(f"{host} receives no {STAGE_DIR}/{name}")
-
-
-def config_of(result: engine.RunResult, host: str) -> dict[str, Any]:
-    _, resolved = staged(result, host, "config.yml")
-    return yaml.safe_load(resolved.value)
 
 
 def dig(config: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -301,6 +288,8 @@ PACKAGED_UNIT = LOKI_UNIT
 """The unit Grafana's loki package installs (the rehearsal's package has the same); drop-ins are verified on it."""
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
     dropin = render_dropin(data_dir="/var/lib/loki", cert_file="/etc/lokistack/tls/server.pem",
                            key_file="/etc/lokistack/tls/server.key", ca_file="/etc/lokistack/tls/ca.pem")
@@ -316,6 +305,7 @@ def test_the_dropin_passes_systemd_analyze_verify(tmp_path):
         assert directive in dropin
 
 
+@pytest.mark.real_tools
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
     shellcheck_commands(example, ["loki-loki-01-setup", "loki-loki-02-apply"], tmp_path)
 

@@ -61,9 +61,10 @@ from stack.certificates import (
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
 )
-from tests.conftest import require_root, require_tool, shellcheck_commands
-from tests.lab_stack import LabPlan, gateway_command, lab_firewall_rules, lab_plan
-from tests.netns import PrivateNetwork, private_network
+from tests.labs.example import shellcheck_commands
+from tests.labs.lab_stack import LabPlan, gateway_command, lab_firewall_rules, lab_plan
+from tests.labs.needs import require_root, require_tool
+from tests.labs.netns import PrivateNetwork, private_network
 
 STRICT, OPEN, CLIENT = "loki-01", "loki-02", "client"
 METRICS_ISSUER = "CN=loki-stack metrics clients home.arpa,O=loki-stack"
@@ -200,6 +201,9 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         yield gw
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
     wrong = []
@@ -220,6 +224,9 @@ def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
     assert not wrong, f"role {role} on the gateway of {STRICT}:\n" + "\n".join(wrong)
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 @pytest.mark.parametrize(("role", "path"), [
     (ROLE_AGENT, "/loki/api/v1/push/../delete"),
     (ROLE_AGENT, "/loki/api/v1/%70ush"),
@@ -234,6 +241,9 @@ def test_a_path_that_nginx_and_loki_could_read_differently_is_refused(gateways, 
     assert status == 400, f"{role} {method} {path}: {status} {body[:200]} (must be refused before any role check)"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_no_certificate_or_a_foreign_one_reaches_nothing(gateways):
     for role in (None, "foreign"):
         for method, path in [PUSH, READY, *READS[:2], ADMIN[0]]:
@@ -242,6 +252,9 @@ def test_no_certificate_or_a_foreign_one_reaches_nothing(gateways):
                 f"{role or 'no certificate'}: {method} {path} got through ({status} {body[:200]})")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_without_required_client_certificates_anonymous_clients_push_and_read_only(gateways):
     for method, path in EVERY:
         status, body = gateways.request(OPEN, None, method, path)
@@ -253,6 +266,9 @@ def test_without_required_client_certificates_anonymous_clients_push_and_read_on
     assert status == 400, "a certificate of another CA is refused also when certificates are optional"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_only_root_and_the_gateway_reach_lokis_loopback_listener(gateways):
     """The node's firewall: another local user holding a certificate cannot go around the gateway."""
     with tempfile.TemporaryDirectory(prefix="gw-certs-") as shared:
@@ -297,6 +313,9 @@ FORWARDED = f"{ROLE_HEADER}: {ROLE_OPERATOR}"
 OPERATOR_ONLY = ("POST", "/flush")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_peer_gateway_passes_its_clients_role_on_and_nobody_else_can(gateways):
     """loki-01's server certificate is a peer's for loki-02 (the other Loki node): the role it passes
     on counts there, and the request reaches that node's own Loki. The same header from any other
@@ -358,6 +377,9 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_drain_twin_grants_exactly_what_the_gateway_does(gateways):
     """The twin on DRAIN_PORT takes new connections to the VIP while a drain lets the kept-alive
     ones end: the same roles reach the same paths, nothing more."""
@@ -368,6 +390,9 @@ def test_the_drain_twin_grants_exactly_what_the_gateway_does(gateways):
             assert twin == main, f"{role} {method} {path}: the gateway answers {main}, its twin {twin}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_kept_alive_connection_ends_after_keepalive_time_and_the_twin_keeps_none(gateways):
     """The gateway answers Connection: close once a connection is KEEPALIVE_TIME_S old (a drain waits
     for that instead of cutting idle connections); the twin closes every connection after one answer."""
@@ -411,6 +436,9 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_client_that_stops_sending_its_push_is_let_go_after_client_stall_s(gateways):
     """A push whose body stops arriving (its client is gone: after a VIP move that was not a drain,
     the old holder never hears from it again) ends after CLIENT_STALL_S, on the gateway and on its
@@ -426,6 +454,7 @@ def test_a_client_that_stops_sending_its_push_is_let_go_after_client_stall_s(gat
             f"it ended after {seconds} s ({first_line!r})")
 
 
+@pytest.mark.real_tools
 def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_path):
     """nginx reloads through ``vip_reload_gateway`` (on the VIP holder the kept-alive connections end
     first); a drain an earlier run left goes before anything else, and none outlives the step."""
@@ -470,6 +499,9 @@ def load_list(gateways: Gateways, node: str, text: str, until: Callable[[], bool
     raise AssertionError(f"{node}: with the list of {what} loaded, {until.__doc__ or 'the expected answer'} never came")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_gateway_takes_the_certificates_the_stack_issues_now_and_no_revoked_one(gateways, tmp_path):
     """With the real nginx: a removed extra host's agent certificate gets 403 (with the list of the
     run that still had the host, it pushes); after the operator's certificate is renewed, ``admit``'s

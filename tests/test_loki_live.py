@@ -1,7 +1,7 @@
 """A live three-node cluster of the real Loki 3.7.6, from the files the program renders.
 
 The example stack, moved into 198.18.0.0/24 through its settings, runs in network namespaces:
-each Loki node with its own rendered config, env file and TLS files (``tests/loki_lab.py`` says
+each Loki node with its own rendered config, env file and TLS files (``tests/labs/loki_lab.py`` says
 exactly how, and what differs from a VM), keepalived with the rendered configs holding the VIP,
 the object store stood in for by moto's S3 server (Python, ``moto[server]``) with the plan's
 object-store certificate, each node's gateway (nginx) in front of its Loki, and a client host with
@@ -42,10 +42,19 @@ from components.loki_gateway import (
 from components.timeouts import MIN_QUERY_TIMEOUT_S, Timeouts
 from offline import cluster_ports
 from offline.real_loki import LokiTools
-from tests.conftest import figure, missing, require_root, require_tool
-from tests.lab_stack import LOKI_ADDRESSES, VIP, lab_plan, vip_holders
-from tests.loki_lab import CLIENT, S3, LokiLab
-from tests.netns import private_network
+from tests.labs.figures import figure
+from tests.labs.lab_stack import LOKI_ADDRESSES, VIP, lab_plan, vip_holders
+from tests.labs.loki_lab import (
+    CLIENT,
+    LOAD_DELETES,
+    S3,
+    SWEPT,
+    WAL_CORRUPTIONS,
+    LokiLab,
+    require_lab_tools,
+    start_cluster,
+)
+from tests.labs.netns import private_network
 
 NODES = list(LOKI_ADDRESSES)
 SECTION = "Live Loki 3.7.6 cluster from the rendered configs (measured)"
@@ -72,33 +81,6 @@ and deletes marked chunks once their marker file is 20 s old (2 hours as deploye
 leader lives after marking here, shorter than a crashed leader's takeover (30 s)."""
 SWEEP_INTERVAL_S = 60  # Loki's sweeper lists marker files at its start, then every minute
 MARKED = "loki_boltdb_shipper_retention_marker_count_total"
-LOAD_DELETES = "loki_compactor_load_pending_requests_attempts_total"
-SWEPT = "loki_boltdb_shipper_retention_sweeper_chunk_deleted_duration_seconds_count"
-WAL_CORRUPTIONS = "loki_ingester_wal_corruptions_total"
-"""Metrics the alert rules read that Loki shows only once they count (tests/test_monitoring_live.py)."""
-
-
-def require_lab_tools() -> None:
-    require_root()
-    for tool in ("ip", "curl", "unshare", "keepalived", "nft", "nginx"):
-        require_tool(tool)
-    try:
-        import moto.server  # noqa: F401, PLC0415 (the S3 stand-in; only these tests need it)
-    except ImportError:
-        missing("moto[server] is not installed (requirements-dev.txt)")
-
-
-def start_cluster(lab: LokiLab) -> dict[str, float]:
-    """Object store, then every node; returns each node's seconds from start to /ready."""
-    lab.add_hosts()
-    lab.prepare_client()
-    lab.start_object_store()
-    for node in NODES:  # as deployed: the firewall is in place before Loki first starts
-        lab.load_firewall(node)
-    for node in NODES:
-        lab.start_gateway(node)
-        lab.start_node(node)
-    return lab.wait_ready(NODES)
 
 
 def compactors(lab: LokiLab, nodes: list[str]) -> list[str]:
@@ -129,7 +111,7 @@ def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Ite
                                   f"-compactor.ring.heartbeat-period={LAB_HEARTBEAT_PERIOD_S}s",
                                   f"-compactor.ring.heartbeat-timeout={LAB_HEARTBEAT_TIMEOUT_S}s",
                                   f"-compactor.retention-delete-delay={RETENTION_DELETE_DELAY_S}s"))
-        ready = start_cluster(lab)
+        ready = start_cluster(lab, NODES)
         for node, seconds in ready.items():
             figure(SECTION, f"{node}: /ready {seconds:.1f} s after start")
         for node in NODES:
@@ -137,6 +119,9 @@ def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield lab
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_every_node_is_ready_and_refuses_clients_without_a_certificate(live):
     for node in NODES:
         ready = live.request(node, "/ready")
@@ -145,6 +130,9 @@ def test_every_node_is_ready_and_refuses_clients_without_a_certificate(live):
         assert anonymous.status != 200, f"{node}: answered a client without a certificate: {anonymous}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
     """Memberlist asks no client certificate: a host outside the cluster must not reach it."""
     for node, address in LOKI_ADDRESSES.items():
@@ -156,6 +144,9 @@ def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
             assert live.reachable(peer, address, port), f"{node}:{port} refuses its peer {peer}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_on_a_node_only_loki_opens_cluster_connections_and_the_cluster_stays_whole(live):
     """A local user of a Loki node comes from a Loki node's address: without the output rules it
     would reach gRPC (any certificate of the stack's CA, the agent's on the node, is enough there)
@@ -182,6 +173,9 @@ def test_on_a_node_only_loki_opens_cluster_connections_and_the_cluster_stays_who
     assert (response.status, got) == (200, [f"line {marker}"]), f"read back from {NODES[-1]}: {response}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
     """Least privilege: an agent pushes and cannot read or delete; Grafana's data source reads and
     cannot write or delete; Prometheus reads metrics; the VIP's check asks /ready; the operator
@@ -218,6 +212,9 @@ def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
     assert live.query_lines(node, query)[0] == [line], "the line is still there after the refused deletes"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_push_to_one_node_is_read_back_from_every_other_node(live):
     pushes, queries = [], []
     for writer in NODES:
@@ -241,6 +238,9 @@ def test_a_push_to_one_node_is_read_back_from_every_other_node(live):
                     f"max {max(queries) * 1000:.0f} ms over {len(queries)}")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     deadline = time.monotonic() + VIP_TIMEOUT_S
     while len(holders := vip_holders(live.network)) != 1:
@@ -253,6 +253,9 @@ def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     assert rc == 0 and line in output, f"logcli through the VIP (held by {holders}): rc={rc}\n{output}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_query_that_takes_too_long_ends_with_lokis_timeout_through_the_vip_not_a_502(live):
     """The object store stopped (SIGSTOP: it takes connections and answers nothing), a query over a
     day whose index is only there hangs until Loki's query timeout. Through the VIP, curl (as
@@ -289,6 +292,9 @@ def test_a_query_that_takes_too_long_ends_with_lokis_timeout_through_the_vip_not
     assert rc != 0 and TIMEOUT_ADVICE in output, f"logcli did not show Loki's timeout: {output}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):
     """Every gateway answers the log deletion API with 501 and the reason (``DELETE_REFUSAL``), also
     to the operator. The reason, measured on Loki 3.7.6 itself (each node's loopback listener,
@@ -313,6 +319,9 @@ def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):
     assert knowing == [taker], f"the delete request made to {taker}'s Loki is listed by {knowing}: {listed}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_exactly_one_node_runs_the_compactor_and_no_node_logs_grpc_compactor_errors(live):
     leader, _ = wait_for_one_compactor(live, NODES, ELECTION_TIMEOUT_S, time.monotonic(), "first election")
     chosen = [n for n in NODES if CHOSEN in live.log(n)]
@@ -354,6 +363,9 @@ def expired_chunks(lab: LokiLab) -> set[str]:
             if (m := re.fullmatch(r"fake/[0-9a-f]+/([0-9a-f]+):[0-9a-f]+:[0-9a-f]+", k)) and int(m[1], 16) < cutoff_ms}
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash_and_the_next_one_deletes_what_the_last_marked(live):
     """One node compacts at a time, and another takes over after a clean stop and after a crash.
     Retention goes on across the moves: lines pushed two days back (past the 24h retention) reach

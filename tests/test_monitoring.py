@@ -21,8 +21,8 @@ from components.monitoring import CertificateExpiry, MonitoringSpec, render_rule
 from components.objectstore import METRICS_POLICY, METRICS_TOKEN_ISSUER
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import require_tool
-from tests.prometheus_lab import readme_files, write_files
+from tests.labs.needs import require_tool
+from tests.labs.prometheus_lab import readme_files, write_files
 
 CLUSTER = "loki-stack.home.arpa"
 LOKI = f'job="loki", cluster="{CLUSTER}"'
@@ -49,6 +49,7 @@ def write_prometheus_dir(directory: Path, out: dict[str, Any]) -> Path:
     return directory / "prometheus.yml"
 
 
+@pytest.mark.real_tools
 def test_the_scrape_config_has_a_job_per_component_and_passes_promtool(example, tmp_path):
     out = outputs(example)
     jobs = {j["job_name"]: j for j in yaml.safe_load(out["prometheusScrapeConfig"])["scrape_configs"]}
@@ -121,6 +122,7 @@ def test_the_object_store_token_is_a_jwt_for_a_metrics_only_user(example, tmp_pa
 # --- the rules --------------------------------------------------------------------------------------
 
 
+@pytest.mark.real_tools
 def test_the_rules_output_passes_promtool_check_rules(example, tmp_path):
     (tmp_path / "rules.yml").write_text(example.resolved["output:prometheusRules"].value)
     proc = promtool("check", "rules", "rules.yml", cwd=tmp_path)
@@ -428,6 +430,7 @@ def test_every_alert_has_a_firing_and_a_calm_case(example):
         assert any(c.fires for c in cases) and any(not c.fires for c in cases), f"{name}: needs both kinds of case"
 
 
+@pytest.mark.real_tools
 @pytest.mark.parametrize("alert", sorted(CASES))
 def test_promtool_test_rules(example, tmp_path, alert):
     """The rules as the example stack renders them (with a test certificate whose dates promtool's
@@ -451,6 +454,7 @@ def test_promtool_test_rules(example, tmp_path, alert):
     assert proc.returncode == 0, f"{alert}: promtool test rules failed:\n{proc.stdout}{proc.stderr}"
 
 
+@pytest.mark.real_tools
 def test_a_wrong_expectation_fails_promtool(example, tmp_path):
     """The harness can fail: the firing case of LokiNodeDown, expected calm, is a failure."""
     spec = example.returned.monitoring

@@ -2,7 +2,7 @@
 
 The three Loki nodes, their gateways and the S3 stand-in run as in ``tests/test_loki_live.py``;
 Prometheus (Debian's package) runs on the client host with the outputs written as the README says
-(``tests/prometheus_lab.py``). What this shows: the ``loki`` job reaches every node through its
+(``tests/labs/prometheus_lab.py``). What this shows: the ``loki`` job reaches every node through its
 gateway with Prometheus' certificate; every Loki metric the rules read is one Loki 3.7.6 exposes,
 with the labels the rules select; the rules evaluate on real data and follow a node's stop; the
 agents' job reaches a Go TLS server that holds the agent's files and that server takes Prometheus'
@@ -28,11 +28,21 @@ from components.monitoring import metric_names, recording_rules, signals
 from offline.real_loki import LokiTools
 from offline.rehearsal.earlier import BEFORE_CONVERGE, export
 from stack.certificates import PROMETHEUS_CLIENT
-from tests.conftest import figure, require_tool
-from tests.lab_stack import LOKI_ADDRESSES, lab_plan
-from tests.loki_lab import CLIENT, LokiLab, small_data_disk
-from tests.netns import private_network
-from tests.prometheus_lab import (
+from tests.labs.figures import figure
+from tests.labs.lab_stack import LOKI_ADDRESSES, lab_plan
+from tests.labs.loki_lab import (
+    CLIENT,
+    LOAD_DELETES,
+    SWEPT,
+    WAL_CORRUPTIONS,
+    LokiLab,
+    require_lab_tools,
+    small_data_disk,
+    start_cluster,
+)
+from tests.labs.needs import require_tool
+from tests.labs.netns import private_network
+from tests.labs.prometheus_lab import (
     AGENT_STAND_IN,
     active_alerts,
     start_agent_stand_in,
@@ -40,8 +50,8 @@ from tests.prometheus_lab import (
     values,
     wait_for,
 )
-from tests.test_loki_live import LOAD_DELETES, NODES, SWEPT, WAL_CORRUPTIONS, require_lab_tools, start_cluster
 
+NODES = list(LOKI_ADDRESSES)
 SECTION = "Prometheus with the stack's scrape config and rules, on the live cluster (measured)"
 AGENT_NODE = NODES[0]
 FULL_NODE, DATA_DISK_MIB = NODES[1], 256
@@ -78,7 +88,7 @@ def watched(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> 
     with small_data_disk(run_dir, FULL_NODE, DATA_DISK_MIB), \
             private_network(f"lkm{os.getpid() % 100000}-", run_dir) as network:
         lab = LokiLab(network, lab_plan(), loki_tools)
-        start_cluster(lab)
+        start_cluster(lab, NODES)
         start_agent_stand_in(lab, AGENT_NODE, binary)
         start_prometheus(lab, binary)
         # Traffic every rule reads: pushes, one line too old to take, a flush to the object store.
@@ -91,12 +101,18 @@ def watched(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> 
         yield lab
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_prometheus_scrapes_every_loki_node_through_its_gateway(watched):
     seconds = wait_for(watched, "every Loki node up in job loki",
                        lambda: values(watched, 'up{job="loki"}', by="node") == dict.fromkeys(NODES, 1.0))
     figure(SECTION, f"every Loki node scraped through its gateway {seconds:.1f} s after Prometheus started")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_every_loki_metric_the_rules_read_is_exposed_by_loki(watched):
     """By name and with the job and cluster labels the rules select, after the fixture's traffic."""
     exprs = [s.expr for s in signals(watched.plan.monitoring).values()] + [
@@ -111,6 +127,9 @@ def test_every_loki_metric_the_rules_read_is_exposed_by_loki(watched):
     wait_for(watched, f"Loki metrics the rules read: {missing()}", lambda: not missing(), timeout=60)
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_signals_read_a_healthy_cluster(watched):
     s = {k: v.expr for k, v in signals(watched.plan.monitoring).items()}
     wait_for(watched, "3 healthy ingesters, 3 nodes up, one compactor",
@@ -126,6 +145,9 @@ def test_the_signals_read_a_healthy_cluster(watched):
     assert not active_alerts(watched, "LokiNodeDown") and not active_alerts(watched, "LokiRingShortOfReplicas")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(watched):
     wait_for(watched, f"{AGENT_NODE}'s agent endpoint up in job loki-agents",
              lambda: values(watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 1.0)
@@ -141,6 +163,9 @@ def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(wat
     assert proc.returncode != 0, f"{AGENT_NODE}'s agent endpoint answered without a certificate"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_renewed_prometheus_certificate_blinds_no_agent(watched, tmp_path):
     """Prometheus' certificate renewed by a run (the fake engine issues it again): the agent
     restarted with that run's files, as Alloy restarts after any TLS change, is scraped on by the
@@ -195,6 +220,9 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_clears_by_itself(watched):
     """The node's data disk fills to its last block while lines are pushed. Loki 3.7.6's WAL throttle
     (``components.loki_config.WAL_DISK_FULL_THRESHOLD``, read every 10 s) makes its ingester refuse
@@ -267,6 +295,9 @@ def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_clears_by_i
                     f"started again: ready in {ready:.1f} s, 0 WAL corruptions")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_alerts_follow_a_node_stop(watched):
     """Unreachable agents (no Alloy here) are pending LokiStackAgentDown; the stand-in is not.
     Then a node stops: LokiNodeDown and LokiRingShortOfReplicas go pending, the quorum alert does not."""

@@ -20,8 +20,9 @@ from components.objectstore import (
 )
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import files_of, require_root, require_tool, shellcheck_commands
-from tests.x509_checks import server_verification_error
+from tests.labs.example import files_of, shellcheck_commands
+from tests.labs.needs import require_root, require_tool
+from tests.labs.x509_checks import server_verification_error
 
 HOST = "s3"
 CMD = "command:remote:Command"
@@ -166,6 +167,7 @@ def test_a_rerun_with_nothing_changed_reruns_nothing(example):
     assert not changed, f"an unchanged stack would update: {changed}"
 
 
+@pytest.mark.real_tools
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
     shellcheck_commands(example, ["objectstore-setup", "objectstore-ready"], tmp_path)
 
@@ -179,6 +181,8 @@ def verify_unit(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
                            str(unit)], capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     require_tool("systemd-analyze")
     require_tool("unshare")

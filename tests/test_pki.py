@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, CertificateSpec
 from offline import engine
-from tests.x509_checks import client_verification_error, extended_usages, load, server_verification_error
+from tests.labs.x509_checks import client_verification_error, extended_usages, load, server_verification_error
 
 ARGS = CertificateAuthorityArgs(common_name="test CA", validity_hours=87600, early_renewal_hours=8760,
                                 leaf_validity_hours=8760, leaf_early_renewal_hours=720)

@@ -13,7 +13,7 @@ from components.proxmox_vm import USER_DATA_PATH
 from offline.plan import read_stack_config, redact, run_program, secret_fragments, write_plan
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 from stack.schema import PROJECT_DIR
-from tests.x509_checks import server_verification_error
+from tests.labs.x509_checks import server_verification_error
 
 HOSTS = ["grafana", "loki-01", "loki-02", "loki-03", "s3"]
 

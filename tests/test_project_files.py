@@ -6,7 +6,8 @@ import re
 
 import yaml
 
-from stack.schema import PROJECT_DIR, load_schema, markdown_table
+from stack.reference import MARKER, PAGE, settings_table
+from stack.schema import PROJECT_DIR, load_schema
 
 SCHEMA = load_schema()
 
@@ -32,12 +33,36 @@ def test_every_declared_key_is_read_by_the_settings():
         assert f'"{name}"' in source or prefix_read, f"Pulumi.yaml declares {name} but stack/config.py never reads it"
 
 
-def test_readme_documents_every_key_with_its_default():
-    readme = (PROJECT_DIR / "README.md").read_text()
-    table = markdown_table(SCHEMA)
-    assert table in readme, "README's settings table differs from Pulumi.yaml: paste `python -m offline keys`"
+def test_the_settings_reference_documents_every_key_with_its_default_and_rule():
+    page = PAGE.read_text()
+    assert MARKER in page, f"{PAGE}: the marker line is gone"
+    assert page.split(MARKER, 1)[1] == "\n" + settings_table(SCHEMA), (
+        f"{PAGE} differs from Pulumi.yaml and stack/rules.py: run `python -m offline keys --write`")
     for name, spec in SCHEMA.keys.items():
-        assert f"| `{name}` | {spec.type_name()} |" in table
+        assert f"| `{name}` | {spec.type_name()} |" in page, f"{PAGE}: no row for {name}"
+
+
+def test_every_link_between_the_documents_leads_to_a_file_and_heading_that_exist():
+    documents = [PROJECT_DIR / name for name in ("README.md", "UPGRADING.md", "CHANGELOG.md")]
+    documents += sorted((PROJECT_DIR / "docs").rglob("*.md"))
+    broken = []
+    for doc in documents:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, heading = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists():
+                broken.append(f"{doc.relative_to(PROJECT_DIR)}: {target} (no such file)")
+            elif heading and file.suffix == ".md" and heading not in {anchor(h) for h in re.findall(
+                    r"^#+ (.+)$", file.read_text(), re.M)}:
+                broken.append(f"{doc.relative_to(PROJECT_DIR)}: {target} (no such heading)")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def test_example_stack_holds_no_secret_and_uses_only_declared_keys():

@@ -25,7 +25,7 @@ from components.proxmox_vm import (
 )
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import EXAMPLE_STACK
+from tests.labs.example import EXAMPLE_STACK
 
 HOSTS = [
     HostEntry(address="192.168.50.21", fqdn="loki-01.home.arpa", name="loki-01"),

@@ -23,11 +23,11 @@ import pytest
 
 from offline.rehearsal.outage import object_store_outage
 from offline.rehearsal.run import Rehearsal
-from tests.conftest import require_tool
-from tests.test_rehearsal import deployed_lab
+from tests.labs.booted import deployed_lab
+from tests.labs.needs import require_tool
 
 SECTION = "Object store outage on booted Debian 12 systems (measured)"
-pytestmark = pytest.mark.rehearsal
+pytestmark = [pytest.mark.rehearsal, pytest.mark.needs_root, pytest.mark.real_tools]
 
 
 @pytest.fixture(scope="module")

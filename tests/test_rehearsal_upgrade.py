@@ -32,11 +32,11 @@ from offline.rehearsal.run import Rehearsal
 from offline.rehearsal.settings import GATEWAY
 from offline.rehearsal.template import build_template
 from offline.rehearsal.upgrade import UpgradeReport, upgrade
-from tests.conftest import figure
-from tests.test_rehearsal import booted_lab
+from tests.labs.booted import booted_lab
+from tests.labs.figures import figure
 
 SECTION = "Upgrade rehearsal from earlier commits on booted Debian 12 systems (measured)"
-pytestmark = pytest.mark.rehearsal
+pytestmark = [pytest.mark.rehearsal, pytest.mark.needs_root, pytest.mark.real_tools]
 SOURCES = upgrade_sources()
 """The earlier commits this run upgrades from (``UPGRADE_FROM``)."""
 

@@ -24,7 +24,7 @@ import pytest
 from components.objectstore import metrics_token
 from offline.rehearsal.repository import server_certificate
 from offline.rehearsal.s3_standin import METRICS_PATH
-from tests.conftest import require_tool
+from tests.labs.needs import require_tool
 
 STANDIN = Path(__file__).resolve().parent.parent / "offline/rehearsal/s3_standin.py"
 USER, SECRET = "prometheus-user", "a-secret-key-of-forty-characters-xxxxxxx"
@@ -103,6 +103,7 @@ def test_its_metrics_want_a_metrics_token_as_the_object_stores_do(standin):
     assert standin.metrics(good)[0] == 200, "the stand-in's metrics refused the stack's metrics token"
 
 
+@pytest.mark.real_tools
 def test_its_metrics_count_what_it_answered_and_its_volumes_space_and_promtool_reads_them(standin):
     token = metrics_token(USER, SECRET)
     assert standin.request("PUT", "/loki")[0] == 200

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from offline.plan import main as plan_main
 from stack.schema import PROJECT_DIR
-from tests.conftest import SCHEMA
+from tests.labs.example import SCHEMA
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((PROJECT_DIR / "Pulumi.homelab.yaml").read_text())["config"]
 KEYS = sorted(SCHEMA.keys)

@@ -17,8 +17,7 @@ from components.loki_gateway import STAGE_DIR as GATEWAY_STAGE_DIR
 from components.timeouts import DEFAULT, LOKI_BACKOFF_S, LOKI_TRIES, STEP_S, Timeouts
 from offline import engine
 from offline.plan import read_stack_config, run_program
-from tests.conftest import EXAMPLE_STACK, files_of
-from tests.test_loki import config_of
+from tests.labs.example import EXAMPLE_STACK, config_of, files_of
 
 NODES = ("loki-01", "loki-02", "loki-03")
 

@@ -20,7 +20,8 @@ from components.vip import (
     render_keepalived_conf,
 )
 from offline import engine
-from tests.conftest import files_of, require_root, require_tool, shellcheck_commands
+from tests.labs.example import files_of, shellcheck_commands
+from tests.labs.needs import require_root, require_tool
 
 NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
 CMD = "command:remote:Command"
@@ -148,6 +149,7 @@ def test_each_node_checks_its_config_before_reloading(example):
     assert example.resolved["output:lokiUrl"].value == "https://loki.home.arpa:3100"
 
 
+@pytest.mark.real_tools
 def test_the_host_scripts_pass_shellcheck(example, tmp_path):
     shellcheck_commands(example, ["vip-loki-01-setup", "vip-loki-01-apply"], tmp_path)
     tool = require_tool("shellcheck")
@@ -167,6 +169,8 @@ def keepalived_test(conf_file: str, interface: str, check: str) -> subprocess.Co
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_every_rendered_config_passes_keepalived_t(example, tmp_path):
     require_root()
     for tool in ("keepalived", "unshare", "ip", "curl"):
@@ -201,6 +205,8 @@ exit 0
 """
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 @pytest.mark.parametrize("loki_running", [False, True], ids=["new-node", "loki-running"])
 def test_keepalived_that_starts_beside_a_loki_not_running_starts_in_fault(example, tmp_path, loki_running):
     """A new node (first deploy, a VM created again, a node added): its gateway check passes once

@@ -11,17 +11,15 @@ Everything started here is stopped by pid, and every namespace deleted, also whe
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import figure, require_root, require_tool
-from tests.lab_stack import LOKI_ADDRESSES, lab_plan
-from tests.netns import private_network
-from tests.vip_lab import VipLab, node_files, prepare
+from tests.labs.figures import figure
+from tests.labs.lab_stack import LOKI_ADDRESSES, lab_plan
+from tests.labs.vip_lab import VipLab, node_files, prepare, vip_lab
 
 SECTION = "VIP failover with the real keepalived (measured)"
 
@@ -37,15 +35,13 @@ def rendered_files(nopreempt: bool) -> dict[str, dict[str, str]]:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[VipLab]:
-    require_root()
-    for tool in ("keepalived", "ip", "curl", "unshare"):
-        require_tool(tool)
-    with private_network(f"lkv{os.getpid() % 100000}-", tmp_path) as network:
-        for node, address in LOKI_ADDRESSES.items():
-            network.add_host(node, address)
-        yield VipLab(network, SECTION)
+    with vip_lab("lkv", tmp_path, SECTION, ()) as created:
+        yield created
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     prepare(lab, rendered_files(nopreempt=False))
     t = time.monotonic()
@@ -88,6 +84,9 @@ def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     lab.wait_for("loki-03", "loki-01 and loki-02 not ready: the last healthy node holds it", t)
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_with_nopreempt_the_vip_stays_where_it_is(lab):
     prepare(lab, rendered_files(nopreempt=True))
     t = time.monotonic()

@@ -1,5 +1,5 @@
 """The VIP handover around a Loki restart (``components/vip_handover.py``), with the real keepalived
-and the rendered configs and handover functions (``tests/vip_lab.py`` says what is the lab's).
+and the rendered configs and handover functions (``tests/labs/vip_lab.py`` says what is the lab's).
 
 A client asks ``/ready`` through the VIP every 100 ms, each time on a new TLS connection and
 without retries, while the holder hands the VIP over and takes part again: it must see no failure.
@@ -12,7 +12,6 @@ reason and leaves the node holding the VIP.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,10 +26,10 @@ from components.scripts import TEMPLATES
 from components.vip_handover import DRAIN_TABLE, MAINTENANCE_FILE, RELOAD_TABLE, YIELD_FILE
 from offline.rehearsal.traffic import SteadyRecord, summarize_steady
 from stack.schema import PROJECT_DIR
-from tests.conftest import figure, require_root, require_tool
-from tests.lab_stack import LOKI_ADDRESSES, VIP, LabPlan, lab_plan
-from tests.netns import Daemon, private_network
-from tests.vip_lab import CLIENT, CLIENT_ADDRESS, VipLab, node_files, prepare
+from tests.labs.figures import figure
+from tests.labs.lab_stack import LOKI_ADDRESSES, VIP, LabPlan, lab_plan
+from tests.labs.netns import Daemon
+from tests.labs.vip_lab import CLIENT, CLIENT_ADDRESS, VipLab, node_files, prepare, vip_lab
 
 SECTION = "VIP handover with the real keepalived (measured)"
 NODES = list(LOKI_ADDRESSES)
@@ -43,14 +42,8 @@ SETTLE_S = 6  # longer than keepalived's master-down interval: a preempting node
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[VipLab]:
-    require_root()
-    for tool in ("keepalived", "ip", "curl", "unshare", "nft", "ss"):
-        require_tool(tool)
-    with private_network(f"lkh{os.getpid() % 100000}-", tmp_path) as network:
-        for node, address in LOKI_ADDRESSES.items():
-            network.add_host(node, address)
-        network.add_host(CLIENT, CLIENT_ADDRESS)
-        yield VipLab(network, SECTION)
+    with vip_lab("lkh", tmp_path, SECTION, ("nft", "ss"), {CLIENT: CLIENT_ADDRESS}) as created:
+        yield created
 
 
 def start(lab: VipLab, plan: LabPlan, *, preempt: bool = True) -> None:
@@ -115,6 +108,9 @@ def rejoin(lab: VipLab, plan: LabPlan, node: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_holder_hands_the_vip_over_without_a_failed_request_and_does_not_take_it_back(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -140,6 +136,9 @@ def test_the_holder_hands_the_vip_over_without_a_failed_request_and_does_not_tak
     lab.wait_for(home, f"{taker} back: the VIP stays home on {home}", time.monotonic())
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_node_that_does_not_hold_the_vip_takes_none_while_it_restarts(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -155,6 +154,9 @@ def test_a_node_that_does_not_hold_the_vip_takes_none_while_it_restarts(lab):
     lab.wait_for(NODES[1], f"{other} back: the VIP stays on {NODES[1]}", time.monotonic())
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_with_nopreempt_the_handover_moves_the_vip_once(lab):
     plan = lab_plan(vipCheckInterval=1, vipNoPreempt=True)
     start(lab, plan, preempt=False)
@@ -172,6 +174,9 @@ def test_with_nopreempt_the_handover_moves_the_vip_once(lab):
     stop_client(lab, record, "nopreempt handover")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_handover_without_another_ready_node_fails_and_keeps_the_vip(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -221,6 +226,9 @@ open(out, "w").write(json.dumps(result))
 '''
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its_1_mib_pushes(lab):
     """Only a pure SYN is dropped: a push of 1 MiB on a connection kept alive from before the drain
     is answered at once (a ``ct state new`` rule stalled it), while a new connection waits. The drop
@@ -261,6 +269,9 @@ def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its
     assert "lokistack_vip_handover" not in tables, f"{holder} still drops new connections: {tables}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_handover_that_no_node_takes_puts_the_drained_holder_back(lab):
     """The pre-flight passes (the others' gateways are ready) but no other keepalived takes the VIP:
     after the bound, the holder leaves FAULT, keeps the VIP and its drain rule is gone."""
@@ -278,6 +289,9 @@ def test_a_handover_that_no_node_takes_puts_the_drained_holder_back(lab):
     assert "lokistack_vip_handover" not in tables, f"{holder} still drops new connections to the VIP: {tables}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_handover_lets_a_kept_alive_connection_end_by_itself_and_cuts_no_request(lab):
     """While new connections go to the gateway's twin (one request each), a kept-alive connection
     that pushes 1 MiB every second ends by itself (the gateway answers Connection: close once it is
@@ -300,6 +314,9 @@ def test_a_handover_lets_a_kept_alive_connection_end_by_itself_and_cuts_no_reque
     rejoin(lab, plan, home)
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keeps_the_vip(lab):
     """vip_reload_gateway on the VIP holder: new connections go to the twin while the kept-alive ones
     end, nginx reloads (here: the lab's systemctl says how many connections to the VIP were open
@@ -329,6 +346,9 @@ def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keep
     assert RELOAD_TABLE not in tables, f"{NODES[1]} still diverts new connections after its reload: {tables}"
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_connection_to_the_vip(lab):
     """The gateway's steps run on every node at once: a node that does not hold the VIP reloads
     nginx while the holder hands the VIP over to it. From before its reload until the reload is done,
@@ -368,6 +388,9 @@ def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_conn
     rejoin(lab, plan, home)
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_next_run_removes_the_rule(lab):
     """The gateway's apply killed (SIGKILL, no trap runs) while it waits for a kept-alive connection
     to end: the diversion it left carries its own end, new connections meanwhile go on to the twin
@@ -425,6 +448,9 @@ with socket.create_connection((vip, 3100), timeout=20) as raw:
 '''
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reached_its_client(lab):
     """A connection the drain diverted to the twin must get its answer, however the drain goes on:
     new connections dropped instead (a handover, once the kept-alive ones ended), then let through
@@ -478,6 +504,9 @@ def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reache
     figure(SECTION, "a diverted connection whose answer was resent for 2.5 s got it, the drain ended after it")
 
 
+@pytest.mark.live
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_handover_beside_its_nodes_gateway_reload_waits_for_it_and_no_diversion_outlives_the_vip(lab):
     """A node's gateway apply and Loki apply run side by side. When the gateway's reload on the
     holder began first (new connections to the twin while the kept-alive ones end), the handover

@@ -29,7 +29,8 @@ from components.vip_reboot import (
     render_tmpfiles,
     stop_timeout_s,
 )
-from tests.conftest import files_of, require_root, require_tool
+from tests.labs.example import files_of
+from tests.labs.needs import require_root, require_tool
 
 SERVICES = ("keepalived.service", "nginx.service", "loki.service")
 TLS = {"CA_FILE": "/etc/lokistack/tls/ca.pem", "CERT_FILE": "/etc/lokistack/tls/server.pem",
@@ -56,6 +57,8 @@ def verify(tmp_path, units: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_both_units_pass_systemd_analyze_and_the_leave_unit_stops_before_what_serves_the_vip(tmp_path):
     leave, rejoin = render_leave_unit(HANDOVER, SERVICES), render_rejoin_unit(SERVICES)
     proc = verify(tmp_path, {LEAVE_UNIT: leave, REJOIN_UNIT: rejoin})
@@ -73,6 +76,8 @@ def test_both_units_pass_systemd_analyze_and_the_leave_unit_stops_before_what_se
     assert "Type=exec" in rejoin and f"ExecStart={SCRIPT} rejoin" in rejoin, rejoin
 
 
+@pytest.mark.needs_root
+@pytest.mark.real_tools
 def test_a_booting_node_gets_the_boot_mark_and_a_steps_mark_is_left_alone(tmp_path):
     tool = require_tool("systemd-tmpfiles")
     require_root()  # the line makes the file root's: systemd-tmpfiles chowns it
@@ -100,6 +105,7 @@ def rendered(tmp_path, maintenance: str) -> str:
     return str(path)
 
 
+@pytest.mark.real_tools
 def test_the_script_passes_shellcheck(tmp_path):
     tool = require_tool("shellcheck")
     proc = subprocess.run([tool, "-s", "bash", rendered(tmp_path, MAINTENANCE_FILE)], capture_output=True,

@@ -17,7 +17,8 @@ import pytest
 from components.proxmox_vm import GUEST_INTERFACE
 from components.vip import STAGE_DIR as VIP_STAGE_DIR
 from offline.proxmox_cloudinit import nocloud_network
-from tests.conftest import files_of, require_tool
+from tests.labs.example import files_of
+from tests.labs.needs import require_tool
 
 VM = "proxmoxve:index/vmLegacy:VmLegacy"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system interpreter
@@ -47,6 +48,7 @@ def network_configs(example) -> dict[str, str]:
     return {r.plain_inputs["name"]: nocloud_network(r.plain_inputs["name"], r.plain_inputs) for r in vms}
 
 
+@pytest.mark.real_tools
 def test_proxmox_names_every_vms_nic_eth0_matched_by_mac(example, network_configs):
     hosts = example.resolved["output:hosts"].value
     for host, config in network_configs.items():
@@ -56,6 +58,7 @@ def test_proxmox_names_every_vms_nic_eth0_matched_by_mac(example, network_config
         assert found[0]["addresses"] == [hosts[host]["address"]], f"{host}: address {found[0]['addresses']}"
 
 
+@pytest.mark.real_tools
 def test_keepalived_binds_the_vip_to_the_nic_proxmox_configures(example, network_configs):
     for host in ("loki-01", "loki-02", "loki-03"):
         nic = interfaces(network_configs[host])[0]["name"]

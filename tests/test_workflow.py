@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from offline.real_loki import LOKI_SOURCE_COMMIT
 from stack.schema import PROJECT_DIR
-from tests.conftest import missing, require_tool
+from tests.labs.needs import missing, require_tool
 
 WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "pull-request.yml"
 
 
+@pytest.mark.real_tools
 def test_the_workflow_is_valid_yaml_for_pull_requests():
     tool = require_tool("yamllint")
     config = ("{extends: default, rules: {line-length: {max: 200}, document-start: disable, "
@@ -89,6 +91,7 @@ def test_the_workflow_passes_the_github_workflow_schema(tmp_path):
     assert proc.returncode == 1 and "timeout-minutes" in proc.stdout, "the schema check missed a bad value"
 
 
+@pytest.mark.real_tools
 def test_every_run_step_passes_shellcheck(tmp_path):
     """What actionlint does for `run:` blocks: shellcheck them as bash (expressions stubbed)."""
     tool = require_tool("shellcheck")

@@ -27,8 +27,8 @@ import yaml
 from components.alloy import METRICS_PORT
 from offline.rehearsal.prometheus import instant_query, prometheus_config, readme_files
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, METRICS_CLIENT_CA_FILE
-from tests.lab_stack import LOKI_ADDRESSES
-from tests.loki_lab import CLIENT, LokiLab
+from tests.labs.lab_stack import LOKI_ADDRESSES
+from tests.labs.loki_lab import CLIENT, LokiLab
 
 PROMETHEUS = "prometheus"
 API = "http://127.0.0.1:9090"

@@ -50,7 +50,7 @@ from components.loki_limits import RUNTIME_FILE
 from components.objectstore import API_PORT
 from offline import cluster_ports
 from offline.real_loki import LokiTools
-from tests.lab_stack import (
+from tests.labs.lab_stack import (
     CLIENT_ADDRESS,
     LOKI_ADDRESSES,
     OBJECT_STORE_ADDRESS,
@@ -59,8 +59,9 @@ from tests.lab_stack import (
     keepalived_command,
     lab_firewall_rules,
 )
-from tests.lab_stack import prepare_keepalived as prepare_keepalived_files
-from tests.netns import PrivateNetwork
+from tests.labs.lab_stack import prepare_keepalived as prepare_keepalived_files
+from tests.labs.needs import missing, require_root, require_tool
+from tests.labs.netns import PrivateNetwork
 
 OBJECT_STORE_CERT_DIR = "/etc/objectstore/certs"
 CLIENT = "client"
@@ -404,3 +405,32 @@ class LokiLab:
 
     def logs(self, nodes: list[str]) -> str:
         return "\n".join(f"--- {n}\n{self.log(n)[-4000:]}" for n in nodes)
+
+
+LOAD_DELETES = "loki_compactor_load_pending_requests_attempts_total"
+SWEPT = "loki_boltdb_shipper_retention_sweeper_chunk_deleted_duration_seconds_count"
+WAL_CORRUPTIONS = "loki_ingester_wal_corruptions_total"
+"""Metrics the alert rules read that Loki shows only once they count (the live tests)."""
+
+
+def require_lab_tools() -> None:
+    require_root()
+    for tool in ("ip", "curl", "unshare", "keepalived", "nft", "nginx"):
+        require_tool(tool)
+    try:
+        import moto.server  # noqa: F401, PLC0415 (the S3 stand-in; only these tests need it)
+    except ImportError:
+        missing("moto[server] is not installed (requirements-dev.txt)")
+
+
+def start_cluster(lab: LokiLab, nodes: list[str]) -> dict[str, float]:
+    """Object store, then every node; returns each node's seconds from start to /ready."""
+    lab.add_hosts()
+    lab.prepare_client()
+    lab.start_object_store()
+    for node in nodes:  # as deployed: the firewall is in place before Loki first starts
+        lab.load_firewall(node)
+    for node in nodes:
+        lab.start_gateway(node)
+        lab.start_node(node)
+    return lab.wait_ready(nodes)

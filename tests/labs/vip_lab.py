@@ -16,11 +16,14 @@ Every process is stopped by its pid and every namespace deleted, also when a tes
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +33,8 @@ from components.loki_gateway import DRAIN_PORT, KEEPALIVE_TIME_S
 from components.scripts import TEMPLATES
 from components.vip_handover import LOCK_FILE, MAINTENANCE_FILE, YIELD_FILE
 from stack.certificates import SERVER_CERT_FILE, SERVER_KEY_FILE
-from tests.conftest import figure
-from tests.lab_stack import (
+from tests.labs.figures import figure
+from tests.labs.lab_stack import (
     LOKI_ADDRESSES,
     VIP,
     LabPlan,
@@ -40,7 +43,8 @@ from tests.lab_stack import (
     prepare_keepalived,
     vip_holders,
 )
-from tests.netns import Daemon, PrivateNetwork
+from tests.labs.needs import require_root, require_tool
+from tests.labs.netns import Daemon, PrivateNetwork, private_network
 
 STEP_TIMEOUT_S = 20
 STABLE_S = 2.0  # after convergence, every sample in this window must show exactly one holder
@@ -108,6 +112,20 @@ case "$1" in
   *) echo "lab systemctl: $*" >&2; exit 1 ;;
 esac
 """
+
+
+@contextlib.contextmanager
+def vip_lab(prefix: str, run_dir: Path, section: str, tools: tuple[str, ...],
+            extra_hosts: dict[str, str] | None = None) -> Iterator[VipLab]:
+    """A ``VipLab`` of the three Loki nodes (and ``extra_hosts``: name -> address) in namespaces
+    named ``prefix`` + pid, taken down afterwards, also on failure."""
+    require_root()
+    for tool in ("keepalived", "ip", "curl", "unshare", *tools):
+        require_tool(tool)
+    with private_network(f"{prefix}{os.getpid() % 100000}-", run_dir) as network:
+        for node, address in {**LOKI_ADDRESSES, **(extra_hosts or {})}.items():
+            network.add_host(node, address)
+        yield VipLab(network, section)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from components.proxmox_vm import GUEST_INTERFACE
+from tests.labs.needs import expect_marker
 
 TEST_NETWORK = ipaddress.ip_network("198.18.0.0/24")
 INTERFACE = GUEST_INTERFACE
@@ -154,6 +155,7 @@ class PrivateNetwork:
 @contextmanager
 def private_network(prefix: str, run_dir: Path) -> Iterator[PrivateNetwork]:
     """A ``PrivateNetwork`` that is torn down when the block ends, also on failure."""
+    expect_marker("live", "a private network of namespaces")
     network = PrivateNetwork(prefix=prefix, run_dir=run_dir)
     try:
         network.create()

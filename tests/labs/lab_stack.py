@@ -32,7 +32,7 @@ from offline.rehearsal.settings import (
     VIP,
 )
 from stack.certificates import AGENT_CERT_FILE, AGENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TLS_DIR
-from tests.netns import INTERFACE, PrivateNetwork
+from tests.labs.netns import INTERFACE, PrivateNetwork
 
 __all__ = ["CLIENT_ADDRESS", "LOKI_ADDRESSES", "OBJECT_STORE_ADDRESS", "TEST_RANGE", "VIP"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import require_root, require_tool
+from tests.labs.needs import require_root, require_tool
 
 
 def verify_dropin(tmp_path: Path, unit: str, packaged: str, dropin: str,
