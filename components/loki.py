@@ -39,6 +39,7 @@ from components.loki_config import (
 from components.loki_limits import RELOAD_TIMEOUT_S, RUNTIME_FILE, TENANT, render_runtime_config
 from components.loki_ring import ring_parameters
 from components.scripts import render_script
+from components.step_names import host_step
 from components.systemd import hardening
 from components.vip_handover import VipHandover, roll_order
 
@@ -193,7 +194,7 @@ class LokiCluster(pulumi.ComponentResource):
                 "DISK_STARTER_UNIT": disk_starter_unit, "DISK_STARTER_CONTENT": render_starter_unit(UNIT),
                 **repository_parameters(),
             }, libraries=["lib-apt.sh", "lib-data-disk.sh", "lib-users.sh"])
-            setup = command.remote.Command(f"{name}-{host.name}-setup", connection=host.connection,
+            setup = command.remote.Command(host_step(name, host.name, "setup"), connection=host.connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
                                            opts=child)
             self.setups[host.name] = setup
@@ -204,23 +205,23 @@ class LokiCluster(pulumi.ComponentResource):
                 HostFile(host=host.name, path=f"{STAGE_DIR}/10-lokistack.conf", mode="0600", content=dropin),
             ]
             # The cluster ports closed to all but the Loki nodes before Loki first starts.
-            firewall = FileDelivery(f"{name}-{host.name}-firewall", FileDeliveryArgs(
+            firewall = FileDelivery(host_step(name, host.name, "firewall"), FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, setup), files=[
                     HostFile(host=host.name, path=firewall_rules.RULES_FILE, content=rules),
                     HostFile(host=host.name, path=firewall_rules.UNIT_FILE, content=firewall_rules.render_unit()),
                     HostFile(host=host.name, path=firewall_rules.NFTABLES_DROPIN_FILE,
                              content=firewall_rules.render_nftables_dropin()),
                 ], then=firewall_rules.APPLY), opts=child)
-            staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
+            staged = FileDelivery(host_step(name, host.name, "staged"), FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, firewall.command), files=files), opts=child)
             # The limits Loki reloads: their own delivery and step, so that a change restarts nothing.
             # Before the node's apply: Loki does not start without the file.
-            runtime_staged = FileDelivery(f"{name}-{host.name}-runtime", FileDeliveryArgs(
+            runtime_staged = FileDelivery(host_step(name, host.name, "runtime"), FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, staged.command), files=[
                     HostFile(host=host.name, path=f"{STAGE_DIR}/runtime.yml", mode="0600", content=runtime)]),
                 opts=child)
             runtime_apply = command.remote.Command(
-                f"{name}-{host.name}-runtime-apply", connection=after(host.connection, runtime_staged.command),
+                host_step(name, host.name, "runtime-apply"), connection=after(host.connection, runtime_staged.command),
                 create="sudo bash -s", stdin=runtime_script, triggers=[runtime_staged.digest, runtime_script],
                 opts=child)
             firewalls[host.name] = firewall
@@ -253,7 +254,7 @@ class LokiCluster(pulumi.ComponentResource):
             # before its own keepalived, which would then take the VIP by preemption.
             if args.roll_after is not None:
                 connection = after_value(connection, args.roll_after)
-            apply = command.remote.Command(f"{name}-{host.name}-apply", connection=connection,
+            apply = command.remote.Command(host_step(name, host.name, "apply"), connection=connection,
                                            create="sudo bash -s", stdin=apply_script,
                                            triggers=[staged.digest, setup_script, host.tls_digest], opts=child)
             self.applies.append(apply)

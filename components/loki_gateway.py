@@ -52,6 +52,7 @@ from components.hostfile import HostFile
 from components.loki_config import HTTP_PORT, LOKI_LOCAL_PORT
 from components.pki import ORGANIZATION
 from components.scripts import render_script
+from components.step_names import host_step
 from components.timeouts import DEFAULT as DEFAULT_TIMEOUTS
 from components.timeouts import Timeouts
 from components.vip_handover import NODE_HEADER, VipHandover
@@ -424,16 +425,16 @@ class LokiGateway(pulumi.ComponentResource):
             connection = host.connection
             if host.name in args.after_steps:
                 connection = after(connection, args.after_steps[host.name])
-            setup = command.remote.Command(f"{name}-{host.name}-setup", connection=connection,
+            setup = command.remote.Command(host_step(name, host.name, "setup"), connection=connection,
                                            create="sudo bash -s", stdin=setup_script, triggers=[setup_script],
                                            opts=child)
             self.setups[host.name] = setup
-            staged = FileDelivery(f"{name}-{host.name}-staged", FileDeliveryArgs(
+            staged = FileDelivery(host_step(name, host.name, "staged"), FileDeliveryArgs(
                 host=host.name, connection=after(host.connection, setup),
                 files=[HostFile(host=host.name, path=f"{STAGE_DIR}/gateway.conf", content=conf, mode="0600")]),
                 opts=child)
             self.applies[host.name] = command.remote.Command(
-                f"{name}-{host.name}-apply", connection=after(host.connection, staged.command),
+                host_step(name, host.name, "apply"), connection=after(host.connection, staged.command),
                 create="sudo bash -s", stdin=apply_script,
                 # nginx reads the certificates when it loads: a renewal reloads it (no connection drops).
                 triggers=[hashlib.sha256(conf.encode()).hexdigest(), apply_script, host.tls_digest], opts=child)

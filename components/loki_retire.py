@@ -34,6 +34,7 @@ import pulumi_command as command
 
 from components.disk_arrival import unit_names
 from components.scripts import render_script
+from components.step_names import host_step
 from components.vip_reboot import LEAVE_UNIT, REJOIN_UNIT
 
 RESOURCE_TYPE = "lokistack:loki:LokiRetirement"
@@ -72,7 +73,7 @@ class LokiRetirement(pulumi.ComponentResource):
         super().__init__(RESOURCE_TYPE, name, None, opts)
         self.steps = [
             command.remote.Command(
-                f"{name}-{node.name}-retire", connection=node.connection, create="sudo bash -s",
+                host_step(name, node.name, "retire"), connection=node.connection, create="sudo bash -s",
                 stdin=render_retire_script(node.name, loki_unit=args.loki_unit, gateway_unit=args.gateway_unit,
                                            keepalived_unit=args.keepalived_unit),
                 opts=pulumi.ResourceOptions(parent=self))

@@ -311,14 +311,123 @@ def fake_locally_signed_cert(name: str, inputs: dict[str, Any], *, renewed: bool
     return state
 
 
-_FAKES: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
-    "tls:index/selfSignedCert:SelfSignedCert": fake_self_signed_cert,
-    "tls:index/certRequest:CertRequest": fake_cert_request,
-}
-
-
 def _unwrapped(inputs: dict[str, Any], key: str) -> Any:
     return unwrap(inputs.get(key))
+
+
+FakeResource = Callable[["FakeCloud", str, dict[str, Any]], tuple[str, dict[str, Any]]]
+"""What the provider answers for a new resource of one type: (its id, its state). ``inputs`` keep
+their secret wrappers, as the engine echoes them; every fake returns the inputs in its state with
+the outputs the provider computes over them."""
+
+FAKE_RESOURCES: dict[str, FakeResource] = {}
+"""Resource type -> its fake: the one place a provider is faked. Any other type answers
+``<name>-id`` and its inputs."""
+
+
+def fakes(*types: str) -> Callable[[FakeResource], FakeResource]:
+    """Register the decorated function as the fake of ``types``."""
+    def register(function: FakeResource) -> FakeResource:
+        for typ in types:
+            assert typ not in FAKE_RESOURCES, f"{typ} is faked twice"
+            FAKE_RESOURCES[typ] = function
+        return function
+    return register
+
+
+def _serial_id(name: str) -> str:
+    return str(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
+
+
+@fakes("tls:index/privateKey:PrivateKey")
+def _private_key(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    state = fake_private_key(name, unwrap(inputs))
+    return hashlib.sha1(state["publicKeyPem"].encode()).hexdigest(), state  # noqa: S324 (the tls provider's id)
+
+
+@fakes("tls:index/locallySignedCert:LocallySignedCert")
+def _locally_signed_cert(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    plain = fake_locally_signed_cert(name, unwrap(inputs), renewed=name in cloud.renewed)
+    return _serial_id(name), {**plain, **inputs}
+
+
+@fakes("tls:index/selfSignedCert:SelfSignedCert")
+def _self_signed_cert(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _serial_id(name), {**fake_self_signed_cert(name, unwrap(inputs)), **inputs}
+
+
+@fakes("tls:index/certRequest:CertRequest")
+def _cert_request(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _serial_id(name), {**fake_cert_request(name, unwrap(inputs)), **inputs}
+
+
+@fakes("proxmoxve:download/file:File")
+def _downloaded_file(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return f"{inputs['datastoreId']}:{inputs['contentType']}/{inputs.get('fileName', name)}", {**inputs, "size": 1}
+
+
+@fakes("proxmoxve:index/fileLegacy:FileLegacy")
+def _snippet(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    raw = _unwrapped(inputs, "sourceRaw") or {}
+    file_name = raw.get("fileName", name)
+    return f"{inputs['datastoreId']}:{inputs['contentType']}/{file_name}", {**inputs, "fileName": file_name}
+
+
+@fakes("proxmoxve:index/vmLegacy:VmLegacy")
+def _vm(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    vm_id = int(inputs.get("vmId") or 1000 + int(_seed("vm", name).hex(), 16) % 9000)
+    generation = cloud.rebuilt.get(str(inputs.get("name", name)), 0)
+    devices = [{**device, "macAddress": (device.get("macAddress") or generated_mac(
+        str(inputs.get("name", name)), index, generation)).upper()}
+        for index, device in enumerate(inputs.get("networkDevices") or [])]
+    return str(vm_id), {**inputs, "vmId": vm_id, "networkDevices": devices}
+
+
+def _command(cloud: FakeCloud, name: str, inputs: dict[str, Any], *, local: bool) -> tuple[str, dict[str, Any]]:
+    """A command that did not change keeps what the state holds; a host-key probe (local) answers."""
+    digest = canonical_hash(inputs)
+    if cloud.kept.get(name, ("", ""))[0] == digest:
+        stdout = cloud.kept[name][1]
+    elif local and name.endswith(PROBE_SUFFIX):
+        stdout = probe_answer(name, str(unwrap(inputs.get("stdin")) or ""), cloud.presented)
+    else:
+        stdout = ""
+    cloud.commands[name] = (digest, stdout)
+    return f"{name}-cmd", {**inputs, "stdout": stdout, "stderr": ""}
+
+
+@fakes("command:remote:Command")
+def _remote_command(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _command(cloud, name, inputs, local=False)
+
+
+@fakes("command:local:Command")
+def _local_command(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _command(cloud, name, inputs, local=True)
+
+
+@fakes("random:index/randomPassword:RandomPassword")
+def _password(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    drawn = hashlib.shake_256(_seed("random", name)).digest(int(inputs.get("length", 16)))
+    result = "".join(alphabet[b % len(alphabet)] for b in drawn)
+    return "none", {**inputs, "result": secret(result), "bcryptHash": secret("$2a$10$fake")}
+
+
+@fakes("minio:index/s3Bucket:S3Bucket")
+def _bucket(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return inputs["bucket"], {**inputs, "arn": f"arn:aws:s3:::{inputs['bucket']}"}
+
+
+@fakes("minio:index/iamPolicy:IamPolicy", "minio:index/iamUser:IamUser")
+def _named(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return inputs["name"], inputs
+
+
+@fakes("minio:index/iamServiceAccount:IamServiceAccount")
+def _service_account(cloud: FakeCloud, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    digits = hashlib.shake_256(_seed("service-account", name)).hexdigest(30)
+    return digits[:20].upper(), {**inputs, "accessKey": digits[:20].upper(), "secretKey": secret(digits[20:60])}
 
 
 class FakeCloud(pulumi.runtime.Mocks):
@@ -361,58 +470,8 @@ class FakeCloud(pulumi.runtime.Mocks):
             return f"{name}-provider-id", inputs
         if self.preview:  # a real preview knows no computed output of a new resource
             return f"{name}-id", {}
-        if typ == "tls:index/privateKey:PrivateKey":
-            state = fake_private_key(name, unwrap(inputs))
-            rid = hashlib.sha1(state["publicKeyPem"].encode()).hexdigest()  # noqa: S324 (the tls provider's id)
-        elif typ == "tls:index/locallySignedCert:LocallySignedCert":
-            plain = fake_locally_signed_cert(name, unwrap(inputs), renewed=name in self.renewed)
-            state = {**plain, **inputs}
-            rid = str(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
-        elif typ in _FAKES:
-            plain = _FAKES[typ](name, unwrap(inputs))
-            # Inputs keep their secret wrappers (the engine echoes them as given); outputs are new.
-            state = {**plain, **inputs}
-            rid = str(int.from_bytes(_seed("serial", name)[:16], "big") >> 1 or 1)
-        elif typ == "proxmoxve:download/file:File":
-            rid = f"{inputs['datastoreId']}:{inputs['contentType']}/{inputs.get('fileName', name)}"
-            state = {**inputs, "size": 1}
-        elif typ == "proxmoxve:index/fileLegacy:FileLegacy":
-            raw = _unwrapped(inputs, "sourceRaw") or {}
-            file_name = raw.get("fileName", name)
-            rid = f"{inputs['datastoreId']}:{inputs['contentType']}/{file_name}"
-            state = {**inputs, "fileName": file_name}
-        elif typ == "proxmoxve:index/vmLegacy:VmLegacy":
-            vm_id = int(inputs.get("vmId") or 1000 + int(_seed("vm", name).hex(), 16) % 9000)
-            generation = self.rebuilt.get(str(inputs.get("name", name)), 0)
-            devices = [{**device, "macAddress": (device.get("macAddress") or generated_mac(
-                str(inputs.get("name", name)), index, generation)).upper()}
-                for index, device in enumerate(inputs.get("networkDevices") or [])]
-            rid, state = str(vm_id), {**inputs, "vmId": vm_id, "networkDevices": devices}
-        elif typ in ("command:remote:Command", "command:local:Command"):
-            digest = canonical_hash(inputs)
-            if self.kept.get(name, ("", ""))[0] == digest:
-                stdout = self.kept[name][1]
-            elif typ == "command:local:Command" and name.endswith(PROBE_SUFFIX):
-                stdout = probe_answer(name, str(unwrap(inputs.get("stdin")) or ""), self.presented)
-            else:
-                stdout = ""
-            self.commands[name] = (digest, stdout)
-            rid, state = f"{name}-cmd", {**inputs, "stdout": stdout, "stderr": ""}
-        elif typ == "random:index/randomPassword:RandomPassword":
-            alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-            drawn = hashlib.shake_256(_seed("random", name)).digest(int(inputs.get("length", 16)))
-            result = "".join(alphabet[b % len(alphabet)] for b in drawn)
-            rid, state = "none", {**inputs, "result": secret(result), "bcryptHash": secret("$2a$10$fake")}
-        elif typ == "minio:index/s3Bucket:S3Bucket":
-            rid, state = inputs["bucket"], {**inputs, "arn": f"arn:aws:s3:::{inputs['bucket']}"}
-        elif typ in ("minio:index/iamPolicy:IamPolicy", "minio:index/iamUser:IamUser"):
-            rid, state = inputs["name"], inputs
-        elif typ == "minio:index/iamServiceAccount:IamServiceAccount":
-            digits = hashlib.shake_256(_seed("service-account", name)).hexdigest(30)
-            rid = digits[:20].upper()
-            state = {**inputs, "accessKey": rid, "secretKey": secret(digits[20:60])}
-        else:
-            rid, state = f"{name}-id", inputs
+        answer = FAKE_RESOURCES.get(typ)
+        rid, state = answer(self, name, inputs) if answer else (f"{name}-id", inputs)
         for key, value in state.items():
             if is_secret(value) and isinstance(value["value"], str):
                 self.note_secret(value["value"], f"{name}.{key}")

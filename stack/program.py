@@ -92,6 +92,8 @@ from stack.certificates import (
 from stack.settings import ProxmoxSettings, Settings, VmSettings
 
 IMAGE_UPLOAD_TIMEOUT_S = 1800
+LOKI_CLUSTER, LOKI_GATEWAY, LOKI_RETIRING = "loki", "loki-gateway", "loki-retiring"
+"""The components' names, which begin their steps' names (``components.step_names.host_step``)."""
 LOCAL_CA_FILE = ".lokistack/ca.pem"
 """The stack's CA on the machine running Pulumi (the MinIO provider takes its CA as a file)."""
 
@@ -242,7 +244,7 @@ def build(settings: Settings) -> Deployment:
         deliver_tls(hosts[name], hosts[name].connection)
     retire_steps: list[pulumi.CustomResource] = []
     if settings.loki.retiring:
-        retire_steps += LokiRetirement("loki-retiring", LokiRetirementArgs(
+        retire_steps += LokiRetirement(LOKI_RETIRING, LokiRetirementArgs(
             nodes=[RetiringNode(name=name, connection=hosts[name].with_tls) for name in sorted(settings.loki.retiring)],
             loki_unit=LOKI_UNIT, gateway_unit=GATEWAY_UNIT, keepalived_unit=KEEPALIVED_UNIT)).steps
     # The gateways take the client certificates the stack issues now: a new one before any client
@@ -273,7 +275,7 @@ def build(settings: Settings) -> Deployment:
     start_roll: Callable[[pulumi.Output[list[str]]], None]
     roll_after, start_roll = pulumi.deferred_output()
     try:
-        loki = LokiCluster("loki", LokiClusterArgs(
+        loki = LokiCluster(LOKI_CLUSTER, LokiClusterArgs(
             config=loki_spec,
             hosts=[LokiHost(name=node.name, fqdn=node.fqdn, connection=loki_connections[node.name],
                             tls_digest=hosts[node.name].delivery.digest)
@@ -287,7 +289,7 @@ def build(settings: Settings) -> Deployment:
         # each host's next step that installs packages waits for the one before.
         package_steps: dict[str, pulumi.CustomResource] = {object_store_host(settings): object_store.setup,
                                                            **loki.setups}
-        gateway = LokiGateway("loki-gateway", LokiGatewayArgs(
+        gateway = LokiGateway(LOKI_GATEWAY, LokiGatewayArgs(
             hosts=[GatewayHost(name=node.name, connection=loki_connections[node.name],
                                tls_digest=hosts[node.name].delivery.digest)
                    for node in settings.loki.nodes],

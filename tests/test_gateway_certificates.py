@@ -15,7 +15,7 @@ from components.pki import nginx_serial, normalized_serial
 from offline import engine
 from offline.plan import read_stack_config, run_program
 from offline.rehearsal.settings import AVAILABLE_PACKAGES
-from offline.rehearsal.steps import StepRunner, step_graph, unreachable
+from offline.rehearsal.steps import StepRunner, StepStatus, step_graph, unreachable
 from tests.labs.example import EXAMPLE_STACK, files_of
 
 LOKI = ("loki-01", "loki-02", "loki-03")
@@ -131,13 +131,13 @@ def test_the_rehearsal_runs_settle_past_the_clients_it_cannot_run(example):
     needs = {steps[n].name for n in settle.needs}
     assert {"agent-loki-02-apply", "grafana-content-loki", "loki-gateway-loki-03-apply"} <= needs, sorted(needs)
     for step in steps.values():  # as a first run finds them: every step that can run has run
-        step.status = "not rehearsed" if step.not_rehearsed else "ok"
+        step.status = StepStatus.NOT_REHEARSED if step.not_rehearsed else StepStatus.OK
         if step.name.endswith("-settle"):
-            step.status = "waiting"
+            step.status = StepStatus.WAITING
     for name in ("agent-loki-02-apply", "loki-gateway-loki-03-apply"):
-        by_name[name].status = "skipped" if name.startswith("agent-") else "ok"
+        by_name[name].status = StepStatus.SKIPPED if name.startswith("agent-") else StepStatus.OK
     StepRunner._settle(steps)
-    assert settle.status == "waiting", f"settle would not run past the clients not rehearsed: {settle.output}"
-    by_name["loki-gateway-loki-03-apply"].status = "failed"
+    assert settle.status == StepStatus.WAITING, f"settle would not run past the clients not rehearsed: {settle.output}"
+    by_name["loki-gateway-loki-03-apply"].status = StepStatus.FAILED
     StepRunner._settle(steps)
-    assert settle.status == "skipped" and "loki-gateway-loki-03-apply" in settle.output, settle.output
+    assert settle.status == StepStatus.SKIPPED and "loki-gateway-loki-03-apply" in settle.output, settle.output

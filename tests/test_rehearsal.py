@@ -33,6 +33,7 @@ from offline.rehearsal.rebuild import node_rebuilt
 from offline.rehearsal.run import Rehearsal
 from offline.rehearsal.scaling import scale_out_and_in
 from offline.rehearsal.settings import VIP
+from offline.rehearsal.steps import StepStatus
 from tests.labs.booted import deployed_lab
 from tests.labs.figures import figure
 from tests.labs.needs import require_tool
@@ -56,12 +57,13 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
 
 
 def test_no_step_fails_and_every_vm_is_booted_keyed_and_has_its_tls_files(rehearsal):
-    failed = {s.name: s.output[-2000:] for s in rehearsal.steps.values() if s.status == "failed"}
+    failed = {s.name: s.output[-2000:] for s in rehearsal.steps.values() if s.status == StepStatus.FAILED}
     assert not failed, f"steps failed: {failed}"
     by_name = {s.name: s for s in rehearsal.steps.values()}
     for vm in rehearsal.machines:
         for step in (f"{vm}-cloud-init", f"{vm}-host-key", f"{vm}-tls-install"):
-            assert by_name[step].status == "ok", f"{step}: {by_name[step].status} {by_name[step].output[-500:]}"
+            assert by_name[step].status == StepStatus.OK, (
+                f"{step}: {by_name[step].status} {by_name[step].output[-500:]}")
         for step in (f"{vm}-cloud-init", f"{vm}-host-key", f"{vm}-tls-install"):
             figure(SECTION, f"{step}: {by_name[step].seconds:.1f} s")
 
@@ -90,16 +92,16 @@ def test_once_a_node_is_ready_the_first_deploy_moves_the_vip_no_more(rehearsal):
 
 def test_every_step_not_rehearsed_says_why_and_its_dependents_are_skipped(rehearsal):
     for step in rehearsal.steps.values():
-        assert step.status != "waiting", f"{step.name} was never decided"
-        if step.status == "not rehearsed":
+        assert step.status != StepStatus.WAITING, f"{step.name} was never decided"
+        if step.status == StepStatus.NOT_REHEARSED:
             assert step.not_rehearsed, f"{step.name} is not rehearsed without a reason"
-        if step.status == "skipped":
+        if step.status == StepStatus.SKIPPED:
             assert "waits for" in step.output, f"{step.name} is skipped without saying for what"
     for step in rehearsal.steps.values():
-        if step.status == "stood in":
+        if step.status == StepStatus.STOOD_IN:
             assert "not rehearsed" in step.output, f"{step.name} is stood in without saying what is not rehearsed"
     alloy = next(s for s in rehearsal.steps.values() if s.name == "agent-loki-01-setup")
-    assert alloy.status == "not rehearsed" and "installs alloy" in alloy.not_rehearsed, alloy.not_rehearsed
+    assert alloy.status == StepStatus.NOT_REHEARSED and "installs alloy" in alloy.not_rehearsed, alloy.not_rehearsed
 
 
 LOKI_NODE_STEPS = ("loki-{n}-setup", "loki-{n}-firewall-install", "loki-{n}-staged-install", "loki-{n}-apply",
@@ -114,7 +116,7 @@ def test_each_loki_node_is_set_up_under_systemd_as_the_steps_say(rehearsal):
     for node in (n for n in rehearsal.machines if n.startswith("loki-")):
         for pattern in LOKI_NODE_STEPS:
             step = by_name[pattern.format(n=node)]
-            assert step.status == "ok", f"{step.name}: {step.status} {step.output[-800:]}"
+            assert step.status == StepStatus.OK, f"{step.name}: {step.status} {step.output[-800:]}"
         machine = rehearsal.machines[node]
         group = machine.exec(["id", "-gn", "loki"]).stdout.strip()
         assert group == "loki", f"{node}: the loki user is in {group!r}: the package's postinst made it"

@@ -28,12 +28,15 @@ from typing import TYPE_CHECKING
 from components.loki import CONFIG_FILE, DROPIN_FILE, ENV_FILE, STARTED_RECORD
 from components.loki_config import CREDENTIALS_DIR, HTTP_PORT, LOKI_LOCAL_PORT
 from components.loki_gateway import CONFIG_FILE as GATEWAY_CONFIG
+from components.step_names import host_step
 from components.vip_handover import DRAIN_TABLE, MAINTENANCE_FILE, RELOAD_TABLE
 from offline.rehearsal.checks import vip_holders, wait_for_one_holder
 from offline.rehearsal.machines import Machine
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import AVAILABLE_PACKAGES, LOKI_ADDRESSES, VIP
-from offline.rehearsal.steps import DONE, Interrupt, Step, StepRunner, step_graph, unreachable
+from offline.rehearsal.steps import DONE, Interrupt, Step, StepRunner, StepStatus, step_graph, unreachable
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+from stack.program import LOKI_CLUSTER, LOKI_GATEWAY
 
 if TYPE_CHECKING:
     from offline.rehearsal.run import Rehearsal
@@ -90,8 +93,7 @@ def client_port(netns: str, pid: int) -> int:
 
 def kill_session(lab: Rehearsal, machine: Machine, client: int) -> None:
     """SIGKILL of the SSH session of the client ``client`` on ``machine``, everything it started with it."""
-    assert lab.network is not None
-    port = client_port(lab.network.ns("runner"), client)
+    port = client_port(lab.net.ns("runner"), client)
     proc = machine.exec(["bash", "-c", KILL_SESSION, "kill-session", str(port)])
     if proc.returncode != 0:
         raise RuntimeError(f"{machine.name}: could not kill the step's SSH session: {proc.stdout}{proc.stderr}")
@@ -160,10 +162,10 @@ def again(lab: Rehearsal, steps: list[Step], names: set[str] | None = None) -> l
     """Runs again the steps that did not end ok (or those named), in their order, as the next
     ``pulumi up`` would; returns them."""
     chosen = {s.registration.urn: s for s in steps if (s.name in names if names is not None else s.status not in DONE)}
-    fresh = {urn: replace(s, needs={n for n in s.needs if n in chosen}, status="waiting", output="", exit_code=None)
+    fresh = {urn: replace(s, needs={n for n in s.needs if n in chosen}, status=StepStatus.WAITING, output="",
+                          exit_code=None)
              for urn, s in chosen.items() if not s.not_rehearsed}
-    assert lab.network is not None
-    StepRunner(runner_netns=lab.network.ns("runner"), work=lab.run_dir, rewrite=lab.rewrite, actions=lab.actions(),
+    StepRunner(runner_netns=lab.net.ns("runner"), work=lab.run_dir, rewrite=lab.rewrite, actions=lab.actions(),
                log=lab.log).run(fresh)
     return list(fresh.values())
 
@@ -172,6 +174,7 @@ def loki_machines(lab: Rehearsal) -> dict[str, Machine]:
     return {n: m for n, m in lab.machines.items() if n in LOKI_ADDRESSES}
 
 
+@needs(Phase.DEPLOYED)
 def refused_roll(lab: Rehearsal, down: str = "loki-02") -> list[str]:
     nodes = list(LOKI_ADDRESSES)
     machine = lab.machines[down]
@@ -185,14 +188,16 @@ def refused_roll(lab: Rehearsal, down: str = "loki-02") -> list[str]:
         steps, problems = lab.change({})
     finally:
         del lab.parameters["RING_WAIT_S"]
-    applies = sorted((s for s in steps if s.name.startswith("loki-loki-") and s.name.endswith("-apply")),
+    names = {host_step(LOKI_CLUSTER, node, "apply") for node in LOKI_ADDRESSES}
+    applies = sorted((s for s in steps if s.name in names),
                      key=lambda s: s.started or float("inf"))
     first = applies[0]
-    if first.status != "failed" or down not in first.output or "nothing was placed or restarted" not in first.output:
+    if (first.status != StepStatus.FAILED or down not in first.output
+            or "nothing was placed or restarted" not in first.output):
         problems.append(f"with {down} down, {first.name} must refuse, naming {down}: {first.status} "
                         f"{first.output[-1500:]}")
     problems = [p for p in problems if not p.startswith(f"{first.name}: failed")]
-    unrun = [s.name for s in applies[1:] if s.status != "skipped"]
+    unrun = [s.name for s in applies[1:] if s.status != StepStatus.SKIPPED]
     if unrun:
         problems.append(f"after {first.name} refused, the rest of the roll must not run: {unrun} ran")
     after = lab.loki_starts()
@@ -223,6 +228,7 @@ def refused_roll(lab: Rehearsal, down: str = "loki-02") -> list[str]:
     return problems
 
 
+@needs(Phase.DEPLOYED)
 def interrupted_applies(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
@@ -230,22 +236,22 @@ def interrupted_applies(lab: Rehearsal) -> list[str]:
         for phase, line in PHASES:
             holder = wait_for_one_holder(machines, VIP)
             lab.renewed ^= server_certs([holder])  # the holder must restart: its apply drains first
-            apply = f"loki-{holder}-apply"
+            apply = host_step(LOKI_CLUSTER, holder, "apply")
             kill = Interrupt(line, partial(kill_session, lab, machines[holder]))
             steps, found = lab.change({}, interrupts={apply: kill})
             killed = next(s for s in steps if s.name == apply)
-            if killed.status != "killed":
+            if killed.status != StepStatus.KILLED:
                 problems.append(f"{apply} was to be killed {phase} (at {line!r}): {killed.status} "
                                 f"{killed.output[-1500:]}")
                 continue
             problems += [f"{phase}: {p}" for p in found]
             left = [p.split(": ", 1)[1] for p in leftovers(machines[holder])]
             rerun = again(lab, steps, {apply})[0]
-            if rerun.status != "ok":
+            if rerun.status != StepStatus.OK:
                 problems.append(f"{apply} killed {phase}, run again: {rerun.status} {rerun.output[-1500:]}")
                 continue
             check = again(lab, steps, {apply})[0]
-            if check.status != "ok" or "restarted: no" not in check.output:
+            if check.status != StepStatus.OK or "restarted: no" not in check.output:
                 problems.append(f"{apply} killed {phase}, run again, then once more: it must find nothing left "
                                 f"to do: {check.status} {check.output[-1500:]}")
             problems += [f"{apply} killed {phase}, run again: {p}" for p in leftovers(machines[holder])]
@@ -280,8 +286,7 @@ named ``loki`` answering ``/ready`` over TLS with the node's certificate, withou
 
 def current_step(lab: Rehearsal, name: str) -> Step:
     """The step ``name`` as the program renders it now (after the changes so far)."""
-    assert lab.result is not None
-    graph = step_graph(lab.result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
+    graph = step_graph(lab.planned.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
     return next(replace(s, needs=set()) for s in graph.values() if s.name == name)
 
 
@@ -311,6 +316,7 @@ def wait_listener(machine: Machine, port: int, expected: str | None, timeout: fl
         time.sleep(0.5)
 
 
+@needs(Phase.DEPLOYED)
 def gateway_port_taken_back(lab: Rehearsal) -> list[str]:
     """The upgrade from a version whose Loki held the gateway's port: nginx is reloaded while a
     process named ``loki`` holds it, so it keeps running without it (the reload exits 0). The gateway
@@ -338,7 +344,7 @@ def gateway_port_taken_back(lab: Rehearsal) -> list[str]:
             return [f"{node}: could not put an old Loki on port {HTTP_PORT}: {listeners(machine, HTTP_PORT)}"]
         gave_up = nginx_gave_up(machine)
         conf.write_text(rendered)  # the real step places it again (it differs) and reloads: nginx cannot bind
-        gateway = again(lab, [current_step(lab, f"loki-gateway-{node}-apply")])[0]
+        gateway = again(lab, [current_step(lab, host_step(LOKI_GATEWAY, node, "apply"))])[0]
         # A reload that cannot bind tries 5 times, 500 ms apart, then keeps the old listeners: a
         # real old Loki holds the port far longer than that.
         deadline = time.monotonic() + NGINX_BIND_TRIES_S
@@ -350,15 +356,15 @@ def gateway_port_taken_back(lab: Rehearsal) -> list[str]:
         conf.write_text(rendered)
         machine.exec(["systemctl", "stop", SQUATTER_UNIT])
     problems = []
-    if gateway.status != "ok" or "still held by the Loki of an earlier version" not in gateway.output:
+    if gateway.status != StepStatus.OK or "still held by the Loki of an earlier version" not in gateway.output:
         problems.append(f"{gateway.name} with an old Loki on port {HTTP_PORT} must say so and go on: "
                         f"{gateway.status} {gateway.output[-1500:]}")
     if not nginx_failed:
         problems.append(f"{node}: nginx never gave up binding port {HTTP_PORT} while the old Loki held it")
     if '"nginx"' in held or '"loki"' not in held:
         problems.append(f"{node}: while the old Loki ran, port {HTTP_PORT} must be its, not nginx's: {held}")
-    loki_apply = again(lab, [current_step(lab, f"loki-{node}-apply")])[0]
-    if loki_apply.status != "ok" or f"serves port {HTTP_PORT} again" not in loki_apply.output:
+    loki_apply = again(lab, [current_step(lab, host_step(LOKI_CLUSTER, node, "apply"))])[0]
+    if loki_apply.status != StepStatus.OK or f"serves port {HTTP_PORT} again" not in loki_apply.output:
         problems.append(f"{loki_apply.name} must have nginx take port {HTTP_PORT} back: {loki_apply.status} "
                         f"{loki_apply.output[-1500:]}")
     if '"nginx"' not in listeners(machine, HTTP_PORT):

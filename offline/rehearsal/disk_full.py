@@ -20,6 +20,7 @@ from components.loki import UNIT as LOKI_UNIT
 from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import DATA_DIR, below_holder
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.prometheus import rehearsal_prometheus
 from offline.rehearsal.settings import VIP
 
@@ -78,6 +79,7 @@ def fill(machine: Machine) -> str:
     return machine.exec(["df", "-h", DATA_DIR]).stdout.splitlines()[-1]
 
 
+@needs(Phase.DEPLOYED)
 def data_disk_full(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)

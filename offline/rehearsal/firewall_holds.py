@@ -30,6 +30,7 @@ from offline import cluster_ports
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, below_holder, started_at
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def local_user_problems(machine: Machine) -> tuple[list[str], str]:
     return problems, figure
 
 
+@needs(Phase.DEPLOYED)
 def firewall_holds(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)

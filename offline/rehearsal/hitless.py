@@ -18,7 +18,9 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
+from components.step_names import host_step
 from offline.rehearsal.steps import Step
+from stack.program import LOKI_CLUSTER
 
 STOPPED = re.compile(r"^loki\.service stopped on (\S+) in ([0-9.]+) s$", re.MULTILINE)
 READY = re.compile(r"^loki\.service ready on (\S+) ([0-9.]+) s after its start$", re.MULTILINE)
@@ -44,7 +46,7 @@ class RollReport:
 
 def roll_report(steps: list[Step], nodes: list[str]) -> RollReport:
     """What the Loki apply steps of a roll said, in the order they ran."""
-    names = {f"loki-{n}-apply" for n in nodes}
+    names = {host_step(LOKI_CLUSTER, n, "apply") for n in nodes}
     applies = sorted((s for s in steps if s.name in names), key=lambda s: s.started)
     report = RollReport(order=[s.name for s in applies])
     for step in applies:

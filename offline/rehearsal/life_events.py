@@ -29,6 +29,7 @@ from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from components.vip_reboot import LEAVE_UNIT, REJOIN_UNIT
 from offline.rehearsal.checks import unit_properties, vip_holders, wait_for_one_holder
 from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 
@@ -138,6 +139,7 @@ def back_problems(machine: Machine) -> tuple[list[str], float]:
     return problems, time.monotonic() - t0
 
 
+@needs(Phase.DEPLOYED)
 def data_disk_late(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)
@@ -196,6 +198,7 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
     return problems
 
 
+@needs(Phase.DEPLOYED)
 def holder_reboot(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)

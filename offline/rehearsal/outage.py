@@ -29,6 +29,7 @@ from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_m
 from offline.rehearsal.converge import loki_machines, wait_settled
 from offline.rehearsal.life_events import DATA_DIR as LOKI_DATA_DIR
 from offline.rehearsal.life_events import boot_again
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.prometheus import rehearsal_prometheus
 from offline.rehearsal.settings import OBJECT_STORE_ADDRESS, VIP
 from stack.schema import load_schema
@@ -114,8 +115,7 @@ def stored_objects(store: Machine) -> int:
 
 def store_answers(lab: Rehearsal) -> str:
     """'' when the object store's health endpoint answers from the runner, else curl's error."""
-    assert lab.network is not None
-    proc = lab.network.run("runner", ["curl", "-sS", "-o", "/dev/null", "-m", "5", "-k",
+    proc = lab.net.run("runner", ["curl", "-sS", "-o", "/dev/null", "-m", "5", "-k",
                                       f"https://{OBJECT_STORE_ADDRESS}:{API_PORT}/minio/health/live"], timeout=20)
     return "" if proc.returncode == 0 else proc.stderr.strip() or f"curl exited {proc.returncode}"
 
@@ -159,6 +159,7 @@ def watch(machines: dict[str, Machine], prometheus: RehearsalPrometheus, t0: flo
     return samples, not_ready, fired, noisy
 
 
+@needs(Phase.DEPLOYED)
 def object_store_outage(lab: Rehearsal, outage_s: float = OUTAGE_S) -> list[str]:
     problems: list[str] = []
     machines = loki_machines(lab)

@@ -95,7 +95,6 @@ class RehearsalPrometheus:
 
 @contextlib.contextmanager
 def rehearsal_prometheus(lab: Rehearsal) -> Iterator[RehearsalPrometheus]:
-    assert lab.network is not None
     binary = shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("the rehearsal's Prometheus needs the prometheus server (Debian's prometheus package)")
@@ -105,7 +104,7 @@ def rehearsal_prometheus(lab: Rehearsal) -> Iterator[RehearsalPrometheus]:
     for relative, text in files.items():
         (directory / relative).parent.mkdir(parents=True, exist_ok=True)
         (directory / relative).write_text(text)
-    network, runner = lab.network, lab.network.ns("runner")
+    network, runner = lab.net, lab.net.ns("runner")
     log = directory / "prometheus.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(

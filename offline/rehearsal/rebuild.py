@@ -29,6 +29,7 @@ from offline.engine import PROBE_SUFFIX
 from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import back_problems, below_holder
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import REMOTE
 from stack.certificates import CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -59,8 +60,8 @@ def memory_streams(machine: Machine) -> float:
     return metric_sum(loki_metrics(machine) or "", "loki_ingester_memory_streams")
 
 
+@needs(Phase.DEPLOYED)
 def node_rebuilt(lab: Rehearsal) -> list[str]:
-    assert lab.network is not None
     problems: list[str] = []
     machines = loki_machines(lab)
     holder = wait_settled(machines)
@@ -82,7 +83,7 @@ def node_rebuilt(lab: Rehearsal) -> list[str]:
         lab.rebuilt[node] = lab.rebuilt.get(node, 0) + 1
         result = lab.program(**lab.settings)
         plan = next(p for p in lab.vm_plans() if p.name == node)
-        machine = lab.add_machine(plan, lab.network.replace_machine(node, plan.mac))
+        machine = lab.add_machine(plan, lab.net.replace_machine(node, plan.mac))
         machine.start()
         lab.save_state()
         created = time.monotonic() - t0

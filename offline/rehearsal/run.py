@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -32,6 +32,7 @@ from components.loki_config import HTTP_PORT
 from components.loki_gateway import ACCESS_LOG, PUSH_PATH
 from components.loki_limits import RELOAD_PERIOD_S
 from components.objectstore import API_PORT
+from components.step_names import host_step
 from offline.diff import diff_manifests
 from offline.engine import PROBE_SUFFIX, Registration, RunResult
 from offline.plan import build_manifest, read_stack_config, run_program
@@ -53,6 +54,7 @@ from offline.rehearsal.hitless import RollReport, reload_seconds, roll_report
 from offline.rehearsal.life_events import data_disk_late, holder_reboot
 from offline.rehearsal.machines import Machine
 from offline.rehearsal.network import RehearsalNetwork, apt_mirror_hosts
+from offline.rehearsal.phases import NotYetError, Phase, needs
 from offline.rehearsal.rebuild import node_rebuilt
 from offline.rehearsal.repository import (
     KEY_FILE_NAME,
@@ -78,11 +80,13 @@ from offline.rehearsal.steps import (
     Interrupt,
     Step,
     StepRunner,
+    StepStatus,
     longest_chain,
     step_graph,
     unreachable,
 )
 from offline.rehearsal.template import CACHE, DIFFERENCES, build_template, cache_lock
+from stack.program import LOKI_CLUSTER
 from stack.schema import PROJECT_DIR
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -142,6 +146,9 @@ def vm_plans(result: RunResult) -> list[VmPlan]:
     return plans
 
 
+Made = TypeVar("Made")
+
+
 @dataclass
 class Rehearsal:
     run_dir: Path
@@ -171,6 +178,43 @@ class Rehearsal:
     def log(self, line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
+    # --- Phases: what each part of the rehearsal needs done before it ------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """How far the rehearsal is: the program run, the machines booted, the steps run."""
+        if self.result is None:
+            return Phase.NEW
+        if self.network is None or self.template is None:
+            return Phase.PLANNED
+        return Phase.DEPLOYED if self.steps else Phase.BOOTED
+
+    def require(self, phase: Phase, what: str) -> None:
+        """Raise ``NotYetError`` naming ``what`` when the rehearsal is not that far."""
+        if self.phase < phase:
+            raise NotYetError(f"{what} needs the rehearsal {phase.describe()}; it is {self.phase.describe()}")
+
+    def made(self, value: Made | None, phase: Phase, what: str) -> Made:
+        """``value``, which ``phase`` makes; ``NotYetError`` naming ``what`` when it is not there yet."""
+        if value is None:
+            raise NotYetError(f"{what} needs the rehearsal {phase.describe()}; it is {self.phase.describe()}")
+        return value
+
+    @property
+    def planned(self) -> RunResult:
+        """The program's last run (``program`` or ``deploy_earlier``)."""
+        return self.made(self.result, Phase.PLANNED, "the program's run")
+
+    @property
+    def net(self) -> RehearsalNetwork:
+        """The machines' network (``boot``)."""
+        return self.made(self.network, Phase.BOOTED, "the network")
+
+    @property
+    def booted_template(self) -> Path:
+        """The machines' template (``boot``)."""
+        return self.made(self.template, Phase.BOOTED, "the template")
+
     def program(self, **overrides: object) -> RunResult:
         """Runs the program as ``pulumi up`` would now: with the certificates renewed so far, the VMs
         created anew so far, the SSH host keys the running machines present (what a host-key probe
@@ -185,8 +229,7 @@ class Rehearsal:
 
     def vm_plans(self) -> list[VmPlan]:
         """The VMs of the program's last run (``vm_plans``)."""
-        assert self.result is not None
-        return vm_plans(self.result)
+        return vm_plans(self.planned)
 
     def presented_keys(self) -> dict[str, str]:
         """Address -> the ed25519 host key each running machine presents, as ssh-keyscan from the runner sees it."""
@@ -206,14 +249,13 @@ class Rehearsal:
     def probe_problems(self, steps: Mapping[str, Step]) -> list[str]:
         """A host-key probe that found another key on its machine than the program was run with
         (``presented_keys``) is marked failed: the steps after it pinned the wrong key."""
-        assert self.result is not None
         problems = []
         for step in steps.values():
-            modeled = self.result.engine.cloud.commands.get(step.name, ("", ""))[1]
-            if step.registration.type != LOCAL or not step.name.endswith(PROBE_SUFFIX) or step.status != "ok":
+            modeled = self.planned.engine.cloud.commands.get(step.name, ("", ""))[1]
+            if step.registration.type != LOCAL or not step.name.endswith(PROBE_SUFFIX) or step.status != StepStatus.OK:
                 continue
             if step.stdout.strip() != modeled.strip():
-                step.status = "failed"
+                step.status = StepStatus.FAILED
                 problems.append(f"{step.name}: found {step.stdout.strip()!r} on its machine, the program was run "
                                 f"with {modeled!r}")
         return problems
@@ -226,11 +268,9 @@ class Rehearsal:
 
     def manifest(self) -> dict[str, Any]:
         """What the machines run, as the plan's manifest (the diff of the next change starts there)."""
-        assert self.result is not None
-        return self.deployed if self.deployed is not None else build_manifest(self.result, stack="homelab")
+        return self.deployed if self.deployed is not None else build_manifest(self.planned, stack="homelab")
 
     def boot(self) -> None:
-        assert self.result is not None
         t0 = time.monotonic()
         template = build_template(GATEWAY)
         self.figures.append(f"template (debootstrap, cached): {time.monotonic() - t0:.1f} s")
@@ -244,7 +284,7 @@ class Rehearsal:
         finally:
             self.save_state()
         self.template, self.repository_ca = template, repository_ca
-        for plan in vm_plans(self.result):
+        for plan in vm_plans(self.planned):
             self.add_machine(plan, self.network.add_machine(plan.name, plan.mac))
         for machine in self.machines.values():
             machine.start()
@@ -253,9 +293,8 @@ class Rehearsal:
     def add_machine(self, plan: VmPlan, netns: str) -> Machine:
         """A new machine for ``plan`` in ``netns`` (not started): a fresh disk from the template with
         its seed, a new data disk, and the rehearsal's repository trusted."""
-        assert self.template is not None
         self.save_state()
-        machine = Machine(name=plan.name, netns=netns, run_dir=self.run_dir, template=self.template,
+        machine = Machine(name=plan.name, netns=netns, run_dir=self.run_dir, template=self.booted_template,
                           user_data=plan.user_data, network_config=plan.network_config, data_disk=plan.data_disk)
         self.machines[plan.name] = machine
         machine.prepare()
@@ -272,7 +311,6 @@ class Rehearsal:
     def start_repository(self) -> bytes:
         """Builds the package repository (the loki package cached by version and binary) and
         serves it; returns the repository server's CA certificate."""
-        assert self.network is not None
         t0 = time.monotonic()
         (self.run_dir / "loki-tools").mkdir(exist_ok=True)
         tools = find_tools(self.run_dir / "loki-tools")
@@ -287,7 +325,7 @@ class Rehearsal:
         root = self.run_dir / "repository"
         fingerprint = build_repository([deb], root, self.run_dir / "repository-gnupg")
         ca, cert, key = server_certificate(GATEWAY, self.run_dir / "repository-tls")
-        self.network.start_service("repository", "offline.rehearsal.repository",
+        self.net.start_service("repository", "offline.rehearsal.repository",
                                    [GATEWAY, str(REPOSITORY_PORT), str(root), str(cert), str(key)], b"repository on")
         archive = build_standin_archive(root / "objectstore")
         url = f"https://{GATEWAY}:{REPOSITORY_PORT}"
@@ -303,29 +341,28 @@ class Rehearsal:
             stdin = re.sub(rf"^{name}=.*$", f"{name}={shlex.quote(value)}", stdin, flags=re.MULTILINE)
         return stdin
 
-    def make_bucket(self, registration: Registration) -> tuple[str, str]:
+    def make_bucket(self, registration: Registration) -> tuple[StepStatus, str]:
         """What the MinIO provider's bucket resource does, against the S3 stand-in."""
-        assert self.network is not None and self.result is not None
         bucket = registration.plain_inputs["bucket"]
         ca = self.run_dir / "stack-ca.pem"
-        ca.write_text(self.result.resolved["output:caCertificate"].value)
-        proc = self.network.run(RUNNER, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca),
+        ca.write_text(self.planned.resolved["output:caCertificate"].value)
+        proc = self.net.run(RUNNER, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca),
                                          "-X", "PUT", f"https://{OBJECT_STORE_ADDRESS}:{API_PORT}/{bucket}"])
         if proc.stdout != "200":
-            return "failed", f"PUT /{bucket}: {proc.stdout} {proc.stderr}"
-        return "ok", f"bucket {bucket} made on the S3 stand-in"
+            return StepStatus.FAILED, f"PUT /{bucket}: {proc.stdout} {proc.stderr}"
+        return StepStatus.OK, f"bucket {bucket} made on the S3 stand-in"
 
-    def stood_in(self, registration: Registration) -> tuple[str, str]:
-        return "stood in", "not rehearsed: the S3 stand-in accepts any key, so users, policies and keys mean nothing"
+    def stood_in(self, registration: Registration) -> tuple[StepStatus, str]:
+        return StepStatus.STOOD_IN, ("not rehearsed: the S3 stand-in accepts any key, so users, policies and keys "
+                                     "mean nothing")
 
-    def actions(self) -> dict[str, Callable[[Registration], tuple[str, str]]]:
+    def actions(self) -> dict[str, Callable[[Registration], tuple[StepStatus, str]]]:
         return {BUCKET_TYPE: self.make_bucket, **{t: self.stood_in for t in KEY_TYPES}}
 
     def run_steps(self) -> float:
-        assert self.result is not None and self.network is not None
-        registrations: list[Registration] = self.result.engine.monitor.registrations
+        registrations: list[Registration] = self.planned.engine.monitor.registrations
         self.steps = step_graph(registrations, unreachable(AVAILABLE_PACKAGES))
-        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+        runner = StepRunner(runner_netns=self.net.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
         wall = runner.run(self.steps)
         self.probe_problems(self.steps)
@@ -333,15 +370,15 @@ class Rehearsal:
         self.figures.append(f"steps: wall {wall:.1f} s, longest chain {chain_s:.1f} s ({' > '.join(chain)})")
         return wall
 
+    @needs(Phase.DEPLOYED)
     def second_run(self) -> dict[str, str]:
         """Runs again every step that ran, as a second ``pulumi up`` with changed triggers would;
         returns the steps that changed something (a file placed, a service restarted), with the
         line that says so. The cloud-init wait and the host-key step are left out: they pin the
         snippet's bootstrap key, which the VM no longer has; Pulumi runs them again only for a new
         VM (their trigger names the VM as created), which has the bootstrap key again."""
-        assert self.result is not None and self.network is not None
-        own_keys = {key_body(k) for k in self.result.resolved["output:sshHostKeys"].value.values()}
-        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+        own_keys = {key_body(k) for k in self.planned.resolved["output:sshHostKeys"].value.values()}
+        runner = StepRunner(runner_netns=self.net.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log)
         changed: dict[str, str] = {}
         again = [s for s in self.steps.values() if s.status in DONE and (
@@ -372,21 +409,20 @@ class Rehearsal:
     # --- checks after the steps ---------------------------------------------------------------
 
     def outputs(self) -> dict[str, Any]:
-        assert self.result is not None
-        return {k.split(":", 1)[1]: v.value for k, v in self.result.resolved.items() if k.startswith("output:")}
+        return {k.split(":", 1)[1]: v.value for k, v in self.planned.resolved.items() if k.startswith("output:")}
 
+    @needs(Phase.DEPLOYED)
     def unit_problems(self) -> list[str]:
         """Every unit the stack installs on a machine, active with its hardening in force."""
         roles = {name: host["role"] for name, host in self.outputs()["hosts"].items()}
         return [p for name, m in self.machines.items() if m.pid1() for p in unit_problems(m, roles[name])]
 
     def operator(self) -> Operator:
-        assert self.network is not None and self.result is not None
-        plan = next(p for p in vm_plans(self.result) if p.name not in LOKI_ADDRESSES)
+        plan = next(p for p in vm_plans(self.planned) if p.name not in LOKI_ADDRESSES)
         user_data = yaml.safe_load(plan.user_data)
         hosts = next(f["content"] for f in user_data["write_files"] if f["path"] == "/etc/hosts")
         (self.run_dir / "loki-tools").mkdir(exist_ok=True)
-        return Operator.prepare(network=self.network, runner=RUNNER, work=self.run_dir, outputs=self.outputs(),
+        return Operator.prepare(network=self.net, runner=RUNNER, work=self.run_dir, outputs=self.outputs(),
                                 etc_hosts=hosts, logcli=find_tools(self.run_dir / "loki-tools").logcli, vip_address=VIP)
 
     def read_back(self, operator: Operator, line: str, timeout: float = 60) -> str:
@@ -398,6 +434,7 @@ class Rehearsal:
                 return proc.stdout + proc.stderr
             time.sleep(1)
 
+    @needs(Phase.DEPLOYED)
     def push_and_read(self) -> list[str]:
         """A line pushed through the VIP with the operator's certificate, read back with logcli."""
         operator = self.operator()
@@ -408,6 +445,7 @@ class Rehearsal:
         output = self.read_back(operator, line)
         return [] if line in output else [f"logcli did not read back the pushed line: {output[-1000:]}"]
 
+    @needs(Phase.DEPLOYED)
     def loki_crash(self) -> list[str]:
         """SIGKILL of Loki on the VIP holder while both clients push: its gateway sends to the other
         nodes' gateways what its Loki cannot take, and keepalived leaves the VIP where it is (the
@@ -475,10 +513,11 @@ class Rehearsal:
         the steps the diff of this version's program from the deployed manifest names, in their
         order. Run ``program()`` first: the clients of the VIP take this version's files from it.
         Afterwards ``steps`` are this version's (with the status of their last run)."""
-        assert self.deployed is not None and self.result is not None
+        if self.deployed is None:
+            raise NotYetError("upgrade: deploy an earlier version first (Rehearsal.deploy_earlier)")
         before, self.deployed = self.deployed, None
-        steps, problems = self.run_changed(before, self.result)
-        graph = step_graph(self.result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
+        steps, problems = self.run_changed(before, self.planned)
+        graph = step_graph(self.planned.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
         last = {s.name: s for s in self.steps.values()} | {s.name: s for s in steps}
         for step in graph.values():
             if step.name in last:
@@ -488,7 +527,6 @@ class Rehearsal:
 
     def run_changed(self, before: dict[str, Any], after_result: RunResult,
                     interrupts: Mapping[str, Interrupt] | None = None) -> tuple[list[Step], list[str]]:
-        assert self.network is not None
         diff = diff_manifests(before, build_manifest(after_result, stack="homelab"))
         named = {c.name for c in diff.changes if c.type in (REMOTE, LOCAL)}
         graph = step_graph(after_result.engine.monitor.registrations, unreachable(AVAILABLE_PACKAGES))
@@ -499,12 +537,12 @@ class Rehearsal:
             earlier = first_run.get(step.name)
             if not step.not_rehearsed and earlier is not None and earlier.status not in DONE:
                 step.not_rehearsed = f"{earlier.status} in the first run: {earlier.not_rehearsed or earlier.output}"
-        runner = StepRunner(runner_netns=self.network.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
+        runner = StepRunner(runner_netns=self.net.ns(RUNNER), work=self.run_dir, rewrite=self.rewrite,
                             actions=self.actions(), log=self.log, interrupts=interrupts or {})
         runner.run(steps)
         problems = self.probe_problems(steps)
         problems += [f"{s.name}: {s.status} {s.output[-500:]}" for s in steps.values()
-                     if s.status not in (*DONE, "not rehearsed", "skipped", "killed")]
+                     if s.status not in (*DONE, StepStatus.NOT_REHEARSED, StepStatus.SKIPPED, StepStatus.KILLED)]
         problems += roll_report(list(steps.values()), list(LOKI_ADDRESSES)).overlaps
         return list(steps.values()), problems
 
@@ -513,6 +551,7 @@ class Rehearsal:
         return {n: self.machines[n].exec(["systemctl", "show", "-p", "ExecMainStartTimestampMonotonic",
                                           "--value", "loki.service"]).stdout.strip() for n in LOKI_ADDRESSES}
 
+    @needs(Phase.DEPLOYED)
     def change_limits(self, **settings: object) -> list[str]:
         """A change of the limits Loki reloads: exactly the runtime-config steps run, every node has
         reloaded the file within one reload period of its placing, and no Loki restarts."""
@@ -520,7 +559,8 @@ class Rehearsal:
         t0 = time.monotonic()
         steps, problems = self.change(settings)
         rerun = sorted(s.name for s in steps)
-        expected = sorted(f"loki-{n}-{step}" for n in LOKI_ADDRESSES for step in ("runtime-apply", "runtime-install"))
+        expected = sorted(host_step(LOKI_CLUSTER, n, step) for n in LOKI_ADDRESSES
+                          for step in ("runtime-apply", "runtime-install"))
         if rerun != expected:
             problems.append(f"the limits change {settings} re-ran {rerun}, not {expected}")
         if (after := self.loki_starts()) != starts:
@@ -542,11 +582,11 @@ class Rehearsal:
 
     def vip_clients(self, label: str) -> VipClients:
         """The two clients of the VIP (``clients.py``), to run around a change: ``with lab.vip_clients(...)``."""
-        assert self.network is not None
-        return VipClients(netns=self.network.ns(RUNNER), url=f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push",
+        return VipClients(netns=self.net.ns(RUNNER), url=f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push",
                           tls=self.client_files(), work=self.run_dir, label=label, count_lines=self.count_job,
                           read_lines=self.read_job)
 
+    @needs(Phase.DEPLOYED)
     def roll(self) -> tuple[RollReport, VipClients, list[str]]:
         """Every Loki node's server certificate renewed, so that every node restarts, as its apply
         steps order them, while both clients push through the VIP (``vip_clients``). Returns what
@@ -605,11 +645,10 @@ class Rehearsal:
     def load(self, *, mib_per_s: float, total_mib: float) -> dict[str, Any]:
         """Pushes through the VIP on one kept-open connection, batches of 1000 lines over 10 streams,
         paced to ``mib_per_s`` until ``total_mib`` are sent; returns the client's summary."""
-        assert self.network is not None
         ca, cert, key = self.client_files()
         out = self.run_dir / f"load-{mib_per_s:g}.json"
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.network.ns(RUNNER), sys.executable, "-m", "offline.rehearsal.traffic", "load",
+            ["ip", "netns", "exec", self.net.ns(RUNNER), sys.executable, "-m", "offline.rehearsal.traffic", "load",
              f"https://{VIP}:{HTTP_PORT}/loki/api/v1/push", str(out), "--ca", ca, "--cert", cert, "--key", key,
              "--mib-per-s", str(mib_per_s), "--total-mib", str(total_mib)],
             capture_output=True, text=True, timeout=600, check=False,
@@ -624,12 +663,12 @@ class Rehearsal:
 
     def report(self) -> str:
         lines = ["", "steps:"]
-        for step in sorted(self.steps.values(), key=lambda s: (s.status != "ok", s.started or 1e12, s.name)):
-            detail = f"{step.seconds:6.1f} s" if step.status in ("ok", "failed") else ""
-            why = step.not_rehearsed or (step.output if step.status == "skipped" else "")
+        for step in sorted(self.steps.values(), key=lambda s: (s.status != StepStatus.OK, s.started or 1e12, s.name)):
+            detail = f"{step.seconds:6.1f} s" if step.status in (StepStatus.OK, StepStatus.FAILED) else ""
+            why = step.not_rehearsed or (step.output if step.status == StepStatus.SKIPPED else "")
             lines.append(f"  {step.status:14} {step.name:45} {step.host:14} {detail} {why}".rstrip())
         for step in self.steps.values():
-            if step.status == "failed":
+            if step.status == StepStatus.FAILED:
                 lines += ["", f"FAILED {step.name} on {step.host}, exit {step.exit_code}:", step.output[-4000:]]
         lines += ["", "what differs from a VM here:", *(f"  - {d}" for d in DIFFERENCES)]
         lines += ["", "figures:", *(f"  {f}" for f in self.figures)]
@@ -676,6 +715,30 @@ def teardown(run_dir: Path) -> None:
     rehearsal.close()
 
 
+CHECKS: tuple[tuple[str, Callable[[Rehearsal], list[str]]], ...] = (
+    ("a second run changes nothing",
+     lambda lab: [f"second run changed {name}: {line}" for name, line in lab.second_run().items()]),
+    ("every unit runs with its hardening", lambda lab: lab.unit_problems()),
+    ("a line pushed through the VIP reads back", lambda lab: lab.push_and_read()),
+    ("limits change without a restart", lambda lab: lab.change_limits(lokiRetention="720h")),
+    ("a roll under traffic fails no push", lambda lab: lab.roll()[2]),
+    ("a roll refuses to stop a node the ring cannot lose", refused_roll),
+    ("applies killed mid-way converge when run again", interrupted_applies),
+    ("the gateway takes its port back from an earlier Loki", gateway_port_taken_back),
+    ("a crashed Loki keeps the VIP and its connections", lambda lab: lab.loki_crash()),
+    ("a data disk that arrives late", data_disk_late),
+    ("the VIP holder rebooted", holder_reboot),
+    ("a full data disk", data_disk_full),
+    ("a Loki VM lost and created again", node_rebuilt),
+    ("3 -> 4 -> 3 nodes", scale_out_and_in),
+)
+"""What ``make rehearse`` checks once the stack is deployed (every one needs ``Phase.DEPLOYED``), in
+this order: the second run first, while the machines are as the first run left them; then the
+events, each of which leaves every node ready and the VIP held, as the next one expects (the
+events that change the settings keep them changed: ``Rehearsal.settings``). The tests
+(tests/test_rehearsal.py) run the same events on one shared deployment."""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m offline.rehearsal", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "teardown"])
@@ -704,22 +767,15 @@ def main(argv: list[str]) -> int:
         rehearsal.boot()
         rehearsal.run_steps()
         rehearsal.figures.append(f"nothing to the end of the steps: {time.monotonic() - t0:.1f} s")
-        failed_steps = [s.name for s in rehearsal.steps.values() if s.status == "failed"]
+        failed_steps = [s.name for s in rehearsal.steps.values() if s.status == StepStatus.FAILED]
         # The checks mean something only on a stack whose steps all went through.
         problems = [f"steps failed: {', '.join(failed_steps)}; no check run"] if failed_steps else []
-        checks: list[Callable[[], list[str]]] = [
-            lambda: [f"second run changed {name}: {line}" for name, line in rehearsal.second_run().items()],
-            rehearsal.unit_problems, rehearsal.push_and_read,
-            lambda: rehearsal.change_limits(lokiRetention="720h"), lambda: rehearsal.roll()[2],
-            lambda: refused_roll(rehearsal), lambda: interrupted_applies(rehearsal),
-            lambda: gateway_port_taken_back(rehearsal), rehearsal.loki_crash, lambda: data_disk_late(rehearsal),
-            lambda: holder_reboot(rehearsal), lambda: data_disk_full(rehearsal), lambda: node_rebuilt(rehearsal),
-            lambda: scale_out_and_in(rehearsal)]
-        for check in checks if not failed_steps else []:
+        for name, check in CHECKS if not failed_steps else ():
+            rehearsal.log(f"check: {name}")
             try:
-                problems += check()
+                problems += check(rehearsal)
             except (AssertionError, RuntimeError, subprocess.TimeoutExpired) as error:
-                problems.append(f"{error}")
+                problems.append(f"{name}: {error}")
         failed = bool(problems)
         print(rehearsal.report())
         print("\nchecks: " + ("all passed" if not problems else "\n  ".join(["FAILED", *problems])))

@@ -30,14 +30,17 @@ from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_gateway import UNIT as GATEWAY_UNIT
+from components.step_names import host_step
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import priorities
 from offline.rehearsal.checks import loki_metrics, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import again, kill_session, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import vrrp_priority
+from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.rebuild import memory_streams, ring_shards
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
-from offline.rehearsal.steps import DONE, Interrupt
+from offline.rehearsal.steps import DONE, Interrupt, StepStatus
+from stack.program import LOKI_CLUSTER, LOKI_RETIRING
 
 if TYPE_CHECKING:
     from offline.rehearsal.machines import Machine
@@ -96,8 +99,8 @@ def restart_problems(steps: list[Step], node: str, started: dict[str, str], afte
     return []
 
 
+@needs(Phase.DEPLOYED)
 def scale_out_and_in(lab: Rehearsal) -> list[str]:
-    assert lab.network is not None
     problems: list[str] = []
     three = list(LOKI_ADDRESSES)
     four = [*three, ADDED]
@@ -114,13 +117,14 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         lab.settings |= {"lokiNodes": four, "lokiAddresses": addresses}
         result = lab.program(**lab.settings)
         plan = next(p for p in lab.vm_plans() if p.name == ADDED)
-        machine = lab.add_machine(plan, lab.network.add_machine(ADDED, plan.mac))
+        machine = lab.add_machine(plan, lab.net.add_machine(ADDED, plan.mac))
         machine.start()
         lab.save_state()
         steps, run_problems = lab.run_changed(before, result)
         problems += run_problems
         ran = {s.name for s in steps}
-        if not any(s.startswith(f"loki-{ADDED}-") for s in ran) or not any("loki-01" in s for s in ran):
+        added = host_step(LOKI_CLUSTER, ADDED, "")
+        if not any(s.startswith(added) for s in ran) or not any("loki-01" in s for s in ran):
             problems.append(f"scaling out ran {sorted(ran)}: not the new node's steps and the others' changes")
         problems += restart_problems(steps, ADDED, starts, lab.loki_starts())
         out_s = time.monotonic() - t0
@@ -145,13 +149,13 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         lab.settings |= {"lokiRetiring": [ADDED]}
         # The retirement's SSH session dies while Loki stops (a network cut, a killed pulumi up): the
         # steps after it do not run, and the next run runs them all, the retirement again first.
-        name = f"loki-retiring-{ADDED}-retire"
+        name = host_step(LOKI_RETIRING, ADDED, "retire")
         kill = Interrupt(KILLED_AT, partial(kill_session, lab, machine))
         steps, run_problems = lab.run_changed(before, lab.program(**lab.settings), {name: kill})
         problems += run_problems
         killed = next((s for s in steps if s.name == name), None)
-        waited = [s.name for s in steps if s is not killed and s.status != "skipped"]
-        if killed is None or killed.status != "killed" or waited:
+        waited = [s.name for s in steps if s is not killed and s.status != StepStatus.SKIPPED]
+        if killed is None or killed.status != StepStatus.KILLED or waited:
             problems.append(f"{name} was to be killed at {KILLED_AT!r} with every other step waiting: "
                             f"{killed.status if killed else 'not run'}; ran anyway: {waited}")
         finished = again(lab, steps)
@@ -159,8 +163,8 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
                      for s in finished if s.status not in DONE]
         steps = finished
         problems += restart_problems(steps, ADDED, starts, lab.loki_starts())
-        retire = next((s for s in steps if s.name == f"loki-retiring-{ADDED}-retire"), None)
-        if retire is None or retire.status != "ok":
+        retire = next((s for s in steps if s.name == host_step(LOKI_RETIRING, ADDED, "retire")), None)
+        if retire is None or retire.status != StepStatus.OK:
             problems.append(f"{ADDED}'s retirement: {retire.status if retire else 'did not run'} "
                             f"{retire.output[-800:] if retire else ''}")
         else:
@@ -178,7 +182,8 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         # Safe to run again (a run cut short, a later pulumi up with a changed connection): it finds
         # everything stopped and does nothing.
         rerun = again(lab, [retire], names={retire.name}) if retire is not None else []
-        if not rerun or rerun[0].status != "ok" or re.search(r"leaving the VIP|stopping Loki", rerun[0].output):
+        if (not rerun or rerun[0].status != StepStatus.OK
+                or re.search(r"leaving the VIP|stopping Loki", rerun[0].output)):
             problems.append(f"{ADDED}'s retirement run again: "
                             f"{(rerun[0].status, rerun[0].output[-600:]) if rerun else 'not run'}")
         journal = machine.exec(["journalctl", "-u", LOKI_UNIT, "-o", "cat", "--no-pager", "-n", "400"]).stdout
@@ -203,7 +208,7 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
         if others:
             problems.append(f"the run after {ADDED}'s retirement ran {others}: it must only delete, and drop "
                             f"{ADDED}'s certificates from the gateways' lists")
-        problems += [f"{s.name}: {s.status} {s.output[-300:]}" for s in steps if s.status != "ok"]
+        problems += [f"{s.name}: {s.status} {s.output[-300:]}" for s in steps if s.status != StepStatus.OK]
         moves = vip_masters({ADDED: machine}, began)
         machine.poweroff(at_once=True)
         machine.teardown()

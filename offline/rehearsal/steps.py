@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from offline.engine import Registration
@@ -27,9 +28,26 @@ DIAL_FAILURES = ("Connection refused", "Connection timed out", "No route to host
 UNREACHABLE_TYPES = {"grafana:": "Grafana's API resources (Grafana provider)"}
 STOOD_IN_TYPES = ("minio:",)
 """Provider resources the rehearsal makes itself, against its stand-in (``StepRunner.actions``)."""
-DONE = ("ok", "stood in")
+class StepStatus(StrEnum):
+    """Where a step stands."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    OK = "ok"
+    STOOD_IN = "stood in"
+    """Done against a stand-in, with a note."""
+    FAILED = "failed"
+    NOT_REHEARSED = "not rehearsed"
+    """This machine cannot run it (``Step.not_rehearsed`` says why)."""
+    SKIPPED = "skipped"
+    """A step it waits for failed, was killed or was not run."""
+    KILLED = "killed"
+    """By the rehearsal, on purpose (``Interrupt``)."""
+
+
+DONE = (StepStatus.OK, StepStatus.STOOD_IN)
 """What lets a step's dependents run."""
-NOT_RUN = ("not rehearsed", "skipped")
+NOT_RUN = (StepStatus.NOT_REHEARSED, StepStatus.SKIPPED)
 RUNS_PAST = {re.compile(r"^gateway-certificates-.+-settle$"):
              "the gateways' lists settle once every client has switched certificates; the clients this "
              "machine cannot run (Alloy, Grafana's API) switch nothing here"}
@@ -46,9 +64,7 @@ class Step:
     """Why this machine cannot run it (empty: it can)."""
     runs_past: str = ""
     """Why it runs past the steps it waits for that cannot run here (``RUNS_PAST``; empty: it does not)."""
-    status: str = "waiting"
-    """waiting, running, ok, stood in (done against a stand-in, with a note), failed, not rehearsed, skipped,
-    killed (by the rehearsal, on purpose: ``Interrupt``)."""
+    status: StepStatus = StepStatus.WAITING
     exit_code: int | None = None
     output: str = ""
     """What the step printed, stdout then stderr."""
@@ -129,7 +145,7 @@ class StepRunner:
     work: Path
     rewrite: Callable[[str], str] = lambda stdin: stdin
     """What the rehearsal changes in a step's stdin (the package repository's parameters)."""
-    actions: Mapping[str, Callable[[Registration], tuple[str, str]]] = field(default_factory=dict)
+    actions: Mapping[str, Callable[[Registration], tuple[StepStatus, str]]] = field(default_factory=dict)
     """Resource type -> what the rehearsal does for it: (status, output)."""
     interrupts: Mapping[str, Interrupt] = field(default_factory=dict)
     """Step name -> where the rehearsal kills it (``Interrupt``)."""
@@ -157,7 +173,7 @@ class StepRunner:
         if action is not None or step.registration.type.startswith(STOOD_IN_TYPES):
             step.started = time.monotonic()
             step.status, step.output = action(step.registration) if action else (
-                "stood in", "made by no one: the stand-in does not need it")
+                StepStatus.STOOD_IN, "made by no one: the stand-in does not need it")
             step.exit_code = 0 if step.status in DONE else 1
             step.seconds = time.monotonic() - step.started
             return
@@ -188,7 +204,7 @@ class StepRunner:
         step.exit_code = proc.returncode
         step.stdout = proc.stdout
         step.output = proc.stdout + proc.stderr or f"(no output; exit {proc.returncode})"
-        step.status = "ok" if proc.returncode == 0 else "failed"
+        step.status = StepStatus.OK if proc.returncode == 0 else StepStatus.FAILED
 
     def _run_interrupted(self, step: Step, stdin: str, interrupt: Interrupt) -> None:
         """The step's command with its output read line by line (stderr with it), killed at ``interrupt``."""
@@ -224,7 +240,7 @@ class StepRunner:
         step.seconds = time.monotonic() - step.started
         step.exit_code = proc.returncode
         step.output = "".join(output) or f"(no output; exit {proc.returncode})"
-        step.status = "killed" if killed else ("ok" if proc.returncode == 0 else "failed")
+        step.status = StepStatus.KILLED if killed else (StepStatus.OK if proc.returncode == 0 else StepStatus.FAILED)
 
     def run(self, steps: dict[str, Step]) -> float:
         """Run every step; returns the wall time."""
@@ -234,13 +250,13 @@ class StepRunner:
             while True:
                 self._settle(steps)
                 for step in steps.values():
-                    if step.status == "waiting" and all(
+                    if step.status == StepStatus.WAITING and all(
                             steps[n].status in DONE or (step.runs_past and steps[n].status in NOT_RUN)
                             for n in step.needs if n in steps):
                         past = [steps[n].name for n in step.needs if n in steps and steps[n].status in NOT_RUN]
                         self.log(f"start  {step.name} on {step.host}"
                                  + (f" (past {len(past)} steps not run here: {step.runs_past})" if past else ""))
-                        step.status = "running"
+                        step.status = StepStatus.RUNNING
                         running[pool.submit(self.run_one, step, self.interrupts.get(step.name))] = step
                 if not running:
                     break
@@ -258,15 +274,16 @@ class StepRunner:
         while changed:
             changed = False
             for step in steps.values():
-                if step.status != "waiting":
+                if step.status != StepStatus.WAITING:
                     continue
                 if step.not_rehearsed:
-                    step.status, changed = "not rehearsed", True
+                    step.status, changed = StepStatus.NOT_REHEARSED, True
                     continue
                 blocked = [steps[n] for n in step.needs if n in steps
-                           and steps[n].status in ("failed", "killed", *(() if step.runs_past else NOT_RUN))]
+                           and steps[n].status in (StepStatus.FAILED, StepStatus.KILLED,
+                                                   *(() if step.runs_past else NOT_RUN))]
                 if blocked:
-                    step.status, changed = "skipped", True
+                    step.status, changed = StepStatus.SKIPPED, True
                     step.output = f"waits for {blocked[0].name} ({blocked[0].status})"
 
 

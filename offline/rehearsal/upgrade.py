@@ -20,7 +20,7 @@ from offline.rehearsal.checks import marker
 from offline.rehearsal.converge import leftovers, loki_machines, wait_settled
 from offline.rehearsal.port_watch import PortWatch
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
-from offline.rehearsal.steps import Step
+from offline.rehearsal.steps import Step, StepStatus
 
 NGINX_BIND_S = 1.0
 """The longest a Loki node's port may refuse connections while its earlier version's Loki exits and
@@ -48,10 +48,9 @@ def upgrade(lab: Rehearsal, commit: str) -> UpgradeReport:
     before = marker()
     if (status := operator.push(before)) != "204":
         report.problems.append(f"a push through the VIP of {commit}'s stack answered {status}")
-    assert lab.network is not None
     label = f"upgrade from {commit[:7]}"
     t0 = time.monotonic()
-    with PortWatch(lab.network.ns("runner"), HTTP_PORT, {**LOKI_ADDRESSES, "the VIP": VIP}, lab.run_dir,
+    with PortWatch(lab.net.ns("runner"), HTTP_PORT, {**LOKI_ADDRESSES, "the VIP": VIP}, lab.run_dir,
                    label) as ports, lab.vip_clients(label) as clients:
         report.steps, problems = lab.upgrade()
     report.seconds = time.monotonic() - t0
@@ -70,7 +69,7 @@ def upgrade(lab: Rehearsal, commit: str) -> UpgradeReport:
     read = lab.read_back(lab.operator(), before)
     if before not in read:
         report.problems.append(f"the line pushed before the upgrade from {commit[:7]} is gone: {read[-800:]}")
-    ran = sorted(s.name for s in report.steps if s.status == "ok")
+    ran = sorted(s.name for s in report.steps if s.status == StepStatus.OK)
     lab.figures.append(f"{label} ({len(ran)} steps ran, in {report.seconds:.1f} s): "
                        f"{', '.join(n for n in ran if n.startswith('loki-loki-') and n.endswith('-apply'))}")
     lab.figures += [f"  {line}" for line in clients.figures()]
