@@ -11,13 +11,14 @@ resolves what it returns.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import json
 import shlex
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
+from pulumi.runtime import settings as runtime_settings
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 (a format marker, not a password)
 """The property-value signature the Pulumi SDK uses for a secret."""
@@ -597,6 +600,29 @@ def install(*, project: str, stack: str, preview: bool = False,
         if config and key in config:
             cloud.note_secret(config[key], f"config {key}")
     return Engine(cloud, monitor)
+
+
+_RUNTIME_SETTINGS = ("monitor", "monitor_features", "engine", "project", "stack", "organization", "dry_run",
+                     "parallel", "root_directory", "legacy_apply_enabled", "package_refs", "base_providers_by_ref",
+                     "callbacks", "rpc_manager", "outputs")
+"""The Pulumi runtime's process-wide settings ``install`` replaces (``pulumi.runtime.settings.SETTINGS``)."""
+
+
+@contextlib.contextmanager
+def installed(**kwargs: Any) -> Iterator[Engine]:
+    """``install(**kwargs)`` for the block; afterwards the Pulumi runtime's process-wide state (its
+    settings, root resource, config and secret keys) is what it was before, also on failure."""
+    saved = ({name: getattr(runtime_settings.SETTINGS, name) for name in _RUNTIME_SETTINGS},
+             runtime_settings.get_root_resource(), dict(runtime_config.CONFIG.get()),
+             set(runtime_config._SECRET_KEYS.get()))
+    try:
+        yield install(**kwargs)
+    finally:
+        values, root, config, secret_keys = saved
+        for name, value in values.items():
+            setattr(runtime_settings.SETTINGS, name, value)
+        runtime_settings.set_root_resource(root)  # type: ignore[arg-type]
+        runtime_config.set_all_config(config, secret_keys=list(secret_keys))
 
 
 # --- Running a whole program ----------------------------------------------------------------

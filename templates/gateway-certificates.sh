@@ -10,11 +10,7 @@ set -euo pipefail
 : "${MODE:?}" "${STAGED:?}" "${LIST_FILE:?}" "${GATEWAY_CONFIG:?}" "${UNIT:?}" "${VIP_RELOAD_TABLE:?}"
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"; vip_gateway_exit' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-vip_recover "$VIP_RELOAD_TABLE"
+vip_gateway_step "$VIP_RELOAD_TABLE" "$work"
 
 host=$(hostname -f 2>/dev/null || hostname)
 safe_dir "$(dirname "$LIST_FILE")"

@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     needs.running(item)
-    if item.get_closest_marker("needs_root") is not None and (reason := needs.root_missing()):
+    if needs.carries(item, "needs_root") and (reason := needs.root_missing()):
         needs.missing(reason)
     return (yield)
 
@@ -69,11 +69,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
-def fake_engine(request: pytest.FixtureRequest) -> engine.Engine:
+def fake_engine(request: pytest.FixtureRequest) -> Iterator[engine.Engine]:
+    """A fresh fake engine for each test; the Pulumi runtime's state as it was before, afterwards."""
     preview = request.node.get_closest_marker("preview") is not None
     cfg = read_stack_config(EXAMPLE_STACK)
-    return engine.install(project=SCHEMA.project, stack="test", preview=preview,
-                          config=cfg.config, secret_keys=cfg.secret_keys)
+    with engine.installed(project=SCHEMA.project, stack="test", preview=preview, config=cfg.config,
+                          secret_keys=cfg.secret_keys) as installed:
+        yield installed
 
 
 @pytest.fixture(scope="module")

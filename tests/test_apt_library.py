@@ -17,6 +17,8 @@ import pytest
 from components.scripts import TEMPLATES
 from tests.labs.needs import require_root, require_tool
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.real_tools]
+
 MADISON = """   alloy | 1.21.2-1 | https://apt.grafana.com stable/main amd64 Packages
    alloy | 1.21.12-1 | https://apt.grafana.com stable/main amd64 Packages
    alloy | 1.21.1-1 | https://apt.grafana.com stable/main amd64 Packages
@@ -53,8 +55,6 @@ APT_LISTS_STAMP="$(mktemp -d)/apt-lists.stamp"  # not the host's
                           check=False)
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize(("package", "version", "exact"), [
     ("alloy", "1.21.2", "1.21.2-1"), ("alloy", "1.21.1", "1.21.1-1"), ("loki", "3.7.6", "3.7.6")])
 def test_the_pinned_upstream_version_is_installed_and_held(package, version, exact):
@@ -66,54 +66,40 @@ def test_the_pinned_upstream_version_is_installed_and_held(package, version, exa
     assert "guard: none" in proc.stdout, "the temporary policy-rc.d must be removed again"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_version_the_repository_lacks_fails_clearly():
     proc = install_pinned("alloy", "1.21.3")
     assert proc.returncode != 0 and "alloy 1.21.3 is not in the package repository" in proc.stderr
     assert "install -y" not in proc.stdout
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_an_installed_pinned_version_is_left_alone_and_held():
     proc = install_pinned("alloy", "1.21.2", installed="installed 1.21.2-1")
     assert proc.returncode == 0 and "apt-get" not in proc.stdout, f"re-ran apt for an installed version: {proc.stdout}"
     assert "apt-mark hold alloy" in proc.stderr, "the hold must be (re)applied on the installed path too"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_removed_package_is_installed_again():
     """dpkg-query still reports the version of a removed package (state deinstall/config-files)."""
     proc = install_pinned("alloy", "1.21.2", installed="deinstall 1.21.2-1")
     assert proc.returncode == 0 and "alloy=1.21.2-1" in proc.stdout, proc.stdout
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_long_madison_list_does_not_end_the_script_silently():
     """With pipefail, `apt-cache madison | awk '...exit'` died of SIGPIPE (exit 141, no message)."""
     proc = install_pinned("alloy", "1.21.2", madison_padding=20000)
     assert proc.returncode == 0 and "alloy=1.21.2-1" in proc.stdout, f"rc={proc.returncode} {proc.stderr[-300:]}"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_guard_is_removed_when_the_install_fails():
     proc = install_pinned("alloy", "1.21.2", fail_install=True)
     assert proc.returncode != 0 and "guard: none" in proc.stdout, "a failed install left policy-rc.d behind"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_an_administrators_policy_rc_d_is_kept():
     proc = install_pinned("alloy", "1.21.2", existing_guard=True)
     assert proc.returncode == 0 and "guard: admin" in proc.stdout, "removed a policy-rc.d it did not write"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize("installed", ["", "installed 3.7.6"], ids=["to install", "installed already"])
 def test_a_guard_a_killed_install_left_is_removed_before_any_package_work(installed):
     """A step killed during an install never ran its EXIT trap: its policy-rc.d (exactly ours) would
@@ -164,8 +150,6 @@ def updates(proc: subprocess.CompletedProcess[str]) -> int:
     return int(proc.stdout.rsplit("updates: ", 1)[1].split()[0])
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_one_update_serves_the_package_steps_that_follow_it():
     """A first deploy's setups on a Loki node (the firewall's packages, Loki, nginx, keepalived)
     ran `apt-get update` four to six times in a row; the lists of a few minutes ago serve them."""
@@ -175,8 +159,6 @@ def test_one_update_serves_the_package_steps_that_follow_it():
     assert updates(proc) == 1, f"one update for four package steps in a row, not {updates(proc)}: {proc.stdout}"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_changed_sources_old_lists_or_a_failed_install_update_again():
     proc = package_steps('ensure_packages nftables\necho "deb https://apt.grafana.com stable main" >>"$SOURCES"\n'
                          "ensure_packages nginx")
@@ -239,8 +221,6 @@ def real_update(tmp_path: Path, *, hold_s: float, timeout_s: int, sources: str =
             holder.stdout.close()
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_an_update_waits_while_another_apt_holds_the_lists_lock(tmp_path):
     """apt 2.6's `apt-get update` fails at once on a held lists lock, whatever DPkg::Lock::Timeout
     says (as right after a first boot, while apt-daily or cloud-init update the lists): the stack's
@@ -252,8 +232,6 @@ def test_an_update_waits_while_another_apt_holds_the_lists_lock(tmp_path):
     assert (tmp_path / "stamp").exists(), "a successful update leaves its stamp"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_an_update_gives_up_on_a_lists_lock_held_too_long_with_a_clear_error(tmp_path):
     proc, took = real_update(tmp_path, hold_s=60, timeout_s=3)
     assert proc.returncode != 0, f"the update succeeded although the lists stayed locked: {proc.stdout}"
@@ -263,8 +241,6 @@ def test_an_update_gives_up_on_a_lists_lock_held_too_long_with_a_clear_error(tmp
     assert not (tmp_path / "stamp").exists(), "a failed update must leave no stamp"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_an_update_that_fails_for_another_reason_does_not_wait(tmp_path):
     proc, took = real_update(tmp_path, hold_s=0, timeout_s=60, sources="deb this-is-not-a-uri\n")
     assert proc.returncode != 0 and "waiting" not in proc.stdout and took < 10, (

@@ -14,6 +14,8 @@ import pytest
 from components.scripts import TEMPLATES
 from tests.labs.needs import require_root, require_tool
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.real_tools]
+
 LIBRARY = (TEMPLATES / "lib-apt.sh").read_text() + (TEMPLATES / "lib-data-disk.sh").read_text()
 
 
@@ -42,8 +44,6 @@ def run_in_namespace(tmp_path: Path, body: str) -> subprocess.CompletedProcess[s
                           check=False)
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_disk_is_formatted_once_and_keeps_its_data(loop_disk, tmp_path):
     mnt = tmp_path / "data"
     proc = run_in_namespace(tmp_path, f"""
@@ -60,8 +60,6 @@ umount {mnt}""")
     assert len(entries) == 1 and entries[0].endswith(f" {mnt} xfs defaults,noatime,nofail 0 2"), entries
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_disk_with_a_partition_table_is_never_formatted(loop_disk, tmp_path):
     subprocess.run(["sfdisk", "-q", loop_disk], input="label: gpt\n", text=True, check=True, timeout=30)
     proc = run_in_namespace(tmp_path, f"prepare_data_disk {loop_disk} {tmp_path / 'data'} testdata")

@@ -128,8 +128,6 @@ def public_of(private: str) -> str:
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_vm_presents_its_own_key_after_the_step_and_a_second_run_changes_nothing(vm):
     bootstrap = public_of(vm.key_file.read_text())
     assert vm.presented_key() == bootstrap, "before the step the VM presents the snippet's bootstrap key"
@@ -149,8 +147,6 @@ def test_the_vm_presents_its_own_key_after_the_step_and_a_second_run_changes_not
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_key_that_does_not_match_its_public_half_changes_nothing(vm):
     before = vm.key_file.read_text()
     own_private, _ = keypair()
@@ -171,8 +167,6 @@ def test_the_rendered_step_quotes_the_key_so_the_shell_reads_it_back_whole():
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_probe_names_the_key_the_vm_presents_before_and_after_the_host_key_step(vm):
     """The VM's first steps pin what the probe prints: the bootstrap key on a new VM, its own once the
     host-key step ran (the first steps run again after an upgrade, on a VM that has it)."""
@@ -188,8 +182,6 @@ def test_the_probe_names_the_key_the_vm_presents_before_and_after_the_host_key_s
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_probe_refuses_a_key_that_is_neither_and_a_vm_that_does_not_answer(vm):
     _, one = keypair()
     _, other = keypair()

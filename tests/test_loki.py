@@ -35,11 +35,10 @@ from components.loki_limits import LokiLimits
 from components.vip_handover import VipHandover
 from offline import engine
 from offline.rehearsal.repository import LOKI_UNIT
-from tests.labs.example import config_of, shellcheck_commands, staged
+from tests.labs.example import COMMAND, EXAMPLE_NODES, config_of, shellcheck_commands, staged
 from tests.labs.systemd_checks import verify_dropin
 
-NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
-CMD = "command:remote:Command"
+NODES, CMD = EXAMPLE_NODES, COMMAND
 GRPC_CLIENT_PATHS = [
     ("ingester_client", "grpc_client_config"), ("frontend_worker", "grpc_client_config"),
     ("frontend", "grpc_client_config"), ("query_scheduler", "grpc_client_config"),

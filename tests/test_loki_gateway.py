@@ -202,8 +202,6 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
     wrong = []
@@ -225,8 +223,6 @@ def test_each_role_reaches_exactly_its_paths_unchanged(gateways, role):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize(("role", "path"), [
     (ROLE_AGENT, "/loki/api/v1/push/../delete"),
     (ROLE_AGENT, "/loki/api/v1/%70ush"),
@@ -242,8 +238,6 @@ def test_a_path_that_nginx_and_loki_could_read_differently_is_refused(gateways, 
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_no_certificate_or_a_foreign_one_reaches_nothing(gateways):
     for role in (None, "foreign"):
         for method, path in [PUSH, READY, *READS[:2], ADMIN[0]]:
@@ -253,8 +247,6 @@ def test_no_certificate_or_a_foreign_one_reaches_nothing(gateways):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_without_required_client_certificates_anonymous_clients_push_and_read_only(gateways):
     for method, path in EVERY:
         status, body = gateways.request(OPEN, None, method, path)
@@ -267,8 +259,6 @@ def test_without_required_client_certificates_anonymous_clients_push_and_read_on
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_only_root_and_the_gateway_reach_lokis_loopback_listener(gateways):
     """The node's firewall: another local user holding a certificate cannot go around the gateway."""
     with tempfile.TemporaryDirectory(prefix="gw-certs-") as shared:
@@ -314,8 +304,6 @@ OPERATOR_ONLY = ("POST", "/flush")
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_peer_gateway_passes_its_clients_role_on_and_nobody_else_can(gateways):
     """loki-01's server certificate is a peer's for loki-02 (the other Loki node): the role it passes
     on counts there, and the request reaches that node's own Loki. The same header from any other
@@ -378,8 +366,6 @@ print(json.dumps(seen))
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_drain_twin_grants_exactly_what_the_gateway_does(gateways):
     """The twin on DRAIN_PORT takes new connections to the VIP while a drain lets the kept-alive
     ones end: the same roles reach the same paths, nothing more."""
@@ -391,8 +377,6 @@ def test_the_drain_twin_grants_exactly_what_the_gateway_does(gateways):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_kept_alive_connection_ends_after_keepalive_time_and_the_twin_keeps_none(gateways):
     """The gateway answers Connection: close once a connection is KEEPALIVE_TIME_S old (a drain waits
     for that instead of cutting idle connections); the twin closes every connection after one answer."""
@@ -437,8 +421,6 @@ print(json.dumps(seen))
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_client_that_stops_sending_its_push_is_let_go_after_client_stall_s(gateways):
     """A push whose body stops arriving (its client is gone: after a VIP move that was not a drain,
     the old holder never hears from it again) ends after CLIENT_STALL_S, on the gateway and on its
@@ -462,11 +444,15 @@ def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_
     stdin = example.engine.monitor.find("command:remote:Command", "loki-gateway-loki-01-apply").plain_inputs["stdin"]
     assert "\nVIP_SELF=loki-01\n" in stdin and f"\nVIP_DRAIN_PORT={DRAIN_PORT}\n" in stdin, (
         "the gateway's apply must be rendered with the node's handover parameters")
-    exit_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
-    assert exit_traps == ["'rm -rf \"$work\"; vip_gateway_exit'"], (
-        f"one EXIT trap, which removes the reload's diversion (a later trap would replace it): {exit_traps}")
-    trap = stdin.index("\ntrap 'rm -rf \"$work\"; vip_gateway_exit' EXIT\n")
-    assert trap < stdin.index('\nvip_recover "$VIP_RELOAD_TABLE"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
+    step = stdin[stdin.index("\nvip_gateway_step() {\n"):]
+    step = step[:step.index("\n}\n")]
+    assert "\n  trap 'rm -rf \"$VIP_GATEWAY_WORK\"; vip_gateway_exit' EXIT\n" in step and step.index(" EXIT\n") < step.index(
+        '\n  vip_recover "$1"'), f"vip_gateway_step must trap EXIT (the diversion goes) before it recovers: {step}"
+    top_level_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
+    assert top_level_traps == [], (
+        f"a later EXIT trap would replace the step's, which removes the diversion: {top_level_traps}")
+    assert stdin.count('\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n') == 1
+    assert stdin.index('\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
         stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
     assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"
 
@@ -500,8 +486,6 @@ def load_list(gateways: Gateways, node: str, text: str, until: Callable[[], bool
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_gateway_takes_the_certificates_the_stack_issues_now_and_no_revoked_one(gateways, tmp_path):
     """With the real nginx: a removed extra host's agent certificate gets 403 (with the list of the
     run that still had the host, it pushes); after the operator's certificate is renewed, ``admit``'s

@@ -25,6 +25,8 @@ from offline.real_loki import LokiTools
 from tests.labs.lab_stack import LabPlan, lab_plan
 from tests.labs.needs import require_root, require_tool
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.real_tools]
+
 NODE = "loki-01"
 STOPPED = "#!/bin/sh\n# Loki is not running here.\n[ \"$1\" = is-active ] && exit 3\nexit 1\n"
 
@@ -66,8 +68,6 @@ def run_step(plan: LabPlan, tools: LokiTools, tmp_path: Path, runtime: str) -> t
     return proc, upper / Path(RUNTIME_FILE).relative_to("/etc")
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_programs_own_limits_pass_and_are_placed_for_loki(plan, loki_tools, tmp_path):
     runtime = plan.files[NODE][f"{STAGE_DIR}/runtime.yml"]
     proc, target = run_step(plan, loki_tools, tmp_path, runtime)
@@ -76,8 +76,6 @@ def test_the_programs_own_limits_pass_and_are_placed_for_loki(plan, loki_tools, 
     assert "Loki reads it when it starts" in proc.stdout, proc.stdout
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize("change", [
     {"retention_perio": "48h"},  # a misspelled limit
     {"ingestion_rate_mb": "lots"},  # a value Loki cannot read
@@ -91,8 +89,6 @@ def test_limits_loki_would_refuse_are_refused_before_anything_is_placed(plan, lo
     assert not target.exists(), f"{change}: the file was placed although the step refused it"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 @pytest.mark.parametrize("runtime", [
     {"overrides": {"someone-else": {"retention_period": "48h"}}},
     {"overrides": {"fake": {"retention_period": "48h"}}, "multi_kv_config": {}},

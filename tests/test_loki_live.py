@@ -56,6 +56,8 @@ from tests.labs.loki_lab import (
 )
 from tests.labs.netns import private_network
 
+pytestmark = pytest.mark.live
+
 NODES = list(LOKI_ADDRESSES)
 SECTION = "Live Loki 3.7.6 cluster from the rendered configs (measured)"
 COMPACTOR_RUNNING = "loki_boltdb_shipper_compactor_running"
@@ -119,9 +121,6 @@ def live(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield lab
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_every_node_is_ready_and_refuses_clients_without_a_certificate(live):
     for node in NODES:
         ready = live.request(node, "/ready")
@@ -130,9 +129,6 @@ def test_every_node_is_ready_and_refuses_clients_without_a_certificate(live):
         assert anonymous.status != 200, f"{node}: answered a client without a certificate: {anonymous}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
     """Memberlist asks no client certificate: a host outside the cluster must not reach it."""
     for node, address in LOKI_ADDRESSES.items():
@@ -144,9 +140,6 @@ def test_the_firewall_admits_only_the_loki_nodes_to_the_cluster_ports(live):
             assert live.reachable(peer, address, port), f"{node}:{port} refuses its peer {peer}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_on_a_node_only_loki_opens_cluster_connections_and_the_cluster_stays_whole(live):
     """A local user of a Loki node comes from a Loki node's address: without the output rules it
     would reach gRPC (any certificate of the stack's CA, the agent's on the node, is enough there)
@@ -173,9 +166,6 @@ def test_on_a_node_only_loki_opens_cluster_connections_and_the_cluster_stays_who
     assert (response.status, got) == (200, [f"line {marker}"]), f"read back from {NODES[-1]}: {response}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
     """Least privilege: an agent pushes and cannot read or delete; Grafana's data source reads and
     cannot write or delete; Prometheus reads metrics; the VIP's check asks /ready; the operator
@@ -212,9 +202,6 @@ def test_each_certificate_does_only_what_its_role_needs_on_the_real_loki(live):
     assert live.query_lines(node, query)[0] == [line], "the line is still there after the refused deletes"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_push_to_one_node_is_read_back_from_every_other_node(live):
     pushes, queries = [], []
     for writer in NODES:
@@ -238,9 +225,6 @@ def test_a_push_to_one_node_is_read_back_from_every_other_node(live):
                     f"max {max(queries) * 1000:.0f} ms over {len(queries)}")
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     deadline = time.monotonic() + VIP_TIMEOUT_S
     while len(holders := vip_holders(live.network)) != 1:
@@ -253,9 +237,6 @@ def test_logcli_set_up_from_the_stack_output_queries_through_the_vip(live):
     assert rc == 0 and line in output, f"logcli through the VIP (held by {holders}): rc={rc}\n{output}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_query_that_takes_too_long_ends_with_lokis_timeout_through_the_vip_not_a_502(live):
     """The object store stopped (SIGSTOP: it takes connections and answers nothing), a query over a
     day whose index is only there hangs until Loki's query timeout. Through the VIP, curl (as
@@ -292,9 +273,6 @@ def test_a_query_that_takes_too_long_ends_with_lokis_timeout_through_the_vip_not
     assert rc != 0 and TIMEOUT_ADVICE in output, f"logcli did not show Loki's timeout: {output}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):
     """Every gateway answers the log deletion API with 501 and the reason (``DELETE_REFUSAL``), also
     to the operator. The reason, measured on Loki 3.7.6 itself (each node's loopback listener,
@@ -319,9 +297,6 @@ def test_every_gateway_refuses_the_deletion_api_that_loki_keeps_per_node(live):
     assert knowing == [taker], f"the delete request made to {taker}'s Loki is listed by {knowing}: {listed}"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_exactly_one_node_runs_the_compactor_and_no_node_logs_grpc_compactor_errors(live):
     leader, _ = wait_for_one_compactor(live, NODES, ELECTION_TIMEOUT_S, time.monotonic(), "first election")
     chosen = [n for n in NODES if CHOSEN in live.log(n)]
@@ -363,9 +338,6 @@ def expired_chunks(lab: LokiLab) -> set[str]:
             if (m := re.fullmatch(r"fake/[0-9a-f]+/([0-9a-f]+):[0-9a-f]+:[0-9a-f]+", k)) and int(m[1], 16) < cutoff_ms}
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_compactor_moves_on_a_clean_stop_and_after_a_crash_and_the_next_one_deletes_what_the_last_marked(live):
     """One node compacts at a time, and another takes over after a clean stop and after a crash.
     Retention goes on across the moves: lines pushed two days back (past the 24h retention) reach

@@ -23,6 +23,8 @@ from offline.real_loki import LOKI_VERSION, LokiTools
 from tests.labs.example import EXAMPLE_STACK, SCHEMA
 from tests.labs.loki_lab import env_values, parse_dropin
 
+pytestmark = pytest.mark.real_tools
+
 CLEAN = "No deprecated or deleted configs found."
 
 
@@ -76,7 +78,6 @@ def check_deprecated(tools: LokiTools, directory: Path, config: str) -> subproce
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.mark.real_tools
 def test_the_binaries_are_the_version_the_stack_installs(loki_tools):
     proc = subprocess.run([str(loki_tools.loki), "-version"], capture_output=True, text=True, timeout=30, check=False)
     assert f"version {LOKI_VERSION}" in proc.stdout, proc.stdout
@@ -84,7 +85,6 @@ def test_the_binaries_are_the_version_the_stack_installs(loki_tools):
         f"the stack installs Loki {SCHEMA.keys['lokiVersion'].default}, the tests run {LOKI_VERSION}")
 
 
-@pytest.mark.real_tools
 @pytest.mark.parametrize("stack", list(STACKS))
 def test_every_node_config_passes_verify_config_and_the_deprecation_checker(stack, loki_tools, tmp_path):
     configs = node_configs(STACKS[stack])
@@ -110,7 +110,6 @@ def test_every_node_config_passes_verify_config_and_the_deprecation_checker(stac
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.real_tools
 def test_both_tools_reject_what_they_are_there_for(loki_tools, tmp_path):
     config, env_file, dropin = node_configs({})["loki-01"]
     unknown = config.replace("compactor:\n", "compactor:\n  no_such_key: 1\n", 1)

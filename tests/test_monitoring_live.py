@@ -51,6 +51,8 @@ from tests.labs.prometheus_lab import (
     wait_for,
 )
 
+pytestmark = pytest.mark.live
+
 NODES = list(LOKI_ADDRESSES)
 SECTION = "Prometheus with the stack's scrape config and rules, on the live cluster (measured)"
 AGENT_NODE = NODES[0]
@@ -101,18 +103,12 @@ def watched(loki_tools: LokiTools, tmp_path_factory: pytest.TempPathFactory) -> 
         yield lab
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_prometheus_scrapes_every_loki_node_through_its_gateway(watched):
     seconds = wait_for(watched, "every Loki node up in job loki",
                        lambda: values(watched, 'up{job="loki"}', by="node") == dict.fromkeys(NODES, 1.0))
     figure(SECTION, f"every Loki node scraped through its gateway {seconds:.1f} s after Prometheus started")
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_every_loki_metric_the_rules_read_is_exposed_by_loki(watched):
     """By name and with the job and cluster labels the rules select, after the fixture's traffic."""
     exprs = [s.expr for s in signals(watched.plan.monitoring).values()] + [
@@ -127,9 +123,6 @@ def test_every_loki_metric_the_rules_read_is_exposed_by_loki(watched):
     wait_for(watched, f"Loki metrics the rules read: {missing()}", lambda: not missing(), timeout=60)
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_signals_read_a_healthy_cluster(watched):
     s = {k: v.expr for k, v in signals(watched.plan.monitoring).items()}
     wait_for(watched, "3 healthy ingesters, 3 nodes up, one compactor",
@@ -145,9 +138,6 @@ def test_the_signals_read_a_healthy_cluster(watched):
     assert not active_alerts(watched, "LokiNodeDown") and not active_alerts(watched, "LokiRingShortOfReplicas")
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(watched):
     wait_for(watched, f"{AGENT_NODE}'s agent endpoint up in job loki-agents",
              lambda: values(watched, 'up{job="loki-agents"}', by="node").get(AGENT_NODE) == 1.0)
@@ -163,9 +153,6 @@ def test_the_agents_job_reaches_an_agent_endpoint_that_takes_prometheus_only(wat
     assert proc.returncode != 0, f"{AGENT_NODE}'s agent endpoint answered without a certificate"
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_renewed_prometheus_certificate_blinds_no_agent(watched, tmp_path):
     """Prometheus' certificate renewed by a run (the fake engine issues it again): the agent
     restarted with that run's files, as Alloy restarts after any TLS change, is scraped on by the
@@ -220,9 +207,6 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_clears_by_itself(watched):
     """The node's data disk fills to its last block while lines are pushed. Loki 3.7.6's WAL throttle
     (``components.loki_config.WAL_DISK_FULL_THRESHOLD``, read every 10 s) makes its ingester refuse
@@ -295,9 +279,6 @@ def test_a_full_data_disk_stops_the_nodes_writes_fires_the_alert_and_clears_by_i
                     f"started again: ready in {ready:.1f} s, 0 WAL corruptions")
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_alerts_follow_a_node_stop(watched):
     """Unreachable agents (no Alloy here) are pending LokiStackAgentDown; the stand-in is not.
     Then a node stops: LokiNodeDown and LokiRingShortOfReplicas go pending, the quorum alert does not."""

@@ -303,3 +303,13 @@ def test_main_program_exports_the_outputs(fake_engine):
                              "prometheusRules", "prometheusObjectStoreToken", "prometheusGrafanaPassword",
                              "logcliEnvironment", "grafanaUrl", "grafanaAdminUser", "grafanaAdminPassword"}
     assert sorted(r.name for r in fake_engine.monitor.of_type(VM_TYPE)) == [f"{n}-vm" for n in EXAMPLE_VMS]
+
+
+def test_the_fake_engine_leaves_the_runtime_as_it_found_it():
+    before = (SETTINGS.monitor, get_root_resource(), pulumi.runtime.get_config("loki-stack:vipRouterId"))
+    with engine.installed(project="loki-stack", stack="other", config={"loki-stack:vipRouterId": "7"}) as inside:
+        assert SETTINGS.monitor is inside.monitor and SETTINGS.stack == "other"
+        assert pulumi.runtime.get_config("loki-stack:vipRouterId") == "7"
+    after = (SETTINGS.monitor, get_root_resource(), pulumi.runtime.get_config("loki-stack:vipRouterId"))
+    assert after == before, f"the runtime's monitor, root resource or config changed: {before} -> {after}"
+    assert SETTINGS.stack == "test", f"the stack's name is {SETTINGS.stack!r} after the block, not the test's"

@@ -17,6 +17,8 @@ from offline.plan import main as plan_main
 from stack.schema import PROJECT_DIR
 from tests.labs.needs import require_tool
 
+pytestmark = pytest.mark.real_tools
+
 YAMLLINT_CONFIG = ("{extends: default, rules: {comments: {require-starting-space: false}, "
                    "document-start: disable, line-length: {max: 250}}}")
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system interpreter, not in .venv
@@ -58,7 +60,6 @@ def known_cloud_config_keys() -> set[str]:
     return keys
 
 
-@pytest.mark.real_tools
 def test_every_user_data_passes_cloud_init_schema(user_data_files, tmp_path):
     tool = require_tool("cloud-init")
     for path in user_data_files:
@@ -71,7 +72,6 @@ def test_every_user_data_passes_cloud_init_schema(user_data_files, tmp_path):
     assert proc.returncode == 1 and "is not of type 'string'" in proc.stderr, "cloud-init schema missed a bad type"
 
 
-@pytest.mark.real_tools
 def test_every_user_data_passes_yamllint(user_data_files, tmp_path):
     tool = require_tool("yamllint")
     for path in user_data_files:
@@ -87,7 +87,6 @@ def unknown_top_level_keys(text: str, known: set[str]) -> set[str]:
     return set(yaml.safe_load(text)) - known
 
 
-@pytest.mark.real_tools
 def test_no_user_data_has_an_unknown_top_level_key(user_data_files, known_cloud_config_keys):
     for path in user_data_files:
         unknown = unknown_top_level_keys(path.read_text(), known_cloud_config_keys)
@@ -96,7 +95,6 @@ def test_no_user_data_has_an_unknown_top_level_key(user_data_files, known_cloud_
     assert unknown_top_level_keys(typo, known_cloud_config_keys) == {"write_file"}
 
 
-@pytest.mark.real_tools
 def test_every_shell_script_passes_shellcheck(tmp_path):
     tool = require_tool("shellcheck")
     scripts = sorted((PROJECT_DIR / "templates").glob("*.sh")) + sorted((PROJECT_DIR / ".ci").glob("*"))

@@ -39,7 +39,7 @@ from tests.labs.figures import figure
 from tests.labs.needs import require_tool
 
 SECTION = "Rehearsal on booted Debian 12 systems (measured)"
-pytestmark = [pytest.mark.rehearsal, pytest.mark.needs_root, pytest.mark.real_tools]
+pytestmark = pytest.mark.rehearsal
 RATE_LIMITER_REFRESH_S = 12
 """Loki's rate limiters take a reloaded rate within 10 s of the reload (LOKI-FACTS)."""
 VIP_SETTLE_S = 10

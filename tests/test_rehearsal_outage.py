@@ -27,7 +27,7 @@ from tests.labs.booted import deployed_lab
 from tests.labs.needs import require_tool
 
 SECTION = "Object store outage on booted Debian 12 systems (measured)"
-pytestmark = [pytest.mark.rehearsal, pytest.mark.needs_root, pytest.mark.real_tools]
+pytestmark = pytest.mark.rehearsal
 
 
 @pytest.fixture(scope="module")

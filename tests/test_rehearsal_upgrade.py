@@ -36,7 +36,7 @@ from tests.labs.booted import booted_lab
 from tests.labs.figures import figure
 
 SECTION = "Upgrade rehearsal from earlier commits on booted Debian 12 systems (measured)"
-pytestmark = [pytest.mark.rehearsal, pytest.mark.needs_root, pytest.mark.real_tools]
+pytestmark = pytest.mark.rehearsal
 SOURCES = upgrade_sources()
 """The earlier commits this run upgrades from (``UPGRADE_FROM``)."""
 

@@ -19,6 +19,8 @@ from components.hostfile import HostFile
 from components.scripts import TEMPLATES
 from tests.labs.needs import require_root
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.real_tools]
+
 SECRET = "the stack's secret\n"  # noqa: S105 (test content, not a password)
 
 
@@ -54,8 +56,6 @@ def assert_untouched(victim: Path) -> None:
     assert (victim.stat().st_uid, oct(victim.stat().st_mode & 0o777)) == (0, "0o600"), "root chowned the link's target"
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_place_replaces_a_link_at_the_target_instead_of_writing_through_it(service_dir, tmp_path):
     writable, victim = service_dir
     target = writable / "config.alloy"
@@ -69,8 +69,6 @@ def test_place_replaces_a_link_at_the_target_instead_of_writing_through_it(servi
     assert (target.stat().st_uid, oct(target.stat().st_mode & 0o777)) == (0, "0o640")
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_delivery_replaces_a_link_at_the_target(service_dir, tmp_path):
     writable, victim = service_dir
     target = writable / "server.key"
@@ -82,8 +80,6 @@ def test_the_delivery_replaces_a_link_at_the_target(service_dir, tmp_path):
     assert not target.is_symlink() and target.read_text() == SECRET
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_delivery_refuses_a_linked_directory_on_the_way(service_dir, tmp_path):
     """The service replaced a directory it may write into (certs/CAs) with a link elsewhere."""
     writable, victim = service_dir
@@ -95,8 +91,6 @@ def test_the_delivery_refuses_a_linked_directory_on_the_way(service_dir, tmp_pat
     assert_untouched(victim)
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_delivery_refuses_a_directory_the_service_owns(service_dir, tmp_path):
     writable, victim = service_dir
     owned = writable / "tls"
@@ -109,8 +103,6 @@ def test_the_delivery_refuses_a_directory_the_service_owns(service_dir, tmp_path
     assert_untouched(victim)
 
 
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_delivery_refuses_a_directory_below_one_others_may_change(service_dir, tmp_path):
     writable, victim = service_dir
     below = writable / "conf.d"

@@ -20,11 +20,10 @@ from components.vip import (
     render_keepalived_conf,
 )
 from offline import engine
-from tests.labs.example import files_of, shellcheck_commands
+from tests.labs.example import COMMAND, EXAMPLE_NODES, files_of, shellcheck_commands
 from tests.labs.needs import require_root, require_tool
 
-NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
-CMD = "command:remote:Command"
+NODES, CMD = EXAMPLE_NODES, COMMAND
 
 
 

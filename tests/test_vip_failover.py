@@ -21,6 +21,8 @@ from tests.labs.figures import figure
 from tests.labs.lab_stack import LOKI_ADDRESSES, lab_plan
 from tests.labs.vip_lab import VipLab, node_files, prepare, vip_lab
 
+pytestmark = pytest.mark.live
+
 SECTION = "VIP failover with the real keepalived (measured)"
 
 
@@ -39,9 +41,6 @@ def lab(tmp_path: Path) -> Iterator[VipLab]:
         yield created
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     prepare(lab, rendered_files(nopreempt=False))
     t = time.monotonic()
@@ -84,9 +83,6 @@ def test_the_vip_follows_loki_readiness_and_keepalived(lab):
     lab.wait_for("loki-03", "loki-01 and loki-02 not ready: the last healthy node holds it", t)
 
 
-@pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_with_nopreempt_the_vip_stays_where_it_is(lab):
     prepare(lab, rendered_files(nopreempt=True))
     t = time.monotonic()

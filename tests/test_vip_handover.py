@@ -109,8 +109,6 @@ def rejoin(lab: VipLab, plan: LabPlan, node: str) -> str:
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_holder_hands_the_vip_over_without_a_failed_request_and_does_not_take_it_back(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -137,8 +135,6 @@ def test_the_holder_hands_the_vip_over_without_a_failed_request_and_does_not_tak
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_node_that_does_not_hold_the_vip_takes_none_while_it_restarts(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -155,8 +151,6 @@ def test_a_node_that_does_not_hold_the_vip_takes_none_while_it_restarts(lab):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_with_nopreempt_the_handover_moves_the_vip_once(lab):
     plan = lab_plan(vipCheckInterval=1, vipNoPreempt=True)
     start(lab, plan, preempt=False)
@@ -175,8 +169,6 @@ def test_with_nopreempt_the_handover_moves_the_vip_once(lab):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_handover_without_another_ready_node_fails_and_keeps_the_vip(lab):
     plan = lab_plan(vipCheckInterval=1)
     start(lab, plan)
@@ -227,8 +219,6 @@ open(out, "w").write(json.dumps(result))
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its_1_mib_pushes(lab):
     """Only a pure SYN is dropped: a push of 1 MiB on a connection kept alive from before the drain
     is answered at once (a ``ct state new`` rule stalled it), while a new connection waits. The drop
@@ -270,8 +260,6 @@ def test_the_drain_holds_off_new_connections_and_keeps_a_kept_alive_one_with_its
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_handover_that_no_node_takes_puts_the_drained_holder_back(lab):
     """The pre-flight passes (the others' gateways are ready) but no other keepalived takes the VIP:
     after the bound, the holder leaves FAULT, keeps the VIP and its drain rule is gone."""
@@ -290,8 +278,6 @@ def test_a_handover_that_no_node_takes_puts_the_drained_holder_back(lab):
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_handover_lets_a_kept_alive_connection_end_by_itself_and_cuts_no_request(lab):
     """While new connections go to the gateway's twin (one request each), a kept-alive connection
     that pushes 1 MiB every second ends by itself (the gateway answers Connection: close once it is
@@ -315,8 +301,6 @@ def test_a_handover_lets_a_kept_alive_connection_end_by_itself_and_cuts_no_reque
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keeps_the_vip(lab):
     """vip_reload_gateway on the VIP holder: new connections go to the twin while the kept-alive ones
     end, nginx reloads (here: the lab's systemctl says how many connections to the VIP were open
@@ -347,8 +331,6 @@ def test_the_holders_gateway_reloads_with_no_kept_alive_connection_open_and_keep
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_connection_to_the_vip(lab):
     """The gateway's steps run on every node at once: a node that does not hold the VIP reloads
     nginx while the holder hands the VIP over to it. From before its reload until the reload is done,
@@ -389,8 +371,6 @@ def test_a_gateway_reload_beside_a_handover_to_its_node_finds_no_kept_alive_conn
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_gateway_reload_killed_mid_drain_leaves_no_client_stranded_and_the_next_run_removes_the_rule(lab):
     """The gateway's apply killed (SIGKILL, no trap runs) while it waits for a kept-alive connection
     to end: the diversion it left carries its own end, new connections meanwhile go on to the twin
@@ -449,8 +429,6 @@ with socket.create_connection((vip, 3100), timeout=20) as raw:
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reached_its_client(lab):
     """A connection the drain diverted to the twin must get its answer, however the drain goes on:
     new connections dropped instead (a handover, once the kept-alive ones ended), then let through
@@ -505,8 +483,6 @@ def test_a_diverted_connection_keeps_its_translation_until_its_answer_has_reache
 
 
 @pytest.mark.live
-@pytest.mark.needs_root
-@pytest.mark.real_tools
 def test_a_handover_beside_its_nodes_gateway_reload_waits_for_it_and_no_diversion_outlives_the_vip(lab):
     """A node's gateway apply and Loki apply run side by side. When the gateway's reload on the
     holder began first (new connections to the twin while the kept-alive ones end), the handover

@@ -14,6 +14,8 @@ import pytest
 
 from tests.labs.needs import require_tool
 
+pytestmark = pytest.mark.real_tools
+
 LIBRARY = Path(__file__).resolve().parent.parent / "templates" / "lib-wait-ready.sh"
 
 
@@ -50,7 +52,6 @@ def wait(call: str, timeout: float = 60) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
 
 
-@pytest.mark.real_tools
 def test_wait_https_ready_waits_until_the_url_answers_200(server):
     url, handler = server
     threading.Timer(3, lambda: setattr(handler, "status", 200)).start()
@@ -58,7 +59,6 @@ def test_wait_https_ready_waits_until_the_url_answers_200(server):
     assert (rc, took >= 2.5) == (0, True), f"returned {rc} after {took:.1f}s (must wait for the 200): {out}"
 
 
-@pytest.mark.real_tools
 def test_a_refused_status_fails_at_once_and_an_accepted_one_passes(server):
     url, _ = server
     rc, out, took = wait(f'wait_https_status {url} 30 x.service "200" "502"')
@@ -67,7 +67,6 @@ def test_a_refused_status_fails_at_once_and_an_accepted_one_passes(server):
     assert rc == 0 and "answers 502" in out, f"an accepted 502 must pass: {out}"
 
 
-@pytest.mark.real_tools
 def test_no_answer_in_time_fails_with_the_last_status(server):
     url, _ = server
     rc, out, took = wait(f'wait_https_status {url} 3 x.service "200" ""')

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
 from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_masters, wait_for_one_holder
-from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
-from offline.rehearsal.life_events import DATA_DIR, below_holder
+from offline.rehearsal.converge import wait_loki_ready
+from offline.rehearsal.life_events import DATA_DIR, settled_below_holder
 from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.prometheus import rehearsal_prometheus
 from offline.rehearsal.settings import VIP
@@ -82,9 +82,7 @@ def fill(machine: Machine) -> str:
 @needs(Phase.DEPLOYED)
 def data_disk_full(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
-    machines = loki_machines(lab)
-    holder = wait_settled(machines)
-    node = below_holder(machines, holder)
+    machines, holder, node = settled_below_holder(lab)
     machine = machines[node]
     with rehearsal_prometheus(lab) as prometheus, lab.vip_clients("data disk full") as clients:
         prometheus.wait_for(f"{node}'s data disk in use scraped", lambda: node in prometheus.values(

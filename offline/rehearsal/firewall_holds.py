@@ -28,8 +28,8 @@ from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import GRPC_PORT, MEMBERLIST_PORT, SERVICE_USER
 from offline import cluster_ports
 from offline.rehearsal.checks import vip_masters, wait_for_one_holder
-from offline.rehearsal.converge import leftovers, loki_machines, wait_loki_ready, wait_settled
-from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, below_holder, started_at
+from offline.rehearsal.converge import leftovers, wait_loki_ready
+from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, settled_below_holder, started_at
 from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 
@@ -126,9 +126,7 @@ def local_user_problems(machine: Machine) -> tuple[list[str], str]:
 @needs(Phase.DEPLOYED)
 def firewall_holds(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
-    machines = loki_machines(lab)
-    holder = wait_settled(machines)
-    node = below_holder(machines, holder)
+    machines, holder, node = settled_below_holder(lab)
     machine = machines[node]
     began = time.time()
     with lab.vip_clients("firewall") as clients:

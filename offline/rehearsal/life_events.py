@@ -66,6 +66,14 @@ def below_holder(machines: dict[str, Machine], holder: str) -> str:
     return min((n for n in machines if n != holder), key=lambda n: own[n])
 
 
+def settled_below_holder(lab: Rehearsal) -> tuple[dict[str, Machine], str, str]:
+    """The Loki machines once the VIP has settled, its holder, and the node an event takes away
+    (``below_holder``)."""
+    machines = loki_machines(lab)
+    holder = wait_settled(machines)
+    return machines, holder, below_holder(machines, holder)
+
+
 def active_ring_members(machine: Machine) -> set[str]:
     """The addresses of the ACTIVE ingesters in the node's view of the ring."""
     proc = machine.exec(["curl", "-fsS", "--max-time", "5", "-H", "Accept: application/json", "--cacert", CA_FILE,

@@ -27,8 +27,8 @@ from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from offline.engine import PROBE_SUFFIX
 from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
-from offline.rehearsal.converge import loki_machines, wait_loki_ready, wait_settled
-from offline.rehearsal.life_events import back_problems, below_holder
+from offline.rehearsal.converge import wait_loki_ready
+from offline.rehearsal.life_events import back_problems, settled_below_holder
 from offline.rehearsal.phases import Phase, needs
 from offline.rehearsal.settings import LOKI_ADDRESSES, VIP
 from offline.rehearsal.steps import REMOTE
@@ -63,9 +63,7 @@ def memory_streams(machine: Machine) -> float:
 @needs(Phase.DEPLOYED)
 def node_rebuilt(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
-    machines = loki_machines(lab)
-    holder = wait_settled(machines)
-    node = below_holder(machines, holder)
+    machines, holder, node = settled_below_holder(lab)
     lost = machines[node]
     address = LOKI_ADDRESSES[node]
     with lab.vip_clients("node rebuilt") as clients:

@@ -15,6 +15,10 @@ from tests.labs.needs import require_tool
 
 SCHEMA = load_schema()
 EXAMPLE_STACK = "homelab"
+EXAMPLE_NODES = {"loki-01": "192.168.50.21", "loki-02": "192.168.50.22", "loki-03": "192.168.50.23"}
+"""The example stack's Loki nodes and their addresses (Pulumi.homelab.yaml)."""
+COMMAND = "command:remote:Command"
+"""The type of every step the stack runs on a host."""
 
 
 def files_of(result: engine.RunResult, host: str) -> dict[str, tuple[Any, engine.Resolved]]:

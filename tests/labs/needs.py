@@ -25,6 +25,15 @@ MARKERS = {
 }
 """Marker -> what it means; ``make check`` runs the tests that carry none of them."""
 
+IMPLIED = {"live": ("needs_root", "real_tools"), "rehearsal": ("needs_root", "real_tools")}
+"""A live lab and booted systems need root and real tools: their marker says so too."""
+
+
+def carries(item: pytest.Item, marker: str) -> bool:
+    """Whether ``item`` carries ``marker``, itself or through a marker that implies it."""
+    return any(item.get_closest_marker(m) is not None
+               for m in (marker, *(outer for outer, implied in IMPLIED.items() if marker in implied)))
+
 _running: list[pytest.Item] = []
 """The test being set up or run (set by tests/conftest.py), to check it carries the marker it needs."""
 
@@ -38,7 +47,7 @@ def running(item: pytest.Item | None) -> None:
 
 def expect_marker(marker: str, what: str) -> None:
     """Fail the running test if it asks for ``what`` without carrying ``marker``."""
-    if _running and _running[0].get_closest_marker(marker) is None:
+    if _running and not carries(_running[0], marker):
         pytest.fail(f"{_running[0].nodeid} needs {what} but is not marked {marker}: add "
                     f"@pytest.mark.{marker} (or pytestmark) so that `make check` leaves it out", pytrace=False)
 
