@@ -446,13 +446,15 @@ def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_
         "the gateway's apply must be rendered with the node's handover parameters")
     step = stdin[stdin.index("\nvip_gateway_step() {\n"):]
     step = step[:step.index("\n}\n")]
-    assert "\n  trap 'rm -rf \"$VIP_GATEWAY_WORK\"; vip_gateway_exit' EXIT\n" in step and step.index(" EXIT\n") < step.index(
-        '\n  vip_recover "$1"'), f"vip_gateway_step must trap EXIT (the diversion goes) before it recovers: {step}"
+    trap = "\n  trap 'rm -rf \"$VIP_GATEWAY_WORK\"; vip_gateway_exit' EXIT\n"
+    assert trap in step and step.index(trap) < step.index('\n  vip_recover "$1"'), (
+        f"vip_gateway_step must trap EXIT (the diversion goes) before it recovers: {step}")
     top_level_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
     assert top_level_traps == [], (
         f"a later EXIT trap would replace the step's, which removes the diversion: {top_level_traps}")
-    assert stdin.count('\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n') == 1
-    assert stdin.index('\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
+    begin = '\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n'
+    assert stdin.count(begin) == 1, "the apply must begin with vip_gateway_step once"
+    assert stdin.index(begin) < stdin.index('place "$STAGED" "$TARGET"') < (
         stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
     assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"
 
