@@ -10,7 +10,11 @@ set -euo pipefail
 : "${MODE:?}" "${STAGED:?}" "${LIST_FILE:?}" "${GATEWAY_CONFIG:?}" "${UNIT:?}" "${VIP_RELOAD_TABLE:?}"
 
 work=$(mktemp -d)
-vip_gateway_step "$VIP_RELOAD_TABLE" "$work"
+trap 'rm -rf "$work"; vip_gateway_exit' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+vip_recover "$VIP_RELOAD_TABLE"
 
 host=$(hostname -f 2>/dev/null || hostname)
 safe_dir "$(dirname "$LIST_FILE")"

@@ -430,18 +430,6 @@ vip_reloaded() {
   done
 }
 
-# vip_gateway_step TABLE WORK: the start of a step that reloads the gateway: one EXIT trap that
-# removes its work directory WORK and every diversion the step starts (also on HUP, INT and TERM:
-# a later EXIT trap would replace it), then what an earlier run that was killed left (vip_recover).
-vip_gateway_step() {
-  VIP_GATEWAY_WORK=$2
-  trap 'rm -rf "$VIP_GATEWAY_WORK"; vip_gateway_exit' EXIT
-  trap 'exit 129' HUP
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  vip_recover "$1"
-}
-
 # vip_gateway_exit: the EXIT trap of the gateway's apply: no drain it started outlives it.
 vip_gateway_exit() {
   vip_accept_new_connections "$VIP_RELOAD_TABLE"

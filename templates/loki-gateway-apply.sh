@@ -15,7 +15,11 @@ set -euo pipefail
 # (lib-vip-handover.sh): never beyond this run (one EXIT trap, also on these signals), and not
 # after an earlier run that was killed.
 work=$(mktemp -d)
-vip_gateway_step "$VIP_RELOAD_TABLE" "$work"
+trap 'rm -rf "$work"; vip_gateway_exit' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+vip_recover "$VIP_RELOAD_TABLE"
 
 host=$(hostname -f 2>/dev/null || hostname)
 cat >"${work}/nginx.conf" <<CONF

@@ -444,17 +444,11 @@ def test_the_apply_reloads_through_the_drain_and_passes_shellcheck(example, tmp_
     stdin = example.engine.monitor.find("command:remote:Command", "loki-gateway-loki-01-apply").plain_inputs["stdin"]
     assert "\nVIP_SELF=loki-01\n" in stdin and f"\nVIP_DRAIN_PORT={DRAIN_PORT}\n" in stdin, (
         "the gateway's apply must be rendered with the node's handover parameters")
-    step = stdin[stdin.index("\nvip_gateway_step() {\n"):]
-    step = step[:step.index("\n}\n")]
-    trap = "\n  trap 'rm -rf \"$VIP_GATEWAY_WORK\"; vip_gateway_exit' EXIT\n"
-    assert trap in step and step.index(trap) < step.index('\n  vip_recover "$1"'), (
-        f"vip_gateway_step must trap EXIT (the diversion goes) before it recovers: {step}")
-    top_level_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
-    assert top_level_traps == [], (
-        f"a later EXIT trap would replace the step's, which removes the diversion: {top_level_traps}")
-    begin = '\nvip_gateway_step "$VIP_RELOAD_TABLE" "$work"\n'
-    assert stdin.count(begin) == 1, "the apply must begin with vip_gateway_step once"
-    assert stdin.index(begin) < stdin.index('place "$STAGED" "$TARGET"') < (
+    exit_traps = re.findall(r"^trap (.*) EXIT$", stdin, re.MULTILINE)
+    assert exit_traps == ["'rm -rf \"$work\"; vip_gateway_exit'"], (
+        f"one EXIT trap, which removes the reload's diversion (a later trap would replace it): {exit_traps}")
+    trap = stdin.index("\ntrap 'rm -rf \"$work\"; vip_gateway_exit' EXIT\n")
+    assert trap < stdin.index('\nvip_recover "$VIP_RELOAD_TABLE"\n') < stdin.index('place "$STAGED" "$TARGET"') < (
         stdin.index('  vip_reload_gateway "$UNIT"\n')), "recover, place, then reload through the drain"
     assert "\n  systemctl reload \"$UNIT\"\n" not in stdin, "nginx must not reload around the drain"
 

@@ -66,11 +66,15 @@ def below_holder(machines: dict[str, Machine], holder: str) -> str:
     return min((n for n in machines if n != holder), key=lambda n: own[n])
 
 
-def settled_below_holder(lab: Rehearsal) -> tuple[dict[str, Machine], str, str]:
-    """The Loki machines once the VIP has settled, its holder, and the node an event takes away
-    (``below_holder``)."""
+def settled(lab: Rehearsal) -> tuple[dict[str, Machine], str]:
+    """The Loki machines once the VIP has settled (``wait_settled``), and its holder."""
     machines = loki_machines(lab)
-    holder = wait_settled(machines)
+    return machines, wait_settled(machines)
+
+
+def settled_below_holder(lab: Rehearsal) -> tuple[dict[str, Machine], str, str]:
+    """``settled``, and the node an event takes away (``below_holder``)."""
+    machines, holder = settled(lab)
     return machines, holder, below_holder(machines, holder)
 
 
@@ -209,8 +213,7 @@ def data_disk_late(lab: Rehearsal) -> list[str]:
 @needs(Phase.DEPLOYED)
 def holder_reboot(lab: Rehearsal) -> list[str]:
     problems: list[str] = []
-    machines = loki_machines(lab)
-    holder = wait_settled(machines)
+    machines, holder = settled(lab)
     machine = machines[holder]
     rest = {n: m for n, m in machines.items() if n != holder}
     moves: list[tuple[float, list[str]]] = []
