@@ -1,13 +1,16 @@
 """The floor under the offline plan: the same resource graph registered with the bare Pulumi SDK.
 
     .venv/bin/python bench/sdk_floor.py build/plan/manifest.json
+    .venv/bin/python bench/sdk_floor.py --imports-only
+
 
 Reads a plan's manifest and registers every resource in it (its type, name, parent, dependencies;
 providers as providers, components as components) with ``pulumi.CustomResource``,
 ``ComponentResource`` and ``ProviderResource`` under Pulumi's mocks, after importing the packages
 the program imports. No settings, no templates, no certificates: what is left of the plan's time
 above this is the program's own logic. Run in a fresh interpreter, so the time includes start-up
-and imports, as the plan's does.
+and imports, as the plan's does; ``--imports-only`` stops after the imports (interpreter start and
+imports alone).
 """
 
 from __future__ import annotations
@@ -88,4 +91,4 @@ def main(manifest: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(0 if sys.argv[1:] == ["--imports-only"] else main(Path(sys.argv[1])))

@@ -17,3 +17,10 @@ def test_the_sdk_floor_registers_every_resource_of_the_plans_manifest(tmp_path: 
     proc = subprocess.run([sys.executable, str(PROJECT_DIR / "bench" / "sdk_floor.py"), str(manifest)],
                           cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"bench/sdk_floor.py did not register the manifest's graph: {proc.stderr[-2000:]}"
+
+
+def test_the_imports_alone_run_and_register_nothing():
+    proc = subprocess.run([sys.executable, str(PROJECT_DIR / "bench" / "sdk_floor.py"), "--imports-only"],
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == "", (
+        f"bench/sdk_floor.py --imports-only must only import the program's packages: {proc}")

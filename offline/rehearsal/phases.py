@@ -48,6 +48,5 @@ def needs(phase: Phase) -> Callable[[Check], Check]:
         def guarded(lab: Rehearsal, *args: Any, **kwargs: Any) -> Any:
             lab.require(phase, check.__name__)
             return check(lab, *args, **kwargs)
-        guarded.needs = phase  # type: ignore[attr-defined]
         return guarded  # type: ignore[return-value]
     return declare

@@ -189,15 +189,18 @@ class Rehearsal:
             return Phase.PLANNED
         return Phase.DEPLOYED if self.steps else Phase.BOOTED
 
+    def too_early(self, phase: Phase, what: str) -> NotYetError:
+        return NotYetError(f"{what} needs the rehearsal {phase.describe()}; it is {self.phase.describe()}")
+
     def require(self, phase: Phase, what: str) -> None:
         """Raise ``NotYetError`` naming ``what`` when the rehearsal is not that far."""
         if self.phase < phase:
-            raise NotYetError(f"{what} needs the rehearsal {phase.describe()}; it is {self.phase.describe()}")
+            raise self.too_early(phase, what)
 
     def made(self, value: Made | None, phase: Phase, what: str) -> Made:
         """``value``, which ``phase`` makes; ``NotYetError`` naming ``what`` when it is not there yet."""
         if value is None:
-            raise NotYetError(f"{what} needs the rehearsal {phase.describe()}; it is {self.phase.describe()}")
+            raise self.too_early(phase, what)
         return value
 
     @property
