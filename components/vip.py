@@ -1,15 +1,16 @@
 """VirtualIp: keepalived on the Loki nodes, moving one address to a node whose Loki is ready.
 
 Every node starts in BACKUP; priorities follow the node order (first node highest), so the VIP's
-home is predictable. Nothing else depends on which node holds it: every node serves pushes,
-queries and the delete API, and the compactor is elected by Loki's own ring. A node whose
-gateway does not serve drops below every healthy node and gives the VIP away at once (with
-``nopreempt``, where no backup takes the VIP from a live master, it enters FAULT instead); a node
-whose own Loki is not ready keeps the VIP for ``loki_grace_s`` while its gateway answers and another
-node is ready (the gateway sends what its Loki cannot take there), so that a crash of Loki, which
-systemd restarts, moves neither the VIP nor the connections to it. A planned restart hands
-the VIP over first (``components.vip_handover``, through two track files). Unicast VRRP, PASS
-authentication with a generated 8-character secret (all VRRPv2 uses), in a root-only file.
+home is predictable (``components.vrrp_priorities``: the levels and why they are apart). Nothing
+else depends on which node holds it: every node serves pushes, queries and the delete API, and the
+compactor is elected by Loki's own ring. A node whose gateway does not serve drops below every
+healthy node and gives the VIP away at once (with ``nopreempt``, where no backup takes the VIP from
+a live master, it enters FAULT instead); a node whose own Loki is not ready keeps the VIP for
+``loki_grace_s`` while its gateway answers and another node is ready (the gateway sends what its
+Loki cannot take there), so that a crash of Loki, which systemd restarts, moves neither the VIP nor
+the connections to it. A planned restart hands the VIP over first (``components.vip_handover``,
+through two track files). Unicast VRRP, PASS authentication with a generated 8-character secret (all
+VRRPv2 uses), in a root-only file.
 
 keepalived docs: https://keepalived.readthedocs.io/en/latest/configuration_synopsis.html
 """
@@ -37,6 +38,7 @@ from components.scripts import render_script
 from components.vip_handover import MAINTENANCE_FILE, YIELD_FILE
 from components.vip_reboot import APPLY as REBOOT_APPLY
 from components.vip_reboot import VipReboot
+from components.vrrp_priorities import check_weight, priorities
 
 RESOURCE_TYPE = "lokistack:vip:VirtualIp"
 UNIT = "keepalived.service"
@@ -46,7 +48,6 @@ CHECK_DIR = "/etc/keepalived/check"
 """The health check's CA and client certificate, readable only by the script user."""
 SCRIPT_USER = "keepalived_script"
 """Runs the health check (keepalived's default name for it); never root."""
-BASE_PRIORITY, MAX_PRIORITY_STEP, PRIORITY_SPAN = 200, 10, 180
 AUTH_PASS_LENGTH = 8  # VRRPv2 PASS authentication uses exactly 8 characters
 READY_URL = f"https://127.0.0.1:{HTTP_PORT}/ready"
 GATEWAY_CHECK = f"{CHECK_DIR}/gateway-serves"
@@ -57,24 +58,6 @@ _TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     autoescape=False,  # noqa: S701 (a keepalived config, not HTML)
 )
-
-
-def priority_step(count: int) -> int:
-    """Distance between two nodes' priorities: 10, smaller for many nodes so that the lowest stays
-    at 20 or more and the check weight within keepalived's -253."""
-    return max(1, min(MAX_PRIORITY_STEP, PRIORITY_SPAN // count))
-
-
-def priorities(nodes: Sequence[str]) -> dict[str, int]:
-    """VRRP priority of each node, highest first, in the order given: distinct, so that exactly
-    one healthy node is the VIP's home."""
-    step = priority_step(len(nodes))
-    return {name: BASE_PRIORITY - step * i for i, name in enumerate(nodes)}
-
-
-def check_weight(prios: dict[str, int]) -> int:
-    """A failing node drops below every healthy one: more than the spread of the priorities."""
-    return -(max(prios.values()) - min(prios.values()) + priority_step(len(prios)))
 
 
 def check_command(timeout: int) -> str:

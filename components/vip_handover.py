@@ -52,11 +52,13 @@ step of a node whose Loki must restart calls ``vip_leave`` first and ``vip_rejoi
 - **Rejoin**: once Loki is ready, the node leaves FAULT. With preemption (``vipNoPreempt: false``)
   a node of higher priority than the holder would take the VIP straight back: a second move,
   started by the taker, which cuts what the holder is serving. So it first writes a *yield*
-  (``YIELD_FILE``, added to its priority) that puts it below the holder, one more for each node
-  that outranks it (nodes that yield to the same holder keep apart and in order); keepalived clears
-  the yield when the node next becomes master (``notify_master``), so the node is the VIP's home
-  again after the next failover. The step ends when a ready node answers on the VIP: only then
-  does the next node's step begin.
+  (``YIELD_FILE``, added to its priority) that puts it at its own yield level, below every
+  configured priority and so below the holder (``components.vrrp_priorities``: the levels keep the
+  nodes' order and stay a full step apart, so that no two backups take the VIP at once at the next
+  handover). Until the node next holds the VIP it is the last choice of a handover or failover (a
+  node that does not yield comes first); keepalived clears the yield when it next becomes master
+  (``notify_master``), so the first node is the VIP's home again from then on. The step ends when a ready node
+  answers on the VIP: only then does the next node's step begin.
 - **A Loki that is not running** (a first deploy, a Loki stopped by hand) starts with its node in
   FAULT too, unless the node holds the VIP while another node is ready, and rejoins as above. A
   first deploy starts keepalived before Loki: without this, a node's check passing after its step
@@ -81,6 +83,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from components.vrrp_priorities import yield_levels
 
 MAINTENANCE_FILE = "/run/lokistack-vip-maintenance"
 """1: the node is in FAULT (gives the VIP away, takes none); 0: normal. In /run: a reboot clears it."""
@@ -119,7 +123,7 @@ class VipHandover:
     interface: str
     port: int
     priorities: Mapping[str, int]
-    """Node name -> configured VRRP priority (``components.vip.priorities``)."""
+    """Node name -> configured VRRP priority (``components.vrrp_priorities.priorities``)."""
     addresses: Mapping[str, str]
     """Node name -> the node's own address (the pre-flight asks the other nodes' gateways for /ready)."""
     preempt: bool
@@ -138,6 +142,7 @@ class VipHandover:
         return {
             "VIP_ADDRESS": self.address, "VIP_INTERFACE": self.interface, "VIP_PORT": self.port,
             "VIP_SELF": node, "VIP_PRIORITIES": " ".join(f"{n}={p}" for n, p in self.priorities.items()),
+            "VIP_YIELD_LEVELS": " ".join(f"{n}={p}" for n, p in yield_levels(self.priorities).items()),
             "VIP_PREEMPT": int(self.preempt), "VIP_MAINTENANCE_FILE": MAINTENANCE_FILE,
             "VIP_YIELD_FILE": YIELD_FILE, "VIP_NODE_HEADER": NODE_HEADER, "VIP_DRAIN_TABLE": DRAIN_TABLE,
             "VIP_RELOAD_TABLE": RELOAD_TABLE, "VIP_LOCK_FILE": LOCK_FILE,

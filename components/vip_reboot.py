@@ -21,8 +21,8 @@ push):
   ``init_file`` leaves an existing file alone, keepalived 2.2.7 ``track_file.c``), and
   ``lokistack-vip-rejoin.service`` waits, without a deadline, for Loki to be ready (its data disk
   may come late: ``components.disk_arrival``), then rejoins as an apply step does
-  (``vip_rejoin``: just below the holder with preemption, so that the VIP stays where it is and
-  comes home at the next handover). If a step took the node's VIP state over meanwhile (the file
+  (``vip_rejoin``: at its yield level, below the holder, with preemption, so that the VIP stays
+  where it is; the node is at its full priority again once it next holds the VIP). If a step took the node's VIP state over meanwhile (the file
   no longer holds the boot mark), the rejoin leaves it to that step.
 
 Neither unit is ever restarted by a step (a restart of the leave unit would hand the VIP over):

@@ -73,9 +73,9 @@ from components.timeouts import Timeouts
 from components.vip import CONFIG_FILE as KEEPALIVED_CONFIG
 from components.vip import UNIT as KEEPALIVED_UNIT
 from components.vip import KeepalivedSettings, VipNode, VirtualIp, VirtualIpArgs
-from components.vip import priorities as vip_priorities
 from components.vip_handover import VipHandover
 from components.vip_reboot import VipReboot
+from components.vrrp_priorities import priorities as vip_priorities
 from stack.certificates import (
     AGENT_CERT_FILE,
     AGENT_KEY_FILE,

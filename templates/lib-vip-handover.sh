@@ -13,14 +13,24 @@
 
 # vip_priority NODE: the node's configured VRRP priority.
 vip_priority() {
+  vip_node_value "$1" "$VIP_PRIORITIES"
+}
+
+# vip_yield_level NODE: the priority the node takes while it yields (below every configured one).
+vip_yield_level() {
+  vip_node_value "$1" "$VIP_YIELD_LEVELS"
+}
+
+# vip_node_value NODE LIST: NODE's value in LIST ("name=value ...").
+vip_node_value() {
   local entry
-  for entry in $VIP_PRIORITIES; do
+  for entry in $2; do
     if [ "${entry%%=*}" = "$1" ]; then
       echo "${entry#*=}"
       return 0
     fi
   done
-  echo "vip_priority: ${1} is not one of the VIP's nodes (${VIP_PRIORITIES})" >&2
+  echo "${1} is not one of the VIP's nodes (${2})" >&2
   return 1
 }
 
@@ -439,12 +449,13 @@ vip_gateway_exit() {
 }
 
 # vip_rejoin: once Loki is ready, the node leaves FAULT. Where it outranks the holder it yields
-# first: its priority goes below the holder's, to the holder's less one less its own rank (how many
-# nodes outrank it), so that nodes that yield to the same holder stay apart and in their order (at
-# equal priorities two backups both took the VIP at a handover, then one gave it up: a move with no
-# drain, seen in a rehearsal's roll).
+# first: its priority goes to its yield level (VIP_YIELD_LEVELS), below every configured priority,
+# a full step from every other node's level (components/vrrp_priorities.py): at a handover the
+# best backup's timer runs out 39 ms before the next one's. At equal priorities, and then at one
+# point apart (3.9 ms), two backups both took the VIP at a handover and one gave it up again: a
+# move with no drain, seen in rehearsals' rolls.
 vip_rejoin() {
-  local holder own theirs yield=0 deadline rank=0 entry
+  local holder own theirs yield=0 deadline
   if ! vip_managed; then
     return 0
   fi
@@ -453,12 +464,7 @@ vip_rejoin() {
     own=$(vip_priority "$VIP_SELF")
     theirs=$(vip_priority "$holder" 2>/dev/null) || theirs=""
     if [ -n "$theirs" ] && [ "$own" -ge "$theirs" ]; then
-      for entry in $VIP_PRIORITIES; do
-        if [ "${entry#*=}" -gt "$own" ]; then
-          rank=$((rank + 1))
-        fi
-      done
-      yield=$((theirs - 1 - rank - own))
+      yield=$(($(vip_yield_level "$VIP_SELF") - own))
     fi
   fi
   printf '%s\n' "$yield" >"$VIP_YIELD_FILE"

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import gateway_port_taken_back, interrupted_applies, refused_roll
 from offline.rehearsal.disk_full import data_disk_full
 from offline.rehearsal.firewall_holds import firewall_holds
@@ -85,7 +85,8 @@ def test_once_a_node_is_ready_the_first_deploy_moves_the_vip_no_more(rehearsal):
     later = vip_masters(rehearsal.machines, first_done)
     figure(SECTION, f"first deploy: the VIP on {holder} from {applies[0].name}, moves after it: {len(later)}")
     assert not later, (f"the VIP moved after {applies[0].name} had ended, with no drain: {later} "
-                       f"(the Loki applies ended at {[round(to_wall + s.started + s.seconds, 1) for s in applies]})")
+                       f"(the Loki applies ended at {[round(to_wall + s.started + s.seconds, 1) for s in applies]}); "
+                       f"keepalived:\n{vip_journal(rehearsal.machines, first_done)}")
     assert applies[0].name == f"loki-{holder}-apply", (
         f"{holder} holds the VIP, not the node of the first Loki apply ({applies[0].name}): {applies[0].output[-800:]}")
 
@@ -202,9 +203,11 @@ def test_a_roll_through_every_node_fails_no_push_through_the_vip_and_loses_no_li
         f"the VIP must be handed over by each holder that restarts, from {holder} on: {report.handovers}")
     taken = [node for _, node in vip_masters(rehearsal.machines, began)]
     assert taken == [b for _, b in moves], (
-        f"every move of the VIP must be a drained handover: nodes took it {taken}, handovers {moves}")
+        f"every move of the VIP must be a drained handover: nodes took it {taken}, handovers {moves}; "
+        f"keepalived from the roll's start on:\n{vip_journal(rehearsal.machines, began)}")
     assert wait_for_one_holder(rehearsal.machines, VIP) == moves[-1][1], (
-        f"the VIP must stay where the last handover put it: handovers {moves}")
+        f"the VIP must stay where the last handover put it: handovers {moves}; "
+        f"keepalived from the roll's start on:\n{vip_journal(rehearsal.machines, began)}")
     for client in clients.reports:
         assert client.record.failures == 0 and client.record.requests >= 50, (
             f"{client.name}: {client.record.failures} of {client.record.requests} pushes failed")

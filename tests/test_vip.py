@@ -15,10 +15,9 @@ from components.vip import (
     SCRIPT_USER,
     STAGE_DIR,
     KeepalivedSettings,
-    check_weight,
-    priorities,
     render_keepalived_conf,
 )
+from components.vrrp_priorities import yield_levels
 from offline import engine
 from tests.labs.example import COMMAND, EXAMPLE_NODES, files_of, shellcheck_commands
 from tests.labs.needs import require_root, require_tool
@@ -48,17 +47,6 @@ def peers(conf: str) -> list[str]:
     block = re.search(r"unicast_peer \{\n(.*?)\n\s*\}", conf, re.DOTALL)
     assert block, "keepalived.conf has no unicast_peer block"
     return block.group(1).split()
-
-
-def test_priorities_follow_the_node_order_and_a_failed_check_drops_below_everyone():
-    prios = priorities(["loki-02", "loki-01", "loki-03"])
-    assert prios == {"loki-02": 200, "loki-01": 190, "loki-03": 180}
-    weight = check_weight(prios)
-    assert max(prios.values()) + weight < min(prios.values()), "a failing node must drop below every healthy one"
-    for count in (15, 30, 50):
-        big = priorities([f"n{i}" for i in range(count)])
-        assert len(set(big.values())) == count and min(big.values()) >= 20, f"{count} nodes: {big}"
-        assert check_weight(big) >= -253 and max(big.values()) + check_weight(big) < min(big.values())
 
 
 @pytest.mark.parametrize("host", list(NODES))
@@ -103,7 +91,10 @@ def test_the_first_node_is_the_vips_home(example):
     prios = {h: int(value(conf_of(example, h), "priority")) for h in NODES}
     assert sorted(prios, key=lambda h: -prios[h]) == list(NODES), f"priorities must follow the node order: {prios}"
     weight = int(value(conf_of(example, "loki-01"), "weight"))
-    assert max(prios.values()) + weight < min(prios.values())
+    lowest = min(yield_levels(prios).values())
+    assert max(prios.values()) + weight < lowest, (
+        f"keepalived.conf: a failing node (weight {weight}) must drop below every healthy one, also one at its "
+        f"yield level ({lowest}): {prios}")
 
 
 def test_every_node_shares_one_generated_8_character_password(example):

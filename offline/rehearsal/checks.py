@@ -139,6 +139,26 @@ def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float,
     return sorted(entry for entry in found if entry[0] >= since)
 
 
+VRRP_EVENTS = ("Entering ", "priority", "Script", "script", "advert", "track file", "Track file")
+"""What keepalived logs about the VIP's elections: its states, its priorities and why they changed."""
+
+
+def vip_journal(machines: dict[str, Machine], since: float) -> str:
+    """keepalived's log of the VIP's elections on every machine from ``since`` (Unix time) on, one
+    line per event, in time order, each with its node: what a failed check on the VIP's moves shows."""
+    found = []
+    for name, machine in machines.items():
+        if machine.pid1() is None:
+            continue
+        journal = machine.exec(["journalctl", "-u", "keepalived.service", "-o", "short-unix", "--no-pager",
+                                "-S", f"@{int(since)}"]).stdout
+        for line in journal.splitlines():
+            stamp, _, text = line.partition(" ")
+            if any(event in text for event in VRRP_EVENTS):
+                found.append((float(stamp), f"{float(stamp) - since:7.2f} s {name}: {text.split(': ', 1)[-1]}"))
+    return "\n".join(text for stamp, text in sorted(found) if stamp >= since)
+
+
 def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:
     deadline = time.monotonic() + timeout
     while True:

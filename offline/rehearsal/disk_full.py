@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from components.loki import UNIT as LOKI_UNIT
-from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import wait_loki_ready
 from offline.rehearsal.life_events import DATA_DIR, settled_below_holder
 from offline.rehearsal.phases import Phase, needs
@@ -134,7 +134,8 @@ def data_disk_full(lab: Rehearsal) -> list[str]:
     after = wait_for_one_holder(machines, VIP)
     moves = vip_masters(machines, began)
     if after != holder or moves:
-        problems.append(f"the VIP moved while {node}'s disk was full: from {holder}, taken by {moves}, now on {after}")
+        problems.append(f"the VIP moved while {node}'s disk was full: from {holder}, taken by {moves}, now on {after}; "
+                        f"keepalived:\n{vip_journal(machines, began)}")
     problems += clients.problems
     lab.figures.append(
         f"{node}'s data disk filled ({df}): {ALERT} firing after {fired:.1f} s (in {time.monotonic() - t0:.0f} s of "

@@ -27,7 +27,7 @@ from components import firewall
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import GRPC_PORT, MEMBERLIST_PORT, SERVICE_USER
 from offline import cluster_ports
-from offline.rehearsal.checks import vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import leftovers, wait_loki_ready
 from offline.rehearsal.life_events import RING_TIMEOUT_S, active_ring_members, settled_below_holder, started_at
 from offline.rehearsal.phases import Phase, needs
@@ -187,7 +187,8 @@ def firewall_holds(lab: Rehearsal) -> list[str]:
     after = wait_for_one_holder(machines, VIP)
     moves = vip_masters(machines, began)
     if after != holder or moves:
-        problems.append(f"the VIP moved during the firewall event: from {holder}, taken by {moves}, now on {after}")
+        problems.append(f"the VIP moved during the firewall event: from {holder}, taken by {moves}, now on {after}; "
+                        f"keepalived:\n{vip_journal(machines, began)}")
     problems += clients.problems
     lab.figures.append(
         f"firewall on {node}: {CHANGES} rule loads as the step does them (reload): the table missing at {misses} of "

@@ -252,7 +252,7 @@ def holder_reboot(lab: Rehearsal) -> list[str]:
     effective = own + int(yielded or 0)
     if effective >= theirs or (own < theirs and int(yielded or 0) != 0):
         problems.append(f"{holder} (priority {own}) rejoined VRRP with a yield of {yielded!r} ({YIELD_FILE}) "
-                        f"beside {successor} (priority {theirs}): it must end just below it, with no yield "
+                        f"beside {successor} (priority {theirs}): it must end below it, with no yield "
                         "where it is below already")
     problems += clients.problems
     lab.figures.append(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from components.loki_config import WAL_DISK_FULL_THRESHOLD
 from components.objectstore import API_PORT, DATA_DIR
-from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, loki_ready, metric_sum, vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import loki_machines, wait_settled
 from offline.rehearsal.life_events import DATA_DIR as LOKI_DATA_DIR
 from offline.rehearsal.life_events import boot_again
@@ -213,7 +213,7 @@ def object_store_outage(lab: Rehearsal, outage_s: float = OUTAGE_S) -> list[str]
     problems += [f"not ready during the object store's outage: {line}" for line in not_ready[:10]]
     if after != holder or moves:
         problems.append(f"the VIP moved during the object store's outage: from {holder}, taken by {moves}, now on "
-                        f"{after}")
+                        f"{after}; keepalived:\n{vip_journal(machines, began)}")
     failing = {n: s[-1].flush_failures - s[0].flush_failures for n, s in samples.items()}
     if not all(failing.values()):
         problems.append(f"the outage did not reach Loki: chunk flush failures per node {failing}")

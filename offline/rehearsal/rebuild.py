@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from components.loki import UNIT as LOKI_UNIT
 from components.loki_config import LOKI_LOCAL_PORT
 from offline.engine import PROBE_SUFFIX
-from offline.rehearsal.checks import loki_metrics, metric_sum, vip_masters, wait_for_one_holder
+from offline.rehearsal.checks import loki_metrics, metric_sum, vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import wait_loki_ready
 from offline.rehearsal.life_events import back_problems, settled_below_holder
 from offline.rehearsal.phases import Phase, needs
@@ -116,7 +116,7 @@ def node_rebuilt(lab: Rehearsal) -> list[str]:
     moves = vip_masters(lab.machines, began)
     if after != holder or moves:
         problems.append(f"the VIP moved while {node} was lost and created again: from {holder}, taken by "
-                        f"{moves}, now on {after}")
+                        f"{moves}, now on {after}; keepalived:\n{vip_journal(lab.machines, began)}")
     problems += clients.problems
     lab.figures.append(
         f"{node} lost with its disks and created anew: new machine booting {created:.1f} s after the loss, its "

@@ -32,8 +32,8 @@ from components.loki import UNIT as LOKI_UNIT
 from components.loki_gateway import UNIT as GATEWAY_UNIT
 from components.step_names import host_step
 from components.vip import UNIT as KEEPALIVED_UNIT
-from components.vip import priorities
-from offline.rehearsal.checks import loki_metrics, vip_masters, wait_for_one_holder
+from components.vrrp_priorities import priorities
+from offline.rehearsal.checks import loki_metrics, vip_journal, vip_masters, wait_for_one_holder
 from offline.rehearsal.converge import again, kill_session, loki_machines, wait_loki_ready, wait_settled
 from offline.rehearsal.life_events import vrrp_priority
 from offline.rehearsal.phases import Phase, needs
@@ -220,7 +220,8 @@ def scale_out_and_in(lab: Rehearsal) -> list[str]:
     after = wait_for_one_holder(loki_machines(lab), VIP)
     moves += vip_masters(loki_machines(lab), began)
     if after != holder or moves:
-        problems.append(f"the VIP moved while scaling: from {holder}, taken by {moves}, now on {after}")
+        problems.append(f"the VIP moved while scaling: from {holder}, taken by {moves}, now on {after}; "
+                        f"keepalived:\n{vip_journal(loki_machines(lab), began)}")
     problems += clients.problems
     lab.figures += [f"  {line}" for line in clients.figures()]
     return problems
