@@ -22,8 +22,9 @@ push):
   ``lokistack-vip-rejoin.service`` waits, without a deadline, for Loki to be ready (its data disk
   may come late: ``components.disk_arrival``), then rejoins as an apply step does
   (``vip_rejoin``: at its yield level, below the holder, with preemption, so that the VIP stays
-  where it is; the node is at its full priority again once it next holds the VIP). If a step took the node's VIP state over meanwhile (the file
-  no longer holds the boot mark), the rejoin leaves it to that step.
+  where it is; the node is at its full priority again once it next holds the VIP). If a step took
+  the node's VIP state over meanwhile (the file no longer holds the boot mark), the rejoin leaves
+  it to that step.
 
 Neither unit is ever restarted by a step (a restart of the leave unit would hand the VIP over):
 the delivery reloads systemd, enables both and starts the leave unit, which is a no-op when it runs.
