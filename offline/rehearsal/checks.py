@@ -5,6 +5,7 @@ where the VIP is (the life events, ``life_events.py``, use it)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -126,17 +127,26 @@ def vip_holders(machines: dict[str, Machine], vip_address: str) -> list[str]:
     return found
 
 
-def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float, str]]:
-    """(Unix time, node) of each time a node took the VIP (keepalived: "Entering MASTER STATE")
-    from ``since`` (Unix time) on, in order: every move of the VIP, drained or not."""
+def keepalived_log(machines: dict[str, Machine], since: float) -> list[tuple[float, str, str]]:
+    """(Unix time, node, message) of each line keepalived logged on the running machines from
+    ``since`` (Unix time) on, in time order."""
     found = []
     for name, machine in machines.items():
         if machine.pid1() is None:
             continue
         journal = machine.exec(["journalctl", "-u", "keepalived.service", "-o", "short-unix", "--no-pager",
                                 "-S", f"@{int(since)}"]).stdout
-        found += [(float(line.split()[0]), name) for line in journal.splitlines() if "Entering MASTER STATE" in line]
+        for line in journal.splitlines():
+            stamp, _, text = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                found.append((float(stamp), name, text.split(": ", 1)[-1]))
     return sorted(entry for entry in found if entry[0] >= since)
+
+
+def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float, str]]:
+    """(Unix time, node) of each time a node took the VIP (keepalived: "Entering MASTER STATE")
+    from ``since`` (Unix time) on, in order: every move of the VIP, drained or not."""
+    return [(stamp, name) for stamp, name, text in keepalived_log(machines, since) if "Entering MASTER STATE" in text]
 
 
 VRRP_EVENTS = ("Entering ", "priority", "Script", "script", "advert", "track file", "Track file")
@@ -146,17 +156,8 @@ VRRP_EVENTS = ("Entering ", "priority", "Script", "script", "advert", "track fil
 def vip_journal(machines: dict[str, Machine], since: float) -> str:
     """keepalived's log of the VIP's elections on every machine from ``since`` (Unix time) on, one
     line per event, in time order, each with its node: what a failed check on the VIP's moves shows."""
-    found = []
-    for name, machine in machines.items():
-        if machine.pid1() is None:
-            continue
-        journal = machine.exec(["journalctl", "-u", "keepalived.service", "-o", "short-unix", "--no-pager",
-                                "-S", f"@{int(since)}"]).stdout
-        for line in journal.splitlines():
-            stamp, _, text = line.partition(" ")
-            if any(event in text for event in VRRP_EVENTS):
-                found.append((float(stamp), f"{float(stamp) - since:7.2f} s {name}: {text.split(': ', 1)[-1]}"))
-    return "\n".join(text for stamp, text in sorted(found) if stamp >= since)
+    return "\n".join(f"{stamp - since:7.2f} s {name}: {text}" for stamp, name, text in keepalived_log(machines, since)
+                     if any(event in text for event in VRRP_EVENTS))
 
 
 def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:
