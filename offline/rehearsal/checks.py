@@ -102,8 +102,11 @@ class Operator:
         return self.network.run(self.runner, ["curl", "-sS", "-m", f"{max_time:g}", *tls, *args, url],
                                 timeout=max_time + 20)
 
-    def push(self, line: str) -> str:
-        body = push_body([({"job": "rehearsal"}, line)]).decode()
+    def push(self, line: str, streams: int = 1) -> str:
+        """``line`` pushed through the VIP (to ``streams`` streams of job rehearsal, each once); the
+        HTTP status, or curl's error."""
+        labels = [{"job": "rehearsal"} | ({"stream": str(i)} if streams > 1 else {}) for i in range(streams)]
+        body = push_body([(stream, line) for stream in labels]).decode()
         proc = self.curl(f"https://{self.vip}:{HTTP_PORT}/loki/api/v1/push", "-o", "/dev/null", "-w", "%{http_code}",
                          "-H", "Content-Type: application/json", "--data-binary", body)
         return proc.stdout or proc.stderr
