@@ -455,7 +455,7 @@ vip_gateway_exit() {
 # point apart (3.9 ms), two backups both took the VIP at a handover and one gave it up again: a
 # move with no drain, seen in rehearsals' rolls.
 vip_rejoin() {
-  local holder own theirs yield=0 deadline
+  local holder own theirs level yield=0 deadline
   if ! vip_managed; then
     return 0
   fi
@@ -464,7 +464,12 @@ vip_rejoin() {
     own=$(vip_priority "$VIP_SELF")
     theirs=$(vip_priority "$holder" 2>/dev/null) || theirs=""
     if [ -n "$theirs" ] && [ "$own" -ge "$theirs" ]; then
-      yield=$(($(vip_yield_level "$VIP_SELF") - own))
+      if ! level=$(vip_yield_level "$VIP_SELF"); then
+        echo "${VIP_SELF} outranks the holder ${holder} but has no yield level (VIP_YIELD_LEVELS); it stays" \
+          "out of VRRP rather than take the VIP back" >&2
+        return 1
+      fi
+      yield=$((level - own))
     fi
   fi
   printf '%s\n' "$yield" >"$VIP_YIELD_FILE"

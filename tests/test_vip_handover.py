@@ -642,6 +642,29 @@ def rejoin_priority(node: str, holder: str, priorities: dict[str, int], tmp_path
     return priorities[node] + int(yield_file.read_text())
 
 
+def test_a_node_that_must_yield_without_a_yield_level_stays_out_of_vrrp(tmp_path):
+    """Where the node outranks the holder and the parameters name no yield level for it, the rejoin
+    fails with the reason and leaves the node in FAULT: taking part at full priority would take the
+    VIP back without a drain."""
+    mark = tmp_path / "mark"
+    mark.write_text("1\n")
+    script = "\n".join([
+        "set -euo pipefail",
+        (TEMPLATES / "lib-clock.sh").read_text(),
+        (TEMPLATES / "lib-vip-handover.sh").read_text(),
+        "VIP_PRIORITIES='loki-01=200 loki-02=190 loki-03=180' VIP_YIELD_LEVELS='loki-02=160'",
+        f"VIP_SELF=loki-01 VIP_PREEMPT=1 VIP_YIELD_FILE={tmp_path}/yield VIP_MAINTENANCE_FILE={mark}",
+        "VIP_CHECK_RISE=0 VIP_CHECK_INTERVAL=0 VIP_HANDOVER_TIMEOUT_S=1",
+        "vip_managed() { :; }; vip_holder() { echo loki-03; }",
+        "vip_rejoin",
+    ])
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode != 0 and "has no yield level" in proc.stderr, (
+        f"vip_rejoin without loki-01's yield level: rc {proc.returncode}, {proc.stdout}{proc.stderr}")
+    assert mark.read_text().strip() == "1" and not (tmp_path / "yield").exists(), (
+        f"vip_rejoin without a yield level must leave loki-01 in FAULT: mark {mark.read_text()!r}")
+
+
 def test_nodes_that_yield_to_the_same_holder_stay_a_full_step_apart_and_in_their_order(tmp_path):
     """After a first deploy both higher nodes rejoined just below the last node, at the same
     priority; at its handover both took the VIP and one gave it up again (a move with no drain, in a
