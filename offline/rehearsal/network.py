@@ -125,8 +125,10 @@ class RehearsalNetwork:
                 raise RuntimeError(f"{label} did not start: {log_path.read_text()}")
             time.sleep(0.05)
 
-    def start_proxy(self, hosts: Sequence[str]) -> None:
-        self.start_service("proxy", "offline.rehearsal.proxy", [self.gateway, str(PROXY_PORT), *hosts], b"proxy on")
+    def start_proxy(self, hosts: Sequence[str], cache: Path) -> None:
+        """The apt proxy to ``hosts``; it keeps the files that never change in ``cache``."""
+        self.start_service("proxy", "offline.rehearsal.proxy", [self.gateway, str(PROXY_PORT), str(cache), *hosts],
+                           b"proxy on")
 
     def run(self, host: str, argv: Sequence[str], *, timeout: float = 60, stdin: str | None = None,
             ) -> subprocess.CompletedProcess[str]:

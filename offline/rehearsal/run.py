@@ -85,7 +85,7 @@ from offline.rehearsal.steps import (
     step_graph,
     unreachable,
 )
-from offline.rehearsal.template import CACHE, DIFFERENCES, build_template, cache_lock
+from offline.rehearsal.template import CACHE, DIFFERENCES, MIRROR_CACHE, build_template, cache_lock
 from stack.program import LOKI_CLUSTER
 from stack.schema import PROJECT_DIR
 
@@ -281,7 +281,7 @@ class Rehearsal:
         self.save_state()
         try:
             self.network.create()
-            self.network.start_proxy(apt_mirror_hosts())
+            self.network.start_proxy(apt_mirror_hosts(), MIRROR_CACHE)
             self.network.add_runner(RUNNER, RUNNER_ADDRESS)
             repository_ca = self.start_repository()
         finally:

@@ -19,6 +19,8 @@ from pathlib import Path
 from offline.rehearsal.network import PROXY_PORT, apt_mirror_hosts
 
 CACHE = Path("/var/cache/lokistack-rehearsal")
+MIRROR_CACHE = CACHE / "mirror"
+"""The apt proxy's files that never change (``offline.rehearsal.proxy``), by mirror host and path."""
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "curl", "ca-certificates", "openssh-server",
             "sudo", "gnupg", "cloud-init", "python3-cffi-backend")
@@ -34,7 +36,8 @@ DIFFERENCES = (
     "a shutdown or reboot from the hypervisor is SIGRTMIN+3 to the machine's systemd (an orderly poweroff, as "
     "ACPI's power button or the guest agent's shutdown starts it), then a new boot of the same disks",
     "DNS goes to 127.0.0.1 (nothing answers): the stack's /etc/hosts names every host",
-    "apt reaches only the Debian mirrors, through the rehearsal's proxy on the stack's gateway address",
+    "apt reaches only the Debian mirrors, through the rehearsal's proxy on the stack's gateway address, which "
+    "tries a failed request again and serves the files that never change (pool, by-hash) from its cache",
 )
 GUEST_AGENT_STANDIN = """# loki-stack rehearsal: stand-in for qemu-guest-agent (no virtio port in a container).
 [Unit]
