@@ -217,3 +217,11 @@ def test_a_head_request_gets_the_length_without_a_body(lab: Lab) -> None:
     status, body, headers = lab.get(DEB, method="HEAD")
     assert (status, body, headers.get("Content-Length")) == (200, b"", str(len(BODY))), (status, body, headers)
     assert cached_files(lab.cache) == []
+
+
+def test_headers_of_the_connection_stay_and_the_others_reach_the_mirror(lab: Lab) -> None:
+    lab.get("/debian/dists/bookworm/InRelease", {"Proxy-Authorization": "Basic eA==", "TE": "trailers",
+                                                  "Test-Run": "1", "Cache-Control": "max-age=0"})
+    seen = {k.lower() for k in lab.mirror.seen_headers[-1]}
+    assert {"test-run", "cache-control"} <= seen, f"the mirror did not get the request's own headers: {sorted(seen)}"
+    assert not {"proxy-authorization", "te"} & seen, f"headers of the connection to the proxy went on: {sorted(seen)}"

@@ -152,15 +152,22 @@ def vip_masters(machines: dict[str, Machine], since: float) -> list[tuple[float,
     return [(stamp, name) for stamp, name, text in keepalived_log(machines, since) if "Entering MASTER STATE" in text]
 
 
-VRRP_EVENTS = ("Entering ", "priority", "Script", "script", "advert", "track file", "Track file")
-"""What keepalived logs about the VIP's elections: its states, its priorities and why they changed."""
+VRRP_EVENTS = ("entering ", "priority", "script", "advert", "track file")
+"""What keepalived logs about the VIP's elections (matched in any case): its states, its priorities
+and why they changed."""
+
+
+def election_lines(entries: list[tuple[float, str, str]], since: float) -> str:
+    """The lines of ``keepalived_log`` entries about the VIP's elections, one per event, each with
+    its node and its seconds from ``since``."""
+    return "\n".join(f"{stamp - since:7.2f} s {name}: {text}" for stamp, name, text in entries
+                     if any(event in text.lower() for event in VRRP_EVENTS))
 
 
 def vip_journal(machines: dict[str, Machine], since: float) -> str:
-    """keepalived's log of the VIP's elections on every machine from ``since`` (Unix time) on, one
-    line per event, in time order, each with its node: what a failed check on the VIP's moves shows."""
-    return "\n".join(f"{stamp - since:7.2f} s {name}: {text}" for stamp, name, text in keepalived_log(machines, since)
-                     if any(event in text for event in VRRP_EVENTS))
+    """keepalived's log of the VIP's elections on every machine from ``since`` (Unix time) on, in
+    time order: what a failed check on the VIP's moves shows."""
+    return election_lines(keepalived_log(machines, since), since)
 
 
 def wait_for_one_holder(machines: dict[str, Machine], vip_address: str, timeout: float = VIP_TIMEOUT_S) -> str:

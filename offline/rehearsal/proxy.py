@@ -46,7 +46,8 @@ UPSTREAM_TIMEOUT_S = 60.0
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 IMMUTABLE = re.compile(r"/(?:pool|by-hash)/")
 BY_SHA256 = re.compile(r"/by-hash/SHA256/([0-9a-f]{64})$")
-HOP_BY_HOP = ("connection", "keep-alive", "proxy-", "transfer-encoding", "te", "trailer", "upgrade")
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
+"""Headers of one connection (RFC 9110 7.6.1), never forwarded; nor are ``Proxy-*`` ones."""
 
 _log_lock = threading.Lock()
 
@@ -73,6 +74,10 @@ def listening_socket_in(netns_path: str, address: str, port: int) -> socket.sock
         os.close(own)
         os.close(target)
     return sock
+
+
+def hop_by_hop(name: str) -> bool:
+    return name.lower() in HOP_BY_HOP or name.lower().startswith("proxy-")
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class Forward(socketserver.StreamRequestHandler):
 
     def send(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
              head_only: bool = False) -> None:
-        kept = [(k, v) for k, v in headers if not k.lower().startswith(HOP_BY_HOP) and k.lower() != "content-length"]
+        kept = [(k, v) for k, v in headers if not hop_by_hop(k) and k.lower() != "content-length"]
         if not (head_only or status == 304 or 100 <= status < 200 or status == 204):
             kept.append(("Content-Length", str(len(body))))
         else:
@@ -170,9 +175,8 @@ class Forward(socketserver.StreamRequestHandler):
         if not head_only and status != 304:
             self.wfile.write(body)
 
-    def refuse(self, status: str) -> None:
-        code, _, reason = status.partition(" ")
-        self.send(int(code), reason, [], b"")
+    def refuse(self, status: int, reason: str) -> None:
+        self.send(status, reason, [], b"")
 
     def handle(self) -> None:
         head = b""
@@ -186,11 +190,11 @@ class Forward(socketserver.StreamRequestHandler):
         url = urllib.parse.urlsplit(target)
         if method not in ("GET", "HEAD") or url.scheme != "http" or url.hostname not in self.allowed:
             log(f"refused {method} {target}")
-            self.refuse("403 Forbidden")
+            self.refuse(403, "Forbidden")
             return
         path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
         headers = [(k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in header_lines if h)
-                   if not k.strip().lower().startswith(HOP_BY_HOP)]
+                   if not hop_by_hop(k.strip())]
         whole = method == "GET" and not any(k.lower() in ("range", "if-range") for k, _ in headers)
         if whole and self.cache is not None and (body := self.cache.get(url.hostname, url.path)) is not None:
             log(f"cached {method} {url.hostname}{url.path}: {len(body)} B")
@@ -199,7 +203,7 @@ class Forward(socketserver.StreamRequestHandler):
         response, attempts, failure = fetch(method, url.hostname, url.port or 80, path, headers)
         if response is None:
             log(f"failed {method} {url.hostname}{path} after {attempts} attempts: {failure}")
-            self.refuse("502 Bad Gateway")
+            self.refuse(502, "Bad Gateway")
             return
         kept = ""
         if whole and response.status == 200 and self.cache is not None and self.cache.put(
